@@ -1,0 +1,424 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {IJobMarket} from "./interfaces/IJobMarket.sol";
+import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {JobTerms, Receipt, RouteHop, JobStatus} from "./libraries/SplitmeshTypes.sol";
+import {JobTermsLib} from "./libraries/JobTermsLib.sol";
+
+/// @title JobMarket
+/// @notice Clients escrow payment for a job; the contract matches one node per remaining shard, nodes
+/// commit their transcript commitments with the client's signed usage receipt, and after a challenge
+/// window anyone finalizes: each node that committed is credited price x billed tokens and the client
+/// gets the rest back.
+/// @dev Gas: a job is one storage slot. Its terms (client, route, prices, escrow) live packed in the
+/// JobSubmitted event and are passed back as calldata, checked against a 160-bit hash in the slot
+/// (second-preimage resistance 2^160; the contract, not the caller, picks the hashed terms).
+/// Balance invariant: address(this).balance >= escrow of unsettled jobs + totalCredits + node earnings
+/// (the registry keeps the earnings ledger next to each node's stake; this contract keeps the value).
+contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
+    using JobTermsLib for bytes;
+
+    /// @notice EIP-712 type of the client's per-step envelope, which doubles as the usage receipt.
+    bytes32 public constant ENVELOPE_TYPEHASH =
+        keccak256("Envelope(uint256 jobId,uint32 step,uint32 tokens,bytes32 payloadHash)");
+    /// @notice Longest client metadata in bytes.
+    uint256 public constant MAX_METADATA_LENGTH = 256;
+    /// @notice Gas forwarded with a refund push; a recipient needing more is credited instead.
+    uint256 public constant REFUND_GAS = 50_000;
+    uint256 private constant BPS = 10_000;
+
+    INodeRegistry private immutable _registry;
+    address private immutable _auditor;
+    uint256 private immutable _commitTimeout;
+    uint256 private immutable _challengeWindow;
+    uint256 private immutable _disputeTimeout;
+    uint256 private immutable _missSlashBps;
+    uint256 private immutable _fraudSlashBps;
+
+    uint256 private _nextJobId = 1; // starts non-zero so that no job pays for a fresh counter slot
+    uint256 private _totalCredits;
+    mapping(uint256 jobId => Job) private _jobs;
+    mapping(address account => uint256) private _credits;
+
+    /// @param registry_ The NodeRegistry (its jobMarket() must be this contract).
+    /// @param auditor_ Contract allowed to hold and resolve jobs; zero disables audits.
+    /// @param commitTimeout_ Seconds after submission during which nodes may commit.
+    /// @param challengeWindow_ Seconds after the last commit before finalization.
+    /// @param disputeTimeout_ Seconds a held job waits for the auditor.
+    /// @param missSlashBps_ Share of bond slashed for a missed commit (basis points).
+    /// @param fraudSlashBps_ Share of bond slashed for a fraud verdict (basis points).
+    constructor(
+        INodeRegistry registry_,
+        address auditor_,
+        uint256 commitTimeout_,
+        uint256 challengeWindow_,
+        uint256 disputeTimeout_,
+        uint256 missSlashBps_,
+        uint256 fraudSlashBps_
+    ) EIP712("splitmesh", "1") {
+        if (registry_.jobMarket() != address(this)) revert InvalidParameter("registry");
+        if (commitTimeout_ == 0 || commitTimeout_ > 30 days) revert InvalidParameter("commitTimeout");
+        if (challengeWindow_ == 0 || challengeWindow_ > 30 days) revert InvalidParameter("challengeWindow");
+        if (disputeTimeout_ == 0 || disputeTimeout_ > 30 days) revert InvalidParameter("disputeTimeout");
+        if (missSlashBps_ > BPS) revert InvalidParameter("missSlashBps");
+        if (fraudSlashBps_ > BPS) revert InvalidParameter("fraudSlashBps");
+        // A node that unbonds right after being matched must still be slashable when the job settles.
+        if (registry_.unbondingDelay() < commitTimeout_ + challengeWindow_ + disputeTimeout_) {
+            revert InvalidParameter("unbondingDelay");
+        }
+        _registry = registry_;
+        _auditor = auditor_;
+        _commitTimeout = commitTimeout_;
+        _challengeWindow = challengeWindow_;
+        _disputeTimeout = disputeTimeout_;
+        _missSlashBps = missSlashBps_;
+        _fraudSlashBps = fraudSlashBps_;
+    }
+
+    /// @notice Accepts slash proceeds from the registry only.
+    receive() external payable {
+        if (msg.sender != address(_registry)) revert UnexpectedPayment(msg.sender);
+    }
+
+    // ------------------------------------------------------------------ job lifecycle
+
+    /// @inheritdoc IJobMarket
+    function submitJob(
+        uint32 modelId,
+        uint8 firstShard,
+        uint32 maxTokens,
+        uint64 maxPricePerToken,
+        bytes calldata metadata
+    ) external payable returns (uint256 jobId) {
+        if (maxTokens == 0) revert ZeroMaxTokens();
+        if (metadata.length > MAX_METADATA_LENGTH) revert MetadataTooLong(metadata.length);
+        if (msg.value > type(uint96).max) revert EscrowTooLarge(msg.value);
+        jobId = _nextJobId;
+
+        // prevrandao is known to the block proposer, who could steer a match; acceptable for a pick
+        // among staked nodes that all face audits.
+        uint256 seed = uint256(keccak256(abi.encode(block.prevrandao, jobId)));
+        (bytes memory packedRoute, uint256 priceSum) = _registry.matchRoute(
+            modelId,
+            firstShard,
+            maxPricePerToken,
+            seed
+        );
+        uint256 required = uint256(maxTokens) * priceSum;
+        if (msg.value < required) revert EscrowTooSmall(required, msg.value);
+
+        bytes memory terms = abi.encodePacked(
+            msg.sender,
+            modelId,
+            firstShard,
+            maxTokens,
+            uint96(msg.value),
+            packedRoute
+        );
+        _nextJobId = jobId + 1;
+        _storeJob(
+            jobId,
+            Job({
+                termsHash: JobTermsLib.hashOfMemory(jobId, terms),
+                status: JobStatus.Open,
+                committedMask: 0,
+                billedTokens: 0,
+                timestamp: uint40(block.timestamp)
+            })
+        );
+        emit JobSubmitted(jobId, msg.sender, terms, metadata);
+    }
+
+    /// @inheritdoc IJobMarket
+    function commit(
+        uint256 jobId,
+        bytes calldata terms,
+        uint8 position,
+        bytes32 inputCommitment,
+        bytes32 outputCommitment,
+        Receipt calldata receipt
+    ) external {
+        Job memory job = _loadJob(jobId, terms, JobStatus.Open);
+        uint256 deadline = uint256(job.timestamp) + _commitTimeout;
+        if (block.timestamp > deadline) revert CommitDeadlinePassed(jobId, deadline);
+        uint256 hops = terms.hopCount();
+        if (position >= hops) revert InvalidPosition(jobId, position);
+        if (terms.route().hopNode(position) != msg.sender) revert NotRouteNode(jobId, msg.sender, position);
+        uint8 bit = uint8(1 << position);
+        if (job.committedMask & bit != 0) revert AlreadyCommitted(jobId, position);
+
+        // Only a receipt that raises the billed count can change a payment, so only such a receipt is
+        // checked: when all nodes hold the same last receipt, one signature is verified per job.
+        if (receipt.tokens > job.billedTokens) {
+            uint32 maxTokens = terms.maxTokens();
+            if (receipt.tokens > maxTokens) revert TokensExceedMax(receipt.tokens, maxTokens);
+            bytes32 digest = _envelopeDigest(jobId, receipt.step, receipt.tokens, receipt.payloadHash);
+            (address signer, ECDSA.RecoverError err, ) = ECDSA.tryRecover(digest, receipt.signature);
+            if (err != ECDSA.RecoverError.NoError || signer != terms.client()) {
+                revert InvalidReceiptSignature(jobId, signer);
+            }
+            job.billedTokens = receipt.tokens;
+        }
+        job.committedMask |= bit;
+        bool complete = job.committedMask == uint8((1 << hops) - 1);
+        if (complete) {
+            job.status = JobStatus.Committed;
+            job.timestamp = uint40(block.timestamp);
+        }
+        _storeJob(jobId, job);
+        emit JobCommitted(jobId, position, inputCommitment, outputCommitment, job.billedTokens);
+    }
+
+    /// @inheritdoc IJobMarket
+    function finalize(uint256 jobId, bytes calldata terms) external nonReentrant {
+        Job storage stored = _jobs[jobId];
+        Job memory job;
+        if (stored.status == JobStatus.Disputed) {
+            // The auditor did not resolve in time: settle as if no fraud was found.
+            job = _loadJob(jobId, terms, JobStatus.Disputed);
+            uint256 timeoutAt = uint256(job.timestamp) + _disputeTimeout;
+            if (block.timestamp < timeoutAt) revert ChallengeWindowOpen(jobId, timeoutAt);
+        } else {
+            job = _loadJob(jobId, terms, JobStatus.Committed);
+            uint256 endsAt = uint256(job.timestamp) + _challengeWindow;
+            if (block.timestamp < endsAt) revert ChallengeWindowOpen(jobId, endsAt);
+        }
+        stored.status = JobStatus.Finalized;
+        _settle(jobId, terms, job.billedTokens, job.committedMask, 0);
+    }
+
+    /// @inheritdoc IJobMarket
+    function cancel(uint256 jobId, bytes calldata terms) external nonReentrant {
+        Job memory job = _loadJob(jobId, terms, JobStatus.Open);
+        uint256 deadline = uint256(job.timestamp) + _commitTimeout;
+        if (block.timestamp <= deadline) revert CommitWindowOpen(jobId, deadline);
+        _jobs[jobId].status = JobStatus.Cancelled;
+
+        uint256 hops = terms.hopCount();
+        uint8 missingMask = uint8(((1 << hops) - 1) & ~uint256(job.committedMask));
+        (uint256 paid, uint256 refund) = _payments(terms, job.billedTokens, job.committedMask);
+        uint256 slashed = _slashPositions(terms, missingMask, _missSlashBps);
+        refund += slashed;
+        emit JobCancelled(jobId, missingMask, paid, slashed, refund);
+        if (paid != 0) _registry.creditEarnings(terms.route(), job.billedTokens, job.committedMask);
+        _refund(terms.client(), refund);
+    }
+
+    // ------------------------------------------------------------------ auditor hooks
+
+    /// @inheritdoc IJobMarket
+    function holdForAudit(uint256 jobId, bytes calldata terms) external {
+        if (msg.sender != _auditor || _auditor == address(0)) revert NotAuditor(msg.sender);
+        Job memory job = _loadJob(jobId, terms, JobStatus.Committed);
+        uint256 endsAt = uint256(job.timestamp) + _challengeWindow;
+        if (block.timestamp >= endsAt) revert ChallengeWindowClosed(jobId, endsAt);
+        job.status = JobStatus.Disputed;
+        job.timestamp = uint40(block.timestamp);
+        _storeJob(jobId, job);
+        emit JobDisputed(jobId);
+    }
+
+    /// @inheritdoc IJobMarket
+    function resolveDispute(uint256 jobId, bytes calldata terms, uint8 fraudMask) external nonReentrant {
+        if (msg.sender != _auditor || _auditor == address(0)) revert NotAuditor(msg.sender);
+        Job memory job = _loadJob(jobId, terms, JobStatus.Disputed);
+        if (uint256(fraudMask) >> terms.hopCount() != 0) revert InvalidFraudMask(fraudMask);
+        _jobs[jobId].status = JobStatus.Finalized;
+        uint256 slashed = _slashPositions(terms, fraudMask, _fraudSlashBps);
+        emit DisputeResolved(jobId, fraudMask, slashed);
+        _settle(jobId, terms, job.billedTokens, job.committedMask, fraudMask);
+        if (slashed != 0) _send(msg.sender, slashed);
+    }
+
+    // ------------------------------------------------------------------ withdrawals
+
+    /// @inheritdoc IJobMarket
+    function withdrawEarnings() external nonReentrant {
+        uint256 amount = _registry.takeEarnings(msg.sender);
+        _send(msg.sender, amount);
+    }
+
+    /// @inheritdoc IJobMarket
+    function withdrawCredit() external nonReentrant {
+        uint256 amount = _credits[msg.sender];
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        _credits[msg.sender] = 0;
+        _totalCredits -= amount;
+        emit CreditWithdrawn(msg.sender, amount);
+        _send(msg.sender, amount);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @inheritdoc IJobMarket
+    function getJob(uint256 jobId) external view returns (Job memory) {
+        return _jobs[jobId];
+    }
+
+    /// @inheritdoc IJobMarket
+    function jobCount() external view returns (uint256) {
+        return _nextJobId - 1;
+    }
+
+    /// @inheritdoc IJobMarket
+    function hashTerms(uint256 jobId, bytes calldata terms) external pure returns (bytes20) {
+        return JobTermsLib.hashOf(jobId, terms);
+    }
+
+    /// @inheritdoc IJobMarket
+    function decodeTerms(bytes calldata terms) external pure returns (JobTerms memory decoded) {
+        uint256 hops = terms.hopCount();
+        bytes calldata packedRoute = terms.route();
+        RouteHop[] memory route = new RouteHop[](hops);
+        for (uint256 i; i < hops; ++i) {
+            route[i] = RouteHop({node: packedRoute.hopNode(i), pricePerToken: packedRoute.hopPrice(i)});
+        }
+        decoded = JobTerms({
+            client: terms.client(),
+            modelId: terms.modelId(),
+            firstShard: terms.firstShard(),
+            maxTokens: terms.maxTokens(),
+            escrow: terms.escrow(),
+            route: route
+        });
+    }
+
+    /// @inheritdoc IJobMarket
+    function envelopeDigest(
+        uint256 jobId,
+        uint32 step,
+        uint32 tokens,
+        bytes32 payloadHash
+    ) external view returns (bytes32) {
+        return _envelopeDigest(jobId, step, tokens, payloadHash);
+    }
+
+    /// @inheritdoc IJobMarket
+    function creditOf(address account) external view returns (uint256) {
+        return _credits[account];
+    }
+
+    /// @inheritdoc IJobMarket
+    function totalCredits() external view returns (uint256) {
+        return _totalCredits;
+    }
+
+    /// @inheritdoc IJobMarket
+    function registry() external view returns (address) {
+        return address(_registry);
+    }
+
+    /// @inheritdoc IJobMarket
+    function auditor() external view returns (address) {
+        return _auditor;
+    }
+
+    /// @inheritdoc IJobMarket
+    function parameters()
+        external
+        view
+        returns (
+            uint256 commitTimeout,
+            uint256 challengeWindow,
+            uint256 disputeTimeout,
+            uint256 missSlashBps,
+            uint256 fraudSlashBps
+        )
+    {
+        return (_commitTimeout, _challengeWindow, _disputeTimeout, _missSlashBps, _fraudSlashBps);
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    function _loadJob(uint256 jobId, bytes calldata terms, JobStatus expected) private view returns (Job memory job) {
+        job = _jobs[jobId];
+        if (job.status == JobStatus.None) revert UnknownJob(jobId);
+        if (job.termsHash != JobTermsLib.hashOf(jobId, terms)) revert TermsMismatch(jobId);
+        if (job.status != expected) revert WrongJobStatus(jobId, job.status);
+    }
+
+    /// @dev Writes the job's slot in one SSTORE (field-wise assignment costs a read-modify-write per field).
+    /// The layout is Solidity's own packing of `Job`, so getJob() and _loadJob() read it back unchanged.
+    function _storeJob(uint256 jobId, Job memory job) private {
+        uint256 word = uint256(uint160(job.termsHash)) |
+            (uint256(job.status) << 160) |
+            (uint256(job.committedMask) << 168) |
+            (uint256(job.billedTokens) << 176) |
+            (uint256(job.timestamp) << 208);
+        Job storage slot = _jobs[jobId];
+        assembly ("memory-safe") {
+            sstore(slot.slot, word)
+        }
+    }
+
+    /// @dev Pays every committed, non-fraudulent position and refunds the rest of the escrow.
+    function _settle(uint256 jobId, bytes calldata terms, uint32 billed, uint8 committedMask, uint8 fraudMask)
+        private
+    {
+        uint8 paidMask = committedMask & ~fraudMask;
+        (uint256 paid, uint256 refund) = _payments(terms, billed, paidMask);
+        emit JobFinalized(jobId, billed, paid, refund);
+        if (paid != 0) _registry.creditEarnings(terms.route(), billed, paidMask);
+        _refund(terms.client(), refund);
+    }
+
+    function _payments(
+        bytes calldata terms,
+        uint32 billed,
+        uint8 paidMask
+    ) private pure returns (uint256 paid, uint256 refund) {
+        uint256 hops = terms.hopCount();
+        bytes calldata packedRoute = terms.route();
+        for (uint256 i; i < hops; ++i) {
+            if (paidMask & (1 << i) != 0) paid += uint256(packedRoute.hopPrice(i)) * billed;
+        }
+        // billed <= maxTokens and escrow >= maxTokens x sum(prices) were checked, so this cannot underflow.
+        refund = terms.escrow() - paid;
+    }
+
+    function _slashPositions(bytes calldata terms, uint8 mask, uint256 bps) private returns (uint256 slashed) {
+        if (mask == 0 || bps == 0) return 0;
+        uint256 hops = terms.hopCount();
+        bytes calldata packedRoute = terms.route();
+        for (uint256 i; i < hops; ++i) {
+            if (mask & (1 << i) == 0) continue;
+            address node = packedRoute.hopNode(i);
+            uint256 amount = (_registry.bondOf(node) * bps) / BPS;
+            if (amount != 0) slashed += _registry.slash(node, amount);
+        }
+    }
+
+    /// @dev Pushes the refund; a client that cannot receive gets a credit instead, so it cannot block
+    /// the nodes' payment.
+    function _refund(address client, uint256 amount) private {
+        if (amount == 0) return;
+        bool ok;
+        // Bounded gas and no return data copied: a hostile client cannot burn the caller's gas.
+        assembly ("memory-safe") {
+            ok := call(REFUND_GAS, client, amount, 0, 0, 0, 0)
+        }
+        if (!ok) {
+            _credits[client] += amount;
+            _totalCredits += amount;
+            emit RefundCredited(client, amount);
+        }
+    }
+
+    function _send(address to, uint256 amount) private {
+        (bool ok, ) = payable(to).call{value: amount}("");
+        if (!ok) revert TransferFailed(to, amount);
+    }
+
+    function _envelopeDigest(
+        uint256 jobId,
+        uint32 step,
+        uint32 tokens,
+        bytes32 payloadHash
+    ) private view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(ENVELOPE_TYPEHASH, jobId, step, tokens, payloadHash)));
+    }
+}

@@ -1,0 +1,191 @@
+"""Deploying the two contracts, and remembering where they are."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import rlp
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+
+from splitmesh.chain.artifacts import load_artifact
+from splitmesh.chain.tx import Sender, TxResult
+from splitmesh.errors import ConfigError
+from splitmesh.paths import state_dir
+
+logger = logging.getLogger(__name__)
+
+ETHER = 10**18
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    """Protocol parameters fixed at deployment."""
+
+    min_stake: int = ETHER  # wei a node must stake to be matched
+    unbonding_delay: int = 7 * 24 * 3600  # seconds unbonded stake stays locked and slashable
+    commit_timeout: int = 3600  # seconds after submission during which route nodes may commit
+    challenge_window: int = 600  # seconds after the last commit before anyone may finalize
+    dispute_timeout: int = 3600  # seconds a job held for audit waits for the auditor
+    miss_slash_bps: int = 1000  # share of bond slashed from a node that never commits (1/10000)
+    fraud_slash_bps: int = 5000  # share of bond slashed on a fraud verdict (1/10000)
+    auditor: str = ZERO_ADDRESS  # contract allowed to hold/resolve jobs; zero disables audits
+
+    def validate(self) -> None:
+        if self.unbonding_delay < self.commit_timeout + self.challenge_window + self.dispute_timeout:
+            raise ConfigError(
+                "unbonding_delay must be at least commit_timeout + challenge_window + dispute_timeout, "
+                "or a node could withdraw stake before its jobs settle"
+            )
+        for name in ("miss_slash_bps", "fraud_slash_bps"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise ConfigError(f"{name} must be within 0..10000 basis points")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    chain_id: int
+    registry: str
+    market: str
+    deployer: str
+    block: int  # block of the registry deployment: event scans start here
+    params: DeployParams = field(default_factory=DeployParams)
+    gas_used: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Deployment:
+        params = DeployParams(**data.get("params", {}))  # type: ignore[arg-type]
+        return cls(
+            chain_id=int(data["chain_id"]),  # type: ignore[arg-type]
+            registry=to_checksum_address(str(data["registry"])),
+            market=to_checksum_address(str(data["market"])),
+            deployer=to_checksum_address(str(data["deployer"])),
+            block=int(data["block"]),  # type: ignore[arg-type]
+            params=params,
+            gas_used=dict(data.get("gas_used", {})),  # type: ignore[arg-type]
+        )
+
+
+def create_address(sender: str, nonce: int) -> str:
+    """Address of the contract `sender` creates with `nonce` (CREATE)."""
+    return to_checksum_address(keccak(rlp.encode([bytes.fromhex(sender[2:]), nonce]))[12:])
+
+
+def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Deployment:
+    """Deploy NodeRegistry then JobMarket. The registry is bound to the JobMarket's predicted address
+    (the deployer's next nonce), and the JobMarket's constructor checks the binding, so no admin step
+    or owner key exists after deployment."""
+    params = params or DeployParams()
+    params.validate()
+    registry_artifact = load_artifact("NodeRegistry")
+    market_artifact = load_artifact("JobMarket")
+    nonce = w3.eth.get_transaction_count(sender.address, "pending")
+    sender.resync()
+    predicted_registry = create_address(sender.address, nonce)
+    predicted_market = create_address(sender.address, nonce + 1)
+
+    registry_factory = w3.eth.contract(abi=registry_artifact.abi, bytecode=registry_artifact.bytecode)
+    r1: TxResult = sender.transact(
+        registry_factory.constructor(predicted_market, params.min_stake, params.unbonding_delay),
+        label="deploy NodeRegistry",
+    )
+    registry = to_checksum_address(r1.receipt["contractAddress"])
+    if registry != predicted_registry:
+        raise ConfigError(f"registry deployed at {registry}, expected {predicted_registry}: nonce raced")
+    market_factory = w3.eth.contract(abi=market_artifact.abi, bytecode=market_artifact.bytecode)
+    r2 = sender.transact(
+        market_factory.constructor(
+            registry,
+            to_checksum_address(params.auditor),
+            params.commit_timeout,
+            params.challenge_window,
+            params.dispute_timeout,
+            params.miss_slash_bps,
+            params.fraud_slash_bps,
+        ),
+        label="deploy JobMarket",
+    )
+    market = to_checksum_address(r2.receipt["contractAddress"])
+    if market != predicted_market:
+        raise ConfigError(f"JobMarket deployed at {market}, expected {predicted_market}: nonce raced")
+    deployment = Deployment(
+        chain_id=sender.chain_id,
+        registry=registry,
+        market=market,
+        deployer=sender.address,
+        block=r1.block_number,
+        params=params,
+        gas_used={"NodeRegistry": r1.gas_used, "JobMarket": r2.gas_used},
+    )
+    logger.info("deployed NodeRegistry at %s and JobMarket at %s", registry, market)
+    return deployment
+
+
+def deployments_file() -> Path:
+    return state_dir() / "deployments.json"
+
+
+def save_deployment(deployment: Deployment, rpc_url: str, path: Path | None = None) -> Path:
+    """Remember a deployment under its RPC URL and chain id."""
+    path = path or deployments_file()
+    data: dict[str, object] = json.loads(path.read_text()) if path.exists() else {}
+    data[f"{deployment.chain_id}@{rpc_url}"] = deployment.to_json()
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return path
+
+
+def is_live(w3: Web3, deployment: Deployment) -> bool:
+    """True if both contracts have code on this chain and are bound to each other."""
+    if w3.eth.chain_id != deployment.chain_id:
+        return False
+    if not w3.eth.get_code(deployment.registry) or not w3.eth.get_code(deployment.market):
+        return False
+    registry = w3.eth.contract(address=deployment.registry, abi=load_artifact("NodeRegistry").abi)
+    try:
+        return bool(to_checksum_address(registry.functions.jobMarket().call()) == deployment.market)
+    except Exception:  # noqa: BLE001 - wrong contract at that address
+        return False
+
+
+def find_deployment(w3: Web3, rpc_url: str, path: Path | None = None) -> Deployment | None:
+    """A remembered deployment for this RPC URL that is still live on the chain, if any."""
+    path = path or deployments_file()
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    entry = data.get(f"{w3.eth.chain_id}@{rpc_url}")
+    if entry is None:
+        return None
+    deployment = Deployment.from_json(entry)
+    return deployment if is_live(w3, deployment) else None
+
+
+def deployment_from_market(w3: Web3, market: str) -> Deployment:
+    """Reconstruct a deployment from the JobMarket address alone (it knows its registry)."""
+    market = to_checksum_address(market)
+    contract = w3.eth.contract(address=market, abi=load_artifact("JobMarket").abi)
+    if not w3.eth.get_code(market):
+        raise ConfigError(f"no contract at {market} on chain {w3.eth.chain_id}")
+    registry = to_checksum_address(contract.functions.registry().call())
+    reg = w3.eth.contract(address=registry, abi=load_artifact("NodeRegistry").abi)
+    ct, cw, dt, ms, fs = contract.functions.parameters().call()
+    params = DeployParams(
+        min_stake=reg.functions.minStake().call(),
+        unbonding_delay=reg.functions.unbondingDelay().call(),
+        commit_timeout=ct,
+        challenge_window=cw,
+        dispute_timeout=dt,
+        miss_slash_bps=ms,
+        fraud_slash_bps=fs,
+        auditor=to_checksum_address(contract.functions.auditor().call()),
+    )
+    return Deployment(
+        chain_id=w3.eth.chain_id, registry=registry, market=market, deployer=ZERO_ADDRESS, block=0, params=params
+    )

@@ -1,0 +1,318 @@
+"""Typed access to the deployed NodeRegistry and JobMarket: every call, view and event."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.logs import DISCARD
+
+from splitmesh.chain.artifacts import load_artifact
+from splitmesh.chain.deploy import Deployment
+from splitmesh.chain.terms import JobTerms, RouteHop
+from splitmesh.chain.tx import Sender, TxResult, call_view
+from splitmesh.errors import ChainError
+
+logger = logging.getLogger(__name__)
+
+
+class JobStatus(enum.IntEnum):
+    NONE = 0
+    OPEN = 1
+    COMMITTED = 2
+    DISPUTED = 3
+    FINALIZED = 4
+    CANCELLED = 5
+
+
+class NodeStatus(enum.IntEnum):
+    NONE = 0
+    ACTIVE = 1
+    INACTIVE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_id: int
+    name: str
+    weights_hash: bytes
+    registrant: str
+    num_layers: int
+    boundaries: tuple[int, ...]  # b_0 = 0 < ... < b_m = num_layers
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.boundaries) - 1
+
+    def layers_of(self, shard: int) -> range:
+        return range(self.boundaries[shard], self.boundaries[shard + 1])
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    address: str
+    status: NodeStatus
+    model_id: int
+    shard: int
+    price_per_token: int  # wei
+    stake: int  # wei
+    unbonding: int  # wei
+    unlock_at: int  # unix seconds; unbonding is withdrawable strictly after
+    earnings: int  # wei credited, withdrawable from the JobMarket
+    pooled: bool  # eligible for matching now
+    encryption_key: bytes
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    job_id: int
+    terms_hash: bytes
+    status: JobStatus
+    committed_mask: int
+    billed_tokens: int
+    timestamp: int  # Open: submitted at; Committed: last commit at; Disputed: held at
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedJob:
+    job_id: int
+    terms: JobTerms
+    packed_terms: bytes
+    metadata: bytes
+    tx: TxResult | None  # None when read back from an event
+
+
+class Marketplace:
+    """One deployment on one chain. Writes take the Sender that signs them."""
+
+    def __init__(self, w3: Web3, deployment: Deployment):
+        self.w3 = w3
+        self.deployment = deployment
+        self.registry = w3.eth.contract(address=deployment.registry, abi=load_artifact("NodeRegistry").abi)
+        self.market = w3.eth.contract(address=deployment.market, abi=load_artifact("JobMarket").abi)
+
+    @property
+    def chain_id(self) -> int:
+        return self.deployment.chain_id
+
+    def sender(self, private_key: str) -> Sender:
+        return Sender(self.w3, private_key, self.chain_id)
+
+    # ------------------------------------------------------------ registry writes
+
+    def register_model(
+        self, sender: Sender, name: str, weights_hash: bytes, num_layers: int, boundaries: list[int]
+    ) -> tuple[int, TxResult]:
+        tx = sender.transact(
+            self.registry.functions.registerModel(name, weights_hash, num_layers, list(boundaries)),
+            label="registerModel",
+        )
+        events = self.registry.events.ModelRegistered().process_receipt(tx.receipt, errors=DISCARD)
+        return int(events[0]["args"]["modelId"]), tx
+
+    def find_model(self, weights_hash: bytes, boundaries: list[int]) -> int | None:
+        """Id of a model already registered with these weights and this plan, if any."""
+        for model_id in range(1, self.model_count() + 1):
+            info = self.get_model(model_id)
+            if info.weights_hash == weights_hash and list(info.boundaries) == list(boundaries):
+                return model_id
+        return None
+
+    def stake(self, sender: Sender, amount: int) -> TxResult:
+        return sender.transact(self.registry.functions.stake(), value=amount, label="stake")
+
+    def register_node(
+        self,
+        sender: Sender,
+        model_id: int,
+        shard: int,
+        endpoint: str,
+        price_per_token: int,
+        encryption_key: bytes = b"\0" * 32,
+        stake: int = 0,
+    ) -> TxResult:
+        fn = self.registry.functions.registerNode(model_id, shard, endpoint, price_per_token, encryption_key)
+        return sender.transact(fn, value=stake, label="registerNode")
+
+    def update_node(self, sender: Sender, endpoint: str, price_per_token: int) -> TxResult:
+        return sender.transact(self.registry.functions.updateNode(endpoint, price_per_token), label="updateNode")
+
+    def deactivate(self, sender: Sender) -> TxResult:
+        return sender.transact(self.registry.functions.deactivate(), label="deactivate")
+
+    def unbond(self, sender: Sender, amount: int) -> TxResult:
+        return sender.transact(self.registry.functions.unbond(amount), label="unbond")
+
+    def withdraw_unbonded(self, sender: Sender) -> TxResult:
+        return sender.transact(self.registry.functions.withdrawUnbonded(), label="withdrawUnbonded")
+
+    # ------------------------------------------------------------ market writes
+
+    def submit_job(
+        self,
+        sender: Sender,
+        model_id: int,
+        first_shard: int,
+        max_tokens: int,
+        max_price_per_token: int,
+        escrow: int,
+        metadata: bytes = b"",
+    ) -> SubmittedJob:
+        fn = self.market.functions.submitJob(model_id, first_shard, max_tokens, max_price_per_token, metadata)
+        tx = sender.transact(fn, value=escrow, label="submitJob")
+        events = self.market.events.JobSubmitted().process_receipt(tx.receipt, errors=DISCARD)
+        args = events[0]["args"]
+        packed = bytes(args["terms"])
+        return SubmittedJob(int(args["jobId"]), JobTerms.decode(packed), packed, bytes(args["metadata"]), tx)
+
+    def commit(
+        self,
+        sender: Sender,
+        job_id: int,
+        packed_terms: bytes,
+        position: int,
+        input_commitment: bytes,
+        output_commitment: bytes,
+        receipt: tuple[int, int, bytes, bytes],
+    ) -> TxResult:
+        fn = self.market.functions.commit(
+            job_id, packed_terms, position, input_commitment, output_commitment, receipt
+        )
+        return sender.transact(fn, label=f"commit job {job_id} position {position}")
+
+    def finalize(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
+        return sender.transact(self.market.functions.finalize(job_id, packed_terms), label=f"finalize {job_id}")
+
+    def cancel(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
+        return sender.transact(self.market.functions.cancel(job_id, packed_terms), label=f"cancel {job_id}")
+
+    def hold_for_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
+        return sender.transact(self.market.functions.holdForAudit(job_id, packed_terms), label="holdForAudit")
+
+    def resolve_dispute(self, sender: Sender, job_id: int, packed_terms: bytes, fraud_mask: int) -> TxResult:
+        fn = self.market.functions.resolveDispute(job_id, packed_terms, fraud_mask)
+        return sender.transact(fn, label="resolveDispute")
+
+    def withdraw_earnings(self, sender: Sender) -> TxResult:
+        return sender.transact(self.market.functions.withdrawEarnings(), label="withdrawEarnings")
+
+    def withdraw_credit(self, sender: Sender) -> TxResult:
+        return sender.transact(self.market.functions.withdrawCredit(), label="withdrawCredit")
+
+    # ------------------------------------------------------------ views
+
+    def model_count(self) -> int:
+        return int(call_view(self.registry.functions.modelCount(), "NodeRegistry"))
+
+    def get_model(self, model_id: int) -> ModelInfo:
+        info = call_view(self.registry.functions.getModel(model_id), "NodeRegistry")
+        name, weights_hash, registrant, num_layers, boundaries = info
+        return ModelInfo(model_id, name, bytes(weights_hash), registrant, num_layers, tuple(boundaries))
+
+    def get_node(self, address: str) -> NodeInfo:
+        address = to_checksum_address(address)
+        r = call_view(self.registry.functions.getNode(address), "NodeRegistry")
+        return NodeInfo(
+            address=address,
+            status=NodeStatus(r[0]),
+            model_id=r[1],
+            shard=r[2],
+            price_per_token=r[3],
+            stake=r[4],
+            unbonding=r[5],
+            unlock_at=r[6],
+            earnings=r[7],
+            pooled=r[8],
+            encryption_key=bytes(r[9]),
+            endpoint=r[10],
+        )
+
+    def pool(self, model_id: int, shard: int) -> list[RouteHop]:
+        size = int(call_view(self.registry.functions.poolSize(model_id, shard), "NodeRegistry"))
+        hops = []
+        for i in range(size):
+            node, price = call_view(self.registry.functions.poolAt(model_id, shard, i), "NodeRegistry")
+            hops.append(RouteHop(to_checksum_address(node), int(price)))
+        return hops
+
+    def min_stake(self) -> int:
+        return int(call_view(self.registry.functions.minStake(), "NodeRegistry"))
+
+    def job_count(self) -> int:
+        return int(call_view(self.market.functions.jobCount(), "JobMarket"))
+
+    def get_job(self, job_id: int) -> JobState:
+        terms_hash, status, mask, billed, timestamp = call_view(self.market.functions.getJob(job_id), "JobMarket")
+        return JobState(job_id, bytes(terms_hash), JobStatus(status), mask, billed, timestamp)
+
+    def parameters(self) -> dict[str, int]:
+        ct, cw, dt, ms, fs = call_view(self.market.functions.parameters(), "JobMarket")
+        return {
+            "commit_timeout": ct,
+            "challenge_window": cw,
+            "dispute_timeout": dt,
+            "miss_slash_bps": ms,
+            "fraud_slash_bps": fs,
+        }
+
+    def credit_of(self, address: str) -> int:
+        return int(call_view(self.market.functions.creditOf(to_checksum_address(address)), "JobMarket"))
+
+    def total_credits(self) -> int:
+        return int(call_view(self.market.functions.totalCredits(), "JobMarket"))
+
+    def envelope_digest(self, job_id: int, step: int, tokens: int, payload_hash: bytes) -> bytes:
+        fn = self.market.functions.envelopeDigest(job_id, step, tokens, payload_hash)
+        return bytes(call_view(fn, "JobMarket"))
+
+    def hash_terms(self, job_id: int, packed_terms: bytes) -> bytes:
+        return bytes(call_view(self.market.functions.hashTerms(job_id, packed_terms), "JobMarket"))
+
+    def balance(self, address: str) -> int:
+        return int(self.w3.eth.get_balance(to_checksum_address(address)))
+
+    # ------------------------------------------------------------ events
+
+    def job_submitted(self, job_id: int) -> SubmittedJob:
+        """The job's terms, read back from its JobSubmitted event."""
+        logs = self.market.events.JobSubmitted().get_logs(
+            from_block=self.deployment.block, argument_filters={"jobId": job_id}
+        )
+        if not logs:
+            raise ChainError(f"no JobSubmitted event for job {job_id} on JobMarket {self.deployment.market}")
+        args = logs[0]["args"]
+        packed = bytes(args["terms"])
+        return SubmittedJob(job_id, JobTerms.decode(packed), packed, bytes(args["metadata"]), None)
+
+    def events(self, name: str, from_block: int | None = None, to_block: int | str = "latest", **filters: Any) -> list[Any]:
+        """Decoded logs of one event of either contract, oldest first."""
+        contract = self.market if hasattr(self.market.events, name) else self.registry
+        event = getattr(contract.events, name)()
+        return list(
+            event.get_logs(
+                from_block=self.deployment.block if from_block is None else from_block,
+                to_block=to_block,
+                argument_filters=filters or None,
+            )
+        )
+
+    def decode_receipt_events(self, receipt: Any) -> list[tuple[str, dict[str, Any]]]:
+        """Every splitmesh event in a transaction receipt as (name, args)."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for log in receipt["logs"]:
+            for contract in (self.market, self.registry):
+                if log["address"] != contract.address:
+                    continue
+                for event in contract.events:
+                    try:
+                        decoded = event().process_log(log)
+                    except Exception:  # noqa: BLE001 - not this event
+                        continue
+                    out.append((decoded["event"], dict(decoded["args"])))
+                    break
+        return out

@@ -69,4 +69,118 @@ async function decodeTerms(market, terms) {
   };
 }
 
-module.exports = { PARAMS, ZERO_HASH, deployMarket, envelopeSignature, receipt, termsOf, decodeTerms };
+// ---------------------------------------------------------------- shared setup for the behaviour tests
+
+/// A commit receipt that does not raise the billed count, so it is not checked (no signature needed).
+const NO_RECEIPT = { step: 0, tokens: 0, payloadHash: ZERO_HASH, signature: "0x" };
+
+/// JobStatus and NodeStatus enum values.
+const JobStatus = { None: 0, Open: 1, Committed: 2, Disputed: 3, Finalized: 4, Cancelled: 5 };
+const NodeStatus = { None: 0, Active: 1, Inactive: 2 };
+
+/// The 4-shard model every behaviour fixture registers (id 1).
+const MODEL = {
+  name: "smollm2-135m",
+  weightsHash: ethers.id("smollm2-135m weights"),
+  numLayers: 30,
+  boundaries: [0, 4, 12, 21, 30],
+};
+
+/// One node per shard; prices and stakes differ per shard so a mix-up between nodes shows in the numbers.
+const NODE_PRICES = [1_000_000_000n, 2_000_000_000n, 3_000_000_000n, 5_000_000_000n]; // wei per token
+const NODE_STAKES = [2n, 3n, 4n, 5n].map((e) => ethers.parseEther(e.toString()));
+
+async function setupMarket(auditorIndex) {
+  const signers = await ethers.getSigners();
+  const [deployer, client, n0, n1, n2, n3, auditor, other, client2] = signers;
+  const { registry, market, params } = await deployMarket({
+    auditor: auditorIndex === undefined ? ethers.ZeroAddress : signers[auditorIndex].address,
+  });
+  await registry.registerModel(MODEL.name, MODEL.weightsHash, MODEL.numLayers, MODEL.boundaries);
+  const nodes = [n0, n1, n2, n3];
+  for (let s = 0; s < nodes.length; s++) {
+    await registry
+      .connect(nodes[s])
+      .registerNode(1, s, `http://10.0.0.${s}:8000`, NODE_PRICES[s], ethers.id(`enc-key-${s}`), {
+        value: NODE_STAKES[s],
+      });
+  }
+  return { registry, market, params, deployer, client, nodes, auditor, other, client2, signers, modelId: 1 };
+}
+
+/// Market without an auditor, model 1 with one pooled node per shard (signers 2..5).
+async function marketFixture() {
+  return setupMarket(undefined);
+}
+
+/// Same, with signer 6 (an EOA) as the auditor.
+async function auditedMarketFixture() {
+  return setupMarket(6);
+}
+
+/// Submits a job and returns its id, packed terms and decoded terms. By default the escrow is exactly
+/// maxTokens x the sum of the matched prices (read from the pools with a dry run).
+async function submit(market, client, opts = {}) {
+  const { modelId = 1, firstShard = 1, maxTokens = 64, maxPrice = 10n ** 18n, metadata = "0x", extra = 0n } = opts;
+  let value = opts.value;
+  if (value === undefined) {
+    const registry = await ethers.getContractAt("NodeRegistry", await market.registry());
+    let sum = 0n;
+    const model = await registry.getModel(modelId);
+    for (let s = firstShard; s < model.boundaries.length - 1; s++) {
+      // Only exact when each pool holds one eligible node, which is how the fixtures are set up.
+      sum += (await registry.poolAt(modelId, s, 0)).pricePerToken;
+    }
+    value = BigInt(maxTokens) * sum + extra;
+  }
+  const tx = await market.connect(client).submitJob(modelId, firstShard, maxTokens, maxPrice, metadata, { value });
+  await tx.wait();
+  const jobId = await market.jobCount();
+  const terms = await termsOf(market, jobId);
+  const decoded = await decodeTerms(market, terms);
+  return { jobId, terms, decoded, tx, escrow: value };
+}
+
+/// The signer among `nodes` with this address.
+function signerOf(nodes, address) {
+  const s = nodes.find((n) => n.address === address);
+  if (!s) throw new Error(`no signer for ${address}`);
+  return s;
+}
+
+/// Commits every route position in order; position 0 carries `rcpt`, the others NO_RECEIPT.
+async function commitAll(market, nodes, job, rcpt = NO_RECEIPT) {
+  for (let i = 0; i < job.decoded.route.length; i++) {
+    const node = signerOf(nodes, job.decoded.route[i].node);
+    await market
+      .connect(node)
+      .commit(job.jobId, job.terms, i, ethers.id(`in-${job.jobId}-${i}`), ethers.id(`out-${job.jobId}-${i}`), i === 0 ? rcpt : NO_RECEIPT);
+  }
+}
+
+/// Sum of the route prices x tokens for the positions in mask (all positions by default).
+function routeCost(route, tokens, mask = 0xff) {
+  return route.reduce((acc, h, i) => ((mask >> i) & 1 ? acc + h.pricePerToken * BigInt(tokens) : acc), 0n);
+}
+
+module.exports = {
+  PARAMS,
+  ZERO_HASH,
+  deployMarket,
+  envelopeSignature,
+  receipt,
+  termsOf,
+  decodeTerms,
+  NO_RECEIPT,
+  JobStatus,
+  NodeStatus,
+  MODEL,
+  NODE_PRICES,
+  NODE_STAKES,
+  marketFixture,
+  auditedMarketFixture,
+  submit,
+  signerOf,
+  commitAll,
+  routeCost,
+};

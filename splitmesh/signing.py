@@ -67,7 +67,9 @@ class EnvelopeSigner:
     """Signs envelopes for one client key, chain and JobMarket."""
 
     def __init__(self, private_key: str | bytes, chain_id: int, market: str):
-        self._key = keys.PrivateKey(bytes.fromhex(private_key[2:]) if isinstance(private_key, str) else private_key)
+        self._key = keys.PrivateKey(
+            bytes.fromhex(private_key[2:]) if isinstance(private_key, str) else private_key
+        )
         self.address = self._key.public_key.to_checksum_address()
         self.chain_id = chain_id
         self.market = to_checksum_address(market)

@@ -10,7 +10,15 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from splitmesh.chain import HARDHAT_DEV_KEYS, DeployParams, Deployment, LocalChain, Marketplace, Sender, deploy
+from splitmesh.chain import (
+    HARDHAT_DEV_KEYS,
+    Deployment,
+    DeployParams,
+    LocalChain,
+    Marketplace,
+    Sender,
+    deploy,
+)
 
 # Short protocol windows keep time-travel small; the relations between them are the production ones.
 TEST_PARAMS = DeployParams(

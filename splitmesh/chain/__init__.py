@@ -1,8 +1,16 @@
 """Chain layer: contract artifacts, deployment, typed calls, local chain launcher."""
 
-from splitmesh.chain.deploy import DeployParams, Deployment, deploy, find_deployment, save_deployment
+from splitmesh.chain.deploy import Deployment, DeployParams, deploy, find_deployment, save_deployment
 from splitmesh.chain.launcher import HARDHAT_DEV_KEYS, LocalChain, free_port, rpc_chain_id
-from splitmesh.chain.market import JobState, JobStatus, Marketplace, ModelInfo, NodeInfo, NodeStatus, SubmittedJob
+from splitmesh.chain.market import (
+    JobState,
+    JobStatus,
+    Marketplace,
+    ModelInfo,
+    NodeInfo,
+    NodeStatus,
+    SubmittedJob,
+)
 from splitmesh.chain.terms import JobTerms, RouteHop, terms_hash
 from splitmesh.chain.tx import Sender, TxResult
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ class Artifact:
     bytecode: str  # 0x-prefixed creation code
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_artifact(name: str, root: Path | None = None) -> Artifact:
     """Load artifacts/contracts/<name>.sol/<name>.json written by `hardhat compile`."""
     path = (root or artifacts_dir()) / "contracts" / f"{name}.sol" / f"{name}.json"
@@ -46,7 +46,7 @@ def _canonical_type(item: dict[str, Any]) -> str:
     kind: str = item["type"]
     if kind.startswith("tuple"):
         inner = ",".join(_canonical_type(c) for c in item["components"])
-        return f"({inner}){kind[len('tuple'):]}"
+        return f"({inner}){kind[len('tuple') :]}"
     return kind
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import rlp
 from eth_utils import keccak, to_checksum_address
@@ -61,15 +62,16 @@ class Deployment:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Deployment:
-        params = DeployParams(**data.get("params", {}))  # type: ignore[arg-type]
+        raw_params: Any = data.get("params", {})
+        gas_used: Any = data.get("gas_used", {})
         return cls(
-            chain_id=int(data["chain_id"]),  # type: ignore[arg-type]
+            chain_id=int(str(data["chain_id"])),
             registry=to_checksum_address(str(data["registry"])),
             market=to_checksum_address(str(data["market"])),
             deployer=to_checksum_address(str(data["deployer"])),
-            block=int(data["block"]),  # type: ignore[arg-type]
-            params=params,
-            gas_used=dict(data.get("gas_used", {})),  # type: ignore[arg-type]
+            block=int(str(data["block"])),
+            params=DeployParams(**raw_params),
+            gas_used={str(k): int(v) for k, v in gas_used.items()},
         )
 
 
@@ -145,12 +147,13 @@ def is_live(w3: Web3, deployment: Deployment) -> bool:
     """True if both contracts have code on this chain and are bound to each other."""
     if w3.eth.chain_id != deployment.chain_id:
         return False
-    if not w3.eth.get_code(deployment.registry) or not w3.eth.get_code(deployment.market):
+    registry_address = to_checksum_address(deployment.registry)
+    if not w3.eth.get_code(registry_address) or not w3.eth.get_code(to_checksum_address(deployment.market)):
         return False
-    registry = w3.eth.contract(address=deployment.registry, abi=load_artifact("NodeRegistry").abi)
+    registry = w3.eth.contract(address=registry_address, abi=load_artifact("NodeRegistry").abi)
     try:
         return bool(to_checksum_address(registry.functions.jobMarket().call()) == deployment.market)
-    except Exception:  # noqa: BLE001 - wrong contract at that address
+    except Exception:
         return False
 
 
@@ -187,5 +190,10 @@ def deployment_from_market(w3: Web3, market: str) -> Deployment:
         auditor=to_checksum_address(contract.functions.auditor().call()),
     )
     return Deployment(
-        chain_id=w3.eth.chain_id, registry=registry, market=market, deployer=ZERO_ADDRESS, block=0, params=params
+        chain_id=w3.eth.chain_id,
+        registry=registry,
+        market=market,
+        deployer=ZERO_ADDRESS,
+        block=0,
+        params=params,
     )

@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from splitmesh.errors import ChainUnavailable, ConfigError
 from splitmesh.paths import project_root
@@ -80,7 +81,7 @@ class LocalChain:
     startup_timeout: float = 60.0  # seconds to wait for eth_chainId to answer
     log_path: Path | None = None  # where the node's stdout/stderr go (default: discarded)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_file: object | None = field(default=None, init=False, repr=False)
+    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def rpc_url(self) -> str:
@@ -98,17 +99,18 @@ class LocalChain:
         elif not port_is_free(self.port, self.host):
             raise ConfigError(f"port {self.port} on {self.host} is in use; pick another with --port")
         cmd = ["node", str(hardhat_cli()), "node", "--hostname", self.host, "--port", str(self.port)]
-        stdout: object = subprocess.DEVNULL
+        stdout: int | IO[bytes] = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-            stdout = self._log_file
+            log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self._log_file = log_file
+            stdout = log_file
         logger.info("starting hardhat node on %s", self.rpc_url)
         # Its own process group, so stop() can take down node and any children together.
         self._process = subprocess.Popen(
             cmd,
             cwd=project_root(),
-            stdout=stdout,  # type: ignore[arg-type]
+            stdout=stdout,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -119,7 +121,9 @@ class LocalChain:
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self._process = None
-                raise ChainUnavailable(f"hardhat node exited with code {code} before answering on {self.rpc_url}")
+                raise ChainUnavailable(
+                    f"hardhat node exited with code {code} before answering on {self.rpc_url}"
+                )
             try:
                 rpc_chain_id(self.rpc_url, timeout=1.0)
                 break
@@ -145,7 +149,7 @@ class LocalChain:
             except ProcessLookupError:
                 pass
         if self._log_file is not None:
-            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file.close()
             self._log_file = None
 
     @property

@@ -93,8 +93,12 @@ class Marketplace:
     def __init__(self, w3: Web3, deployment: Deployment):
         self.w3 = w3
         self.deployment = deployment
-        self.registry = w3.eth.contract(address=deployment.registry, abi=load_artifact("NodeRegistry").abi)
-        self.market = w3.eth.contract(address=deployment.market, abi=load_artifact("JobMarket").abi)
+        self.registry = w3.eth.contract(
+            address=to_checksum_address(deployment.registry), abi=load_artifact("NodeRegistry").abi
+        )
+        self.market = w3.eth.contract(
+            address=to_checksum_address(deployment.market), abi=load_artifact("JobMarket").abi
+        )
 
     @property
     def chain_id(self) -> int:
@@ -140,7 +144,9 @@ class Marketplace:
         return sender.transact(fn, value=stake, label="registerNode")
 
     def update_node(self, sender: Sender, endpoint: str, price_per_token: int) -> TxResult:
-        return sender.transact(self.registry.functions.updateNode(endpoint, price_per_token), label="updateNode")
+        return sender.transact(
+            self.registry.functions.updateNode(endpoint, price_per_token), label="updateNode"
+        )
 
     def deactivate(self, sender: Sender) -> TxResult:
         return sender.transact(self.registry.functions.deactivate(), label="deactivate")
@@ -186,7 +192,9 @@ class Marketplace:
         return sender.transact(fn, label=f"commit job {job_id} position {position}")
 
     def finalize(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
-        return sender.transact(self.market.functions.finalize(job_id, packed_terms), label=f"finalize {job_id}")
+        return sender.transact(
+            self.market.functions.finalize(job_id, packed_terms), label=f"finalize {job_id}"
+        )
 
     def cancel(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
         return sender.transact(self.market.functions.cancel(job_id, packed_terms), label=f"cancel {job_id}")
@@ -247,7 +255,9 @@ class Marketplace:
         return int(call_view(self.market.functions.jobCount(), "JobMarket"))
 
     def get_job(self, job_id: int) -> JobState:
-        terms_hash, status, mask, billed, timestamp = call_view(self.market.functions.getJob(job_id), "JobMarket")
+        terms_hash, status, mask, billed, timestamp = call_view(
+            self.market.functions.getJob(job_id), "JobMarket"
+        )
         return JobState(job_id, bytes(terms_hash), JobStatus(status), mask, billed, timestamp)
 
     def parameters(self) -> dict[str, int]:
@@ -289,7 +299,9 @@ class Marketplace:
         packed = bytes(args["terms"])
         return SubmittedJob(job_id, JobTerms.decode(packed), packed, bytes(args["metadata"]), None)
 
-    def events(self, name: str, from_block: int | None = None, to_block: int | str = "latest", **filters: Any) -> list[Any]:
+    def events(
+        self, name: str, from_block: int | None = None, to_block: int | str = "latest", **filters: Any
+    ) -> list[Any]:
         """Decoded logs of one event of either contract, oldest first."""
         contract = self.market if hasattr(self.market.events, name) else self.registry
         event = getattr(contract.events, name)()
@@ -308,10 +320,12 @@ class Marketplace:
             for contract in (self.market, self.registry):
                 if log["address"] != contract.address:
                     continue
-                for event in contract.events:
+                for item in contract.abi:
+                    if item.get("type") != "event":
+                        continue
                     try:
-                        decoded = event().process_log(log)
-                    except Exception:  # noqa: BLE001 - not this event
+                        decoded = getattr(contract.events, str(item["name"]))().process_log(log)
+                    except Exception:
                         continue
                     out.append((decoded["event"], dict(decoded["args"])))
                     break

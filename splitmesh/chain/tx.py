@@ -11,8 +11,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.contract.contract import ContractFunction
+from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, Web3RPCError
+from web3.types import TxParams, Wei
 
 from splitmesh.chain.artifacts import decode_error
 from splitmesh.errors import ChainError, ContractRevert, TransactionFailed
@@ -53,7 +54,7 @@ class Sender:
     def __init__(self, w3: Web3, private_key: str, chain_id: int | None = None):
         self.w3 = w3
         self.account: LocalAccount = Account.from_key(private_key)
-        self.address: str = self.account.address
+        self.address = self.account.address
         self.chain_id = chain_id if chain_id is not None else w3.eth.chain_id
         self._lock = threading.Lock()
         self._nonce: int | None = None
@@ -80,7 +81,7 @@ class Sender:
 
     def transact(
         self,
-        fn: ContractFunction,
+        fn: ContractFunction | ContractConstructor,
         *,
         value: int = 0,
         gas: int | None = None,
@@ -88,12 +89,14 @@ class Sender:
         timeout: float = 120.0,
     ) -> TxResult:
         """Estimate, sign, send and wait for a contract call; decoded ContractRevert on failure."""
-        name = label or f"{fn.address[:10]}.{fn.fn_name}"
+        name = label or str(getattr(fn, "fn_name", "transaction"))
         contract = getattr(fn, "contract_name", None) or "contract"
-        params: dict[str, Any] = {"from": self.address, "value": value, "chainId": self.chain_id}
+        params: dict[str, Any] = {"from": self.address, "value": value, "chainId": self.chain_id}  # TxParams
         try:
             if gas is None:
-                gas = int(fn.estimate_gas({"from": self.address, "value": value}) * GAS_HEADROOM)
+                gas = int(
+                    fn.estimate_gas(TxParams({"from": self.address, "value": Wei(value)})) * GAS_HEADROOM
+                )
         except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
             raise revert_from_exception(exc, contract) from None
         except Web3RPCError as exc:
@@ -102,8 +105,8 @@ class Sender:
         params.update(self._fees())
         with self._lock:
             params["nonce"] = self._next_nonce()
-            tx = fn.build_transaction(params)
-            signed = self.account.sign_transaction(tx)
+            tx = fn.build_transaction(params)  # type: ignore[arg-type]
+            signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
             try:
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:
@@ -122,14 +125,21 @@ class Sender:
         return result
 
     def _explain_failure(
-        self, fn: ContractFunction, params: dict[str, Any], result: TxResult, name: str, contract: str
+        self,
+        fn: ContractFunction | ContractConstructor,
+        params: dict[str, Any],
+        result: TxResult,
+        name: str,
+        contract: str,
     ) -> ChainError:
         # Replay the call at the block it failed in to recover the revert data.
+        if not isinstance(fn, ContractFunction):
+            return TransactionFailed(f"{name} reverted in tx {result.tx_hash} (gas used {result.gas_used})")
         try:
-            fn.call({"from": self.address, "value": params["value"]}, block_identifier=result.block_number - 1)
+            fn.call(TxParams({"from": self.address, "value": Wei(params["value"])}), result.block_number - 1)
         except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
             return revert_from_exception(exc, contract)
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:
             pass
         return TransactionFailed(f"{name} reverted in tx {result.tx_hash} (gas used {result.gas_used})")
 
@@ -151,7 +161,9 @@ class Sender:
                 self._nonce = None
                 raise TransactionFailed(f"transfer to {to} failed: {exc}") from exc
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
-        return TxResult(HexBytes(tx_hash).to_0x_hex(), int(receipt["gasUsed"]), int(receipt["blockNumber"]), receipt)
+        return TxResult(
+            HexBytes(tx_hash).to_0x_hex(), int(receipt["gasUsed"]), int(receipt["blockNumber"]), receipt
+        )
 
 
 def call_view(fn: ContractFunction, contract: str = "contract", **kwargs: Any) -> Any:

@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from splitmesh.chain import HARDHAT_DEV_KEYS, Sender, deploy, save_deployment
+from splitmesh.chain import HARDHAT_DEV_KEYS, Deployment, Sender, deploy, save_deployment
 from splitmesh.cli.common import (
     add_chain_args,
     add_deploy_args,
@@ -18,7 +18,7 @@ from splitmesh.cli.common import (
 from splitmesh.cli.output import Output, eth
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     chain = sub.add_parser("chain", help="local chain and contract deployment", description=__doc__)
     csub = chain.add_subparsers(dest="chain_command", required=True, metavar="COMMAND")
 
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     status.set_defaults(func=cmd_status)
 
 
-def _deployment_summary(deployment, rpc_url: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _deployment_summary(deployment: Deployment, rpc_url: str) -> dict[str, object]:
     return {
         "rpc_url": rpc_url,
         "chain_id": deployment.chain_id,

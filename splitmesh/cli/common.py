@@ -13,8 +13,8 @@ from web3 import Web3
 
 from splitmesh.chain import (
     HARDHAT_DEV_KEYS,
-    DeployParams,
     Deployment,
+    DeployParams,
     LocalChain,
     Marketplace,
     Sender,
@@ -45,7 +45,9 @@ def add_chain_args(parser: argparse.ArgumentParser, *, rpc_required: bool = Fals
         help="0x-hex key that signs transactions (env SPLITMESH_PRIVATE_KEY); "
         "on a local dev chain the first well-known dev account is used by default",
     )
-    parser.add_argument("--market", help="JobMarket address (env SPLITMESH_MARKET); default: remembered deployment")
+    parser.add_argument(
+        "--market", help="JobMarket address (env SPLITMESH_MARKET); default: remembered deployment"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
 
 
@@ -63,7 +65,7 @@ def add_deploy_args(parser: argparse.ArgumentParser) -> None:
 
 def deploy_params(args: argparse.Namespace) -> DeployParams:
     return DeployParams(
-        min_stake=int(round(args.min_stake * 10**18)),
+        min_stake=round(args.min_stake * 10**18),
         unbonding_delay=args.unbonding_delay,
         commit_timeout=args.commit_timeout,
         challenge_window=args.challenge_window,

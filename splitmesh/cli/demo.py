@@ -14,7 +14,14 @@ from typing import Any
 
 from splitmesh.chain import HARDHAT_DEV_KEYS, Marketplace, NodeStatus, Sender
 from splitmesh.chain.launcher import free_port
-from splitmesh.cli.common import add_chain_args, add_deploy_args, attach_deployment, deploy_params, open_session, settings_from
+from splitmesh.cli.common import (
+    add_chain_args,
+    add_deploy_args,
+    attach_deployment,
+    deploy_params,
+    open_session,
+    settings_from,
+)
 from splitmesh.cli.output import Output, eth, short
 from splitmesh.errors import ConfigError
 from splitmesh.model_files import describe_model
@@ -29,7 +36,7 @@ NOT_YET = [
 GWEI = 10**9
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the marketplace end to end on a local chain", description=__doc__)
     add_chain_args(p)
     add_deploy_args(p)
@@ -38,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--split", type=int, default=4, help="decoder layers the client runs itself (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     p.add_argument("--prompt", default="What is the capital of France?", help="instruction for the model")
-    p.add_argument("--epsilon", type=float, default=float("inf"), help="DP epsilon per token (inf = no noise)")
+    p.add_argument(
+        "--epsilon", type=float, default=float("inf"), help="DP epsilon per token (inf = no noise)"
+    )
     p.add_argument("--delta", type=float, default=1e-5, help="DP delta per token")
     p.add_argument("--price-gwei", type=float, default=1.0, help="each node's price per token in gwei")
     p.add_argument("--stake", type=float, default=2.0, help="ETH each node stakes")
@@ -64,7 +73,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.info(f"    ({model.hash_kind}; the tensor-level hash comes with the model shards)")
     out.info(f"    shard plan {plan}: the client runs layers 0-{args.split - 1}, {args.nodes} node shards")
 
-    out.step("starting a local hardhat node" if settings.rpc_url is None else f"connecting to {settings.rpc_url}")
+    out.step(
+        "starting a local hardhat node" if settings.rpc_url is None else f"connecting to {settings.rpc_url}"
+    )
     with open_session(settings) as session:
         market = attach_deployment(session, settings, deploy_if_missing=True, params=deploy_params(args))
         d = market.deployment
@@ -77,20 +88,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out.step("registering the model and its shard plan")
         model_id = market.find_model(model.weights_hash, plan)
         if model_id is None:
-            model_id, tx = market.register_model(deployer, model.name, model.weights_hash, model.num_layers, plan)
+            model_id, tx = market.register_model(
+                deployer, model.name, model.weights_hash, model.num_layers, plan
+            )
             gas["registerModel"] = tx.gas_used
             out.info(f"    model id {model_id} registered (gas {tx.gas_used})")
         else:
             out.info(f"    model id {model_id} already registered")
 
         out.step(f"{args.nodes} nodes stake {args.stake:g} ETH each and register for a shard")
-        price = int(round(args.price_gwei * GWEI))
+        price = round(args.price_gwei * GWEI)
         nodes = _register_nodes(market, session.w3, model_id, plan, args, price, gas)
         out.table(
             ["shard", "layers", "node", "stake", "price/token", "endpoint"],
             [
-                [n.shard, f"{plan[n.shard]}-{plan[n.shard + 1] - 1}", short(n.address), eth(n.stake),
-                 f"{n.price_per_token / GWEI:g} gwei", n.endpoint]
+                [
+                    n.shard,
+                    f"{plan[n.shard]}-{plan[n.shard + 1] - 1}",
+                    short(n.address),
+                    eth(n.stake),
+                    f"{n.price_per_token / GWEI:g} gwei",
+                    n.endpoint,
+                ]
                 for n in nodes
             ],
         )
@@ -100,15 +119,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_tokens = _max_tokens(args)
         escrow = max_tokens * price * args.nodes
         metadata = json.dumps(
-            {"epsilon": args.epsilon if args.epsilon != float("inf") else "inf", "delta": args.delta,
-             "split": args.split},
+            {
+                "epsilon": args.epsilon if args.epsilon != float("inf") else "inf",
+                "delta": args.delta,
+                "split": args.split,
+            },
             separators=(",", ":"),
         ).encode()
         job = market.submit_job(client, model_id, 1, max_tokens, price, escrow, metadata)
         assert job.tx is not None
         gas["submitJob"] = job.tx.gas_used
         state = market.get_job(job.job_id)
-        out.info(f"    job {job.job_id}: escrow {eth(escrow)} for up to {max_tokens} tokens, gas {job.tx.gas_used}")
+        out.info(
+            f"    job {job.job_id}: escrow {eth(escrow)} for up to {max_tokens} tokens, gas {job.tx.gas_used}"
+        )
         out.info(f"    on-chain status: {state.status.name.lower()}")
         route_rows = []
         route_json = []
@@ -116,12 +140,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
             shard = job.terms.first_shard + position
             info = market.get_node(hop.node)
             layers = f"{plan[shard]}-{plan[shard + 1] - 1}"
-            route_rows.append([position, shard, layers, short(hop.node), f"{hop.price_per_token / GWEI:g} gwei",
-                               info.endpoint])
-            route_json.append({"position": position, "shard": shard, "layers": [plan[shard], plan[shard + 1]],
-                               "node": hop.node, "price_per_token": hop.price_per_token,
-                               "endpoint": info.endpoint})
-        out.info("    route: client (layers 0-%d) -> nodes -> client (norm + LM head)" % (args.split - 1))
+            route_rows.append(
+                [
+                    position,
+                    shard,
+                    layers,
+                    short(hop.node),
+                    f"{hop.price_per_token / GWEI:g} gwei",
+                    info.endpoint,
+                ]
+            )
+            route_json.append(
+                {
+                    "position": position,
+                    "shard": shard,
+                    "layers": [plan[shard], plan[shard + 1]],
+                    "node": hop.node,
+                    "price_per_token": hop.price_per_token,
+                    "endpoint": info.endpoint,
+                }
+            )
+        out.info(f"    route: client (layers 0-{args.split - 1}) -> nodes -> client (norm + LM head)")
         out.table(["pos", "shard", "layers", "node", "price/token", "endpoint"], route_rows)
 
         out.step("not yet in this build:")
@@ -132,10 +171,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result: dict[str, Any] = {
             "job_id": job.job_id,
             "status": state.status.name.lower(),
-            "model": {"name": model.name, "model_id": model_id, "num_layers": model.num_layers,
-                      "weights_hash": "0x" + model.weights_hash.hex(), "plan": plan},
-            "chain": {"rpc_url": session.rpc_url, "chain_id": session.chain_id, "registry": d.registry,
-                      "market": d.market, "local": session.local is not None},
+            "model": {
+                "name": model.name,
+                "model_id": model_id,
+                "num_layers": model.num_layers,
+                "weights_hash": "0x" + model.weights_hash.hex(),
+                "plan": plan,
+            },
+            "chain": {
+                "rpc_url": session.rpc_url,
+                "chain_id": session.chain_id,
+                "registry": d.registry,
+                "market": d.market,
+                "local": session.local is not None,
+            },
             "client": client.address,
             "escrow_wei": escrow,
             "max_tokens": max_tokens,
@@ -154,10 +203,15 @@ def _max_tokens(args: argparse.Namespace) -> int:
 
 
 def _register_nodes(
-    market: Marketplace, w3: Any, model_id: int, plan: list[int], args: argparse.Namespace, price: int,
+    market: Marketplace,
+    w3: Any,
+    model_id: int,
+    plan: list[int],
+    args: argparse.Namespace,
+    price: int,
     gas: dict[str, int],
 ) -> list[Any]:
-    stake = int(round(args.stake * 10**18))
+    stake = round(args.stake * 10**18)
     nodes = []
     for shard, key in enumerate(_node_keys(args.nodes), start=1):
         sender = Sender(w3, key)

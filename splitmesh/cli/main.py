@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splitmesh", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug); env SPLITMESH_LOG"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output (-vv for debug); env SPLITMESH_LOG",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chain_cmd.register(sub)
@@ -37,7 +41,9 @@ def _setup_logging(verbosity: int) -> None:
     level = getattr(logging, level_name.upper(), None) if level_name else None
     if level is None:
         level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,9 @@ class Output:
         if self.as_json:
             return
         cells = [[str(c) for c in row] for row in rows]
-        widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+        widths = [
+            max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+        ]
         print("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
         for row in cells:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))

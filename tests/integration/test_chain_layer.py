@@ -15,10 +15,14 @@ GWEI = 10**9
 PLAN = [0, 2, 5, 8]
 
 
-def setup_model_and_nodes(market: Marketplace, actors: Actors, prices: tuple[int, ...] = (GWEI, 2 * GWEI)) -> int:
+def setup_model_and_nodes(
+    market: Marketplace, actors: Actors, prices: tuple[int, ...] = (GWEI, 2 * GWEI)
+) -> int:
     model_id, _ = market.register_model(actors.deployer, "tiny", b"\x07" * 32, 8, PLAN)
     for shard, (node, price) in enumerate(zip(actors.nodes[:2], prices, strict=True), start=1):
-        market.register_node(node, model_id, shard, f"http://127.0.0.1:{9100 + shard}", price, stake=2 * 10**18)
+        market.register_node(
+            node, model_id, shard, f"http://127.0.0.1:{9100 + shard}", price, stake=2 * 10**18
+        )
     return model_id
 
 
@@ -70,16 +74,21 @@ def test_python_hashes_and_digests_match_the_contract(market: Marketplace, actor
     assert market.hash_terms(job.job_id, job.packed_terms) == terms_hash(job.job_id, job.packed_terms)
     assert job.terms.encode() == job.packed_terms
     signer = EnvelopeSigner(
-        "0x" + actors.clients[0].account.key.hex().removeprefix("0x"), market.chain_id, market.deployment.market
+        "0x" + actors.clients[0].account.key.hex().removeprefix("0x"),
+        market.chain_id,
+        market.deployment.market,
     )
     env = signer.sign(job.job_id, 4, 9, b"\x33" * 32)
     from splitmesh.signing import envelope_digest
 
     digest = envelope_digest(market.chain_id, market.deployment.market, job.job_id, 4, 9, b"\x33" * 32)
     assert market.envelope_digest(job.job_id, 4, 9, b"\x33" * 32) == digest
-    assert recover_envelope_signer(
-        market.chain_id, market.deployment.market, job.job_id, 4, 9, b"\x33" * 32, env.signature
-    ) == actors.clients[0].address
+    assert (
+        recover_envelope_signer(
+            market.chain_id, market.deployment.market, job.job_id, 4, 9, b"\x33" * 32, env.signature
+        )
+        == actors.clients[0].address
+    )
     assert market.job_submitted(job.job_id).packed_terms == job.packed_terms
 
 
@@ -98,8 +107,15 @@ def test_full_job_lifecycle_pays_exactly(w3: Web3, market: Marketplace, actors: 
     receipt = signer.sign(job.job_id, 61, 61, b"\x44" * 32).as_receipt()
     for position, hop in enumerate(job.terms.route):
         node = _node_sender(actors, hop.node)
-        market.commit(node, job.job_id, job.packed_terms, position, b"\x01" * 32, b"\x02" * 32,
-                      receipt if position == 0 else EMPTY_RECEIPT)
+        market.commit(
+            node,
+            job.job_id,
+            job.packed_terms,
+            position,
+            b"\x01" * 32,
+            b"\x02" * 32,
+            receipt if position == 0 else EMPTY_RECEIPT,
+        )
     state = market.get_job(job.job_id)
     assert (state.status, state.committed_mask, state.billed_tokens) == (JobStatus.COMMITTED, 0b11, 61)
     with pytest.raises(ContractRevert, match="ChallengeWindowOpen"):
@@ -129,8 +145,15 @@ def test_cancel_slashes_the_node_that_never_committed(w3: Web3, market: Marketpl
     job = market.submit_job(client, model_id, 1, 10, 2 * GWEI, escrow=30 * GWEI)
     signer = EnvelopeSigner(client.account.key, market.chain_id, market.deployment.market)
     first = _node_sender(actors, job.terms.route[0].node)
-    market.commit(first, job.job_id, job.packed_terms, 0, b"\x01" * 32, b"\x02" * 32,
-                  signer.sign(job.job_id, 5, 5, b"\x00" * 32).as_receipt())
+    market.commit(
+        first,
+        job.job_id,
+        job.packed_terms,
+        0,
+        b"\x01" * 32,
+        b"\x02" * 32,
+        signer.sign(job.job_id, 5, 5, b"\x00" * 32).as_receipt(),
+    )
     with pytest.raises(ContractRevert, match="CommitWindowOpen"):
         market.cancel(client, job.job_id, job.packed_terms)
     increase_time(w3, TEST_PARAMS.commit_timeout + 1)

@@ -45,7 +45,9 @@ def test_recover_returns_the_signer_only_for_the_signed_fields() -> None:
     # Any change of chain, contract or field yields another address: the signature is bound to them.
     assert recover_envelope_signer(1, MARKET, 1, 2, 3, b"\x05" * 32, env.signature) != signer.address
     other_market = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-    assert recover_envelope_signer(31337, other_market, 1, 2, 3, b"\x05" * 32, env.signature) != signer.address
+    assert (
+        recover_envelope_signer(31337, other_market, 1, 2, 3, b"\x05" * 32, env.signature) != signer.address
+    )
     assert recover_envelope_signer(31337, MARKET, 1, 3, 3, b"\x05" * 32, env.signature) != signer.address
     assert recover_envelope_signer(31337, MARKET, 1, 2, 4, b"\x05" * 32, env.signature) != signer.address
 

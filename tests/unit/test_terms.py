@@ -30,7 +30,9 @@ def test_packed_terms_round_trip(terms: JobTerms) -> None:
 def test_layout_is_big_endian_packed() -> None:
     client = "0x" + "11" * 20
     node = "0x" + "22" * 20
-    terms = JobTerms(to_checksum_address(client), 7, 1, 300, 5 * 10**18, (RouteHop(to_checksum_address(node), 9),))
+    terms = JobTerms(
+        to_checksum_address(client), 7, 1, 300, 5 * 10**18, (RouteHop(to_checksum_address(node), 9),)
+    )
     packed = terms.encode()
     assert packed[:20] == b"\x11" * 20
     assert packed[20:24] == (7).to_bytes(4, "big")

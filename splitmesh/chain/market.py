@@ -324,7 +324,7 @@ class Marketplace:
                     if item.get("type") != "event":
                         continue
                     try:
-                        decoded = getattr(contract.events, str(item["name"]))().process_log(log)
+                        decoded = getattr(contract.events, str(item.get("name")))().process_log(log)
                     except Exception:
                         continue
                     out.append((decoded["event"], dict(decoded["args"])))

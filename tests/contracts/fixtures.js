@@ -1,5 +1,6 @@
 // Shared deployment fixture and helpers for the contract tests.
 const { ethers } = require("hardhat");
+const { setBalance, setCode, time } = require("@nomicfoundation/hardhat-network-helpers");
 
 const PARAMS = {
   minStake: ethers.parseEther("1"),
@@ -118,7 +119,54 @@ async function auditedMarketFixture() {
   return setupMarket(6);
 }
 
-/// Submits a job and returns its id, packed terms and decoded terms. By default the escrow is exactly
+/// Modes of contracts/test/ReentrantReceiver.sol's receive().
+const Mode = { Accept: 0, Reject: 1, BurnGas: 2, Reenter: 3, ReenterAndBubble: 4 };
+
+/// A client that is a contract (ReentrantReceiver code) at an address whose private key is known, like an
+/// EIP-7702 delegated account: the key signs EIP-712 receipts, the code decides what receive() does.
+/// Submit and withdraw through `contract.execute(...)`; value comes from the account's own balance.
+async function contractClient(label = "client", funding = ethers.parseEther("1000")) {
+  const template = await ethers.deployContract("ReentrantReceiver");
+  const code = await ethers.provider.getCode(await template.getAddress());
+  const wallet = new ethers.Wallet(ethers.id(`splitmesh contract ${label}`), ethers.provider);
+  await setCode(wallet.address, code);
+  await setBalance(wallet.address, funding);
+  const contract = await ethers.getContractAt("ReentrantReceiver", wallet.address);
+  return { wallet, contract, address: wallet.address };
+}
+
+/// Market fixture whose shard-3 node is a ReentrantReceiver contract (nodes[3] deactivated) that earned
+/// NODE_PRICES[3] x 10 in a finalized one-hop job and has its stake bonded.
+async function contractNodeFixture() {
+  const f = await marketFixture();
+  const { registry, market, client, nodes } = f;
+  const node = await ethers.deployContract("ReentrantReceiver");
+  await registry.connect(nodes[3]).deactivate();
+  const register = registry.interface.encodeFunctionData("registerNode", [
+    1,
+    3,
+    "http://contract-node",
+    NODE_PRICES[3],
+    ethers.id("contract node key"),
+  ]);
+  await node.execute(registry, NODE_STAKES[3], register, { value: NODE_STAKES[3] });
+  const job = await submit(market, client, { firstShard: 3, maxTokens: 10 });
+  const rcpt = await receipt(market, client, job.jobId, 10);
+  const commit = market.interface.encodeFunctionData("commit", [
+    job.jobId,
+    job.terms,
+    0,
+    ethers.id("in"),
+    ethers.id("out"),
+    rcpt,
+  ]);
+  await node.execute(market, 0, commit);
+  await time.increase(PARAMS.challengeWindow);
+  await market.finalize(job.jobId, job.terms);
+  return { ...f, node, nodeAddress: await node.getAddress(), earned: NODE_PRICES[3] * 10n, job };
+}
+
+/// Submits a job (client: a signer or a contractClient()) and returns its id, packed terms and decoded terms. By default the escrow is exactly
 /// maxTokens x the sum of the matched prices (read from the pools with a dry run).
 async function submit(market, client, opts = {}) {
   const { modelId = 1, firstShard = 1, maxTokens = 64, maxPrice = 10n ** 18n, metadata = "0x", extra = 0n } = opts;
@@ -133,7 +181,14 @@ async function submit(market, client, opts = {}) {
     }
     value = BigInt(maxTokens) * sum + extra;
   }
-  const tx = await market.connect(client).submitJob(modelId, firstShard, maxTokens, maxPrice, metadata, { value });
+  let tx;
+  if (client.contract) {
+    // A contract client pays from its own balance.
+    const data = market.interface.encodeFunctionData("submitJob", [modelId, firstShard, maxTokens, maxPrice, metadata]);
+    tx = await client.contract.execute(market, value, data);
+  } else {
+    tx = await market.connect(client).submitJob(modelId, firstShard, maxTokens, maxPrice, metadata, { value });
+  }
   await tx.wait();
   const jobId = await market.jobCount();
   const terms = await termsOf(market, jobId);
@@ -183,4 +238,7 @@ module.exports = {
   signerOf,
   commitAll,
   routeCost,
+  Mode,
+  contractClient,
+  contractNodeFixture,
 };

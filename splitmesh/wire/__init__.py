@@ -1,0 +1,43 @@
+"""Wire formats nodes use between processes: tensor frames for hidden states."""
+
+from splitmesh.wire.frames import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FLOAT_DTYPES,
+    MAGIC,
+    MAX_HEADER_BYTES,
+    SUPPORTED_DTYPES,
+    BadMagic,
+    BadShape,
+    Frame,
+    FrameError,
+    FrameTooLarge,
+    MalformedHeader,
+    NonFiniteValues,
+    SizeMismatch,
+    TruncatedFrame,
+    UnsupportedDType,
+    decode_frame,
+    encode_frame,
+    frame_hash,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "FLOAT_DTYPES",
+    "MAGIC",
+    "MAX_HEADER_BYTES",
+    "SUPPORTED_DTYPES",
+    "BadMagic",
+    "BadShape",
+    "Frame",
+    "FrameError",
+    "FrameTooLarge",
+    "MalformedHeader",
+    "NonFiniteValues",
+    "SizeMismatch",
+    "TruncatedFrame",
+    "UnsupportedDType",
+    "decode_frame",
+    "encode_frame",
+    "frame_hash",
+]

@@ -24,3 +24,11 @@ def state_dir() -> Path:
     path = Path(env) if env else project_root() / ".splitmesh"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def models_dir() -> Path:
+    """Converted model weights (shared by every run, tests included); SPLITMESH_MODELS overrides."""
+    env = os.environ.get("SPLITMESH_MODELS")
+    path = Path(env) if env else project_root() / ".splitmesh" / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

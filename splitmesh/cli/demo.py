@@ -70,7 +70,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = describe_model(args.model)
     plan = client_split_plan(model.num_layers, args.split, args.nodes)
     out.info(f"    {model.name}: {model.num_layers} layers, weights hash 0x{model.weights_hash.hex()[:16]}..")
-    out.info(f"    ({model.hash_kind}; the tensor-level hash comes with the model shards)")
     out.info(f"    shard plan {plan}: the client runs layers 0-{args.split - 1}, {args.nodes} node shards")
 
     out.step(

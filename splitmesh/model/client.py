@@ -1,0 +1,61 @@
+"""The client's part of a split model: embeddings and the first layers ("head"), final norm and LM head
+("tail"). Nodes never see token ids or logits: those exist only here."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache
+
+from splitmesh.model.loader import ModelSpec
+from splitmesh.model.stack import LayerStack
+
+
+class ClientModel(nn.Module):
+    """Head = embeddings + layers [0, split); tail = final norm + LM head."""
+
+    def __init__(self, spec: ModelSpec, split: int):
+        super().__init__()
+        spec.check_range(0, split)
+        self.spec = spec
+        self.config = spec.config
+        self.split = split
+        arch = spec.arch
+        self.embeddings = nn.ModuleDict(
+            {name: spec.build_module(name, f"{arch.base}.{name}.") for name in arch.embed}
+        )
+        self.stack: LayerStack = spec.build_stack(0, split)
+        self.norm = spec.build_module(arch.norm, arch.norm_prefix())
+        embed_weight = self.embeddings[arch.embed[0]].weight
+        head = spec.lm_head_weight(embed_weight)
+        # A tied head shares the embedding tensor (no copy), as the unsplit model does.
+        self.lm_head_weight = head if head is embed_weight else nn.Parameter(head, requires_grad=False)
+        self.eval().requires_grad_(False)
+
+    @classmethod
+    def load(cls, model: str | None, split: int, dtype: str | torch.dtype = "float32") -> ClientModel:
+        return cls(ModelSpec.open(model, dtype), split)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.spec.dtype
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.config)
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [batch, q], position_ids [batch, q] -> hidden [batch, q, hidden_size]."""
+        hidden = self.embeddings[self.spec.arch.embed[0]](input_ids)
+        if self.spec.arch.family == "gpt2":
+            hidden = hidden + self.embeddings["wpe"](position_ids)
+        return hidden
+
+    def head(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache | None = None
+    ) -> torch.Tensor:
+        """Token ids -> hidden states after layers [0, split): what the client noises and sends (Z)."""
+        return self.stack(self.embed(input_ids, position_ids), position_ids, cache)
+
+    def tail(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the last layer [batch, q, hidden] -> logits [batch, q, vocab]."""
+        return nn.functional.linear(self.norm(hidden), self.lm_head_weight)

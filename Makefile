@@ -9,6 +9,7 @@ VENV_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 ARTIFACT := artifacts/contracts/JobMarket.sol/JobMarket.json
 SOLIDITY := $(shell find contracts -name '*.sol')
+MODEL_STAMP := .splitmesh/models/SmolLM2-135M-Instruct/splitmesh.json
 
 .PHONY: help setup demo test test-contracts test-python lint contracts clean
 
@@ -21,7 +22,7 @@ help:
 	@echo "make setup           create .venv, npm ci, compile contracts"
 	@echo "make clean           remove build outputs (keeps .venv and node_modules)"
 
-setup: $(VENV_STAMP) $(NPM_STAMP) $(ARTIFACT)
+setup: $(VENV_STAMP) $(NPM_STAMP) $(ARTIFACT) $(MODEL_STAMP)
 
 # torch first, pinned to the local CPU build: a bare requirement would pull a multi-GB CUDA build.
 $(VENV_STAMP): pyproject.toml
@@ -39,6 +40,11 @@ $(NPM_STAMP): package.json package-lock.json
 
 contracts: $(ARTIFACT)
 
+# SmolLM2 ships as a quantized GGUF: dequantize it once into an fp32 safetensors directory (~20 s).
+$(MODEL_STAMP): $(VENV_STAMP)
+	$(PYTHON) -c "from splitmesh.model.source import ensure_smollm2; print(ensure_smollm2())"
+	touch $@
+
 $(ARTIFACT): $(NPM_STAMP) $(SOLIDITY) hardhat.config.js
 	$(HARDHAT) compile --quiet
 	touch $@
@@ -51,7 +57,7 @@ test: setup test-contracts test-python
 test-contracts: $(NPM_STAMP) $(ARTIFACT)
 	$(HARDHAT) test
 
-test-python: $(VENV_STAMP) $(ARTIFACT)
+test-python: $(VENV_STAMP) $(ARTIFACT) $(MODEL_STAMP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)

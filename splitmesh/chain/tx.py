@@ -94,9 +94,11 @@ class Sender:
         params: dict[str, Any] = {"from": self.address, "value": value, "chainId": self.chain_id}  # TxParams
         try:
             if gas is None:
-                gas = int(
-                    fn.estimate_gas(TxParams({"from": self.address, "value": Wei(value)})) * GAS_HEADROOM
+                # Against "pending", the block the transaction lands in: time-gated calls depend on it.
+                estimate = fn.estimate_gas(
+                    TxParams({"from": self.address, "value": Wei(value)}), block_identifier="pending"
                 )
+                gas = int(estimate * GAS_HEADROOM)
         except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
             raise revert_from_exception(exc, contract) from None
         except Web3RPCError as exc:

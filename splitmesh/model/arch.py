@@ -10,6 +10,7 @@ with `wte`, `wpe`, `h`, `ln_f`; absolute position embeddings are added by the cl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,9 @@ def detect(config: PretrainedConfig, skeleton: nn.Module) -> Arch:
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     if base is not None and all(hasattr(base, n) for n in needed) and hasattr(skeleton, "lm_head"):
         if getattr(config, "is_encoder_decoder", False):
-            raise UnsupportedArchitecture(f"{model_type} is an encoder-decoder model; only decoder-only LMs split")
+            raise UnsupportedArchitecture(
+                f"{model_type} is an encoder-decoder model; only decoder-only LMs split"
+            )
         return Arch("llama", "model", "layers", ("embed_tokens",), "norm", int(config.num_hidden_layers))
     raise UnsupportedArchitecture(
         f"model type {model_type!r} is not supported: splitmesh splits the Llama family (Llama, Mistral, "
@@ -73,7 +76,9 @@ def detect(config: PretrainedConfig, skeleton: nn.Module) -> Arch:
     )
 
 
-def materialize(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+def materialize(
+    module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype
+) -> nn.Module:
     """Give a meta-device submodule real CPU storage and load its weights (keys under `prefix`).
 
     Every parameter and persistent buffer must be present; a submodule with non-persistent buffers would
@@ -83,7 +88,7 @@ def materialize(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]
     for name, _ in module.named_buffers():
         if name not in persistent:
             raise UnsupportedArchitecture(
-                f"{type(module).__name__} has a non-persistent buffer {name!r}; cannot rebuild it from weights"
+                f"{type(module).__name__} has a non-persistent buffer {name!r}; cannot rebuild from weights"
             )
     module = module.to_empty(device="cpu")
     state = {k[len(prefix) :]: v.to(dtype) for k, v in tensors.items() if k.startswith(prefix)}
@@ -103,5 +108,5 @@ def rotary_for(config: PretrainedConfig, skeleton: nn.Module, arch: Arch) -> nn.
     """A fresh CPU rotary-embedding module (its buffers are computed from the config, not loaded)."""
     if arch.family != "llama":
         return None
-    rotary_cls = type(skeleton.model.rotary_emb)
+    rotary_cls: Any = type(skeleton.get_submodule("model.rotary_emb"))
     return rotary_cls(config=config).eval()

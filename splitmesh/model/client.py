@@ -26,7 +26,7 @@ class ClientModel(nn.Module):
         )
         self.stack: LayerStack = spec.build_stack(0, split)
         self.norm = spec.build_module(arch.norm, arch.norm_prefix())
-        embed_weight = self.embeddings[arch.embed[0]].weight
+        embed_weight: torch.Tensor = self.embeddings[arch.embed[0]].weight  # type: ignore[assignment]
         head = spec.lm_head_weight(embed_weight)
         # A tied head shares the embedding tensor (no copy), as the unsplit model does.
         self.lm_head_weight = head if head is embed_weight else nn.Parameter(head, requires_grad=False)

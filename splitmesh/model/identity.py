@@ -79,7 +79,9 @@ def combine(components: dict[str, bytes]) -> bytes:
 
 
 def _fingerprint(source: ModelSource) -> list[list[object]]:
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(source.path.glob("*.safetensors"))]
+    return [
+        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(source.path.glob("*.safetensors"))
+    ]
 
 
 def compute_identity(source: ModelSource) -> WeightsIdentity:
@@ -88,7 +90,9 @@ def compute_identity(source: ModelSource) -> WeightsIdentity:
     for file in sorted(source.path.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                per_component.setdefault(component_of(name), []).append((name, tensor_digest(name, f.get_tensor(name))))
+                per_component.setdefault(component_of(name), []).append(
+                    (name, tensor_digest(name, f.get_tensor(name)))
+                )
     components = {}
     for component, entries in per_component.items():
         h = hashlib.sha256()

@@ -31,8 +31,9 @@ class ModelSpec:
         torch_dtype = parse_dtype(dtype)
         config = AutoConfig.from_pretrained(str(source.path))
         skeleton = build_skeleton(config, torch_dtype)
-        arch = detect(skeleton.config, skeleton)
-        return cls(source, skeleton.config, arch, skeleton, torch_dtype)
+        model_config: PretrainedConfig = skeleton.config  # type: ignore[assignment]
+        arch = detect(model_config, skeleton)
+        return cls(source, model_config, arch, skeleton, torch_dtype)
 
     @property
     def num_layers(self) -> int:
@@ -44,7 +45,9 @@ class ModelSpec:
 
     def check_range(self, start: int, end: int) -> None:
         if not 0 <= start <= end <= self.num_layers:
-            raise InvalidShard(f"layer range [{start}, {end}) is outside the model's {self.num_layers} layers")
+            raise InvalidShard(
+                f"layer range [{start}, {end}) is outside the model's {self.num_layers} layers"
+            )
 
     def base(self) -> nn.Module:
         return getattr(self.skeleton, self.arch.base)

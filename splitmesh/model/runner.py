@@ -102,7 +102,9 @@ class ShardRunner:
         """Close sessions idle longer than the TTL; returns their ids."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            stale = [s.session_id for s in self._sessions.values() if now - s.last_used > self.limits.session_ttl]
+            stale = [
+                s.session_id for s in self._sessions.values() if now - s.last_used > self.limits.session_ttl
+            ]
             for session_id in stale:
                 self._drop(session_id)
         if stale:
@@ -172,7 +174,9 @@ class ShardRunner:
             self.cache_bytes += growth
             return out
 
-    def backward(self, hidden: torch.Tensor, positions: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    def backward(
+        self, hidden: torch.Tensor, positions: torch.Tensor, grad_output: torch.Tensor
+    ) -> torch.Tensor:
         """d(loss)/d(hidden) for this shard given d(loss)/d(output); weights stay frozen.
 
         Recomputes the forward over the whole sequence (no cache) with autograd on the input only.

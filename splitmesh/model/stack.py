@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import PretrainedConfig
@@ -14,7 +16,14 @@ from splitmesh.model.arch import Arch
 class LayerStack(nn.Module):
     """Layers [start, end) of a model. Layers keep their global index (their KV-cache slot)."""
 
-    def __init__(self, config: PretrainedConfig, arch: Arch, start: int, layers: list[nn.Module], rotary: nn.Module | None):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        arch: Arch,
+        start: int,
+        layers: list[nn.Module],
+        rotary: nn.Module | None,
+    ):
         super().__init__()
         self.config = config
         self.arch = arch
@@ -24,7 +33,9 @@ class LayerStack(nn.Module):
         self.rotary = rotary
         layer_types = getattr(config, "layer_types", None)
         self._layer_types: list[str] = (
-            [layer_types[i] for i in range(self.start, self.end)] if layer_types else ["full_attention"] * len(layers)
+            [layer_types[i] for i in range(self.start, self.end)]
+            if layer_types
+            else ["full_attention"] * len(layers)
         )
 
     def _masks(
@@ -32,7 +43,7 @@ class LayerStack(nn.Module):
     ) -> dict[str, torch.Tensor | None]:
         # layer_idx: size the mask from this shard's first cache slot; the default (slot 0) is empty on a
         # node that does not serve layer 0, which silently yields a wrong mask.
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "config": self.config,
             "inputs_embeds": hidden,
             "attention_mask": None,
@@ -42,12 +53,14 @@ class LayerStack(nn.Module):
         }
         masks: dict[str, torch.Tensor | None] = {}
         if "full_attention" in self._layer_types:
-            masks["full_attention"] = create_causal_mask(**kwargs)  # type: ignore[arg-type]
+            masks["full_attention"] = create_causal_mask(**kwargs)
         if "sliding_attention" in self._layer_types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)  # type: ignore[arg-type]
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
         return masks
 
-    def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: Cache | None = None
+    ) -> torch.Tensor:
         """hidden [batch, q, hidden_size], position_ids [batch, q] -> hidden [batch, q, hidden_size]."""
         if not len(self.layers):
             return hidden

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ def smollm2_dir() -> Path:
     return ModelSource.resolve(None).path
 
 
-def reference_generate(model_dir: Path, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+def reference_generate(
+    model_dir: Path, input_ids: torch.Tensor, max_new_tokens: int
+) -> tuple[list[int], list[torch.Tensor]]:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     out = model.generate(
         input_ids,
@@ -49,11 +52,13 @@ def reference_generate(model_dir: Path, input_ids: torch.Tensor, max_new_tokens:
 
 def build_split(model_dir: Path, plan: list[int]) -> tuple[ClientModel, list[ShardRunner]]:
     client = ClientModel.load(str(model_dir), plan[1])
-    runners = [ShardRunner.load(str(model_dir), a, b) for a, b in zip(plan[1:], plan[2:], strict=False)]
+    runners = [ShardRunner.load(str(model_dir), a, b) for a, b in pairwise(plan[1:])]
     return client, runners
 
 
-def assert_matches(model_dir: Path, plan: list[int], input_ids: torch.Tensor, steps: int, **kwargs: object) -> None:
+def assert_matches(
+    model_dir: Path, plan: list[int], input_ids: torch.Tensor, steps: int, **kwargs: object
+) -> None:
     ref_tokens, ref_logits = reference_generate(model_dir, input_ids, steps)
     client, runners = build_split(model_dir, plan)
     split = greedy_generate_split(client, runners, input_ids, steps, **kwargs)  # type: ignore[arg-type]
@@ -84,7 +89,8 @@ def test_chunked_prefill_equals_generate(llama_dir: Path, gpt2_dir: Path, chunk:
 def test_smollm2_split_equals_generate(smollm2_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Name three colours of the rainbow."}], add_generation_prompt=True,
+        [{"role": "user", "content": "Name three colours of the rainbow."}],
+        add_generation_prompt=True,
         return_tensors="pt",
     )["input_ids"]
     ref_tokens, ref_logits = reference_generate(smollm2_dir, ids, 16)
@@ -123,11 +129,14 @@ def test_two_interleaved_sessions_on_one_runner(llama_dir: Path) -> None:
 def test_runner_holds_only_its_shard(llama_dir: Path, smollm2_dir: Path) -> None:
     from safetensors import safe_open
 
-    for model_dir, plan, prefix in ((llama_dir, [0, 2, 4, 6], "model.layers."), (smollm2_dir, [4, 13, 22, 30], "model.layers.")):
+    for model_dir, plan, prefix in (
+        (llama_dir, [0, 2, 4, 6], "model.layers."),
+        (smollm2_dir, [4, 13, 22, 30], "model.layers."),
+    ):
         with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
             sizes = {name: f.get_slice(name).get_shape() for name in f.keys()}  # noqa: SIM118
         total = sum(torch.Size(s).numel() for s in sizes.values())
-        for start, end in zip(plan, plan[1:], strict=False):
+        for start, end in pairwise(plan):
             runner = ShardRunner.load(str(model_dir), start, end)
             own = sum(
                 torch.Size(shape).numel()

@@ -178,3 +178,90 @@ def test_backward_through_shards_equals_autograd(llama_dir: Path, gpt2_dir: Path
             grad = runner.backward(x, positions, grad)
         assert torch.allclose(grad, grad_ref, atol=1e-5, rtol=1e-4), float((grad - grad_ref).abs().max())
         assert float(grad.abs().max()) > 0
+
+
+def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
+    from transformers import BertConfig
+
+    from splitmesh.model.errors import UnsupportedArchitecture
+
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        is_decoder=True,
+    )
+    save_random_model(config, tmp_path)
+    with pytest.raises(UnsupportedArchitecture, match="Llama family"):
+        ShardRunner.load(str(tmp_path), 0, 1)
+
+
+def test_sessions_are_validated_bounded_and_expire(llama_dir: Path) -> None:
+    from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, InvalidShard
+    from splitmesh.model.runner import RunnerLimits
+
+    runner = ShardRunner.load(str(llama_dir), 2, 4, limits=RunnerLimits(max_sessions=2, session_ttl=10.0))
+    hidden = torch.randn(1, 3, 64)
+    runner.forward("a", hidden, torch.arange(3))
+    assert runner.cache_bytes == 3 * runner.bytes_per_token
+    with pytest.raises(BadPositions, match=r"3\.\.3"):
+        runner.forward("a", hidden[:, :1], torch.tensor([5]))
+    with pytest.raises(BadPositions):
+        runner.forward("new", hidden, torch.arange(1, 4))
+    with pytest.raises(BadHiddenStates, match=r"\[1, tokens, 64\]"):
+        runner.forward("a", torch.randn(1, 1, 32), torch.tensor([3]))
+    with pytest.raises(BadHiddenStates, match="bfloat16"):
+        runner.forward("a", hidden[:, :1].bfloat16(), torch.tensor([3]))
+    runner.forward("b", hidden, torch.arange(3))
+    with pytest.raises(CacheFull, match="2 sessions"):
+        runner.forward("c", hidden, torch.arange(3))
+    assert runner.close("b") and not runner.close("b")
+    assert runner.cache_bytes == 3 * runner.bytes_per_token
+    import time
+
+    assert runner.expire(time.monotonic() + 11) == ["a"]
+    assert runner.sessions() == [] and runner.cache_bytes == 0
+    tight = ShardRunner.load(
+        str(llama_dir), 2, 4, limits=RunnerLimits(max_cache_bytes=4 * runner.bytes_per_token)
+    )
+    tight.forward("a", hidden, torch.arange(3))
+    with pytest.raises(CacheFull, match="budget"):
+        tight.forward("a", torch.randn(1, 2, 64), torch.arange(3, 5))
+    tight.forward("a", hidden[:, :1], torch.tensor([3]))  # exactly at the budget still fits
+    with pytest.raises(InvalidShard):
+        ShardRunner.load(str(llama_dir), 4, 7)
+
+
+def test_bfloat16_shards_run_close_to_fp32(llama_dir: Path) -> None:
+    fp32 = ShardRunner.load(str(llama_dir), 0, 6)
+    bf16 = ShardRunner.load(str(llama_dir), 0, 6, dtype="bfloat16")
+    hidden = torch.randn(1, 5, 64)
+    a = fp32.forward("s", hidden, torch.arange(5))
+    b = bf16.forward("s", hidden.bfloat16(), torch.arange(5))
+    assert b.dtype == torch.bfloat16
+    rel = float((a - b.float()).norm() / a.norm())
+    assert 0 < rel < 0.05, rel
+
+
+def test_weights_hash_identifies_tensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from splitmesh.model.identity import compute_identity, weights_identity
+
+    a = save_random_model(tiny_llama_config(), tmp_path / "a", seed=1)
+    b = save_random_model(tiny_llama_config(), tmp_path / "b", seed=1)
+    c = save_random_model(tiny_llama_config(), tmp_path / "c", seed=2)
+    ia, ib, ic = (weights_identity(ModelSource.resolve(str(p))) for p in (a, b, c))
+    assert ia.model_hash == ib.model_hash != ic.model_hash
+    assert set(ia.layer_hashes(0, 6)) == {f"layer.{i}" for i in range(6)}
+    # Change one weight of layer 3: only that component and the model hash move.
+    state = load_file(str(b / "model.safetensors"))
+    state["model.layers.3.mlp.up_proj.weight"][0, 0] += 1.0
+    save_file(state, str(b / "model.safetensors"), metadata={"format": "pt"})
+    changed = weights_identity(ModelSource.resolve(str(b)))  # cached manifest is invalidated
+    assert changed == compute_identity(ModelSource.resolve(str(b)))
+    assert changed.model_hash != ia.model_hash
+    diff = {k for k in ia.components if ia.components[k] != changed.components[k]}
+    assert diff == {"layer.3"}

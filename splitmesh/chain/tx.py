@@ -105,22 +105,8 @@ class Sender:
             raise TransactionFailed(f"{name}: gas estimation failed: {exc}") from exc
         params["gas"] = gas
         params.update(self._fees())
-        with self._lock:
-            params["nonce"] = self._next_nonce()
-            tx = fn.build_transaction(params)  # type: ignore[arg-type]
-            signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
-            try:
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            except Exception as exc:
-                self._nonce = None
-                raise TransactionFailed(f"{name}: sending failed: {exc}") from exc
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
-        result = TxResult(
-            tx_hash=HexBytes(tx_hash).to_0x_hex(),
-            gas_used=int(receipt["gasUsed"]),
-            block_number=int(receipt["blockNumber"]),
-            receipt=receipt,
-        )
+        result = self._sign_send_wait(params, name, timeout, build=fn.build_transaction)
+        receipt = result.receipt
         if receipt["status"] != 1:
             raise self._explain_failure(fn, params, result, name, contract)
         logger.debug("%s mined in block %d, gas %d", name, result.block_number, result.gas_used)
@@ -154,14 +140,21 @@ class Sender:
             "chainId": self.chain_id,
         }
         params.update(self._fees())
+        return self._sign_send_wait(params, f"transfer to {to}", timeout)
+
+    def _sign_send_wait(
+        self, params: dict[str, Any], name: str, timeout: float, build: Any = None
+    ) -> TxResult:
+        """Take the next nonce, sign, send, wait for the receipt (the nonce resyncs if sending fails)."""
         with self._lock:
             params["nonce"] = self._next_nonce()
-            signed = self.account.sign_transaction(params)
+            tx = build(params) if build is not None else params
+            signed = self.account.sign_transaction(tx)
             try:
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:
                 self._nonce = None
-                raise TransactionFailed(f"transfer to {to} failed: {exc}") from exc
+                raise TransactionFailed(f"{name}: sending failed: {exc}") from exc
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
         return TxResult(
             HexBytes(tx_hash).to_0x_hex(), int(receipt["gasUsed"]), int(receipt["blockNumber"]), receipt

@@ -51,13 +51,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from web3 import Web3
-from web3.contract.contract import ContractConstructor, ContractFunction
+from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
-from web3.types import TxParams, Wei
 
 from splitmesh.chain import HARDHAT_DEV_KEYS, Deployment, JobStatus, Marketplace, NodeStatus, Sender
 from splitmesh.chain.terms import JobTerms
-from splitmesh.chain.tx import GAS_HEADROOM, TxResult, revert_from_exception
+from splitmesh.chain.tx import TxResult, revert_from_exception
 from splitmesh.errors import ContractRevert
 from splitmesh.signing import EMPTY_RECEIPT, EnvelopeSigner
 from tests.conftest import AUDITOR_KEY, TEST_PARAMS, increase_time, tx_cost
@@ -113,33 +112,6 @@ def rpc(w3: Web3, method: str, params: list[Any]) -> Any:
     response = w3.provider.make_request(method, params)  # type: ignore[arg-type]
     assert "error" not in response, f"{method}{params}: {response['error']}"
     return response["result"]
-
-
-class PinnedSender(Sender):
-    """A Sender whose gas estimate runs against the pending block.
-
-    Sender estimates against `latest`, whose block.timestamp is the previous block's; the machine pins the
-    next block's timestamp, and only a pending-block estimate sees it, so the estimate (where expected
-    reverts surface) and the mined transaction agree even at a window boundary.
-    """
-
-    def transact(
-        self,
-        fn: ContractFunction | ContractConstructor,
-        *,
-        value: int = 0,
-        gas: int | None = None,
-        label: str | None = None,
-        timeout: float = 120.0,
-    ) -> TxResult:
-        if gas is None:
-            try:
-                tx = TxParams({"from": self.address, "value": Wei(value)})
-                estimate = fn.estimate_gas(tx, block_identifier="pending")
-            except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
-                raise revert_from_exception(exc, getattr(fn, "contract_name", None) or "contract") from None
-            gas = int(estimate * GAS_HEADROOM)
-        return super().transact(fn, value=value, gas=gas, label=label, timeout=timeout)
 
 
 class BatchReader:
@@ -384,10 +356,10 @@ class MarketMachine(RuleBasedStateMachine):
         self.m = Marketplace(self.w3, env.deployment)
         chain_id = self.m.chain_id
         # Fresh Senders: their nonce caches would be stale after the previous example's revert.
-        self.node_senders = [PinnedSender(self.w3, key, chain_id) for key in NODE_KEYS]
-        self.client_senders = [PinnedSender(self.w3, key, chain_id) for key in CLIENT_KEYS]
-        self.auditor = PinnedSender(self.w3, AUDITOR_KEY, chain_id)
-        self.deployer = PinnedSender(self.w3, HARDHAT_DEV_KEYS[0], chain_id)
+        self.node_senders = [Sender(self.w3, key, chain_id) for key in NODE_KEYS]
+        self.client_senders = [Sender(self.w3, key, chain_id) for key in CLIENT_KEYS]
+        self.auditor = Sender(self.w3, AUDITOR_KEY, chain_id)
+        self.deployer = Sender(self.w3, HARDHAT_DEV_KEYS[0], chain_id)
         self.everyone = [self.deployer, *self.node_senders, *self.client_senders, self.auditor]
         self.signers = [EnvelopeSigner(key, chain_id, env.deployment.market) for key in CLIENT_KEYS]
         self.strangers = [EnvelopeSigner(key, chain_id, env.deployment.market) for key in NODE_KEYS[:3]]
@@ -546,7 +518,7 @@ class MarketMachine(RuleBasedStateMachine):
             candidates = list(range(len(self.nodes)))
         return candidates[(k // 4) % len(candidates)]
 
-    def _sender_of(self, address: str) -> PinnedSender:
+    def _sender_of(self, address: str) -> Sender:
         return next(s for s in self.everyone if s.address == address)
 
     def _payout(self, address: str, amount: int, out: Outcome, expected: dict[str, int]) -> None:
@@ -839,7 +811,7 @@ class MarketMachine(RuleBasedStateMachine):
         rule_name: str,
         job: JobModel,
         position: int,
-        by: PinnedSender,
+        by: Sender,
         tokens: int,
         signed: bool,
         at: str,

@@ -4,6 +4,7 @@ pragma solidity 0.8.28;
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {JobTerms, Receipt, RouteHop, JobStatus} from "./libraries/SplitmeshTypes.sol";
@@ -157,8 +158,13 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
             uint32 maxTokens = terms.maxTokens();
             if (receipt.tokens > maxTokens) revert TokensExceedMax(receipt.tokens, maxTokens);
             bytes32 digest = _envelopeDigest(jobId, receipt.step, receipt.tokens, receipt.payloadHash);
+            address client = terms.client();
             (address signer, ECDSA.RecoverError err, ) = ECDSA.tryRecover(digest, receipt.signature);
-            if (err != ECDSA.RecoverError.NoError || signer != terms.client()) {
+            // A contract client (a smart wallet) signs through ERC-1271; an EOA never reaches that call.
+            if (
+                (err != ECDSA.RecoverError.NoError || signer != client) &&
+                !SignatureChecker.isValidERC1271SignatureNowCalldata(client, digest, receipt.signature)
+            ) {
                 revert InvalidReceiptSignature(jobId, signer);
             }
             job.billedTokens = receipt.tokens;

@@ -4,6 +4,8 @@ const { expect } = require("chai");
 const { ethers } = require("hardhat");
 const { loadFixture, time, setBalance, setPrevRandao } = require("@nomicfoundation/hardhat-network-helpers");
 const {
+  ENVELOPE_TYPES,
+  domainOf,
   PARAMS,
   NODE_PRICES,
   NODE_STAKES,
@@ -29,20 +31,6 @@ const BILLED = 40;
 const IN = ethers.id("input commitment");
 const OUT = ethers.id("output commitment");
 const BPS = 10_000n;
-
-const ENVELOPE_TYPES = {
-  Envelope: [
-    { name: "jobId", type: "uint256" },
-    { name: "step", type: "uint32" },
-    { name: "tokens", type: "uint32" },
-    { name: "payloadHash", type: "bytes32" },
-  ],
-};
-
-async function domainOf(market, overrides = {}) {
-  const { chainId } = await ethers.provider.getNetwork();
-  return { name: "splitmesh", version: "1", chainId, verifyingContract: await market.getAddress(), ...overrides };
-}
 
 /// Signs an envelope under an arbitrary domain (to test domain binding).
 async function receiptWithDomain(market, signer, jobId, tokens, overrides) {

@@ -32,18 +32,23 @@ async function deployMarket({ auditor = ethers.ZeroAddress, params = PARAMS } = 
   return { registry, market, params };
 }
 
-async function envelopeSignature(market, signer, jobId, step, tokens, payloadHash) {
+const ENVELOPE_TYPES = {
+  Envelope: [
+    { name: "jobId", type: "uint256" },
+    { name: "step", type: "uint32" },
+    { name: "tokens", type: "uint32" },
+    { name: "payloadHash", type: "bytes32" },
+  ],
+};
+
+/// The JobMarket's EIP-712 domain; overrides let a test sign for another chain or contract.
+async function domainOf(market, overrides = {}) {
   const { chainId } = await ethers.provider.getNetwork();
-  const domain = { name: "splitmesh", version: "1", chainId, verifyingContract: await market.getAddress() };
-  const types = {
-    Envelope: [
-      { name: "jobId", type: "uint256" },
-      { name: "step", type: "uint32" },
-      { name: "tokens", type: "uint32" },
-      { name: "payloadHash", type: "bytes32" },
-    ],
-  };
-  return signer.signTypedData(domain, types, { jobId, step, tokens, payloadHash });
+  return { name: "splitmesh", version: "1", chainId, verifyingContract: await market.getAddress(), ...overrides };
+}
+
+async function envelopeSignature(market, signer, jobId, step, tokens, payloadHash) {
+  return signer.signTypedData(await domainOf(market), ENVELOPE_TYPES, { jobId, step, tokens, payloadHash });
 }
 
 async function receipt(market, signer, jobId, tokens, step = tokens, payloadHash = ethers.id(`frame-${step}`)) {
@@ -219,6 +224,8 @@ function routeCost(route, tokens, mask = 0xff) {
 }
 
 module.exports = {
+  ENVELOPE_TYPES,
+  domainOf,
   PARAMS,
   ZERO_HASH,
   deployMarket,

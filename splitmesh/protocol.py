@@ -1,0 +1,141 @@
+"""The off-chain step protocol between a client and the nodes of a route (shared by node/ and client_sdk/).
+
+A job's hidden states travel as tensor frames (splitmesh.wire). Each step message is a frame whose
+tensor is the hidden state [1, q, hidden] and whose meta (a `StepMeta`) carries the client's signed
+envelope: job id, step number, cumulative tokens and the hash of the client's own payload. Every node
+checks that envelope; the first node also checks the payload hash against the frame it received.
+Node s relays the same meta with its output tensor to node s+1; the last node's output returns along
+the path as a frame whose meta is a `StepResult`.
+
+Commitments: per job each node folds the digest of every input and every output tensor into two hash
+chains, ``chain' = keccak(chain || uint32 step || digest)`` starting from 32 zero bytes. Node s's output
+chain therefore equals node s+1's input chain when both saw the same tensors, the client can compute
+the first node's input chain and the last node's output chain itself, and the chains are what a node
+commits on-chain when the job ends.
+
+The end of a job is an envelope with step `END_STEP` and payload hash `END_PAYLOAD`, signed by the
+client like any step, so a node can tell an authentic end from a forged one on any transport.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from eth_utils import keccak
+from pydantic import BaseModel, ConfigDict, Field
+
+from splitmesh.wire.frames import encode_frame
+
+PROTOCOL_VERSION = 1
+END_STEP = 2**32 - 1  # envelope step number that marks the end of a job
+END_PAYLOAD = keccak(b"splitmesh/end-of-job")
+ZERO_CHAIN = b"\0" * 32
+MAX_STEP_FRAME_BYTES = 32 * 1024 * 1024  # bytes of one step frame a node accepts by default
+
+STREAM_PATH = "/v1/jobs/{job}/stream"  # WebSocket: one session per job and hop
+STEP_PATH = "/v1/jobs/{job}/steps"  # HTTP POST: one step per request
+END_PATH = "/v1/jobs/{job}/end"  # HTTP POST: the client's signed end of the job
+
+_HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
+_HEX_SIG = re.compile(r"^0x[0-9a-fA-F]{130}$")
+_HEX = re.compile(r"^0x(?:[0-9a-fA-F]{2})*$")
+
+Hex32 = str
+UINT32 = 2**32 - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class StepMeta(_Strict):
+    """Meta of a step frame: the client's envelope for this step plus where the tokens sit."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    kind: Literal["step"] = "step"
+    job: int = Field(ge=0, lt=2**256)
+    step: int = Field(ge=0, lt=END_STEP)
+    tokens: int = Field(ge=1, le=UINT32)  # tokens processed in this job so far, this step included
+    start: int = Field(ge=0, le=UINT32)  # position id of the first token in this frame
+    payload_hash: str = Field(pattern=_HEX32.pattern)  # digest of the client's tensor for this step
+    signature: str = Field(pattern=_HEX_SIG.pattern)  # client's EIP-712 envelope signature
+    terms: str | None = Field(default=None, pattern=_HEX.pattern, max_length=2 + 2 * 512)  # packed terms
+    want: Literal["all", "last"] = "all"  # which positions the last node returns
+
+
+class EndMeta(_Strict):
+    """The client's signed end of a job: nodes close the session and commit."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    kind: Literal["end"] = "end"
+    job: int = Field(ge=0, lt=2**256)
+    tokens: int = Field(ge=0, le=UINT32)  # tokens the client signs for over the whole job
+    signature: str = Field(pattern=_HEX_SIG.pattern)
+    terms: str | None = Field(default=None, pattern=_HEX.pattern, max_length=2 + 2 * 512)
+
+
+class HopTiming(_Strict):
+    node: str
+    position: int
+    compute_ms: float  # time in the shard's layers
+    handle_ms: float  # time from receiving the frame to sending the reply, downstream included
+
+
+class StepResult(_Strict):
+    """Meta of the frame that returns the last node's hidden state to the client."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    kind: Literal["result"] = "result"
+    job: int
+    step: int
+    hops: list[HopTiming]  # first node first
+
+
+class EndResult(_Strict):
+    """Reply to an end message: each node's final commitments, first node first."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    kind: Literal["ended"] = "ended"
+    job: int
+    commitments: list[NodeCommitment]
+
+
+class NodeCommitment(_Strict):
+    node: str
+    position: int
+    steps: int
+    input_chain: str
+    output_chain: str
+
+
+EndResult.model_rebuild()
+
+
+class ErrorReply(_Strict):
+    """What a node answers instead of a result: an HTTP-like status, a stable code and a reason."""
+
+    status: int
+    code: str
+    error: str
+    node: str | None = None  # the node that rejected (may be downstream of the one answering)
+    position: int | None = None
+
+
+def tensor_digest(tensor: torch.Tensor) -> bytes:
+    """keccak256 of a tensor's canonical frame (dtype, shape, little-endian bytes; no meta)."""
+    return keccak(encode_frame(tensor))
+
+
+def extend_chain(chain: bytes, step: int, digest: bytes) -> bytes:
+    """One link of a commitment hash chain."""
+    return keccak(chain + step.to_bytes(4, "big") + digest)
+
+
+def hex32(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def unhex(value: str) -> bytes:
+    return bytes.fromhex(value[2:])

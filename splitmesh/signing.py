@@ -1,7 +1,9 @@
 """EIP-712 signing of the client's per-step envelope (also the on-chain usage receipt).
 
 The digest is computed directly (a few keccaks) instead of through eth_account's generic typed-data
-encoder, which is ~50x slower; tests check it against the contract's `envelopeDigest`.
+encoder, which is ~50x slower; tests check it against the contract's `envelopeDigest`. Signing and
+recovery call libsecp256k1 through coincurve (18 µs and 36 µs, against 63 µs and 84 µs through
+eth_keys), since every node recovers the client's signature on every step.
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from eth_account import Account
-from eth_keys import keys
+import coincurve
 from eth_utils import keccak, to_checksum_address
 
 DOMAIN_NAME = "splitmesh"
@@ -67,25 +68,46 @@ class EnvelopeSigner:
     """Signs envelopes for one client key, chain and JobMarket."""
 
     def __init__(self, private_key: str | bytes, chain_id: int, market: str):
-        self._key = keys.PrivateKey(
-            bytes.fromhex(private_key[2:]) if isinstance(private_key, str) else private_key
-        )
-        self.address = self._key.public_key.to_checksum_address()
+        raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else private_key
+        self._key = coincurve.PrivateKey(raw)
+        self.address = _address_of(self._key.public_key)
         self.chain_id = chain_id
         self.market = to_checksum_address(market)
 
     def sign(self, job_id: int, step: int, tokens: int, payload_hash: bytes) -> SignedEnvelope:
         digest = envelope_digest(self.chain_id, self.market, job_id, step, tokens, payload_hash)
-        sig = self._key.sign_msg_hash(digest)
-        signature = sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v + 27])
+        # libsecp256k1 always produces the low-s form the contract's ECDSA.tryRecover requires.
+        raw = self._key.sign_recoverable(digest, hasher=None)
+        signature = raw[:64] + bytes([raw[64] + 27])
         return SignedEnvelope(job_id, step, tokens, payload_hash, signature)
 
 
 def recover_envelope_signer(
     chain_id: int, market: str, job_id: int, step: int, tokens: int, payload_hash: bytes, signature: bytes
 ) -> str:
-    """Address that signed an envelope; raises ValueError on a malformed signature."""
+    """Address that signed an envelope; raises ValueError on a malformed signature.
+
+    Accepts exactly what the contract accepts: 65 bytes, v in {27, 28}, s in the lower half order.
+    """
     if len(signature) != 65:
         raise ValueError(f"signature must be 65 bytes, got {len(signature)}")
+    v = signature[64]
+    if v not in (27, 28):
+        raise ValueError(f"signature v must be 27 or 28, got {v}")
+    if int.from_bytes(signature[32:64], "big") > _HALF_ORDER:
+        raise ValueError("signature s is in the upper half of the curve order (malleable form)")
     digest = envelope_digest(chain_id, market, job_id, step, tokens, payload_hash)
-    return str(Account._recover_hash(digest, signature=signature))
+    try:
+        public = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - 27]), digest, hasher=None
+        )
+    except Exception as exc:  # libsecp256k1 rejects r/s out of range or no point
+        raise ValueError(f"signature does not recover a public key: {exc}") from exc
+    return _address_of(public)
+
+
+_HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+def _address_of(public: coincurve.PublicKey) -> str:
+    return to_checksum_address(keccak(public.format(compressed=False)[1:])[-20:])

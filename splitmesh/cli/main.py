@@ -18,7 +18,7 @@ run the remaining shards; nodes commit on-chain and are paid after a challenge w
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitmesh.cli import chain_cmd, demo
+    from splitmesh.cli import chain_cmd, demo, node_cmd
 
     parser = argparse.ArgumentParser(
         prog="splitmesh", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chain_cmd.register(sub)
     demo.register(sub)
+    node_cmd.register(sub)
     return parser
 
 

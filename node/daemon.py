@@ -1,0 +1,215 @@
+"""`splitmesh node run`: load a shard, register on-chain, serve steps, commit and claim, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiohttp import web
+from web3 import Web3
+
+from node.config import NodeConfig
+from node.duties import ChainDuties, ensure_registered
+from node.errors import NodeSetupError
+from node.jobs import JobDirectory
+from node.metrics import NodeMetrics
+from node.server import create_app
+from node.service import NodeService
+from node.store import NodeStore
+from splitmesh.chain import Marketplace, ModelInfo, Sender, find_deployment
+from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.model.runner import RunnerLimits, ShardRunner
+from splitmesh.model_files import describe_model
+from splitmesh.paths import state_dir
+from splitmesh.settings import ChainSettings
+
+logger = logging.getLogger(__name__)
+
+
+def connect(settings: ChainSettings) -> Marketplace:
+    if settings.rpc_url is None:
+        raise NodeSetupError("a node needs --rpc-url (or SPLITMESH_RPC_URL): the chain it serves")
+    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": settings.tx_timeout}))
+    if settings.market:
+        deployment = deployment_from_market(w3, settings.market)
+    else:
+        found = find_deployment(w3, settings.rpc_url)
+        if found is None:
+            raise NodeSetupError(
+                f"no splitmesh deployment known for {settings.rpc_url}; pass --market ADDRESS or run "
+                f"`splitmesh chain deploy --rpc-url {settings.rpc_url}`"
+            )
+        deployment = found
+    return Marketplace(w3, deployment)
+
+
+def find_model(market: Marketplace, weights_hash: bytes, shard: int, model_id: int | None) -> ModelInfo:
+    """The registered model these weights serve: --model-id, or the only plan with this weights hash."""
+    if model_id is not None:
+        info = market.get_model(model_id)
+        if info.weights_hash != weights_hash:
+            raise NodeSetupError(
+                f"model {model_id} on-chain has weights hash 0x{info.weights_hash.hex()}, the local weights "
+                f"hash to 0x{weights_hash.hex()}: wrong --model directory or --model-id"
+            )
+    else:
+        matches = [
+            market.get_model(i)
+            for i in range(market.model_count())
+            if market.get_model(i).weights_hash == weights_hash
+        ]
+        if not matches:
+            raise NodeSetupError(
+                f"no model with weights hash 0x{weights_hash.hex()} is registered; register it with "
+                "`splitmesh model register` (or let `splitmesh demo` do it)"
+            )
+        if len(matches) > 1:
+            ids = ", ".join(f"{m.model_id} (plan {list(m.boundaries)})" for m in matches)
+            raise NodeSetupError(f"several shard plans are registered for these weights: {ids}; pass --model-id")
+        info = matches[0]
+    if not 1 <= shard < info.num_shards:
+        raise NodeSetupError(
+            f"model {info.model_id} has shards 1..{info.num_shards - 1} for nodes (shard 0 is the client's "
+            f"first layers at the smallest split); got --shard {shard}"
+        )
+    return info
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise NodeSetupError(f"cannot listen on {host}:{port}: {exc}; pick another --port") from exc
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    config: NodeConfig,
+    settings: ChainSettings,
+    private_key: str,
+    *,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a node until `stop` is set (or SIGTERM/SIGINT arrives)."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    market = await asyncio.to_thread(connect, settings)
+    sender = Sender(market.w3, private_key, market.chain_id)
+    description = await asyncio.to_thread(describe_model, config.model)
+    model = await asyncio.to_thread(find_model, market, description.weights_hash, config.shard, config.model_id)
+    layers = model.layers_of(config.shard)
+    started = time.monotonic()
+    limits = RunnerLimits(
+        max_sessions=config.max_sessions, max_cache_bytes=config.max_cache_bytes, session_ttl=config.session_ttl
+    )
+    runner = await asyncio.to_thread(ShardRunner.load, config.model, layers.start, layers.stop, config.dtype, limits)
+    logger.info(
+        "loaded layers %d-%d of %s (%d parameters) in %.1f s",
+        layers.start,
+        layers.stop - 1,
+        description.name,
+        runner.num_parameters(),
+        time.monotonic() - started,
+    )
+    sock = _bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    endpoint = config.public_url or f"http://{config.host}:{port}"
+    registration = await asyncio.to_thread(
+        ensure_registered, market, sender, model.model_id, config.shard, endpoint, config.price_wei, config.stake_wei
+    )
+    for action in registration.actions:
+        logger.info("on-chain: %s", action)
+
+    home = Path(config.state_dir) if config.state_dir else state_dir() / "nodes"
+    store = NodeStore(home / f"{sender.address.lower()}.sqlite", keep_transcripts=config.keep_transcripts)
+    metrics = NodeMetrics()
+    directory = JobDirectory(market, sender.address, model.model_id, config.shard)
+    service = NodeService(
+        address=sender.address,
+        chain_id=market.chain_id,
+        market_address=market.deployment.market,
+        runner=runner,
+        directory=directory,
+        store=store,
+        metrics=metrics,
+        max_frame_bytes=config.max_frame_bytes,
+        relay_timeout=config.relay_timeout,
+    )
+    info = {
+        "model": description.name,
+        "model_id": model.model_id,
+        "shard": config.shard,
+        "layers": [layers.start, layers.stop],
+        "dtype": config.dtype,
+        "endpoint": endpoint,
+        "chain_id": market.chain_id,
+        "market": market.deployment.market,
+        "price_wei": registration.price_wei,
+        "stake_wei": registration.stake_wei,
+    }
+    app = create_app(service, info)
+    app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await app_runner.setup()
+    await web.SockSite(app_runner, sock).start()
+    duties = ChainDuties(market, sender, store, metrics)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(_every(config.duty_interval, lambda: asyncio.to_thread(duties.run_once), "duties")),
+        asyncio.create_task(_every(5.0, lambda: _expire(service, runner, config.session_ttl), "expiry")),
+    ]
+    logger.info("node %s serving shard %d at %s", sender.address, config.shard, endpoint)
+    if on_ready is not None:
+        on_ready({"event": "ready", "address": sender.address, **info})
+    try:
+        await stop.wait()
+    finally:
+        logger.info("stopping: draining %d open sessions", len(service.sessions))
+        service.accepting = False
+        deadline = time.monotonic() + config.drain_timeout
+        while service.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await service.close_all("node shutting down")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Commit what ended; claims that must wait for the window resume at the next start.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.to_thread(duties.run_once), timeout=30.0)
+        await app_runner.cleanup()
+        store.close()
+        logger.info("node %s stopped", sender.address)
+
+
+async def _expire(service: NodeService, runner: ShardRunner, ttl: float) -> None:
+    await service.expire(ttl)
+    runner.expire()
+
+
+async def _every(interval: float, action: Callable[[], Any], name: str) -> None:
+    while True:
+        try:
+            await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s pass failed; retrying in %.1f s", name, interval)
+        await asyncio.sleep(interval)

@@ -1,0 +1,178 @@
+"""A node's on-chain duties: register and stake, commit ended jobs, claim payment after the window.
+
+Blocking (web3 calls): the daemon runs `run_once` in a worker thread every `duty_interval` seconds.
+Everything is driven by the SQLite store, so a restart resumes exactly where the last pass stopped;
+every step is idempotent against what the chain already shows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from splitmesh.chain import JobStatus, Marketplace, NodeStatus, Sender
+from splitmesh.chain.terms import JobTerms
+from splitmesh.errors import ChainError, ContractRevert
+from splitmesh.signing import EMPTY_RECEIPT
+
+from node.errors import NodeSetupError
+from node.metrics import NodeMetrics
+from node.store import JobPhase, JobRecord, NodeStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_id: int
+    shard: int
+    endpoint: str
+    price_wei: int
+    stake_wei: int
+    actions: tuple[str, ...]  # transactions sent, for the log; empty when nothing had to change
+
+
+def ensure_registered(
+    market: Marketplace, sender: Sender, model_id: int, shard: int, endpoint: str, price: int, stake: int
+) -> Registration:
+    """Make the chain show this node active for (model, shard) at endpoint and price with >= stake."""
+    info = market.get_node(sender.address)
+    actions: list[str] = []
+    if info.status == NodeStatus.ACTIVE and (info.model_id, info.shard) != (model_id, shard):
+        market.deactivate(sender)
+        actions.append(f"deactivated from model {info.model_id} shard {info.shard}")
+        info = market.get_node(sender.address)
+    if info.status != NodeStatus.ACTIVE:
+        top_up = max(0, stake - info.stake)
+        if info.stake + top_up < market.min_stake():
+            raise NodeSetupError(f"stake {stake} wei is below the minimum {market.min_stake()} wei; raise --stake")
+        market.register_node(sender, model_id, shard, endpoint, price, b"\0" * 32, stake=top_up)
+        actions.append(f"registered for model {model_id} shard {shard} staking {top_up} wei more")
+    else:
+        if info.endpoint != endpoint or info.price_per_token != price:
+            market.update_node(sender, endpoint, price)
+            actions.append(f"updated endpoint {endpoint} and price {price} wei")
+        if info.stake < stake:
+            market.stake(sender, stake - info.stake)
+            actions.append(f"staked {stake - info.stake} wei more")
+    final = market.get_node(sender.address)
+    return Registration(model_id, shard, final.endpoint, final.price_per_token, final.stake, tuple(actions))
+
+
+class ChainDuties:
+    """Commits and claims for one node, driven by its store."""
+
+    def __init__(self, market: Marketplace, sender: Sender, store: NodeStore, metrics: NodeMetrics):
+        self.market = market
+        self.sender = sender
+        self.store = store
+        self.metrics = metrics
+        self._window = int(market.parameters()["challenge_window"])
+        self._commit_timeout = int(market.parameters()["commit_timeout"])
+
+    def run_once(self) -> None:
+        """One pass: commit every ended job, advance every committed one towards payment."""
+        for record in self.store.jobs([JobPhase.ENDED]):
+            self._guard(record, self.commit)
+        for record in self.store.jobs([JobPhase.COMMITTED, JobPhase.FINALIZED]):
+            self._guard(record, self.claim)
+        self.refresh_metrics()
+
+    def _guard(self, record: JobRecord, duty: object) -> None:
+        try:
+            duty(record)  # type: ignore[operator]
+        except (ChainError, OSError, ValueError) as exc:
+            # Chain hiccups and reverts are retried on the next pass; the store keeps the state.
+            logger.warning("job %d: %s failed (%s); retrying on the next pass", record.job_id, duty.__name__, exc)  # type: ignore[attr-defined]
+
+    def refresh_metrics(self) -> None:
+        try:
+            info = self.market.get_node(self.sender.address)
+        except ChainError:
+            return
+        self.metrics.stake_wei.set(info.stake)
+        self.metrics.earnings_wei.set(info.earnings)
+
+    def _now(self) -> int:
+        return int(self.market.w3.eth.get_block("latest")["timestamp"])
+
+    def commit(self, record: JobRecord) -> None:
+        """Post the job's input/output chains and the best receipt, unless the chain already has them."""
+        state = self.market.get_job(record.job_id)
+        mine = 1 << record.position
+        if state.committed_mask & mine or state.status in (JobStatus.COMMITTED, JobStatus.FINALIZED):
+            self.store.mark_committed(record.job_id, record.commit_tx or "")
+            return
+        if state.status == JobStatus.CANCELLED:
+            self.store.mark_cancelled(record.job_id)
+            return
+        if state.status != JobStatus.OPEN:
+            self.store.mark_failed(record.job_id, f"job is {state.status.name.lower()}; nothing to commit")
+            return
+        if self._now() > state.timestamp + self._commit_timeout:
+            self.store.mark_failed(record.job_id, "the commit deadline passed before the node could commit")
+            return
+        receipt = record.receipt
+        # Only a receipt that raises the billed count is checked (and costs gas) on-chain.
+        if receipt is None or receipt[1] <= state.billed_tokens:
+            receipt = EMPTY_RECEIPT
+        try:
+            tx = self.market.commit(
+                self.sender,
+                record.job_id,
+                record.packed_terms,
+                record.position,
+                record.input_chain,
+                record.output_chain,
+                receipt,
+            )
+        except ContractRevert as exc:
+            if exc.name == "AlreadyCommitted":
+                self.store.mark_committed(record.job_id, "")
+                return
+            if exc.name == "CommitDeadlinePassed":
+                self.store.mark_failed(record.job_id, "the commit deadline passed")
+                return
+            raise
+        self.store.mark_committed(record.job_id, tx.tx_hash)
+        self.metrics.jobs_committed_total.inc()
+        logger.info("job %d: committed position %d (gas %d)", record.job_id, record.position, tx.gas_used)
+
+    def claim(self, record: JobRecord) -> None:
+        """Finalize once the window has passed (anyone may), then withdraw earnings."""
+        state = self.market.get_job(record.job_id)
+        if state.status == JobStatus.COMMITTED and self._now() >= state.timestamp + self._window:
+            try:
+                self.market.finalize(self.sender, record.job_id, record.packed_terms)
+                logger.info("job %d: finalized", record.job_id)
+            except ContractRevert as exc:
+                if exc.name not in ("WrongJobStatus", "ChallengeWindowOpen"):
+                    raise
+            state = self.market.get_job(record.job_id)
+        elif state.status == JobStatus.OPEN and self._now() > state.timestamp + self._commit_timeout:
+            # Another hop never committed: cancelling pays the committed hops and slashes the missing one.
+            try:
+                self.market.cancel(self.sender, record.job_id, record.packed_terms)
+                logger.info("job %d: cancelled after the commit deadline; committed hops are paid", record.job_id)
+            except ContractRevert as exc:
+                if exc.name not in ("WrongJobStatus", "CommitWindowOpen"):
+                    raise
+            state = self.market.get_job(record.job_id)
+        if state.status not in (JobStatus.FINALIZED, JobStatus.CANCELLED):
+            return
+        if record.phase == JobPhase.COMMITTED:
+            self.store.mark_finalized(record.job_id)
+        earnings = self.market.get_node(self.sender.address).earnings
+        if earnings == 0:
+            # Another job's withdrawal already swept this one's earnings (or there were none).
+            self.store.mark_paid(record.job_id, None)
+            return
+        tx = self.market.withdraw_earnings(self.sender)
+        self.metrics.paid_wei_total.inc(earnings)
+        self.store.mark_paid(record.job_id, tx.tx_hash)
+        logger.info("job %d: withdrew %d wei of earnings", record.job_id, earnings)
+
+
+def billed_payment(terms: JobTerms, position: int, billed_tokens: int) -> int:
+    """What one hop earns for a job: its price times the billed tokens."""
+    return terms.route[position].price_per_token * billed_tokens

@@ -1,0 +1,94 @@
+"""What a node learns from the chain about a job before serving it: terms, its position, the next hop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from splitmesh.chain import JobStatus, JobTerms, Marketplace, terms_hash
+from splitmesh.chain.terms import MalformedTerms
+from splitmesh.errors import ChainError
+
+from node.errors import StepRejected, bad_request, forbidden, not_found
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    job_id: int
+    terms: JobTerms
+    packed_terms: bytes
+    position: int  # this node's place on the route
+    shard: int
+    next_node: str | None  # None: this node is the last hop and answers the client
+    next_endpoint: str | None
+
+    @property
+    def client(self) -> str:
+        return self.terms.client
+
+    @property
+    def is_last(self) -> bool:
+        return self.next_node is None
+
+
+class JobDirectory:
+    """Resolves and caches job contexts. Blocking (chain calls): run it in a worker thread."""
+
+    def __init__(self, market: Marketplace, me: str, model_id: int, shard: int):
+        self.market = market
+        self.me = me
+        self.model_id = model_id
+        self.shard = shard
+        self._cache: dict[int, JobContext] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, job_id: int) -> JobContext | None:
+        return self._cache.get(job_id)
+
+    def forget(self, job_id: int) -> None:
+        with self._lock:
+            self._cache.pop(job_id, None)
+
+    def resolve(self, job_id: int, packed_terms: bytes | None) -> JobContext:
+        """Check the job on-chain (exists, open, routes through this node) and return its context."""
+        hit = self._cache.get(job_id)
+        if hit is not None and (packed_terms is None or packed_terms == hit.packed_terms):
+            return hit
+        try:
+            state = self.market.get_job(job_id)
+        except ChainError as exc:
+            raise StepRejected(503, "chain_unavailable", f"cannot read job {job_id} from the chain: {exc}") from exc
+        if state.status == JobStatus.NONE:
+            raise not_found(f"job {job_id} does not exist on JobMarket {self.market.deployment.market}")
+        if state.status != JobStatus.OPEN:
+            raise StepRejected(410, "job_closed", f"job {job_id} is {state.status.name.lower()}, not open")
+        if packed_terms is None:
+            packed_terms = self.market.job_submitted(job_id).packed_terms
+        if terms_hash(job_id, packed_terms) != state.terms_hash:
+            raise bad_request("terms_mismatch", f"the terms sent do not hash to job {job_id}'s on-chain terms")
+        try:
+            terms = JobTerms.decode(packed_terms)
+        except MalformedTerms as exc:
+            raise bad_request("terms_mismatch", str(exc)) from exc
+        try:
+            position = terms.position_of(self.me)
+        except ValueError:
+            raise forbidden("not_in_route", f"node {self.me} is not on job {job_id}'s route") from None
+        shard = terms.first_shard + position
+        if terms.model_id != self.model_id or shard != self.shard:
+            raise forbidden(
+                "wrong_shard",
+                f"job {job_id} needs model {terms.model_id} shard {shard}; this node serves model "
+                f"{self.model_id} shard {self.shard}",
+            )
+        next_node = next_endpoint = None
+        if position + 1 < len(terms.route):
+            next_node = terms.route[position + 1].node
+            next_endpoint = self.market.get_node(next_node).endpoint
+        context = JobContext(job_id, terms, packed_terms, position, shard, next_node, next_endpoint)
+        with self._lock:
+            self._cache[job_id] = context
+        return context

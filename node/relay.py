@@ -1,0 +1,102 @@
+"""The link from a node to the next node of a job's route: one WebSocket per job session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+from pydantic import ValidationError
+
+from node.errors import StepRejected
+from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply
+
+logger = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = 64 * 1024 * 1024  # bytes of one reply the next node may send back
+
+
+class Downstream:
+    """Sends frames of one job to the next hop and returns its replies, in order."""
+
+    def __init__(self, endpoint: str, job_id: int, *, timeout: float = 60.0):
+        self.url = endpoint.rstrip("/") + STREAM_PATH.format(job=job_id)
+        self.job_id = job_id
+        self.timeout = timeout
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        if self._ws is not None and not self._ws.closed:
+            return self._ws
+        self._http = self._http or aiohttp.ClientSession()
+        try:
+            self._ws = await self._http.ws_connect(
+                self.url, max_msg_size=MAX_REPLY_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise StepRejected(
+                502, "next_node_refused", f"next node at {self.url} refused the session: HTTP {exc.status}"
+            ) from exc
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise StepRejected(502, "next_node_unreachable", f"next node at {self.url} is unreachable: {exc}") from exc
+        return self._ws
+
+    async def _exchange(self, send_bytes: bytes | None, send_text: str | None) -> aiohttp.WSMessage:
+        ws = await self._connect()
+        try:
+            if send_bytes is not None:
+                await ws.send_bytes(send_bytes)
+            else:
+                await ws.send_str(send_text or "")
+            message = await asyncio.wait_for(ws.receive(), self.timeout)
+        except asyncio.TimeoutError as exc:
+            await self.close()
+            raise StepRejected(504, "next_node_timeout", f"next node at {self.url} took over {self.timeout:g} s") from exc
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            await self.close()
+            raise StepRejected(502, "next_node_unreachable", f"lost the link to {self.url}: {exc}") from exc
+        if message.type == aiohttp.WSMsgType.TEXT:
+            error = _as_error(message.data)
+            if error is not None:
+                raise StepRejected(error.status, error.code, error.error, node=error.node, position=error.position)
+        elif message.type != aiohttp.WSMsgType.BINARY:
+            await self.close()
+            raise StepRejected(502, "next_node_closed", f"next node at {self.url} closed the session ({message.type.name})")
+        return message
+
+    async def exchange(self, frame: bytes) -> bytes:
+        """Send one step frame; return the next node's result frame or raise its error."""
+        message = await self._exchange(frame, None)
+        if message.type != aiohttp.WSMsgType.BINARY:
+            raise StepRejected(502, "bad_downstream_reply", f"next node at {self.url} answered a step with text")
+        return bytes(message.data)
+
+    async def end(self, meta: EndMeta) -> EndResult:
+        message = await self._exchange(None, meta.model_dump_json())
+        try:
+            return EndResult.model_validate_json(message.data)
+        except (ValidationError, TypeError) as exc:
+            raise StepRejected(502, "bad_downstream_reply", f"next node at {self.url} sent a bad end reply: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _as_error(text: str) -> ErrorReply | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "code" not in data:
+        return None
+    try:
+        return ErrorReply.model_validate(data)
+    except ValidationError:
+        return None

@@ -1,0 +1,152 @@
+"""The node's aiohttp application: step stream (WebSocket), one-shot step/end (HTTP), health, metrics.
+
+Every rejection is a JSON object {"status", "code", "error", "node", "position"}: the HTTP status on
+the HTTP routes, a text message on the WebSocket (which stays open). Nothing a peer sends crashes
+the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from node.errors import StepRejected, bad_request
+from node.service import NodeService
+from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, EndMeta, ErrorReply
+
+logger = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", NodeService)
+INFO = web.AppKey("info", dict)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(service: NodeService, info: dict[str, Any]) -> web.Application:
+    """App factory. `info` is static facts for /health (model, shard, layers, endpoint, ...)."""
+    app = web.Application(
+        client_max_size=service.max_frame_bytes, middlewares=[_error_middleware]
+    )
+    app[SERVICE] = service
+    app[INFO] = info
+    app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get(STREAM_PATH, _stream)
+    app.router.add_post(STEP_PATH, _post_step)
+    app.router.add_post(END_PATH, _post_end)
+    return app
+
+
+def _reply(service: NodeService, exc: StepRejected) -> ErrorReply:
+    return ErrorReply(
+        status=exc.status,
+        code=exc.code,
+        error=exc.reason,
+        node=exc.node or service.address,
+        position=exc.position if exc.node else None,
+    )
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    try:
+        return await handler(request)
+    except StepRejected as exc:
+        logger.debug("rejected %s: %s", request.path, exc.reason)
+        return web.json_response(_reply(service, exc).model_dump(), status=exc.status)
+    except web.HTTPRequestEntityTooLarge as exc:
+        service.metrics.errors_total.labels(code="body_too_large").inc()
+        reply = ErrorReply(status=413, code="body_too_large", error=exc.text or "body too large", node=service.address)
+        return web.json_response(reply.model_dump(), status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reply = ErrorReply(status=exc.status, code="http_error", error=exc.reason, node=service.address)
+        return web.json_response(reply.model_dump(), status=exc.status)
+    except Exception:
+        logger.exception("internal error on %s", request.path)
+        service.metrics.errors_total.labels(code="internal").inc()
+        reply = ErrorReply(status=500, code="internal", error="internal error; see the node log", node=service.address)
+        return web.json_response(reply.model_dump(), status=500)
+
+
+def _job_id(request: web.Request) -> int:
+    raw = request.match_info["job"]
+    if not raw.isdigit() or len(raw) > 78:
+        raise bad_request("bad_job_id", f"job id {raw[:80]!r} is not a decimal uint256")
+    return int(raw)
+
+
+async def _health(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = {
+        "status": "ok" if service.accepting else "draining",
+        "address": service.address,
+        "sessions": len(service.sessions),
+        **request.app[INFO],
+    }
+    return web.json_response(body)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[SERVICE].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def _post_step(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    job_id = _job_id(request)
+    data = await request.read()
+    result = await service.handle_step(data, job_id)
+    return web.Response(body=result, content_type="application/octet-stream")
+
+
+async def _post_end(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    job_id = _job_id(request)
+    meta = _parse_end(await request.text())
+    return web.json_response((await service.handle_end(meta, job_id)).model_dump())
+
+
+def _parse_end(text: str) -> EndMeta:
+    try:
+        return EndMeta.model_validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise bad_request("bad_meta", f"end message rejected: {err.get('loc')}: {err.get('msg')}") from exc
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    """One WebSocket per job session: binary step frames in order, text end message last."""
+    service = request.app[SERVICE]
+    job_id = _job_id(request)
+    if not service.accepting:
+        raise StepRejected(503, "shutting_down", f"node {service.address} is shutting down")
+    # Twice the frame limit: a frame just over the limit still gets a 413 reply instead of a close.
+    ws = web.WebSocketResponse(max_msg_size=2 * service.max_frame_bytes)
+    await ws.prepare(request)
+    async for message in ws:
+        try:
+            if message.type == WSMsgType.BINARY:
+                await ws.send_bytes(await service.handle_step(message.data, job_id))
+            elif message.type == WSMsgType.TEXT:
+                result = await service.handle_end(_parse_end(message.data), job_id)
+                await ws.send_str(result.model_dump_json())
+            elif message.type == WSMsgType.ERROR:
+                logger.warning("job %d: stream error %s; closing it", job_id, ws.exception())
+                break
+        except StepRejected as exc:
+            await ws.send_str(json.dumps(_reply(service, exc).model_dump()))
+        except Exception:
+            logger.exception("internal error on job %d's stream", job_id)
+            service.metrics.errors_total.labels(code="internal").inc()
+            reply = ErrorReply(status=500, code="internal", error="internal error; see the node log", node=service.address)
+            await ws.send_str(reply.model_dump_json())
+    return ws

@@ -1,0 +1,342 @@
+"""The node's step logic, independent of the transport: verify, run the shard, relay, commit to chains.
+
+Every step is checked before any layer runs: the frame decodes (dtype, shape, size, finite), the meta
+parses, the job is open on-chain and routes through this node at the right shard, the envelope is
+signed by the job's client, the step number is new, the token count matches the positions, and on
+the first hop the payload hash matches the received tensor. Only then does the KV cache change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import ValidationError
+
+from node.errors import StepRejected, bad_request, conflict, unauthorized
+from node.jobs import JobContext, JobDirectory
+from node.metrics import NodeMetrics
+from node.relay import Downstream
+from node.store import JobPhase, NodeStore
+from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, UnknownSession
+from splitmesh.model.runner import ShardRunner
+from splitmesh.protocol import (
+    END_PAYLOAD,
+    END_STEP,
+    ZERO_CHAIN,
+    EndMeta,
+    EndResult,
+    HopTiming,
+    NodeCommitment,
+    StepMeta,
+    StepResult,
+    extend_chain,
+    hex32,
+    tensor_digest,
+    unhex,
+)
+from splitmesh.signing import recover_envelope_signer
+from splitmesh.wire import FrameError, FrameTooLarge, decode_frame, encode_frame
+
+logger = logging.getLogger(__name__)
+
+INLINE_TOKENS = 8  # steps this small run on the event loop: a thread handoff costs more than it saves
+Receipt = tuple[int, int, bytes, bytes]
+
+
+@dataclass
+class JobSession:
+    context: JobContext
+    last_step: int | None = None
+    steps: int = 0
+    input_chain: bytes = ZERO_CHAIN
+    output_chain: bytes = ZERO_CHAIN
+    receipt: Receipt | None = None
+    downstream: Downstream | None = None
+    broken: str | None = None  # why the session can take no more steps
+    last_used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def commitment(self, me: str) -> NodeCommitment:
+        return NodeCommitment(
+            node=me,
+            position=self.context.position,
+            steps=self.steps,
+            input_chain=hex32(self.input_chain),
+            output_chain=hex32(self.output_chain),
+        )
+
+
+class NodeService:
+    """Serves job sessions for one shard. All methods run on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        chain_id: int,
+        market_address: str,
+        runner: ShardRunner,
+        directory: JobDirectory,
+        store: NodeStore,
+        metrics: NodeMetrics,
+        max_frame_bytes: int,
+        relay_timeout: float = 60.0,
+    ):
+        self.address = address
+        self.chain_id = chain_id
+        self.market_address = market_address
+        self.runner = runner
+        self.directory = directory
+        self.store = store
+        self.metrics = metrics
+        self.max_frame_bytes = max_frame_bytes
+        self.relay_timeout = relay_timeout
+        self.sessions: dict[int, JobSession] = {}
+        self.accepting = True
+        self._dtype_name = str(runner.dtype).removeprefix("torch.")
+
+    # ------------------------------------------------------------------ steps
+
+    async def handle_step(self, data: bytes, job_id: int) -> bytes:
+        """One step frame in, the (relayed) result frame out; StepRejected on anything wrong."""
+        received = time.perf_counter()
+        try:
+            return await self._step(data, job_id, received)
+        except StepRejected as exc:
+            self.metrics.errors_total.labels(code=exc.code).inc()
+            raise
+
+    async def _step(self, data: bytes, job_id: int, received: float) -> bytes:
+        if not self.accepting:
+            raise StepRejected(503, "shutting_down", f"node {self.address} is shutting down")
+        try:
+            frame = decode_frame(
+                data,
+                max_bytes=self.max_frame_bytes,
+                allowed_dtypes={self._dtype_name},
+                expect_shape=(1, None, self.runner.hidden_size),
+            )
+        except FrameTooLarge as exc:
+            raise StepRejected(413, "frame_too_large", str(exc)) from exc
+        except FrameError as exc:
+            raise bad_request(_frame_code(exc), str(exc)) from exc
+        try:
+            meta = StepMeta.model_validate(frame.meta)
+        except ValidationError as exc:
+            raise bad_request("bad_meta", f"step meta rejected: {_first_error(exc)}") from exc
+        if meta.job != job_id:
+            raise bad_request("job_mismatch", f"frame is for job {meta.job}, sent to job {job_id}'s path")
+        context = await self._context(meta.job, meta.terms)
+        self._check_signature(context, meta.step, meta.tokens, unhex(meta.payload_hash), meta.signature)
+        session = await self._session(context)
+        hidden = frame.tensor  # [1, q, hidden]
+        q = int(hidden.shape[1])
+        async with session.lock:
+            if session.broken is not None:
+                raise conflict("session_broken", session.broken)
+            if session.last_step is not None and meta.step <= session.last_step:
+                raise conflict(
+                    "replayed_step",
+                    f"step {meta.step} of job {job_id} is not new (last step was {session.last_step})",
+                )
+            if meta.tokens != meta.start + q:
+                raise bad_request(
+                    "bad_tokens", f"envelope counts {meta.tokens} tokens but the frame ends at {meta.start + q}"
+                )
+            if meta.tokens > context.terms.max_tokens:
+                raise bad_request(
+                    "over_max_tokens", f"{meta.tokens} tokens exceed the job's max of {context.terms.max_tokens}"
+                )
+            input_digest = tensor_digest(hidden)
+            if context.position == 0 and input_digest != unhex(meta.payload_hash):
+                raise bad_request("payload_mismatch", "payload hash in the envelope does not match the frame")
+            positions = torch.arange(meta.start, meta.start + q)
+            compute_started = time.perf_counter()
+            output = await self._forward(str(job_id), hidden, positions)
+            compute_ms = (time.perf_counter() - compute_started) * 1e3
+            downstream_hops: list[HopTiming] = []
+            if context.is_last:
+                sent = output[:, -1:] if meta.want == "last" else output
+                output_digest = tensor_digest(sent)
+            else:
+                output_digest = tensor_digest(output)
+                relayed = meta.model_copy(update={"terms": hex32(context.packed_terms) if session.steps == 0 else None})
+                sent, downstream_hops = await self._relay(session, encode_frame(output, relayed.model_dump()))
+            session.input_chain = extend_chain(session.input_chain, meta.step, input_digest)
+            session.output_chain = extend_chain(session.output_chain, meta.step, output_digest)
+            session.last_step = meta.step
+            session.steps += 1
+            session.last_used = time.monotonic()
+            receipt = (meta.step, meta.tokens, unhex(meta.payload_hash), unhex(meta.signature))
+            if session.receipt is None or meta.tokens > session.receipt[1]:
+                session.receipt = receipt
+            self.store.record_step(
+                job_id,
+                meta.step,
+                meta.start,
+                meta.tokens,
+                input_digest,
+                output_digest,
+                session.input_chain,
+                session.output_chain,
+                receipt,
+                input_frame=data if context.position == 0 else encode_frame(hidden),
+                output_frame=encode_frame(sent),
+            )
+            handle_ms = (time.perf_counter() - received) * 1e3
+            mine = HopTiming(node=self.address, position=context.position, compute_ms=compute_ms, handle_ms=handle_ms)
+            self.metrics.steps_total.inc()
+            self.metrics.tokens_total.inc(q)
+            self.metrics.step_seconds.observe(compute_ms / 1e3)
+            self.metrics.handle_seconds.observe(handle_ms / 1e3)
+            result = StepResult(job=job_id, step=meta.step, hops=[mine, *downstream_hops])
+            return encode_frame(sent, result.model_dump())
+
+    async def _forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        try:
+            if hidden.shape[1] <= INLINE_TOKENS:
+                return self.runner.forward(session_id, hidden, positions)
+            return await asyncio.to_thread(self.runner.forward, session_id, hidden, positions)
+        except BadPositions as exc:
+            raise conflict("bad_positions", str(exc)) from exc
+        except BadHiddenStates as exc:
+            raise bad_request("bad_shape", str(exc)) from exc
+        except CacheFull as exc:
+            raise StepRejected(503, "busy", str(exc)) from exc
+
+    async def _relay(self, session: JobSession, frame: bytes) -> tuple[torch.Tensor, list[HopTiming]]:
+        context = session.context
+        assert context.next_endpoint is not None and context.next_node is not None
+        if session.downstream is None:
+            session.downstream = Downstream(context.next_endpoint, context.job_id, timeout=self.relay_timeout)
+        try:
+            reply = await session.downstream.exchange(frame)
+        except StepRejected as exc:
+            # The downstream cache may or may not have advanced: this job cannot continue on this route.
+            session.broken = f"the route failed downstream of node {self.address}: {exc.reason}"
+            self.runner.close(str(context.job_id))
+            raise
+        try:
+            result = decode_frame(reply, max_bytes=self.max_frame_bytes, allowed_dtypes={self._dtype_name})
+            meta = StepResult.model_validate(result.meta)
+        except (FrameError, ValidationError) as exc:
+            session.broken = f"node {context.next_node} returned a malformed result: {exc}"
+            raise StepRejected(502, "bad_downstream_reply", session.broken) from exc
+        return result.tensor, meta.hops
+
+    # ------------------------------------------------------------------ end of job
+
+    async def handle_end(self, meta: EndMeta, job_id: int) -> EndResult:
+        """The client's signed end: relay it, close the session, queue the on-chain commit."""
+        if meta.job != job_id:
+            raise bad_request("job_mismatch", f"end is for job {meta.job}, sent to job {job_id}'s path")
+        context = await self._context(job_id, meta.terms)
+        self._check_signature(context, END_STEP, meta.tokens, END_PAYLOAD, meta.signature)
+        session = await self._session(context)
+        async with session.lock:
+            downstream: list[NodeCommitment] = []
+            if not context.is_last:
+                if session.downstream is None:
+                    assert context.next_endpoint is not None
+                    session.downstream = Downstream(context.next_endpoint, job_id, timeout=self.relay_timeout)
+                relayed = meta.model_copy(update={"terms": hex32(context.packed_terms)})
+                try:
+                    downstream = (await session.downstream.end(relayed)).commitments
+                except StepRejected as exc:
+                    logger.warning("job %d: end not acknowledged downstream (%s); committing anyway", job_id, exc)
+            if meta.tokens > 0 and (session.receipt is None or meta.tokens > session.receipt[1]):
+                session.receipt = (END_STEP, meta.tokens, END_PAYLOAD, unhex(meta.signature))
+                self.store.set_receipt(job_id, session.receipt)
+            mine = session.commitment(self.address)
+            await self._close(job_id, "ended by the client")
+            return EndResult(job=job_id, commitments=[mine, *downstream])
+
+    async def _close(self, job_id: int, why: str) -> None:
+        session = self.sessions.pop(job_id, None)
+        if session is None:
+            return
+        self.runner.close(str(job_id))
+        if session.downstream is not None:
+            await session.downstream.close()
+        record = self.store.job(job_id)
+        if record is not None and record.phase == JobPhase.SERVING:
+            self.store.mark_ended(job_id)
+        self.directory.forget(job_id)
+        self.metrics.sessions_active.set(len(self.sessions))
+        logger.info("job %d closed after %d steps (%s); commit queued", job_id, session.steps, why)
+
+    async def expire(self, ttl: float) -> list[int]:
+        """End sessions idle longer than ttl seconds; their commits are queued like any end."""
+        now = time.monotonic()
+        stale = [job for job, s in self.sessions.items() if now - s.last_used > ttl and not s.lock.locked()]
+        for job_id in stale:
+            await self._close(job_id, f"idle for more than {ttl:g} s")
+        return stale
+
+    async def close_all(self, why: str) -> None:
+        self.accepting = False
+        for job_id in list(self.sessions):
+            await self._close(job_id, why)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _context(self, job_id: int, terms: str | None) -> JobContext:
+        context = self.directory.cached(job_id)
+        packed = unhex(terms) if terms else None
+        if context is not None and (packed is None or packed == context.packed_terms):
+            return context
+        return await asyncio.to_thread(self.directory.resolve, job_id, packed)
+
+    def _check_signature(self, context: JobContext, step: int, tokens: int, payload: bytes, signature: str) -> None:
+        try:
+            signer = recover_envelope_signer(
+                self.chain_id, self.market_address, context.job_id, step, tokens, payload, unhex(signature)
+            )
+        except ValueError as exc:
+            raise unauthorized(f"envelope signature is malformed: {exc}") from exc
+        if signer != context.client:
+            raise unauthorized(
+                f"envelope for job {context.job_id} step {step} is signed by {signer}, not the job's client "
+                f"{context.client}"
+            )
+
+    async def _session(self, context: JobContext) -> JobSession:
+        session = self.sessions.get(context.job_id)
+        if session is not None:
+            return session
+        record = self.store.job(context.job_id)
+        if record is None:
+            record = self.store.open_job(context.job_id, context.position, context.client, context.packed_terms)
+        elif record.phase != JobPhase.SERVING:
+            raise conflict("job_ended", f"job {context.job_id} already ended on this node ({record.phase.value})")
+        session = JobSession(context)
+        if record.steps:
+            # Restarted mid-job: the KV cache is gone, so the job cannot continue here; end it with what
+            # was served so the work done so far is still committed and paid.
+            session.broken = "the node restarted during this job and lost its KV cache"
+            session.last_step, session.steps = record.last_step, record.steps
+            session.input_chain, session.output_chain = record.input_chain, record.output_chain
+            session.receipt = record.receipt
+        self.sessions[context.job_id] = session
+        self.metrics.sessions_active.set(len(self.sessions))
+        return session
+
+
+def _frame_code(exc: FrameError) -> str:
+    name = type(exc).__name__
+    return {"NonFiniteValues": "non_finite", "BadShape": "bad_shape", "UnsupportedDType": "bad_dtype"}.get(
+        name, "bad_frame"
+    )
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "meta"
+    return f"{where}: {err.get('msg')}"
+
+
+__all__ = ["JobSession", "NodeService", "UnknownSession"]

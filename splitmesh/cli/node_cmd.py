@@ -1,0 +1,89 @@
+"""`splitmesh node run`: serve one shard of a registered model as a staked node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from splitmesh.cli.common import settings_from
+from splitmesh.errors import ConfigError
+
+ETHER = 10**18
+
+RUN_HELP = """\
+Load only the layers of one shard, make sure the chain shows this node registered and staked for it
+(idempotent: nothing is sent when it already is), serve job steps on a local port announced as the
+node's endpoint, commit each job's hash chains on-chain when it ends and claim payment after the
+challenge window. State (pending commits and claims, transcripts) lives in SQLite and survives
+restarts. SIGTERM drains open sessions, commits them and exits.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    node = sub.add_parser("node", help="run a staked node serving one shard")
+    node_sub = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    p = node_sub.add_parser(
+        "run", help="serve one shard (registers and stakes if needed)", description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--shard", type=int, required=True, help="shard index of the registered plan to serve")
+    p.add_argument("--model-id", type=int, help="on-chain model id (default: the plan registered for these weights)")
+    p.add_argument("--rpc-url", required=True, help="EVM JSON-RPC endpoint of the chain to serve")
+    p.add_argument("--key", "--private-key", dest="private_key", help="0x-hex node key (env SPLITMESH_PRIVATE_KEY)")
+    p.add_argument("--market", help="JobMarket address (default: the deployment remembered for --rpc-url)")
+    p.add_argument("--stake", type=float, default=1.0, help="ETH to hold staked; topped up if lower (default 1)")
+    p.add_argument("--price", type=int, default=10**9, help="price per token in wei (default 1 gwei)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    p.add_argument("--public-url", help="endpoint announced on-chain (default http://HOST:PORT)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+    p.add_argument("--state-dir", type=Path, help="folder of the node's SQLite state (default $SPLITMESH_HOME/nodes)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--session-ttl", type=float, help="seconds an idle job session lives (default 120)")
+    p.add_argument("--duty-interval", type=float, help="seconds between commit/claim passes (default 1)")
+    p.add_argument("--no-transcripts", action="store_true", help="do not keep step frames for audits")
+    p.add_argument("--ready-file", type=Path, help="write the ready JSON line here too (for supervisors)")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from node.config import NodeConfig
+    from node.daemon import serve
+
+    if args.verbose == 0 and logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    settings = settings_from(args)
+    if not settings.private_key:
+        raise ConfigError("a node needs its key: pass --key 0x... or set SPLITMESH_PRIVATE_KEY")
+    config = NodeConfig.from_env(
+        model=args.model,
+        shard=args.shard,
+        model_id=args.model_id,
+        dtype=args.dtype,
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url,
+        stake_wei=round(args.stake * ETHER),
+        price_wei=args.price,
+        state_dir=args.state_dir,
+        threads=args.threads,
+        session_ttl=args.session_ttl,
+        duty_interval=args.duty_interval,
+        keep_transcripts=False if args.no_transcripts else None,
+    )
+
+    def ready(info: dict[str, Any]) -> None:
+        line = json.dumps(info)
+        print(line, flush=True)
+        if args.ready_file:
+            args.ready_file.write_text(line + "\n")
+
+    asyncio.run(serve(config, settings, settings.private_key, on_ready=ready))
+    print(json.dumps({"event": "stopped"}), file=sys.stdout, flush=True)
+    return 0

@@ -12,6 +12,7 @@ job (nodes commit) -> `finalize` after the challenge window pays the nodes and r
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -139,11 +140,7 @@ class Client:
 
     def plans(self) -> list[ModelInfo]:
         """Registered plans for this model's weights, oldest first."""
-        return [
-            info
-            for info in (self.market.get_model(i) for i in range(self.market.model_count()))
-            if info.weights_hash == self._weights_hash
-        ]
+        return self.market.models(self._weights_hash)
 
     def prepare(self, split: int | None = None) -> _Prepared:
         """Load the local layers for a split (cached): embeddings, layers [0, split), norm, LM head."""
@@ -151,7 +148,7 @@ class Client:
         if not plans:
             raise NoRoute(
                 f"no plan is registered on-chain for the weights in {self.model_dir} "
-                f"(hash 0x{self._weights_hash.hex()[:16]}..); register one with `splitmesh demo` or the registry"
+                f"(hash 0x{self._weights_hash.hex()[:16]}..); register a plan (`splitmesh demo` does)"
             )
         if split is None:
             split = min(p.boundaries[1] for p in plans)
@@ -163,7 +160,9 @@ class Client:
                 break
         else:
             splits = sorted({b for p in plans for b in p.boundaries[1:-1]})
-            raise NoRoute(f"no registered plan starts a node shard after layer {split}; available splits: {splits}")
+            raise NoRoute(
+                f"no registered plan starts a node shard after layer {split}; available splits: {splits}"
+            )
         prepared = _Prepared(ClientModel.load(self.model_dir, split, self.dtype), info, first_shard)
         self._prepared[split] = prepared
         return prepared
@@ -197,7 +196,9 @@ class Client:
         assert result is not None
         return result
 
-    def stream(self, prompt: str, max_new_tokens: int = 64, **options: Any) -> Iterator[TokenEvent | Generation]:
+    def stream(
+        self, prompt: str, max_new_tokens: int = 64, **options: Any
+    ) -> Iterator[TokenEvent | Generation]:
         """Yield a TokenEvent per generated token, then the finished Generation with its receipt."""
         opts = GenerateOptions(max_new_tokens=max_new_tokens, **options)
         if max_new_tokens < 1:
@@ -206,7 +207,9 @@ class Client:
         prompt_ids = self.encode_prompt(prompt, opts.chat)
         yield from self._run(prepared, prompt_ids, opts)
 
-    def _run(self, prepared: _Prepared, prompt_ids: list[int], opts: GenerateOptions) -> Iterator[TokenEvent | Generation]:
+    def _run(
+        self, prepared: _Prepared, prompt_ids: list[int], opts: GenerateOptions
+    ) -> Iterator[TokenEvent | Generation]:
         model = prepared.model
         clip = opts.clip
         if math.isfinite(opts.epsilon) and clip is None:
@@ -215,7 +218,9 @@ class Client:
             clip = prepared.clip
         bos = getattr(model.config, "bos_token_id", None)
         public_prefix = 1 if bos is not None and prompt_ids[0] == bos else 0
-        privatizer = Privatizer(opts.epsilon, opts.delta, clip or 1.0, seed=opts.seed, public_prefix=public_prefix)
+        privatizer = Privatizer(
+            opts.epsilon, opts.delta, clip or 1.0, seed=opts.seed, public_prefix=public_prefix
+        )
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
 
         # Nodes process the prompt and every generated token except the last one.
@@ -339,7 +344,11 @@ class Client:
             shard = prepared.first_shard + position
             layers = info.layers_of(shard)
             node = self.market.get_node(hop.node)
-            hops.append(HopInfo(position, shard, (layers.start, layers.stop), hop.node, node.endpoint, hop.price_per_token))
+            hops.append(
+                HopInfo(
+                    position, shard, (layers.start, layers.stop), hop.node, node.endpoint, hop.price_per_token
+                )
+            )
         return job, hops, job.tx.gas_used if job.tx else 0
 
     # ------------------------------------------------------------------ settlement
@@ -365,7 +374,9 @@ class Client:
         """What a settled job paid each node and refunded, read from the chain."""
         job = self.market.job_submitted(job_id)
         state = self.market.get_job(job_id)
-        events = self.market.events("JobFinalized", jobId=job_id) or self.market.events("JobCancelled", jobId=job_id)
+        events = self.market.events("JobFinalized", jobId=job_id) or self.market.events(
+            "JobCancelled", jobId=job_id
+        )
         if not events:
             raise NotSettled(f"job {job_id} is {state.status.name.lower()}, not settled yet")
         args = events[-1]["args"]
@@ -388,12 +399,18 @@ def _check_commitments(commitments: list[Any], sent: bytes, received: bytes, hop
     if len(commitments) != hops:
         raise CommitmentMismatch(f"expected {hops} commitments at the end of the job, got {len(commitments)}")
     if unhex(commitments[0].input_chain) != sent:
-        raise CommitmentMismatch(f"node {commitments[0].node} reports an input chain that differs from what we sent")
+        raise CommitmentMismatch(
+            f"node {commitments[0].node} reports an input chain that differs from what we sent"
+        )
     if unhex(commitments[-1].output_chain) != received:
-        raise CommitmentMismatch(f"node {commitments[-1].node} reports an output chain that differs from what we got")
-    for a, b in zip(commitments, commitments[1:], strict=False):
+        raise CommitmentMismatch(
+            f"node {commitments[-1].node} reports an output chain that differs from what we got"
+        )
+    for a, b in itertools.pairwise(commitments):
         if a.output_chain != b.input_chain:
-            raise CommitmentMismatch(f"nodes {a.node} and {b.node} disagree on the hidden states between them")
+            raise CommitmentMismatch(
+                f"nodes {a.node} and {b.node} disagree on the hidden states between them"
+            )
 
 
-__all__ = ["Client", "ClientError", "Generation", "GenerateOptions", "TokenEvent", "Budget"]
+__all__ = ["Budget", "Client", "ClientError", "GenerateOptions", "Generation", "TokenEvent"]

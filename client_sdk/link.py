@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -74,10 +75,8 @@ class RouteLink:
             raise _failure(reply) from None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, WebSocketException):
             self._ws.close()
-        except (OSError, WebSocketException):
-            pass
 
 
 def _failure(text: str) -> Exception:

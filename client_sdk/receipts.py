@@ -56,7 +56,9 @@ class StepStats:
             return round(statistics.median(values) * scale, 4) if values else None
 
         overhead = self.hop_overhead_ms()
-        step_total = [h + p + r + t for h, p, r, t in zip(self.head, self.privacy, self.route, self.tail, strict=True)]
+        step_total = [
+            h + p + r + t for h, p, r, t in zip(self.head, self.privacy, self.route, self.tail, strict=True)
+        ]
         return {
             "steps": len(self.route),
             "prefill_ms": round(step_total[0] * 1e3, 3) if step_total else None,
@@ -98,7 +100,12 @@ class GenerationReceipt:
     @property
     def tokens_per_s(self) -> float | None:
         """Decode rate: generated tokens after the first over the time they took."""
-        decode = [h + p + r + t for h, p, r, t in zip(self.steps.head, self.steps.privacy, self.steps.route, self.steps.tail, strict=True)][1:]
+        decode = [
+            h + p + r + t
+            for h, p, r, t in zip(
+                self.steps.head, self.steps.privacy, self.steps.route, self.steps.tail, strict=True
+            )
+        ][1:]
         return len(decode) / sum(decode) if decode else None
 
     def to_json(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Node daemon configuration. Environment variables SPLITMESH_NODE_* override defaults; CLI flags override those."""
+"""Node daemon configuration: defaults, then SPLITMESH_NODE_* environment variables, then CLI flags."""
 
 from __future__ import annotations
 

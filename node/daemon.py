@@ -61,11 +61,7 @@ def find_model(market: Marketplace, weights_hash: bytes, shard: int, model_id: i
                 f"hash to 0x{weights_hash.hex()}: wrong --model directory or --model-id"
             )
     else:
-        matches = [
-            market.get_model(i)
-            for i in range(market.model_count())
-            if market.get_model(i).weights_hash == weights_hash
-        ]
+        matches = market.models(weights_hash)
         if not matches:
             raise NodeSetupError(
                 f"no model with weights hash 0x{weights_hash.hex()} is registered; register it with "
@@ -73,7 +69,9 @@ def find_model(market: Marketplace, weights_hash: bytes, shard: int, model_id: i
             )
         if len(matches) > 1:
             ids = ", ".join(f"{m.model_id} (plan {list(m.boundaries)})" for m in matches)
-            raise NodeSetupError(f"several shard plans are registered for these weights: {ids}; pass --model-id")
+            raise NodeSetupError(
+                f"several shard plans are registered for these weights: {ids}; pass --model-id"
+            )
         info = matches[0]
     if not 1 <= shard < info.num_shards:
         raise NodeSetupError(
@@ -110,13 +108,19 @@ async def serve(
     market = await asyncio.to_thread(connect, settings)
     sender = Sender(market.w3, private_key, market.chain_id)
     description = await asyncio.to_thread(describe_model, config.model)
-    model = await asyncio.to_thread(find_model, market, description.weights_hash, config.shard, config.model_id)
+    model = await asyncio.to_thread(
+        find_model, market, description.weights_hash, config.shard, config.model_id
+    )
     layers = model.layers_of(config.shard)
     started = time.monotonic()
     limits = RunnerLimits(
-        max_sessions=config.max_sessions, max_cache_bytes=config.max_cache_bytes, session_ttl=config.session_ttl
+        max_sessions=config.max_sessions,
+        max_cache_bytes=config.max_cache_bytes,
+        session_ttl=config.session_ttl,
     )
-    runner = await asyncio.to_thread(ShardRunner.load, config.model, layers.start, layers.stop, config.dtype, limits)
+    runner = await asyncio.to_thread(
+        ShardRunner.load, config.model, layers.start, layers.stop, config.dtype, limits
+    )
     logger.info(
         "loaded layers %d-%d of %s (%d parameters) in %.1f s",
         layers.start,
@@ -129,13 +133,22 @@ async def serve(
     port = sock.getsockname()[1]
     endpoint = config.public_url or f"http://{config.host}:{port}"
     registration = await asyncio.to_thread(
-        ensure_registered, market, sender, model.model_id, config.shard, endpoint, config.price_wei, config.stake_wei
+        ensure_registered,
+        market,
+        sender,
+        model.model_id,
+        config.shard,
+        endpoint,
+        config.price_wei,
+        config.stake_wei,
     )
     for action in registration.actions:
         logger.info("on-chain: %s", action)
 
     home = Path(config.state_dir) if config.state_dir else state_dir() / "nodes"
-    store = NodeStore(home / f"{sender.address.lower()}.sqlite", keep_transcripts=config.keep_transcripts)
+    # One file per (node, chain, market): job ids restart at 0 on every new deployment.
+    name = f"{sender.address.lower()}-{market.chain_id}-{market.deployment.market.lower()[:10]}.sqlite"
+    store = NodeStore(home / name, keep_transcripts=config.keep_transcripts)
     metrics = NodeMetrics()
     directory = JobDirectory(market, sender.address, model.model_id, config.shard)
     service = NodeService(
@@ -173,7 +186,9 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     tasks = [
-        asyncio.create_task(_every(config.duty_interval, lambda: asyncio.to_thread(duties.run_once), "duties")),
+        asyncio.create_task(
+            _every(config.duty_interval, lambda: asyncio.to_thread(duties.run_once), "duties")
+        ),
         asyncio.create_task(_every(5.0, lambda: _expire(service, runner, config.session_ttl), "expiry")),
     ]
     logger.info("node %s serving shard %d at %s", sender.address, config.shard, endpoint)

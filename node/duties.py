@@ -8,16 +8,16 @@ every step is idempotent against what the chain already shows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from splitmesh.chain import JobStatus, Marketplace, NodeStatus, Sender
-from splitmesh.chain.terms import JobTerms
-from splitmesh.errors import ChainError, ContractRevert
-from splitmesh.signing import EMPTY_RECEIPT
 
 from node.errors import NodeSetupError
 from node.metrics import NodeMetrics
 from node.store import JobPhase, JobRecord, NodeStore
+from splitmesh.chain import JobStatus, Marketplace, NodeStatus, Sender
+from splitmesh.chain.terms import JobTerms
+from splitmesh.errors import ChainError, ContractRevert
+from splitmesh.signing import EMPTY_RECEIPT
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ def ensure_registered(
     if info.status != NodeStatus.ACTIVE:
         top_up = max(0, stake - info.stake)
         if info.stake + top_up < market.min_stake():
-            raise NodeSetupError(f"stake {stake} wei is below the minimum {market.min_stake()} wei; raise --stake")
+            raise NodeSetupError(
+                f"stake {stake} wei is below the minimum {market.min_stake()} wei; raise --stake"
+            )
         market.register_node(sender, model_id, shard, endpoint, price, b"\0" * 32, stake=top_up)
         actions.append(f"registered for model {model_id} shard {shard} staking {top_up} wei more")
     else:
@@ -78,12 +80,13 @@ class ChainDuties:
             self._guard(record, self.claim)
         self.refresh_metrics()
 
-    def _guard(self, record: JobRecord, duty: object) -> None:
+    def _guard(self, record: JobRecord, duty: Callable[[JobRecord], None]) -> None:
         try:
-            duty(record)  # type: ignore[operator]
+            duty(record)
         except (ChainError, OSError, ValueError) as exc:
             # Chain hiccups and reverts are retried on the next pass; the store keeps the state.
-            logger.warning("job %d: %s failed (%s); retrying on the next pass", record.job_id, duty.__name__, exc)  # type: ignore[attr-defined]
+            name = getattr(duty, "__name__", "duty")
+            logger.warning("job %d: %s failed (%s); retrying on the next pass", record.job_id, name, exc)
 
     def refresh_metrics(self) -> None:
         try:
@@ -153,7 +156,9 @@ class ChainDuties:
             # Another hop never committed: cancelling pays the committed hops and slashes the missing one.
             try:
                 self.market.cancel(self.sender, record.job_id, record.packed_terms)
-                logger.info("job %d: cancelled after the commit deadline; committed hops are paid", record.job_id)
+                logger.info(
+                    "job %d: cancelled after the commit deadline; committed hops are paid", record.job_id
+                )
             except ContractRevert as exc:
                 if exc.name not in ("WrongJobStatus", "CommitWindowOpen"):
                     raise

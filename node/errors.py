@@ -16,7 +16,9 @@ class NodeSetupError(NodeError, RuntimeError):
 class StepRejected(NodeError, ValueError):
     """A peer's message was refused; carries the HTTP-like status and a stable code for the reply."""
 
-    def __init__(self, status: int, code: str, reason: str, *, node: str | None = None, position: int | None = None):
+    def __init__(
+        self, status: int, code: str, reason: str, *, node: str | None = None, position: int | None = None
+    ):
         super().__init__(reason)
         self.status = status
         self.code = code

@@ -6,11 +6,10 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from node.errors import StepRejected, bad_request, forbidden, not_found
 from splitmesh.chain import JobStatus, JobTerms, Marketplace, terms_hash
 from splitmesh.chain.terms import MalformedTerms
 from splitmesh.errors import ChainError
-
-from node.errors import StepRejected, bad_request, forbidden, not_found
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,9 @@ class JobDirectory:
         try:
             state = self.market.get_job(job_id)
         except ChainError as exc:
-            raise StepRejected(503, "chain_unavailable", f"cannot read job {job_id} from the chain: {exc}") from exc
+            raise StepRejected(
+                503, "chain_unavailable", f"cannot read job {job_id} from the chain: {exc}"
+            ) from exc
         if state.status == JobStatus.NONE:
             raise not_found(f"job {job_id} does not exist on JobMarket {self.market.deployment.market}")
         if state.status != JobStatus.OPEN:
@@ -68,7 +69,9 @@ class JobDirectory:
         if packed_terms is None:
             packed_terms = self.market.job_submitted(job_id).packed_terms
         if terms_hash(job_id, packed_terms) != state.terms_hash:
-            raise bad_request("terms_mismatch", f"the terms sent do not hash to job {job_id}'s on-chain terms")
+            raise bad_request(
+                "terms_mismatch", f"the terms sent do not hash to job {job_id}'s on-chain terms"
+            )
         try:
             terms = JobTerms.decode(packed_terms)
         except MalformedTerms as exc:

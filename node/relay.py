@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -39,38 +38,66 @@ class Downstream:
             raise StepRejected(
                 502, "next_node_refused", f"next node at {self.url} refused the session: HTTP {exc.status}"
             ) from exc
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise StepRejected(502, "next_node_unreachable", f"next node at {self.url} is unreachable: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise StepRejected(
+                502, "next_node_unreachable", f"next node at {self.url} is unreachable: {exc}"
+            ) from exc
         return self._ws
+
+    async def send(self, frame: bytes) -> None:
+        """Send one step frame; pair with `receive`."""
+        ws = await self._connect()
+        try:
+            await ws.send_bytes(frame)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            await self.close()
+            raise StepRejected(502, "next_node_unreachable", f"lost the link to {self.url}: {exc}") from exc
+
+    async def receive(self) -> bytes:
+        """The next node's result frame for the step sent last, or its error."""
+        message = await self._exchange(None, None)
+        if message.type != aiohttp.WSMsgType.BINARY:
+            raise StepRejected(
+                502, "bad_downstream_reply", f"next node at {self.url} answered a step with text"
+            )
+        return bytes(message.data)
 
     async def _exchange(self, send_bytes: bytes | None, send_text: str | None) -> aiohttp.WSMessage:
         ws = await self._connect()
         try:
             if send_bytes is not None:
                 await ws.send_bytes(send_bytes)
-            else:
-                await ws.send_str(send_text or "")
-            message = await asyncio.wait_for(ws.receive(), self.timeout)
-        except asyncio.TimeoutError as exc:
+            elif send_text is not None:
+                await ws.send_str(send_text)
+            message = await ws.receive(self.timeout)
+        except TimeoutError as exc:
             await self.close()
-            raise StepRejected(504, "next_node_timeout", f"next node at {self.url} took over {self.timeout:g} s") from exc
+            raise StepRejected(
+                504, "next_node_timeout", f"next node at {self.url} took over {self.timeout:g} s"
+            ) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self.close()
             raise StepRejected(502, "next_node_unreachable", f"lost the link to {self.url}: {exc}") from exc
         if message.type == aiohttp.WSMsgType.TEXT:
             error = _as_error(message.data)
             if error is not None:
-                raise StepRejected(error.status, error.code, error.error, node=error.node, position=error.position)
+                raise StepRejected(
+                    error.status, error.code, error.error, node=error.node, position=error.position
+                )
         elif message.type != aiohttp.WSMsgType.BINARY:
             await self.close()
-            raise StepRejected(502, "next_node_closed", f"next node at {self.url} closed the session ({message.type.name})")
+            raise StepRejected(
+                502, "next_node_closed", f"next node at {self.url} closed the session ({message.type.name})"
+            )
         return message
 
     async def exchange(self, frame: bytes) -> bytes:
         """Send one step frame; return the next node's result frame or raise its error."""
         message = await self._exchange(frame, None)
         if message.type != aiohttp.WSMsgType.BINARY:
-            raise StepRejected(502, "bad_downstream_reply", f"next node at {self.url} answered a step with text")
+            raise StepRejected(
+                502, "bad_downstream_reply", f"next node at {self.url} answered a step with text"
+            )
         return bytes(message.data)
 
     async def end(self, meta: EndMeta) -> EndResult:
@@ -78,7 +105,9 @@ class Downstream:
         try:
             return EndResult.model_validate_json(message.data)
         except (ValidationError, TypeError) as exc:
-            raise StepRejected(502, "bad_downstream_reply", f"next node at {self.url} sent a bad end reply: {exc}") from exc
+            raise StepRejected(
+                502, "bad_downstream_reply", f"next node at {self.url} sent a bad end reply: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         if self._ws is not None:

@@ -22,15 +22,13 @@ from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, EndMeta, ErrorR
 logger = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", NodeService)
-INFO = web.AppKey("info", dict)
+INFO = web.AppKey("info", dict[str, Any])
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(service: NodeService, info: dict[str, Any]) -> web.Application:
     """App factory. `info` is static facts for /health (model, shard, layers, endpoint, ...)."""
-    app = web.Application(
-        client_max_size=service.max_frame_bytes, middlewares=[_error_middleware]
-    )
+    app = web.Application(client_max_size=service.max_frame_bytes, middlewares=[_error_middleware])
     app[SERVICE] = service
     app[INFO] = info
     app.router.add_get("/health", _health)
@@ -61,7 +59,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response(_reply(service, exc).model_dump(), status=exc.status)
     except web.HTTPRequestEntityTooLarge as exc:
         service.metrics.errors_total.labels(code="body_too_large").inc()
-        reply = ErrorReply(status=413, code="body_too_large", error=exc.text or "body too large", node=service.address)
+        reply = ErrorReply(
+            status=413, code="body_too_large", error=exc.text or "body too large", node=service.address
+        )
         return web.json_response(reply.model_dump(), status=413)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -71,7 +71,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         logger.exception("internal error on %s", request.path)
         service.metrics.errors_total.labels(code="internal").inc()
-        reply = ErrorReply(status=500, code="internal", error="internal error; see the node log", node=service.address)
+        reply = ErrorReply(
+            status=500, code="internal", error="internal error; see the node log", node=service.address
+        )
         return web.json_response(reply.model_dump(), status=500)
 
 
@@ -147,6 +149,8 @@ async def _stream(request: web.Request) -> web.StreamResponse:
         except Exception:
             logger.exception("internal error on job %d's stream", job_id)
             service.metrics.errors_total.labels(code="internal").inc()
-            reply = ErrorReply(status=500, code="internal", error="internal error; see the node log", node=service.address)
+            reply = ErrorReply(
+                status=500, code="internal", error="internal error; see the node log", node=service.address
+            )
             await ws.send_str(reply.model_dump_json())
     return ws

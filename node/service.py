@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
+from eth_utils import keccak
 from pydantic import ValidationError
 
 from node.errors import StepRejected, bad_request, conflict, unauthorized
@@ -35,7 +38,6 @@ from splitmesh.protocol import (
     StepResult,
     extend_chain,
     hex32,
-    tensor_digest,
     unhex,
 )
 from splitmesh.signing import recover_envelope_signer
@@ -57,6 +59,7 @@ class JobSession:
     receipt: Receipt | None = None
     downstream: Downstream | None = None
     broken: str | None = None  # why the session can take no more steps
+    pending: Callable[[], None] | None = None  # the last step's bookkeeping, run after its reply
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -136,6 +139,7 @@ class NodeService:
         hidden = frame.tensor  # [1, q, hidden]
         q = int(hidden.shape[1])
         async with session.lock:
+            self._finish(session)
             if session.broken is not None:
                 raise conflict("session_broken", session.broken)
             if session.last_step is not None and meta.step <= session.last_step:
@@ -145,56 +149,120 @@ class NodeService:
                 )
             if meta.tokens != meta.start + q:
                 raise bad_request(
-                    "bad_tokens", f"envelope counts {meta.tokens} tokens but the frame ends at {meta.start + q}"
+                    "bad_tokens",
+                    f"envelope counts {meta.tokens} tokens but the frame ends at {meta.start + q}",
                 )
             if meta.tokens > context.terms.max_tokens:
                 raise bad_request(
-                    "over_max_tokens", f"{meta.tokens} tokens exceed the job's max of {context.terms.max_tokens}"
+                    "over_max_tokens",
+                    f"{meta.tokens} tokens exceed the job's max of {context.terms.max_tokens}",
                 )
-            input_digest = tensor_digest(hidden)
-            if context.position == 0 and input_digest != unhex(meta.payload_hash):
-                raise bad_request("payload_mismatch", "payload hash in the envelope does not match the frame")
+            payload_hash = unhex(meta.payload_hash)
+            input_digest: bytes | None = None
+            if context.position == 0:
+                input_digest = keccak(encode_frame(hidden))
+                if input_digest != payload_hash:
+                    raise bad_request(
+                        "payload_mismatch", "payload hash in the envelope does not match the frame"
+                    )
             positions = torch.arange(meta.start, meta.start + q)
             compute_started = time.perf_counter()
             output = await self._forward(str(job_id), hidden, positions)
             compute_ms = (time.perf_counter() - compute_started) * 1e3
-            downstream_hops: list[HopTiming] = []
-            if context.is_last:
-                sent = output[:, -1:] if meta.want == "last" else output
-                output_digest = tensor_digest(sent)
-            else:
-                output_digest = tensor_digest(output)
-                relayed = meta.model_copy(update={"terms": hex32(context.packed_terms) if session.steps == 0 else None})
-                sent, downstream_hops = await self._relay(session, encode_frame(output, relayed.model_dump()))
-            session.input_chain = extend_chain(session.input_chain, meta.step, input_digest)
-            session.output_chain = extend_chain(session.output_chain, meta.step, output_digest)
+            # The step is accepted: advance the replay guard now, hash and persist off the critical path.
             session.last_step = meta.step
             session.steps += 1
             session.last_used = time.monotonic()
-            receipt = (meta.step, meta.tokens, unhex(meta.payload_hash), unhex(meta.signature))
+            receipt = (meta.step, meta.tokens, payload_hash, unhex(meta.signature))
             if session.receipt is None or meta.tokens > session.receipt[1]:
                 session.receipt = receipt
-            self.store.record_step(
-                job_id,
-                meta.step,
-                meta.start,
-                meta.tokens,
-                input_digest,
-                output_digest,
-                session.input_chain,
-                session.output_chain,
-                receipt,
-                input_frame=data if context.position == 0 else encode_frame(hidden),
-                output_frame=encode_frame(sent),
+            if context.is_last:
+                sent = output[:, -1:] if meta.want == "last" else output
+                handle_ms = (time.perf_counter() - received) * 1e3
+                mine = HopTiming(
+                    node=self.address, position=context.position, compute_ms=compute_ms, handle_ms=handle_ms
+                )
+                reply = encode_frame(sent, StepResult(job=job_id, step=meta.step, hops=[mine]).model_dump())
+                session.pending = partial(
+                    self._record,
+                    session,
+                    meta,
+                    data,
+                    hidden,
+                    input_digest,
+                    sent,
+                    receipt,
+                    compute_ms,
+                    handle_ms,
+                )
+                # Runs once the reply is on the wire (the loop's next turn), before the next step.
+                asyncio.get_running_loop().call_soon(self._finish, session)
+                return reply
+            relayed = meta.model_copy(
+                update={"terms": hex32(context.packed_terms) if session.steps == 1 else None}
             )
+            downstream = self._downstream(session)
+            await downstream.send(encode_frame(output, relayed.model_dump()))
+            relay_started = time.perf_counter()
+            # The next node computes now: hash and persist this step meanwhile.
+            self._record(session, meta, data, hidden, input_digest, output, receipt, compute_ms, None)
+            sent, downstream_hops = await self._relay_result(session)
+            relay_ms = (time.perf_counter() - relay_started) * 1e3
             handle_ms = (time.perf_counter() - received) * 1e3
-            mine = HopTiming(node=self.address, position=context.position, compute_ms=compute_ms, handle_ms=handle_ms)
-            self.metrics.steps_total.inc()
-            self.metrics.tokens_total.inc(q)
-            self.metrics.step_seconds.observe(compute_ms / 1e3)
             self.metrics.handle_seconds.observe(handle_ms / 1e3)
+            mine = HopTiming(
+                node=self.address,
+                position=context.position,
+                compute_ms=compute_ms,
+                handle_ms=handle_ms,
+                relay_ms=relay_ms,
+            )
             result = StepResult(job=job_id, step=meta.step, hops=[mine, *downstream_hops])
             return encode_frame(sent, result.model_dump())
+
+    def _record(
+        self,
+        session: JobSession,
+        meta: StepMeta,
+        data: bytes,
+        hidden: torch.Tensor,
+        input_digest: bytes | None,
+        sent: torch.Tensor,
+        receipt: Receipt,
+        compute_ms: float,
+        handle_ms: float | None,
+    ) -> None:
+        """Fold the step into the hash chains, queue it for SQLite, count it."""
+        output_frame = encode_frame(sent)
+        output_digest = keccak(output_frame)
+        if input_digest is None:
+            input_digest = keccak(encode_frame(hidden))
+        session.input_chain = extend_chain(session.input_chain, meta.step, input_digest)
+        session.output_chain = extend_chain(session.output_chain, meta.step, output_digest)
+        self.store.record_step(
+            meta.job,
+            meta.step,
+            meta.start,
+            meta.tokens,
+            input_digest,
+            output_digest,
+            session.input_chain,
+            session.output_chain,
+            receipt,
+            input_frame=data,
+            output_frame=output_frame,
+        )
+        self.metrics.steps_total.inc()
+        self.metrics.tokens_total.inc(int(hidden.shape[1]))
+        self.metrics.step_seconds.observe(compute_ms / 1e3)
+        if handle_ms is not None:
+            self.metrics.handle_seconds.observe(handle_ms / 1e3)
+
+    @staticmethod
+    def _finish(session: JobSession) -> None:
+        pending, session.pending = session.pending, None
+        if pending is not None:
+            pending()
 
     async def _forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         try:
@@ -208,13 +276,17 @@ class NodeService:
         except CacheFull as exc:
             raise StepRejected(503, "busy", str(exc)) from exc
 
-    async def _relay(self, session: JobSession, frame: bytes) -> tuple[torch.Tensor, list[HopTiming]]:
+    def _downstream(self, session: JobSession) -> Downstream:
         context = session.context
-        assert context.next_endpoint is not None and context.next_node is not None
+        assert context.next_endpoint is not None
         if session.downstream is None:
             session.downstream = Downstream(context.next_endpoint, context.job_id, timeout=self.relay_timeout)
+        return session.downstream
+
+    async def _relay_result(self, session: JobSession) -> tuple[torch.Tensor, list[HopTiming]]:
+        context = session.context
         try:
-            reply = await session.downstream.exchange(frame)
+            reply = await self._downstream(session).receive()
         except StepRejected as exc:
             # The downstream cache may or may not have advanced: this job cannot continue on this route.
             session.broken = f"the route failed downstream of node {self.address}: {exc.reason}"
@@ -238,16 +310,16 @@ class NodeService:
         self._check_signature(context, END_STEP, meta.tokens, END_PAYLOAD, meta.signature)
         session = await self._session(context)
         async with session.lock:
+            self._finish(session)
             downstream: list[NodeCommitment] = []
             if not context.is_last:
-                if session.downstream is None:
-                    assert context.next_endpoint is not None
-                    session.downstream = Downstream(context.next_endpoint, job_id, timeout=self.relay_timeout)
                 relayed = meta.model_copy(update={"terms": hex32(context.packed_terms)})
                 try:
-                    downstream = (await session.downstream.end(relayed)).commitments
+                    downstream = (await self._downstream(session).end(relayed)).commitments
                 except StepRejected as exc:
-                    logger.warning("job %d: end not acknowledged downstream (%s); committing anyway", job_id, exc)
+                    logger.warning(
+                        "job %d: end not acknowledged downstream (%s); committing anyway", job_id, exc
+                    )
             if meta.tokens > 0 and (session.receipt is None or meta.tokens > session.receipt[1]):
                 session.receipt = (END_STEP, meta.tokens, END_PAYLOAD, unhex(meta.signature))
                 self.store.set_receipt(job_id, session.receipt)
@@ -259,6 +331,7 @@ class NodeService:
         session = self.sessions.pop(job_id, None)
         if session is None:
             return
+        self._finish(session)
         self.runner.close(str(job_id))
         if session.downstream is not None:
             await session.downstream.close()
@@ -291,7 +364,9 @@ class NodeService:
             return context
         return await asyncio.to_thread(self.directory.resolve, job_id, packed)
 
-    def _check_signature(self, context: JobContext, step: int, tokens: int, payload: bytes, signature: str) -> None:
+    def _check_signature(
+        self, context: JobContext, step: int, tokens: int, payload: bytes, signature: str
+    ) -> None:
         try:
             signer = recover_envelope_signer(
                 self.chain_id, self.market_address, context.job_id, step, tokens, payload, unhex(signature)
@@ -310,9 +385,13 @@ class NodeService:
             return session
         record = self.store.job(context.job_id)
         if record is None:
-            record = self.store.open_job(context.job_id, context.position, context.client, context.packed_terms)
+            record = self.store.open_job(
+                context.job_id, context.position, context.client, context.packed_terms
+            )
         elif record.phase != JobPhase.SERVING:
-            raise conflict("job_ended", f"job {context.job_id} already ended on this node ({record.phase.value})")
+            raise conflict(
+                "job_ended", f"job {context.job_id} already ended on this node ({record.phase.value})"
+            )
         session = JobSession(context)
         if record.steps:
             # Restarted mid-job: the KV cache is gone, so the job cannot continue here; end it with what

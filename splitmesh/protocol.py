@@ -53,7 +53,7 @@ class _Strict(BaseModel):
 class StepMeta(_Strict):
     """Meta of a step frame: the client's envelope for this step plus where the tokens sit."""
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1  # PROTOCOL_VERSION
     kind: Literal["step"] = "step"
     job: int = Field(ge=0, lt=2**256)
     step: int = Field(ge=0, lt=END_STEP)
@@ -68,7 +68,7 @@ class StepMeta(_Strict):
 class EndMeta(_Strict):
     """The client's signed end of a job: nodes close the session and commit."""
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1  # PROTOCOL_VERSION
     kind: Literal["end"] = "end"
     job: int = Field(ge=0, lt=2**256)
     tokens: int = Field(ge=0, le=UINT32)  # tokens the client signs for over the whole job
@@ -81,12 +81,13 @@ class HopTiming(_Strict):
     position: int
     compute_ms: float  # time in the shard's layers
     handle_ms: float  # time from receiving the frame to sending the reply, downstream included
+    relay_ms: float = 0.0  # time from sending to the next node until its reply arrived (0 on the last)
 
 
 class StepResult(_Strict):
     """Meta of the frame that returns the last node's hidden state to the client."""
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1  # PROTOCOL_VERSION
     kind: Literal["result"] = "result"
     job: int
     step: int
@@ -96,7 +97,7 @@ class StepResult(_Strict):
 class EndResult(_Strict):
     """Reply to an end message: each node's final commitments, first node first."""
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1  # PROTOCOL_VERSION
     kind: Literal["ended"] = "ended"
     job: int
     commitments: list[NodeCommitment]

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from splitmesh.errors import ChainUnavailable, ConfigError
 from splitmesh.paths import project_root
@@ -163,3 +163,10 @@ class LocalChain:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def advance_time(w3: Any, seconds: int) -> int:
+    """Move a dev chain's clock forward and mine a block (hardhat/anvil only); returns the new timestamp."""
+    w3.provider.make_request("evm_increaseTime", [int(seconds)])
+    w3.provider.make_request("evm_mine", [])
+    return int(w3.eth.get_block("latest")["timestamp"])

@@ -121,11 +121,15 @@ class Marketplace:
 
     def find_model(self, weights_hash: bytes, boundaries: list[int]) -> int | None:
         """Id of a model already registered with these weights and this plan, if any."""
-        for model_id in range(1, self.model_count() + 1):
-            info = self.get_model(model_id)
-            if info.weights_hash == weights_hash and list(info.boundaries) == list(boundaries):
-                return model_id
+        for info in self.models(weights_hash):
+            if list(info.boundaries) == list(boundaries):
+                return info.model_id
         return None
+
+    def models(self, weights_hash: bytes | None = None) -> list[ModelInfo]:
+        """Registered models (ids start at 1), optionally only those with these weights; oldest first."""
+        infos = [self.get_model(i) for i in range(1, self.model_count() + 1)]
+        return [i for i in infos if weights_hash is None or i.weights_hash == weights_hash]
 
     def stake(self, sender: Sender, amount: int) -> TxResult:
         return sender.transact(self.registry.functions.stake(), value=amount, label="stake")

@@ -1,19 +1,24 @@
 """`splitmesh demo`: the marketplace end to end on a local chain (or --rpc-url).
 
-What runs today: start a chain, deploy, register the model and its shard plan, stake and register one
-node per shard, submit a job with escrow and show the route the contract matched. Private generation,
-commitments and payment arrive with the node daemon and the client SDK.
+Starts a hardhat node (unless --rpc-url), deploys, registers the model and its shard plan, starts one
+`splitmesh node run` process per shard (each stakes and registers itself), runs a private generation
+through the route the contract matched, waits for the nodes' commitments, advances the local chain's
+clock past the challenge window, finalizes, and shows what each node was paid. Then it runs the
+unsplit model locally with the same settings to check the tokens and compare decode rates.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from splitmesh.chain import HARDHAT_DEV_KEYS, Marketplace, NodeStatus, Sender
-from splitmesh.chain.launcher import free_port
+from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, Marketplace, Sender
+from splitmesh.chain.launcher import advance_time
 from splitmesh.cli.common import (
     add_chain_args,
     add_deploy_args,
@@ -23,51 +28,66 @@ from splitmesh.cli.common import (
     settings_from,
 )
 from splitmesh.cli.output import Output, eth, short
-from splitmesh.errors import ConfigError
+from splitmesh.cli.procs import NodeSpec, start_nodes, stop_nodes
+from splitmesh.errors import ConfigError, SplitmeshError
 from splitmesh.model_files import describe_model
+from splitmesh.paths import state_dir
 from splitmesh.plan import client_split_plan
 
-NOT_YET = [
-    "private generation over the route (node daemon + client SDK)",
-    "node commitments and payment after the challenge window",
-    "sampled audits and slashing of cheating nodes",
-    "coordinator index and explorer page",
-]
 GWEI = 10**9
+DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run the marketplace end to end on a local chain", description=__doc__)
+    p = sub.add_parser(
+        "demo",
+        help="run the marketplace end to end on a local chain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_chain_args(p)
     add_deploy_args(p)
     p.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--nodes", type=int, default=3, help="number of node shards (default 3)")
+    p.add_argument("--nodes", type=int, default=3, help="number of node shards/processes (default 3)")
     p.add_argument("--split", type=int, default=4, help="decoder layers the client runs itself (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
-    p.add_argument("--prompt", default="What is the capital of France?", help="instruction for the model")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="instruction for the model")
     p.add_argument(
-        "--epsilon", type=float, default=float("inf"), help="DP epsilon per token (inf = no noise)"
+        "--epsilon",
+        type=float,
+        default=math.inf,
+        help="DP epsilon per token vector (default inf = no noise; try 1000 or 200 to see the cost)",
     )
-    p.add_argument("--delta", type=float, default=1e-5, help="DP delta per token")
+    p.add_argument("--delta", type=float, default=1e-5, help="DP delta per token vector (default 1e-5)")
+    p.add_argument(
+        "--clip", type=float, help="L2 clip per token vector (default: median norm on public text)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the DP noise and sampling (default 0)")
     p.add_argument("--price-gwei", type=float, default=1.0, help="each node's price per token in gwei")
-    p.add_argument("--stake", type=float, default=2.0, help="ETH each node stakes")
+    p.add_argument("--stake", type=float, default=2.0, help="ETH each node stakes (default 2)")
+    p.add_argument("--no-reference", action="store_true", help="skip the local model.generate comparison")
     p.set_defaults(func=cmd_demo)
 
 
-def _node_keys(count: int) -> list[str]:
-    # Dev keys 1..count are the nodes, the next one is the client; key 0 deploys.
-    if count + 2 > len(HARDHAT_DEV_KEYS):
-        raise ConfigError(f"the demo has {len(HARDHAT_DEV_KEYS) - 2} dev node accounts at most")
-    return list(HARDHAT_DEV_KEYS[1 : count + 1])
+def _keys(nodes: int) -> tuple[list[str], str]:
+    # Dev key 0 deploys, keys 1..n are the nodes, key n+1 is the client.
+    if nodes < 1 or nodes + 2 > len(HARDHAT_DEV_KEYS):
+        raise ConfigError(f"--nodes must be within 1..{len(HARDHAT_DEV_KEYS) - 2} (dev accounts)")
+    return list(HARDHAT_DEV_KEYS[1 : nodes + 1]), HARDHAT_DEV_KEYS[nodes + 1]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from client_sdk import Client, Generation
+
     out = Output(args.json)
     settings = settings_from(args)
     started = time.monotonic()
+    node_keys, client_key = _keys(args.nodes)
     gas: dict[str, int] = {}
+
     out.step("describing the model")
     model = describe_model(args.model)
+    model_dir = str(model.source)
     plan = client_split_plan(model.num_layers, args.split, args.nodes)
     out.info(f"    {model.name}: {model.num_layers} layers, weights hash 0x{model.weights_hash.hex()[:16]}..")
     out.info(f"    shard plan {plan}: the client runs layers 0-{args.split - 1}, {args.nodes} node shards")
@@ -75,13 +95,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.step(
         "starting a local hardhat node" if settings.rpc_url is None else f"connecting to {settings.rpc_url}"
     )
-    with open_session(settings) as session:
+    with open_session(settings) as session, contextlib.ExitStack() as stack:
         market = attach_deployment(session, settings, deploy_if_missing=True, params=deploy_params(args))
         d = market.deployment
         out.info(f"    chain {session.rpc_url} (id {session.chain_id})")
-        verb = "deployed" if session.deployed_now else "using"
-        out.info(f"    {verb} NodeRegistry {d.registry}, JobMarket {d.market}")
-        gas.update({f"deploy {k}": v for k, v in d.gas_used.items()} if session.deployed_now else {})
+        out.info(
+            f"    {'deployed' if session.deployed_now else 'using'} "
+            f"NodeRegistry {d.registry}, JobMarket {d.market}"
+        )
+        if session.deployed_now:
+            gas.update({f"deploy {k}": v for k, v in d.gas_used.items()})
         deployer = Sender(session.w3, session.deployer_key)
 
         out.step("registering the model and its shard plan")
@@ -95,135 +118,324 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             out.info(f"    model id {model_id} already registered")
 
-        out.step(f"{args.nodes} nodes stake {args.stake:g} ETH each and register for a shard")
         price = round(args.price_gwei * GWEI)
-        nodes = _register_nodes(market, session.w3, model_id, plan, args, price, gas)
+        out.step(f"starting {args.nodes} node processes; each stakes {args.stake:g} ETH and registers itself")
+        # A fresh local chain reuses contract addresses and job ids: its nodes get a fresh state folder.
+        if session.local is not None:
+            node_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitmesh-demo-nodes-")))
+        else:
+            node_home = state_dir() / "nodes"
+        specs = [
+            NodeSpec(
+                shard=shard,
+                key=key,
+                rpc_url=session.rpc_url,
+                market=d.market,
+                model=model_dir,
+                model_id=model_id,
+                stake_eth=args.stake,
+                price_wei=price,
+                state_dir=node_home,
+            )
+            for shard, key in enumerate(node_keys, start=1)
+        ]
+        nodes = start_nodes(specs, state_dir() / "logs")
+        stack.callback(stop_nodes, nodes)
+        block_before = session.w3.eth.block_number
+        _record_registration_gas(market, gas, from_block=max(d.block, block_before - 50))
         out.table(
             ["shard", "layers", "node", "stake", "price/token", "endpoint"],
             [
                 [
-                    n.shard,
-                    f"{plan[n.shard]}-{plan[n.shard + 1] - 1}",
+                    n.info["shard"],
+                    f"{n.info['layers'][0]}-{n.info['layers'][1] - 1}",
                     short(n.address),
-                    eth(n.stake),
-                    f"{n.price_per_token / GWEI:g} gwei",
+                    eth(int(n.info["stake_wei"])),
+                    f"{int(n.info['price_wei']) / GWEI:g} gwei",
                     n.endpoint,
                 ]
                 for n in nodes
             ],
         )
 
-        out.step("the client submits a job with escrow; the contract matches a route")
-        client = Sender(session.w3, HARDHAT_DEV_KEYS[args.nodes + 1])
-        max_tokens = _max_tokens(args)
-        escrow = max_tokens * price * args.nodes
-        metadata = json.dumps(
-            {
-                "epsilon": args.epsilon if args.epsilon != float("inf") else "inf",
-                "delta": args.delta,
-                "split": args.split,
-            },
-            separators=(",", ":"),
-        ).encode()
-        job = market.submit_job(client, model_id, 1, max_tokens, price, escrow, metadata)
-        assert job.tx is not None
-        gas["submitJob"] = job.tx.gas_used
-        state = market.get_job(job.job_id)
-        out.info(
-            f"    job {job.job_id}: escrow {eth(escrow)} for up to {max_tokens} tokens, gas {job.tx.gas_used}"
+        eps_text = "inf (no noise)" if math.isinf(args.epsilon) else f"{args.epsilon:g}"
+        out.step(
+            f"private generation: epsilon {eps_text}, delta {args.delta:g}, "
+            f"split after layer {args.split - 1}"
         )
-        out.info(f"    on-chain status: {state.status.name.lower()}")
-        route_rows = []
-        route_json = []
-        for position, hop in enumerate(job.terms.route):
-            shard = job.terms.first_shard + position
-            info = market.get_node(hop.node)
-            layers = f"{plan[shard]}-{plan[shard + 1] - 1}"
-            route_rows.append(
-                [
-                    position,
-                    shard,
-                    layers,
-                    short(hop.node),
-                    f"{hop.price_per_token / GWEI:g} gwei",
-                    info.endpoint,
-                ]
-            )
-            route_json.append(
-                {
-                    "position": position,
-                    "shard": shard,
-                    "layers": [plan[shard], plan[shard + 1]],
-                    "node": hop.node,
-                    "price_per_token": hop.price_per_token,
-                    "endpoint": info.endpoint,
-                }
-            )
+        out.info(f"    prompt: {args.prompt}")
+        client = Client(session.rpc_url, client_key, model_dir, market=d.market)
+        generation: Generation | None = None
+        progress = _Progress(out, args.max_new_tokens)
+        for event in client.stream(
+            args.prompt,
+            args.max_new_tokens,
+            epsilon=args.epsilon,
+            delta=args.delta,
+            clip=args.clip,
+            split=args.split,
+            seed=args.seed,
+        ):
+            if isinstance(event, Generation):
+                generation = event
+            else:
+                progress.token(event.text)
+        progress.done()
+        assert generation is not None
+        receipt = generation.receipt
+        gas["submitJob"] = receipt.gas_used["submitJob"]
+        out.info(
+            f"    job {receipt.job_id}: {receipt.prompt_tokens} prompt + "
+            f"{receipt.generated_tokens} generated tokens"
+        )
         out.info(f"    route: client (layers 0-{args.split - 1}) -> nodes -> client (norm + LM head)")
-        out.table(["pos", "shard", "layers", "node", "price/token", "endpoint"], route_rows)
+        out.table(
+            ["pos", "shard", "layers", "node", "price/token", "endpoint"],
+            [
+                [
+                    h.position,
+                    h.shard,
+                    f"{h.layers[0]}-{h.layers[1] - 1}",
+                    short(h.node),
+                    f"{h.price_per_token / GWEI:g} gwei",
+                    h.endpoint,
+                ]
+                for h in receipt.route
+            ],
+        )
+        privacy = receipt.privacy
+        out.info(
+            f"    privacy: per token (epsilon {privacy['per_token_epsilon']}, "
+            f"delta {privacy['per_token_delta']}); "
+            f"over {privacy['tokens']} released vectors: epsilon {privacy['composed_epsilon']} at delta "
+            f"{privacy['composed_delta']} ({privacy['method']})"
+        )
+        stats = receipt.steps.summary()
+        out.info(
+            f"    decode {receipt.tokens_per_s or 0:.1f} tokens/s; "
+            f"per step p50 {stats['decode_step_ms_p50']} ms "
+            f"(route {stats['route_ms_p50']} ms, hop overhead {stats['hop_overhead_ms_p50']} ms)"
+        )
 
-        out.step("not yet in this build:")
-        for item in NOT_YET:
-            out.info(f"    - {item}")
+        out.step("nodes commit their hash chains on-chain")
+        state = _wait_status(market, receipt.job_id, {JobStatus.COMMITTED}, timeout=90)
+        commits = market.events("JobCommitted", jobId=receipt.job_id)
+        for ev in commits:
+            gas[f"commit position {ev['args']['position']}"] = _gas_of(market, ev)
+        out.info(
+            f"    job {receipt.job_id}: {state.status.name.lower()}, billed {state.billed_tokens} tokens"
+        )
+        out.table(
+            ["pos", "node", "input chain", "output chain", "gas"],
+            [
+                [
+                    ev["args"]["position"],
+                    short(receipt.route[ev["args"]["position"]].node),
+                    "0x" + bytes(ev["args"]["inputCommitment"]).hex()[:12] + "..",
+                    "0x" + bytes(ev["args"]["outputCommitment"]).hex()[:12] + "..",
+                    _gas_of(market, ev),
+                ]
+                for ev in commits
+            ],
+        )
+
+        window = market.parameters()["challenge_window"]
+        if session.is_dev_chain:
+            out.step(f"advancing the local chain's clock past the {window} s challenge window")
+            advance_time(session.w3, window + 1)
+        else:
+            out.step(f"waiting {window} s for the challenge window to pass")
+            time.sleep(window + 2)
+        settlement = client.finalize(receipt.job_id)
+        receipt.settlement = settlement
+        if settlement.gas_used:
+            gas["finalize"] = settlement.gas_used
+        withdrawals = _wait_withdrawals(market, [h.node for h in receipt.route], timeout=60)
+        for node, (_amount, tx_gas) in withdrawals.items():
+            gas[f"withdrawEarnings {short(node)}"] = tx_gas
+        final = market.get_job(receipt.job_id)
+        out.info(f"    job {receipt.job_id}: {final.status.name.lower()}")
+        payments: list[dict[str, Any]] = [
+            {
+                "node": h.node,
+                "position": h.position,
+                "price_per_token": h.price_per_token,
+                "billed_tokens": settlement.billed_tokens,
+                "paid_wei": settlement.paid_wei[h.node],
+                "withdrawn_wei": withdrawals.get(h.node, (0, 0))[0],
+            }
+            for h in receipt.route
+        ]
+        out.table(
+            ["node", "tokens", "price", "paid", "withdrawn by node"],
+            [
+                [
+                    short(p["node"]),
+                    p["billed_tokens"],
+                    f"{p['price_per_token'] / GWEI:g} gwei",
+                    eth(p["paid_wei"]),
+                    eth(p["withdrawn_wei"]),
+                ]
+                for p in payments
+            ],
+        )
+        out.info(
+            f"    escrow {eth(settlement.escrow_wei)} = paid {eth(settlement.total_paid_wei)} + refund "
+            f"{eth(settlement.refund_wei)} to the client"
+        )
+        out.table(["transaction", "gas"], [[k, v] for k, v in gas.items()])
+
+        reference: dict[str, Any] = {"reference_match": None, "reference_tokens_per_s": None}
+        if not args.no_reference:
+            out.step("reference: the unsplit model's generate() locally, same prompt, greedy")
+            reference = _reference(model_dir, generation, args)
+            verdict = {True: "identical tokens", False: "tokens differ", None: "not comparable"}[
+                reference["reference_match"]
+            ]
+            out.info(
+                f"    {verdict}; decode {reference['reference_tokens_per_s'] or 0:.1f} tokens/s locally vs "
+                f"{receipt.tokens_per_s or 0:.1f} through {args.nodes} nodes "
+                f"({(receipt.tokens_per_s or 0) / (reference['reference_tokens_per_s'] or 1):.2f}x)"
+            )
         if session.local is not None:
-            out.step("stopping the local chain")
-        result: dict[str, Any] = {
-            "job_id": job.job_id,
-            "status": state.status.name.lower(),
-            "model": {
-                "name": model.name,
-                "model_id": model_id,
-                "num_layers": model.num_layers,
-                "weights_hash": "0x" + model.weights_hash.hex(),
-                "plan": plan,
-            },
-            "chain": {
-                "rpc_url": session.rpc_url,
-                "chain_id": session.chain_id,
-                "registry": d.registry,
-                "market": d.market,
-                "local": session.local is not None,
-            },
-            "client": client.address,
-            "escrow_wei": escrow,
-            "max_tokens": max_tokens,
-            "route": route_json,
-            "gas_used": gas,
-            "not_yet": NOT_YET,
-            "seconds": round(time.monotonic() - started, 2),
-        }
+            out.step("stopping the nodes and the local chain")
+        else:
+            out.step("stopping the nodes (the chain keeps running)")
+
+    result: dict[str, Any] = {
+        "job_id": receipt.job_id,
+        "status": final.status.name.lower(),
+        "text": generation.text,
+        "tokens": len(generation.token_ids),
+        "token_ids": generation.token_ids,
+        "prompt": args.prompt,
+        "prompt_tokens": receipt.prompt_tokens,
+        "billed_tokens": settlement.billed_tokens,
+        "epsilon": "inf" if math.isinf(args.epsilon) else args.epsilon,
+        "delta": args.delta,
+        "privacy": receipt.privacy,
+        "split": args.split,
+        "route": [
+            {
+                "position": h.position,
+                "shard": h.shard,
+                "layers": list(h.layers),
+                "node": h.node,
+                "endpoint": h.endpoint,
+                "price_per_token": h.price_per_token,
+            }
+            for h in receipt.route
+        ],
+        "commitments": receipt.commitments,
+        "gas_used": gas,
+        "payments": payments,
+        "escrow_wei": settlement.escrow_wei,
+        "paid_wei": settlement.total_paid_wei,
+        "refund_wei": settlement.refund_wei,
+        "tokens_per_s": receipt.tokens_per_s,
+        **reference,
+        "steps": receipt.steps.summary(),
+        "model": {
+            "name": model.name,
+            "model_id": model_id,
+            "num_layers": model.num_layers,
+            "weights_hash": "0x" + model.weights_hash.hex(),
+            "plan": plan,
+        },
+        "chain": {
+            "rpc_url": session.rpc_url,
+            "chain_id": session.chain_id,
+            "registry": d.registry,
+            "market": d.market,
+            "local": session.local is not None,
+        },
+        "client": client.address,
+        "seconds": round(time.monotonic() - started, 2),
+    }
     out.result(result)
     return 0
 
 
-def _max_tokens(args: argparse.Namespace) -> int:
-    # Prompt tokens are billed too; until the tokenizer is in the loop, budget generously for them.
-    return args.max_new_tokens + 256
+class _Progress:
+    """Streams the answer as it is generated (stderr in --json mode)."""
+
+    def __init__(self, out: Output, total: int):
+        self.out = out
+        self.total = total
+        self.count = 0
+        self.started = time.monotonic()
+        self.out.info("    answer: ", end="")
+
+    def token(self, text: str) -> None:
+        self.count += 1
+        self.out.info(text.replace("\n", " "), end="")
+
+    def done(self) -> None:
+        self.out.info(f"\n    ({self.count} tokens in {time.monotonic() - self.started:.1f} s)")
 
 
-def _register_nodes(
-    market: Marketplace,
-    w3: Any,
-    model_id: int,
-    plan: list[int],
-    args: argparse.Namespace,
-    price: int,
-    gas: dict[str, int],
-) -> list[Any]:
-    stake = round(args.stake * 10**18)
-    nodes = []
-    for shard, key in enumerate(_node_keys(args.nodes), start=1):
-        sender = Sender(w3, key)
-        info = market.get_node(sender.address)
-        if not (info.status == NodeStatus.ACTIVE and info.model_id == model_id and info.shard == shard):
-            if info.status == NodeStatus.ACTIVE:
-                market.deactivate(sender)
-            # The node daemon will serve here; nothing listens on it in this build.
-            endpoint = f"http://127.0.0.1:{free_port()}"
-            top_up = max(0, stake - info.stake)
-            tx = market.register_node(sender, model_id, shard, endpoint, price, b"\0" * 32, stake=top_up)
-            gas[f"registerNode shard {shard}"] = tx.gas_used
-        elif info.stake < stake:
-            market.stake(sender, stake - info.stake)
-        nodes.append(market.get_node(sender.address))
-    return nodes
+def _gas_of(market: Marketplace, event: Any) -> int:
+    return int(market.w3.eth.get_transaction_receipt(event["transactionHash"])["gasUsed"])
+
+
+def _record_registration_gas(market: Marketplace, gas: dict[str, int], from_block: int) -> None:
+    for ev in market.events("NodeRegistered", from_block=from_block):
+        gas[f"registerNode shard {ev['args']['shard']}"] = _gas_of(market, ev)
+
+
+def _wait_status(market: Marketplace, job_id: int, wanted: set[JobStatus], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = market.get_job(job_id)
+        if state.status in wanted:
+            return state
+        if time.monotonic() > deadline:
+            raise SplitmeshError(
+                f"job {job_id} is still {state.status.name.lower()} after {timeout:g} s "
+                f"(committed mask {state.committed_mask:#x}); see the node logs in {state_dir() / 'logs'}"
+            )
+        time.sleep(0.25)
+
+
+def _wait_withdrawals(market: Marketplace, nodes: list[str], timeout: float) -> dict[str, tuple[int, int]]:
+    """Wait until every node's duty loop withdrew its earnings; node -> (amount, gas)."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, tuple[int, int]] = {}
+    while time.monotonic() < deadline:
+        for node in nodes:
+            if node in found:
+                continue
+            events = market.events("EarningsWithdrawn", node=node)
+            if events and market.get_node(node).earnings == 0:
+                found[node] = (int(events[-1]["args"]["amount"]), _gas_of(market, events[-1]))
+        if len(found) == len(nodes):
+            break
+        time.sleep(0.25)
+    return found
+
+
+def _reference(model_dir: str, generation: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from splitmesh.model.reference import reference_generate
+
+    run = reference_generate(model_dir, generation.prompt_ids, args.max_new_tokens)
+    comparable = math.isinf(args.epsilon)
+    match = run.tokens == generation.token_ids
+    agree = sum(a == b for a, b in zip(run.tokens, generation.token_ids, strict=False))
+    return {
+        "reference_match": match if comparable else None,
+        "reference_token_agreement": agree / max(len(run.tokens), 1),
+        "reference_tokens_per_s": run.tokens_per_s,
+        "reference_text": None if match else _decode(model_dir, run.tokens),
+    }
+
+
+def _decode(model_dir: str, tokens: list[int]) -> str | None:
+    try:
+        from transformers import AutoTokenizer
+
+        return str(AutoTokenizer.from_pretrained(model_dir).decode(tokens, skip_special_tokens=True))
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["cmd_demo"]

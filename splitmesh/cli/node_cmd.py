@@ -28,22 +28,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node = sub.add_parser("node", help="run a staked node serving one shard")
     node_sub = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
     p = node_sub.add_parser(
-        "run", help="serve one shard (registers and stakes if needed)", description=RUN_HELP,
+        "run",
+        help="serve one shard (registers and stakes if needed)",
+        description=RUN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
     p.add_argument("--shard", type=int, required=True, help="shard index of the registered plan to serve")
-    p.add_argument("--model-id", type=int, help="on-chain model id (default: the plan registered for these weights)")
+    p.add_argument(
+        "--model-id", type=int, help="on-chain model id (default: the plan registered for these weights)"
+    )
     p.add_argument("--rpc-url", required=True, help="EVM JSON-RPC endpoint of the chain to serve")
-    p.add_argument("--key", "--private-key", dest="private_key", help="0x-hex node key (env SPLITMESH_PRIVATE_KEY)")
+    p.add_argument(
+        "--key", "--private-key", dest="private_key", help="0x-hex node key (env SPLITMESH_PRIVATE_KEY)"
+    )
     p.add_argument("--market", help="JobMarket address (default: the deployment remembered for --rpc-url)")
-    p.add_argument("--stake", type=float, default=1.0, help="ETH to hold staked; topped up if lower (default 1)")
+    p.add_argument(
+        "--stake", type=float, default=1.0, help="ETH to hold staked; topped up if lower (default 1)"
+    )
     p.add_argument("--price", type=int, default=10**9, help="price per token in wei (default 1 gwei)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
     p.add_argument("--public-url", help="endpoint announced on-chain (default http://HOST:PORT)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
-    p.add_argument("--state-dir", type=Path, help="folder of the node's SQLite state (default $SPLITMESH_HOME/nodes)")
+    p.add_argument(
+        "--state-dir", type=Path, help="folder of the node's SQLite state (default $SPLITMESH_HOME/nodes)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--session-ttl", type=float, help="seconds an idle job session lives (default 120)")
     p.add_argument("--duty-interval", type=float, help="seconds between commit/claim passes (default 1)")

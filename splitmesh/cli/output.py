@@ -25,8 +25,8 @@ class Output:
     def __init__(self, as_json: bool):
         self.as_json = as_json
 
-    def info(self, text: str = "") -> None:
-        print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+    def info(self, text: str = "", end: str = "\n") -> None:
+        print(text, end=end, file=sys.stderr if self.as_json else sys.stdout, flush=True)
 
     def step(self, text: str) -> None:
         self.info(f"==> {text}")

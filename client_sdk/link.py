@@ -30,7 +30,12 @@ class RouteLink:
         self.timeout = timeout
         try:
             self._ws: ClientConnection = connect(
-                self.url, max_size=MAX_REPLY_BYTES, compression=None, open_timeout=10.0, close_timeout=2.0
+                self.url,
+                max_size=MAX_REPLY_BYTES,
+                compression=None,
+                open_timeout=10.0,
+                close_timeout=2.0,
+                legacy=True,  # a plain connection object, owned and closed by this link
             )
         except (OSError, WebSocketException, TimeoutError) as exc:
             raise NodeUnavailable(

@@ -98,7 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open_session(settings) as session, contextlib.ExitStack() as stack:
         market = attach_deployment(session, settings, deploy_if_missing=True, params=deploy_params(args))
         d = market.deployment
-        out.info(f"    chain {session.rpc_url} (id {session.chain_id})")
+        chain_id = session.chain_id
+        out.info(f"    chain {session.rpc_url} (id {chain_id})")
         out.info(
             f"    {'deployed' if session.deployed_now else 'using'} "
             f"NodeRegistry {d.registry}, JobMarket {d.market}"
@@ -344,7 +345,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
         "chain": {
             "rpc_url": session.rpc_url,
-            "chain_id": session.chain_id,
+            "chain_id": chain_id,
             "registry": d.registry,
             "market": d.market,
             "local": session.local is not None,

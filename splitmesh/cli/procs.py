@@ -39,7 +39,7 @@ class NodeSpec:
     dtype: str = "float32"
     state_dir: Path | None = None
     duty_interval: float = 0.5
-    threads: int = 0
+    threads: int = 1
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 

@@ -1,0 +1,110 @@
+"""A running marketplace for integration tests: its own hardhat node, a deployment, SmolLM2 registered
+with the plan [0, 4, 13, 22, 30], and three real `splitmesh node run` processes serving it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from web3 import Web3
+
+from splitmesh.chain import (
+    HARDHAT_DEV_KEYS,
+    Deployment,
+    DeployParams,
+    JobStatus,
+    LocalChain,
+    Marketplace,
+    Sender,
+    deploy,
+)
+from splitmesh.cli.procs import NodeProcess, NodeSpec, start_nodes
+from splitmesh.model_files import describe_model
+from splitmesh.plan import client_split_plan
+
+SPLIT = 4
+NODE_KEYS = list(HARDHAT_DEV_KEYS[1:4])
+CLIENT_KEY = HARDHAT_DEV_KEYS[7]
+OTHER_KEY = HARDHAT_DEV_KEYS[8]  # a stranger: not the client of any job
+PRICE = 10**12  # wei per token
+# The production relations between windows, made short.
+PARAMS = DeployParams(
+    min_stake=10**18,
+    unbonding_delay=3 * 3600,
+    commit_timeout=1800,
+    challenge_window=300,
+    dispute_timeout=1800,
+)
+
+
+@dataclass
+class RunningMarket:
+    chain: LocalChain
+    w3: Web3
+    deployment: Deployment
+    market: Marketplace
+    model_id: int
+    plan: list[int]
+    state_dir: Path
+    log_dir: Path
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    @property
+    def rpc_url(self) -> str:
+        return self.chain.rpc_url
+
+    def spec(self, shard: int) -> NodeSpec:
+        return NodeSpec(
+            shard=shard,
+            key=NODE_KEYS[shard - 1],
+            rpc_url=self.rpc_url,
+            market=self.deployment.market,
+            model_id=self.model_id,
+            price_wei=PRICE,
+            state_dir=self.state_dir,
+            duty_interval=0.2,
+            threads=1,
+        )
+
+    def restart(self, shard: int) -> NodeProcess:
+        """Stop (SIGTERM) and start the node of a shard again with the same key and state."""
+        old = self.nodes[shard - 1]
+        old.stop()
+        new = NodeProcess(self.spec(shard), old.log_path).start()
+        self.nodes[shard - 1] = new
+        return new
+
+    def wait_status(self, job_id: int, wanted: JobStatus, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.market.get_job(job_id).status != wanted:
+            if time.monotonic() > deadline:
+                state = self.market.get_job(job_id)
+                raise AssertionError(
+                    f"job {job_id} is {state.status.name}, waited {timeout} s for {wanted.name}"
+                )
+            time.sleep(0.1)
+
+
+def start_market(tmp: Path) -> RunningMarket:
+    chain = LocalChain(log_path=tmp / "hardhat.log").start()
+    try:
+        w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
+        deployer = Sender(w3, HARDHAT_DEV_KEYS[0])
+        deployment = deploy(w3, deployer, PARAMS)
+        market = Marketplace(w3, deployment)
+        model = describe_model(None)
+        plan = client_split_plan(model.num_layers, SPLIT, 3)
+        model_id, _ = market.register_model(deployer, model.name, model.weights_hash, model.num_layers, plan)
+        running = RunningMarket(chain, w3, deployment, market, model_id, plan, tmp / "nodes", tmp / "logs")
+        running.nodes = start_nodes([running.spec(s) for s in (1, 2, 3)], running.log_dir)
+        return running
+    except BaseException:
+        chain.stop()
+        raise
+
+
+def stop_market(running: RunningMarket) -> None:
+    for node in running.nodes:
+        node.stop(10)
+    running.chain.stop()

@@ -86,11 +86,12 @@ def _job_id(request: web.Request) -> int:
 
 async def _health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    info: dict[str, Any] = request.app[INFO]
     body = {
         "status": "ok" if service.accepting else "draining",
         "address": service.address,
         "sessions": len(service.sessions),
-        **request.app[INFO],
+        **info,
     }
     return web.json_response(body)
 

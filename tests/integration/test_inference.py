@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
 import time
@@ -46,7 +47,7 @@ def test_three_node_generation_equals_the_unsplit_model(
     # Neighbours agree on what passed between them; the client checked both ends itself.
     chains = receipt.commitments
     assert [c["steps"] for c in chains] == [len(out.token_ids)] * 3
-    for left, right in zip(chains, chains[1:], strict=False):
+    for left, right in itertools.pairwise(chains):
         assert left["output_chain"] == right["input_chain"]
     # Each node's on-chain commitment equals what it reported to the client at the end of the job.
     running_market.wait_status(receipt.job_id, JobStatus.COMMITTED)

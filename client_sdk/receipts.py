@@ -28,6 +28,7 @@ class StepStats:
     route: list[float] = field(default_factory=list)  # send the frame until the result is back
     tail: list[float] = field(default_factory=list)  # norm + LM head + sampling
     node_compute_ms: list[list[float]] = field(default_factory=list)  # per step, per hop
+    hops: list[list[HopTiming]] = field(default_factory=list)  # per step, the nodes' own timings
 
     def record(
         self, step: int, head: float, privacy: float, route: float, tail: float, hops: list[HopTiming]
@@ -37,6 +38,22 @@ class StepStats:
         self.route.append(route)
         self.tail.append(tail)
         self.node_compute_ms.append([h.compute_ms for h in hops])
+        self.hops.append(list(hops))
+
+    def link_ms(self) -> list[list[float]]:
+        """Per decode step, per link (client-node 0, node 0-1, ...): transport time both ways.
+
+        Derived from the nodes' reports: what the sender waited minus what the receiver spent.
+        """
+        out = []
+        for route, hops in list(zip(self.route, self.hops, strict=True))[1:]:
+            waits = [route * 1e3] + [h.relay_ms for h in hops[:-1]]
+            out.append([wait - hop.handle_ms for wait, hop in zip(waits, hops, strict=True)])
+        return out
+
+    def node_local_ms(self) -> list[list[float]]:
+        """Per decode step, per node: handling time outside its layers and outside waiting downstream."""
+        return [[h.handle_ms - h.compute_ms - h.relay_ms for h in hops] for hops in self.hops[1:]]
 
     def hop_overhead_ms(self) -> list[float]:
         """Per decode step: (route time - time in the nodes' layers) / number of network hops.

@@ -35,7 +35,7 @@ from splitmesh.paths import state_dir
 from splitmesh.plan import client_split_plan
 
 GWEI = 10**9
-DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
+DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,7 +63,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--clip", type=float, help="L2 clip per token vector (default: median norm on public text)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the DP noise and sampling (default 0)")
-    p.add_argument("--price-gwei", type=float, default=1.0, help="each node's price per token in gwei")
+    p.add_argument(
+        "--price-gwei",
+        type=float,
+        default=10_000.0,
+        help="each node's price per token in gwei (default 10000)",
+    )
     p.add_argument("--stake", type=float, default=2.0, help="ETH each node stakes (default 2)")
     p.add_argument("--no-reference", action="store_true", help="skip the local model.generate comparison")
     p.set_defaults(func=cmd_demo)
@@ -220,7 +225,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         out.step("nodes commit their hash chains on-chain")
         state = _wait_status(market, receipt.job_id, {JobStatus.COMMITTED}, timeout=90)
-        commits = market.events("JobCommitted", jobId=receipt.job_id)
+        commits = sorted(
+            market.events("JobCommitted", jobId=receipt.job_id), key=lambda e: e["args"]["position"]
+        )
         for ev in commits:
             gas[f"commit position {ev['args']['position']}"] = _gas_of(market, ev)
         out.info(

@@ -28,7 +28,9 @@ def reference_generate(
 ) -> ReferenceRun:
     """Greedy `model.generate` on the whole model, timed (best of `repeats` after a warm-up)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = ModelSource.resolve(model).path
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ids = torch.tensor([prompt_ids])

@@ -10,7 +10,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def running_market(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Three SmolLM2 node processes on their own local chain, shared by the inference tests."""
-    from tests.integration.market_fixture import start_market, stop_market
+    from splitmesh.cli.localnet import start_market, stop_market
 
     running = start_market(tmp_path_factory.mktemp("market"))
     yield running

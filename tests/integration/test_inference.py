@@ -16,7 +16,7 @@ from splitmesh.chain import JobStatus
 from splitmesh.chain.launcher import advance_time
 from splitmesh.model.reference import reference_generate
 from splitmesh.wire import decode_frame
-from tests.integration.market_fixture import CLIENT_KEY, PARAMS, PRICE, SPLIT, RunningMarket
+from splitmesh.cli.localnet import CLIENT_KEY, PARAMS, PRICE, SPLIT, RunningMarket
 
 PROMPT = "Name three colors of the rainbow."
 

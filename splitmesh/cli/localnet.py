@@ -1,5 +1,5 @@
-"""A running marketplace for integration tests: its own hardhat node, a deployment, SmolLM2 registered
-with the plan [0, 4, 13, 22, 30], and three real `splitmesh node run` processes serving it."""
+"""A whole marketplace on this machine for tests and benchmarks: its own hardhat node, a deployment,
+a model registered with a client split plan, and one real `splitmesh node run` process per shard."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from splitmesh.model_files import describe_model
 from splitmesh.plan import client_split_plan
 
 SPLIT = 4
-NODE_KEYS = list(HARDHAT_DEV_KEYS[1:4])
+NODE_KEYS = list(HARDHAT_DEV_KEYS[1:7])
 CLIENT_KEY = HARDHAT_DEV_KEYS[7]
 OTHER_KEY = HARDHAT_DEV_KEYS[8]  # a stranger: not the client of any job
 PRICE = 10**12  # wei per token
@@ -48,6 +48,7 @@ class RunningMarket:
     plan: list[int]
     state_dir: Path
     log_dir: Path
+    model: str | None = None  # local model directory; None = SmolLM2
     nodes: list[NodeProcess] = field(default_factory=list)
 
     @property
@@ -58,6 +59,7 @@ class RunningMarket:
         return NodeSpec(
             shard=shard,
             key=NODE_KEYS[shard - 1],
+            model=self.model,
             rpc_url=self.rpc_url,
             market=self.deployment.market,
             model_id=self.model_id,
@@ -86,18 +88,23 @@ class RunningMarket:
             time.sleep(0.1)
 
 
-def start_market(tmp: Path) -> RunningMarket:
+def start_market(tmp: Path, model: str | None = None, split: int = SPLIT, nodes: int = 3) -> RunningMarket:
+    """Start chain, deploy, register `model` (default SmolLM2) and start `nodes` node processes."""
     chain = LocalChain(log_path=tmp / "hardhat.log").start()
     try:
         w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
         deployer = Sender(w3, HARDHAT_DEV_KEYS[0])
         deployment = deploy(w3, deployer, PARAMS)
         market = Marketplace(w3, deployment)
-        model = describe_model(None)
-        plan = client_split_plan(model.num_layers, SPLIT, 3)
-        model_id, _ = market.register_model(deployer, model.name, model.weights_hash, model.num_layers, plan)
-        running = RunningMarket(chain, w3, deployment, market, model_id, plan, tmp / "nodes", tmp / "logs")
-        running.nodes = start_nodes([running.spec(s) for s in (1, 2, 3)], running.log_dir)
+        described = describe_model(model)
+        plan = client_split_plan(described.num_layers, split, nodes)
+        model_id, _ = market.register_model(
+            deployer, described.name, described.weights_hash, described.num_layers, plan
+        )
+        running = RunningMarket(
+            chain, w3, deployment, market, model_id, plan, tmp / "nodes", tmp / "logs", model=model
+        )
+        running.nodes = start_nodes([running.spec(s) for s in range(1, nodes + 1)], running.log_dir)
         return running
     except BaseException:
         chain.stop()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from web3 import Web3
@@ -13,6 +15,8 @@ from web3 import Web3
 from splitmesh.chain import LocalChain, Marketplace, NodeStatus, free_port, rpc_chain_id
 from splitmesh.chain.deploy import deployment_from_market
 from splitmesh.errors import ChainUnavailable, ConfigError
+from splitmesh.paths import models_dir
+from tests.model_fixtures import save_random_model, tiny_llama_config
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -24,7 +28,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 def test_help_explains_the_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for word in ("chain", "demo"):
+    for word in ("chain", "demo", "node"):
         assert word in result.stdout
     assert "--rpc-url" in run_cli("demo", "--help").stdout
 
@@ -42,10 +46,16 @@ def test_chain_deploy_then_status(chain: LocalChain, w3: Web3) -> None:
 
 
 def test_demo_against_a_running_chain_leaves_it_running(chain: LocalChain, w3: Web3) -> None:
-    result = run_cli("demo", "--rpc-url", chain.rpc_url, "--json", "--nodes", "3", "--split", "4")
+    fast = ("--max-new-tokens", "6", "--no-reference")
+    result = run_cli("demo", "--rpc-url", chain.rpc_url, "--json", "--nodes", "3", "--split", "4", *fast)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["status"] == "open"
+    assert data["status"] == "finalized"
+    assert data["text"] and data["tokens"] == len(data["token_ids"]) > 0
+    # Every node was paid price x billed tokens, withdrew it, and the rest went back to the client.
+    assert sum(p["paid_wei"] for p in data["payments"]) + data["refund_wei"] == data["escrow_wei"]
+    for p in data["payments"]:
+        assert p["paid_wei"] == p["withdrawn_wei"] == p["price_per_token"] * data["billed_tokens"]
     assert [hop["shard"] for hop in data["route"]] == [1, 2, 3]
     assert data["model"]["plan"] == [0, 4, 13, 22, 30]
     # What the demo printed is what the chain holds.
@@ -57,7 +67,7 @@ def test_demo_against_a_running_chain_leaves_it_running(chain: LocalChain, w3: W
         assert (node.status, node.shard, node.pooled) == (NodeStatus.ACTIVE, hop["shard"], True)
     assert rpc_chain_id(chain.rpc_url) == 31337
     # A second run reuses the deployment, the model and the nodes (idempotent) and submits a new job.
-    again = run_cli("demo", "--rpc-url", chain.rpc_url, "--json")
+    again = run_cli("demo", "--rpc-url", chain.rpc_url, "--json", *fast)
     assert again.returncode == 0, again.stderr
     second = json.loads(again.stdout)
     assert second["chain"]["market"] == data["chain"]["market"]
@@ -66,12 +76,22 @@ def test_demo_against_a_running_chain_leaves_it_running(chain: LocalChain, w3: W
     assert "registerModel" not in second["gas_used"]
 
 
-def test_demo_on_its_own_chain_stops_it() -> None:
-    result = run_cli("demo", "--json", "--nodes", "2", "--split", "10")
+def test_demo_on_its_own_chain_with_another_model_stops_it(tmp_path: Path) -> None:
+    # Any supported local HF directory: a random Llama with SmolLM2's tokenizer (so prompts work).
+    model = save_random_model(tiny_llama_config(vocab_size=49152, num_hidden_layers=6), tmp_path / "tiny")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(models_dir() / "SmolLM2-135M-Instruct" / name, model / name)
+    args = ("--model", str(model), "--nodes", "2", "--split", "2", "--max-new-tokens", "8")
+    result = run_cli("demo", "--json", *args)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["chain"]["local"] is True
-    assert len(data["route"]) == 2
+    assert data["model"]["num_layers"] == 6 and data["model"]["plan"] == [0, 2, 4, 6]
+    assert [hop["layers"] for hop in data["route"]] == [[2, 4], [4, 6]]
+    assert data["status"] == "finalized"
+    # At epsilon = inf the split pipeline reproduces model.generate token for token.
+    assert data["reference_match"] is True
+    assert data["tokens_per_s"] > 0 and data["reference_tokens_per_s"] > 0
     assert data["gas_used"]["submitJob"] > 0
     with pytest.raises(ChainUnavailable):
         rpc_chain_id(data["chain"]["rpc_url"], timeout=1.0)

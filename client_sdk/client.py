@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -89,7 +89,7 @@ class GenerateOptions:
     seed: int | None = None  # seeds the DP noise and sampling
     chat: bool | None = None  # apply the chat template; None = when the tokenizer has one
     max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
-    extra: dict[str, Any] = field(default_factory=dict)
+    escrow_wei: int | None = None  # escrow sent with the job; None = max tokens x max price x hops
 
 
 class Client:
@@ -315,7 +315,7 @@ class Client:
             if not prices:
                 raise NoRoute(f"no active node serves model {info.model_id} shards {list(shards)}")
             max_price = max(prices)
-        escrow = max_tokens * max_price * len(shards)
+        escrow = max_tokens * max_price * len(shards) if opts.escrow_wei is None else opts.escrow_wei
         metadata = json.dumps(
             {
                 "epsilon": "inf" if math.isinf(opts.epsilon) else opts.epsilon,
@@ -337,7 +337,11 @@ class Client:
                     f"{exc.args_by_name.get('shard')}; raise max_price_per_token or start a node"
                 ) from exc
             if exc.name == "EscrowTooSmall":
-                raise EscrowTooSmall(str(exc)) from exc
+                required = exc.args_by_name.get("required")
+                raise EscrowTooSmall(
+                    f"escrow {escrow} wei does not cover {max_tokens} tokens at the matched route's prices "
+                    f"(needs {required} wei); send more or lower max_new_tokens"
+                ) from exc
             raise
         hops = []
         for position, hop in enumerate(job.terms.route):

@@ -284,6 +284,7 @@ class Client:
                 position += q
                 generated.append(token)
                 new_text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                receipt.token_times.append(time.perf_counter())
                 yield TokenEvent(len(generated) - 1, token, new_text[len(text) :])
                 text = new_text
                 if token in eos_ids:

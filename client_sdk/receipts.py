@@ -108,6 +108,7 @@ class GenerationReceipt:
     billed_tokens: int = 0  # tokens the client signed for (prompt + generated - 1)
     generated_tokens: int = 0
     decode_seconds: float = 0.0
+    token_times: list[float] = field(default_factory=list)  # perf_counter() when each token was ready
     status: str = "open"
     privacy: dict[str, Any] = field(default_factory=dict)
     commitments: list[dict[str, Any]] = field(default_factory=list)
@@ -116,17 +117,17 @@ class GenerationReceipt:
 
     @property
     def tokens_per_s(self) -> float | None:
-        """Decode rate: generated tokens after the first over the time they took."""
-        decode = [
-            h + p + r + t
-            for h, p, r, t in zip(
-                self.steps.head, self.steps.privacy, self.steps.route, self.steps.tail, strict=True
-            )
-        ][1:]
-        return len(decode) / sum(decode) if decode else None
+        """Decode rate by the wall clock: tokens after the first over the time from the first to the last.
+
+        Everything between two tokens counts (detokenizing, the caller's handling of the stream), the
+        same way the reference's rate counts everything `model.generate` does after its first token.
+        """
+        times = self.token_times
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("token_times")
         out["route"] = [asdict(h) for h in self.route]
         out["steps"] = self.steps.summary()
         out["tokens_per_s"] = self.tokens_per_s

@@ -40,6 +40,7 @@ def create_app(service: NodeService, info: dict[str, Any]) -> web.Application:
 
 
 def _reply(service: NodeService, exc: StepRejected) -> ErrorReply:
+    service.metrics.errors_total.labels(code=exc.code).inc()
     return ErrorReply(
         status=exc.status,
         code=exc.code,

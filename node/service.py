@@ -105,13 +105,11 @@ class NodeService:
     # ------------------------------------------------------------------ steps
 
     async def handle_step(self, data: bytes, job_id: int) -> bytes:
-        """One step frame in, the (relayed) result frame out; StepRejected on anything wrong."""
-        received = time.perf_counter()
-        try:
-            return await self._step(data, job_id, received)
-        except StepRejected as exc:
-            self.metrics.errors_total.labels(code=exc.code).inc()
-            raise
+        """One step frame in, the (relayed) result frame out; StepRejected on anything wrong.
+
+        Rejections are counted where they become replies (node.server), so every route counts them.
+        """
+        return await self._step(data, job_id, time.perf_counter())
 
     async def _step(self, data: bytes, job_id: int, received: float) -> bytes:
         if not self.accepting:

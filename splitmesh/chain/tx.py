@@ -36,6 +36,12 @@ class TxResult:
 def revert_from_exception(exc: Exception, contract: str = "contract") -> ChainError:
     """Turn web3's revert exceptions into ContractRevert with the custom error decoded."""
     data: Any = getattr(exc, "data", None)
+    if data is None:
+        # A JSON-RPC error (for example a send-time revert on hardhat) carries it in error.data.data.
+        error = (getattr(exc, "rpc_response", None) or {}).get("error")
+        if error is None and exc.args and isinstance(exc.args[0], dict):
+            error = exc.args[0]
+        data = error.get("data") if isinstance(error, dict) else None
     if isinstance(data, dict):
         data = data.get("data")
     if isinstance(data, str) and data.startswith("0x"):
@@ -154,6 +160,11 @@ class Sender:
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:
                 self._nonce = None
+                # A node that executes on submission (hardhat automine) reports the revert here, with
+                # its data: decode it like any other revert, so callers can match the error by name.
+                decoded = revert_from_exception(exc, name)
+                if isinstance(decoded, ContractRevert):
+                    raise decoded from exc
                 raise TransactionFailed(f"{name}: sending failed: {exc}") from exc
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
         return TxResult(

@@ -19,7 +19,7 @@ from splitmesh.chain import (
     Sender,
     deploy,
 )
-from splitmesh.cli.procs import NodeProcess, NodeSpec, start_nodes
+from splitmesh.cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
 from splitmesh.model_files import describe_model
 from splitmesh.plan import client_split_plan
 
@@ -112,6 +112,6 @@ def start_market(tmp: Path, model: str | None = None, split: int = SPLIT, nodes:
 
 
 def stop_market(running: RunningMarket) -> None:
-    for node in running.nodes:
-        node.stop(10)
+    # In parallel, and longer than a node's drain timeout, so each one can commit what it served.
+    stop_nodes(running.nodes, timeout=40)
     running.chain.stop()

@@ -62,7 +62,13 @@ def test_reverts_are_decoded_into_named_errors(market: Marketplace, actors: Acto
     assert (info.value.name, info.value.args_by_name) == ("NoEligibleNode", {"modelId": model_id, "shard": 1})
     with pytest.raises(ContractRevert, match=r"UnknownModel\(modelId=99\)"):
         market.get_model(99)
-    # The sender's nonce tracking survives failed estimates: the next transaction goes through.
+    # A revert reported when the transaction is sent (no estimate first, as in a race with another
+    # sender) is decoded the same way.
+    fn = market.market.functions.finalize(77, b"\0" * 69)
+    with pytest.raises(ContractRevert) as info:
+        actors.clients[0].transact(fn, gas=300_000)
+    assert (info.value.name, info.value.args_by_name) == ("UnknownJob", {"jobId": 77})
+    # The sender's nonce tracking survives failed estimates and sends: the next transaction goes through.
     job = market.submit_job(actors.clients[0], model_id, 1, 10, 2 * GWEI, escrow=30 * GWEI)
     assert job.job_id == 1
 

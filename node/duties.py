@@ -8,6 +8,7 @@ every step is idempotent against what the chain already shows.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,6 +71,7 @@ class ChainDuties:
         self.store = store
         self.metrics = metrics
         self._window = int(market.parameters()["challenge_window"])
+        self._metrics_due = 0.0  # monotonic time of the next stake/earnings refresh
         self._commit_timeout = int(market.parameters()["commit_timeout"])
 
     def run_once(self) -> None:
@@ -88,7 +90,12 @@ class ChainDuties:
             name = getattr(duty, "__name__", "duty")
             logger.warning("job %d: %s failed (%s); retrying on the next pass", record.job_id, name, exc)
 
-    def refresh_metrics(self) -> None:
+    def refresh_metrics(self, every: float = 15.0) -> None:
+        """Stake and earnings gauges; at most every `every` seconds (each refresh is an RPC call)."""
+        now = time.monotonic()
+        if now < self._metrics_due:
+            return
+        self._metrics_due = now + every
         try:
             info = self.market.get_node(self.sender.address)
         except ChainError:

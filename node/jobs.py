@@ -29,6 +29,10 @@ class JobContext:
         return self.terms.client
 
     @property
+    def client_bytes(self) -> bytes:
+        return bytes.fromhex(self.terms.client[2:])
+
+    @property
     def is_last(self) -> bool:
         return self.next_node is None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 from pydantic import ValidationError
 
 from node.errors import StepRejected, bad_request, conflict, unauthorized
@@ -40,7 +40,7 @@ from splitmesh.protocol import (
     hex32,
     unhex,
 )
-from splitmesh.signing import recover_envelope_signer
+from splitmesh.signing import recover_envelope_address
 from splitmesh.wire import FrameError, FrameTooLarge, decode_frame, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -366,15 +366,16 @@ class NodeService:
         self, context: JobContext, step: int, tokens: int, payload: bytes, signature: str
     ) -> None:
         try:
-            signer = recover_envelope_signer(
+            signer = recover_envelope_address(
                 self.chain_id, self.market_address, context.job_id, step, tokens, payload, unhex(signature)
             )
         except ValueError as exc:
             raise unauthorized(f"envelope signature is malformed: {exc}") from exc
-        if signer != context.client:
+        if signer != context.client_bytes:
+            signer_text = to_checksum_address(signer)
             raise unauthorized(
-                f"envelope for job {context.job_id} step {step} is signed by {signer}, not the job's client "
-                f"{context.client}"
+                f"envelope for job {context.job_id} step {step} is signed by {signer_text}, "
+                f"not the job's client {context.client}"
             )
 
     async def _session(self, context: JobContext) -> JobSession:

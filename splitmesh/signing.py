@@ -89,6 +89,15 @@ def recover_envelope_signer(
 
     Accepts exactly what the contract accepts: 65 bytes, v in {27, 28}, s in the lower half order.
     """
+    return to_checksum_address(
+        recover_envelope_address(chain_id, market, job_id, step, tokens, payload_hash, signature)
+    )
+
+
+def recover_envelope_address(
+    chain_id: int, market: str, job_id: int, step: int, tokens: int, payload_hash: bytes, signature: bytes
+) -> bytes:
+    """The signer's raw 20-byte address (no checksum encoding: nodes compare bytes on every step)."""
     if len(signature) != 65:
         raise ValueError(f"signature must be 65 bytes, got {len(signature)}")
     v = signature[64]
@@ -103,7 +112,7 @@ def recover_envelope_signer(
         )
     except Exception as exc:  # libsecp256k1 rejects r/s out of range or no point
         raise ValueError(f"signature does not recover a public key: {exc}") from exc
-    return _address_of(public)
+    return keccak(public.format(compressed=False)[1:])[-20:]
 
 
 _HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0

@@ -30,6 +30,7 @@ from splitmesh.model.runner import RunnerLimits, ShardRunner
 from splitmesh.model_files import describe_model
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
+from splitmesh.signing import RelaySigner
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ async def serve(
         store=store,
         metrics=metrics,
         max_frame_bytes=config.max_frame_bytes,
+        relay_signer=RelaySigner(private_key, market.chain_id, market.deployment.market),
         relay_timeout=config.relay_timeout,
     )
     info = {

@@ -31,8 +31,8 @@ def bad_request(code: str, reason: str) -> StepRejected:
     return StepRejected(400, code, reason)
 
 
-def unauthorized(reason: str) -> StepRejected:
-    return StepRejected(401, "bad_signature", reason)
+def unauthorized(reason: str, code: str = "bad_signature") -> StepRejected:
+    return StepRejected(401, code, reason)
 
 
 def forbidden(code: str, reason: str) -> StepRejected:

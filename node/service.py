@@ -40,7 +40,7 @@ from splitmesh.protocol import (
     hex32,
     unhex,
 )
-from splitmesh.signing import recover_envelope_address
+from splitmesh.signing import RelaySigner, recover_envelope_address, recover_relay_address
 from splitmesh.wire import FrameError, FrameTooLarge, decode_frame, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class NodeService:
         store: NodeStore,
         metrics: NodeMetrics,
         max_frame_bytes: int,
+        relay_signer: RelaySigner,
         relay_timeout: float = 60.0,
     ):
         self.address = address
@@ -98,6 +99,7 @@ class NodeService:
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
         self.relay_timeout = relay_timeout
+        self.relay_signer = relay_signer
         self.sessions: dict[int, JobSession] = {}
         self.accepting = True
         self._dtype_name = str(runner.dtype).removeprefix("torch.")
@@ -156,13 +158,16 @@ class NodeService:
                     f"{meta.tokens} tokens exceed the job's max of {context.terms.max_tokens}",
                 )
             payload_hash = unhex(meta.payload_hash)
-            input_digest: bytes | None = None
+            input_digest = keccak(encode_frame(hidden))
             if context.position == 0:
-                input_digest = keccak(encode_frame(hidden))
+                if meta.relay is not None:
+                    raise bad_request("unexpected_relay", "the first hop takes frames from the client only")
                 if input_digest != payload_hash:
                     raise bad_request(
                         "payload_mismatch", "payload hash in the envelope does not match the frame"
                     )
+            else:
+                self._check_relay(context, meta, input_digest)
             positions = torch.arange(meta.start, meta.start + q)
             compute_started = time.perf_counter()
             output = await self._forward(str(job_id), hidden, positions)
@@ -196,14 +201,22 @@ class NodeService:
                 # Runs once the reply is on the wire (the loop's next turn), before the next step.
                 asyncio.get_running_loop().call_soon(self._finish, session)
                 return reply
+            output_frame = encode_frame(output)
+            output_digest = keccak(output_frame)
+            relay_signature = self.relay_signer.sign(job_id, meta.step, context.position, output_digest)
             relayed = meta.model_copy(
-                update={"terms": hex32(context.packed_terms) if session.steps == 1 else None}
+                update={
+                    "terms": hex32(context.packed_terms) if session.steps == 1 else None,
+                    "relay": hex32(relay_signature),
+                }
             )
             downstream = self._downstream(session)
             await downstream.send(encode_frame(output, relayed.model_dump()))
             relay_started = time.perf_counter()
             # The next node computes now: hash and persist this step meanwhile.
-            self._record(session, meta, data, hidden, input_digest, output, receipt, compute_ms, None)
+            self._record(
+                session, meta, data, hidden, input_digest, output, receipt, compute_ms, None, output_frame
+            )
             sent, downstream_hops = await self._relay_result(session)
             relay_ms = (time.perf_counter() - relay_started) * 1e3
             handle_ms = (time.perf_counter() - received) * 1e3
@@ -224,17 +237,17 @@ class NodeService:
         meta: StepMeta,
         data: bytes,
         hidden: torch.Tensor,
-        input_digest: bytes | None,
+        input_digest: bytes,
         sent: torch.Tensor,
         receipt: Receipt,
         compute_ms: float,
         handle_ms: float | None,
+        output_frame: bytes | None = None,
     ) -> None:
         """Fold the step into the hash chains, queue it for SQLite, count it."""
-        output_frame = encode_frame(sent)
+        if output_frame is None:
+            output_frame = encode_frame(sent)
         output_digest = keccak(output_frame)
-        if input_digest is None:
-            input_digest = keccak(encode_frame(hidden))
         session.input_chain = extend_chain(session.input_chain, meta.step, input_digest)
         session.output_chain = extend_chain(session.output_chain, meta.step, output_digest)
         self.store.record_step(
@@ -376,6 +389,33 @@ class NodeService:
             raise unauthorized(
                 f"envelope for job {context.job_id} step {step} is signed by {signer_text}, "
                 f"not the job's client {context.client}"
+            )
+
+    def _check_relay(self, context: JobContext, meta: StepMeta, input_digest: bytes) -> None:
+        """A frame at position > 0 must carry the previous hop's signature over this tensor."""
+        sender = context.terms.route[context.position - 1].node
+        if meta.relay is None:
+            raise unauthorized(
+                f"frames at route position {context.position} must carry {sender}'s relay signature",
+                "bad_relay_signature",
+            )
+        try:
+            signer = recover_relay_address(
+                self.chain_id,
+                self.market_address,
+                context.job_id,
+                meta.step,
+                context.position - 1,
+                input_digest,
+                unhex(meta.relay),
+            )
+        except ValueError as exc:
+            raise unauthorized(f"relay signature is malformed: {exc}", "bad_relay_signature") from exc
+        if signer != bytes.fromhex(sender[2:]):
+            raise unauthorized(
+                f"relay of job {context.job_id} step {meta.step} is signed by {to_checksum_address(signer)} "
+                f"over this tensor, not by the previous hop {sender}",
+                "bad_relay_signature",
             )
 
     async def _session(self, context: JobContext) -> JobSession:

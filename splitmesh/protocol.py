@@ -7,6 +7,10 @@ checks that envelope; the first node also checks the payload hash against the fr
 Node s relays the same meta with its output tensor to node s+1; the last node's output returns along
 the path as a frame whose meta is a `StepResult`.
 
+Relay: node s signs (job, step, s, digest of the tensor it forwards) and puts the signature in the
+frame it sends to node s+1, which checks it against the route. That authenticates the relay, and node
+s+1's transcript then proves what node s sent (the evidence against a tampered relay).
+
 Commitments: per job each node folds the digest of every input and every output tensor into two hash
 chains, ``chain' = keccak(chain || uint32 step || digest)`` starting from 32 zero bytes. Node s's output
 chain therefore equals node s+1's input chain when both saw the same tensors, the client can compute
@@ -63,6 +67,9 @@ class StepMeta(_Strict):
     signature: str = Field(pattern=_HEX_SIG.pattern)  # client's EIP-712 envelope signature
     terms: str | None = Field(default=None, pattern=_HEX.pattern, max_length=2 + 2 * 512)  # packed terms
     want: Literal["all", "last"] = "all"  # which positions the last node returns
+    # Set by a node relaying to the next one: its EIP-712 Relay signature over (job, step, its route
+    # position, digest of the tensor in this frame). Absent on the client's frames to the first node.
+    relay: str | None = Field(default=None, pattern=_HEX_SIG.pattern)
 
 
 class EndMeta(_Strict):

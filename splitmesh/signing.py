@@ -1,4 +1,5 @@
-"""EIP-712 signing of the client's per-step envelope (also the on-chain usage receipt).
+"""EIP-712 signing of the client's per-step envelope (also the on-chain usage receipt), and of the
+relay statement a node signs for every frame it forwards to the next node of a route.
 
 The digest is computed directly (a few keccaks) instead of through eth_account's generic typed-data
 encoder, which is ~50x slower; tests check it against the contract's `envelopeDigest`. Signing and
@@ -20,6 +21,9 @@ _DOMAIN_TYPEHASH = keccak(
     text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
 ENVELOPE_TYPEHASH = keccak(text="Envelope(uint256 jobId,uint32 step,uint32 tokens,bytes32 payloadHash)")
+# A node's statement "at this step of this job I (route position `position`) sent a tensor with this
+# digest": it authenticates the relay to the next node and is the evidence against a tampered relay.
+RELAY_TYPEHASH = keccak(text="Relay(uint256 jobId,uint32 step,uint8 position,bytes32 digest)")
 
 
 def _word(value: int) -> bytes:
@@ -64,6 +68,40 @@ class SignedEnvelope:
 EMPTY_RECEIPT: tuple[int, int, bytes, bytes] = (0, 0, b"\0" * 32, b"")
 
 
+def relay_digest(chain_id: int, market: str, job_id: int, step: int, position: int, digest: bytes) -> bytes:
+    if len(digest) != 32:
+        raise ValueError("digest must be 32 bytes")
+    struct_hash = keccak(RELAY_TYPEHASH + _word(job_id) + _word(step) + _word(position) + digest)
+    return keccak(b"\x19\x01" + domain_separator(chain_id, market) + struct_hash)
+
+
+def _sign_raw(key: coincurve.PrivateKey, digest: bytes) -> bytes:
+    # libsecp256k1 always produces the low-s form that ECDSA.tryRecover requires.
+    raw = key.sign_recoverable(digest, hasher=None)
+    return raw[:64] + bytes([raw[64] + 27])
+
+
+class RelaySigner:
+    """Signs relay statements for one node key, chain and JobMarket."""
+
+    def __init__(self, private_key: str | bytes, chain_id: int, market: str):
+        raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else private_key
+        self._key = coincurve.PrivateKey(raw)
+        self.address = _address_of(self._key.public_key)
+        self.chain_id = chain_id
+        self.market = to_checksum_address(market)
+
+    def sign(self, job_id: int, step: int, position: int, digest: bytes) -> bytes:
+        return _sign_raw(self._key, relay_digest(self.chain_id, self.market, job_id, step, position, digest))
+
+
+def recover_relay_address(
+    chain_id: int, market: str, job_id: int, step: int, position: int, digest: bytes, signature: bytes
+) -> bytes:
+    """Raw 20-byte address that signed a relay statement; ValueError on a malformed signature."""
+    return _recover(relay_digest(chain_id, market, job_id, step, position, digest), signature)
+
+
 class EnvelopeSigner:
     """Signs envelopes for one client key, chain and JobMarket."""
 
@@ -76,9 +114,7 @@ class EnvelopeSigner:
 
     def sign(self, job_id: int, step: int, tokens: int, payload_hash: bytes) -> SignedEnvelope:
         digest = envelope_digest(self.chain_id, self.market, job_id, step, tokens, payload_hash)
-        # libsecp256k1 always produces the low-s form the contract's ECDSA.tryRecover requires.
-        raw = self._key.sign_recoverable(digest, hasher=None)
-        signature = raw[:64] + bytes([raw[64] + 27])
+        signature = _sign_raw(self._key, digest)
         return SignedEnvelope(job_id, step, tokens, payload_hash, signature)
 
 
@@ -98,6 +134,10 @@ def recover_envelope_address(
     chain_id: int, market: str, job_id: int, step: int, tokens: int, payload_hash: bytes, signature: bytes
 ) -> bytes:
     """The signer's raw 20-byte address (no checksum encoding: nodes compare bytes on every step)."""
+    return _recover(envelope_digest(chain_id, market, job_id, step, tokens, payload_hash), signature)
+
+
+def _recover(digest: bytes, signature: bytes) -> bytes:
     if len(signature) != 65:
         raise ValueError(f"signature must be 65 bytes, got {len(signature)}")
     v = signature[64]
@@ -105,7 +145,6 @@ def recover_envelope_address(
         raise ValueError(f"signature v must be 27 or 28, got {v}")
     if int.from_bytes(signature[32:64], "big") > _HALF_ORDER:
         raise ValueError("signature s is in the upper half of the curve order (malleable form)")
-    digest = envelope_digest(chain_id, market, job_id, step, tokens, payload_hash)
     try:
         public = coincurve.PublicKey.from_signature_and_message(
             signature[:64] + bytes([v - 27]), digest, hasher=None

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import ClientConnection, connect
 
 from splitmesh.chain import SubmittedJob
-from splitmesh.cli.localnet import CLIENT_KEY, OTHER_KEY, PRICE, RunningMarket
+from splitmesh.cli.localnet import CLIENT_KEY, NODE_KEYS, OTHER_KEY, PRICE, RunningMarket
 from splitmesh.protocol import (
     END_PATH,
     END_PAYLOAD,
@@ -43,7 +43,7 @@ from splitmesh.protocol import (
     hex32,
     tensor_digest,
 )
-from splitmesh.signing import EnvelopeSigner
+from splitmesh.signing import EnvelopeSigner, RelaySigner
 from splitmesh.wire import decode_frame, encode_frame
 
 HIDDEN = 576  # SmolLM2-135M hidden size
@@ -457,24 +457,28 @@ def test_node_off_the_route_is_forbidden(rig: Rig) -> None:
     assert_healthy(rig)
 
 
-def test_first_hop_frame_sent_to_a_later_hop_runs_at_that_hop(rig: Rig) -> None:
-    """Node 2 is on the route at position 1: it cannot tell a skipped first hop, so it serves the frame
-    as position 1 (its own layers, relayed to node 3). Only the job's client can sign such a frame, so
-    the client only cheats itself. Node 2 then holds step 0 of the job, so the same step through node 1
-    is refused downstream: node 1 answers node 2's 409 replayed_step (naming node 2) and the job's session
-    on node 1 is broken for good, while both nodes keep serving other jobs.
+def test_a_later_hop_takes_frames_only_from_the_previous_hop(rig: Rig) -> None:
+    """Node 2 serves position 1: a frame must carry node 1's relay signature over exactly that tensor.
+    The client's own frame (no relay signature), a frame signed by someone else, or a signature over
+    another tensor are refused before any layer runs, and the job then goes through node 1 normally.
     """
     job = rig.submit()
-    n1, n2, n3 = rig.nodes
+    n1, n2, _ = rig.nodes
     step0 = rig.frame(job, 0, 0)
-    assert_result(
-        HttpChannel(n2.endpoint, job.job_id).send(step0), job, 0, [(n2.address, 1), (n3.address, 2)]
-    )
+    reply = HttpChannel(n2.endpoint, job.job_id).send(step0)
+    assert_rejected(reply, 401, "bad_relay_signature", n2.address, "relay signature")
 
-    reply = HttpChannel(n1.endpoint, job.job_id).send(step0)
-    assert_rejected(reply, 409, "replayed_step", n2.address, "step 0")
-    reply = HttpChannel(n1.endpoint, job.job_id).send(rig.frame(job, 1, PROMPT, q=1))
-    assert_rejected(reply, 409, "session_broken", n1.address, f"downstream of node {n1.address}", "not new")
+    frame = decode_frame(step0)
+    digest = tensor_digest(frame.tensor)
+    for key, signed_digest in ((OTHER_KEY, digest), (NODE_KEYS[0], b"\1" * 32)):
+        signer = RelaySigner(key, rig.market.chain_id, rig.running.deployment.market)
+        relay = "0x" + signer.sign(job.job_id, 0, 0, signed_digest).hex()
+        forged = encode_frame(frame.tensor, {**frame.meta, "relay": relay})
+        reply = HttpChannel(n2.endpoint, job.job_id).send(forged)
+        assert_rejected(reply, 401, "bad_relay_signature", n2.address, "not by the previous hop")
+
+    # Nothing changed on node 2: the real route serves step 0 and step 1.
+    assert_result(HttpChannel(n1.endpoint, job.job_id).send(step0), job, 0, full_route(rig))
 
     fresh = rig.submit()
     assert_result(

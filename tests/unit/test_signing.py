@@ -57,3 +57,25 @@ def test_malformed_inputs_are_rejected() -> None:
         recover_envelope_signer(31337, MARKET, 1, 2, 3, b"\x05" * 32, b"\x00" * 64)
     with pytest.raises(ValueError, match="32 bytes"):
         envelope_digest(31337, MARKET, 1, 2, 3, b"\x05" * 31)
+
+
+def test_relay_signature_binds_job_step_position_digest_and_domain() -> None:
+    from splitmesh.chain import HARDHAT_DEV_KEYS
+    from splitmesh.signing import RelaySigner, recover_relay_address
+
+    market = "0x" + "22" * 20
+    signer = RelaySigner(HARDHAT_DEV_KEYS[3], 31337, market)
+    me = bytes.fromhex(signer.address[2:])
+    digest = bytes(range(32))
+    sig = signer.sign(9, 4, 1, digest)
+    assert recover_relay_address(31337, market, 9, 4, 1, digest, sig) == me
+    # Any other job, step, position, digest, chain or contract recovers someone else.
+    for args in [
+        (31337, market, 10, 4, 1, digest),
+        (31337, market, 9, 5, 1, digest),
+        (31337, market, 9, 4, 2, digest),
+        (31337, market, 9, 4, 1, bytes(32)),
+        (1, market, 9, 4, 1, digest),
+        (31337, "0x" + "33" * 20, 9, 4, 1, digest),
+    ]:
+        assert recover_relay_address(*args, sig) != me

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from node.errors import StepRejected, bad_request
 from node.service import NodeService
-from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, EndMeta, ErrorReply
+from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, TRANSCRIPT_PATH, EndMeta, ErrorReply
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def create_app(service: NodeService, info: dict[str, Any]) -> web.Application:
     app.router.add_get(STREAM_PATH, _stream)
     app.router.add_post(STEP_PATH, _post_step)
     app.router.add_post(END_PATH, _post_end)
+    app.router.add_get(TRANSCRIPT_PATH, _get_transcript)
     return app
 
 
@@ -117,6 +118,26 @@ async def _post_end(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     meta = _parse_end(await request.text())
     return web.json_response((await service.handle_end(meta, job_id)).model_dump())
+
+
+async def _get_transcript(request: web.Request) -> web.Response:
+    """Signed request in headers: X-Splitmesh-Requester, X-Splitmesh-Deadline, X-Splitmesh-Signature."""
+    service = request.app[SERVICE]
+    job_id = _job_id(request)
+    headers = request.headers
+    try:
+        requester = headers["X-Splitmesh-Requester"]
+        deadline = int(headers["X-Splitmesh-Deadline"])
+        signature = headers["X-Splitmesh-Signature"]
+        if not (requester.startswith("0x") and len(requester) == 42 and len(signature) == 132):
+            raise ValueError("requester must be a 0x address and the signature 65 bytes in hex")
+        bytes.fromhex(requester[2:] + signature[2:])
+    except (KeyError, ValueError) as exc:
+        raise bad_request(
+            "bad_request", f"transcript requests need signed X-Splitmesh-* headers: {exc}"
+        ) from exc
+    body = await service.transcript(job_id, requester, deadline, signature)
+    return web.Response(body=body, content_type="application/octet-stream")
 
 
 def _parse_end(text: str) -> EndMeta:

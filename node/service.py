@@ -19,16 +19,18 @@ import torch
 from eth_utils import keccak, to_checksum_address
 from pydantic import ValidationError
 
-from node.errors import StepRejected, bad_request, conflict, unauthorized
+from node.errors import StepRejected, bad_request, conflict, forbidden, not_found, unauthorized
 from node.jobs import JobContext, JobDirectory
 from node.metrics import NodeMetrics
 from node.relay import Downstream
 from node.store import JobPhase, NodeStore
+from splitmesh.audit.transcript import encode_transcript
 from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, UnknownSession
 from splitmesh.model.runner import ShardRunner
 from splitmesh.protocol import (
     END_PAYLOAD,
     END_STEP,
+    MAX_REQUEST_VALIDITY,
     ZERO_CHAIN,
     EndMeta,
     EndResult,
@@ -40,7 +42,12 @@ from splitmesh.protocol import (
     hex32,
     unhex,
 )
-from splitmesh.signing import RelaySigner, recover_envelope_address, recover_relay_address
+from splitmesh.signing import (
+    RelaySigner,
+    recover_envelope_address,
+    recover_relay_address,
+    recover_transcript_requester,
+)
 from splitmesh.wire import FrameError, FrameTooLarge, decode_frame, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -100,6 +107,8 @@ class NodeService:
         self.max_frame_bytes = max_frame_bytes
         self.relay_timeout = relay_timeout
         self.relay_signer = relay_signer
+        # Who besides the client may read a job's transcript: (job, position, requester) -> bool.
+        self.transcript_policy: Callable[[int, int, str], bool] | None = None
         self.sessions: dict[int, JobSession] = {}
         self.accepting = True
         self._dtype_name = str(runner.dtype).removeprefix("torch.")
@@ -365,6 +374,46 @@ class NodeService:
         self.accepting = False
         for job_id in list(self.sessions):
             await self._close(job_id, why)
+
+    # ------------------------------------------------------------------ audit transcripts
+
+    async def transcript(self, job_id: int, requester: str, deadline: int, signature: str) -> bytes:
+        """The job's transcript (node.transcripts format) for its client or an auditor it names."""
+        record = await asyncio.to_thread(self.store.job, job_id)
+        if record is None:
+            raise not_found(f"this node has no record of job {job_id}")
+        now = time.time()
+        if not now <= deadline <= now + MAX_REQUEST_VALIDITY:
+            raise bad_request(
+                "bad_deadline", f"request deadline must be within {MAX_REQUEST_VALIDITY} s from now"
+            )
+        try:
+            signer = recover_transcript_requester(
+                self.chain_id,
+                self.market_address,
+                job_id,
+                record.position,
+                requester,
+                deadline,
+                unhex(signature),
+            )
+        except ValueError as exc:
+            raise unauthorized(f"transcript request signature is malformed: {exc}") from exc
+        if signer != bytes.fromhex(to_checksum_address(requester)[2:]):
+            raise unauthorized("the transcript request is not signed by the requester it names")
+        allowed = to_checksum_address(requester) == record.client
+        if not allowed and self.transcript_policy is not None:
+            allowed = await asyncio.to_thread(self.transcript_policy, job_id, record.position, requester)
+        if not allowed:
+            raise forbidden(
+                "not_auditor", f"{requester} is neither job {job_id}'s client nor one of its auditors"
+            )
+        if record.phase == JobPhase.SERVING:
+            raise conflict("job_running", f"job {job_id} is still being served")
+        steps = await asyncio.to_thread(self.store.transcript, job_id)
+        if any(not s.input_frame or not s.output_frame for s in steps):
+            raise StepRejected(410, "transcript_pruned", f"job {job_id}'s transcript is no longer kept")
+        return encode_transcript([(s.input_frame, s.output_frame) for s in steps])
 
     # ------------------------------------------------------------------ helpers
 

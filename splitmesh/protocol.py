@@ -41,6 +41,8 @@ MAX_STEP_FRAME_BYTES = 32 * 1024 * 1024  # bytes of one step frame a node accept
 STREAM_PATH = "/v1/jobs/{job}/stream"  # WebSocket: one session per job and hop
 STEP_PATH = "/v1/jobs/{job}/steps"  # HTTP POST: one step per request
 END_PATH = "/v1/jobs/{job}/end"  # HTTP POST: the client's signed end of the job
+TRANSCRIPT_PATH = "/v1/jobs/{job}/transcript"  # HTTP GET: the audit transcript (signed request)
+MAX_REQUEST_VALIDITY = 900  # seconds a signed transcript request may stay valid
 
 _HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _HEX_SIG = re.compile(r"^0x[0-9a-fA-F]{130}$")

@@ -24,6 +24,10 @@ ENVELOPE_TYPEHASH = keccak(text="Envelope(uint256 jobId,uint32 step,uint32 token
 # A node's statement "at this step of this job I (route position `position`) sent a tensor with this
 # digest": it authenticates the relay to the next node and is the evidence against a tampered relay.
 RELAY_TYPEHASH = keccak(text="Relay(uint256 jobId,uint32 step,uint8 position,bytes32 digest)")
+# Who asks a node for a job's audit transcript, valid until a deadline (unix seconds).
+TRANSCRIPT_REQUEST_TYPEHASH = keccak(
+    text="TranscriptRequest(uint256 jobId,uint8 position,address requester,uint64 deadline)"
+)
 
 
 def _word(value: int) -> bytes:
@@ -93,6 +97,34 @@ class RelaySigner:
 
     def sign(self, job_id: int, step: int, position: int, digest: bytes) -> bytes:
         return _sign_raw(self._key, relay_digest(self.chain_id, self.market, job_id, step, position, digest))
+
+
+def transcript_request_digest(
+    chain_id: int, market: str, job_id: int, position: int, requester: str, deadline: int
+) -> bytes:
+    who = bytes.fromhex(to_checksum_address(requester)[2:]).rjust(32, b"\0")
+    struct_hash = keccak(
+        TRANSCRIPT_REQUEST_TYPEHASH + _word(job_id) + _word(position) + who + _word(deadline)
+    )
+    return keccak(b"\x19\x01" + domain_separator(chain_id, market) + struct_hash)
+
+
+def sign_transcript_request(
+    private_key: str, chain_id: int, market: str, job_id: int, position: int, deadline: int
+) -> tuple[str, bytes]:
+    """(requester address, signature) for a transcript request."""
+    key = coincurve.PrivateKey(bytes.fromhex(private_key.removeprefix("0x")))
+    requester = _address_of(key.public_key)
+    digest = transcript_request_digest(chain_id, market, job_id, position, requester, deadline)
+    return requester, _sign_raw(key, digest)
+
+
+def recover_transcript_requester(
+    chain_id: int, market: str, job_id: int, position: int, requester: str, deadline: int, signature: bytes
+) -> bytes:
+    return _recover(
+        transcript_request_digest(chain_id, market, job_id, position, requester, deadline), signature
+    )
 
 
 def recover_relay_address(

@@ -296,7 +296,13 @@ class Client:
         finally:
             link.close()
         receipt.commitments = [c.model_dump() for c in ended.commitments]
-        _check_commitments(ended.commitments, sent_chain, received_chain, len(hops))
+        try:
+            _check_commitments(ended.commitments, sent_chain, received_chain, len(hops))
+        except CommitmentMismatch as exc:
+            # The answer is already here; the disagreement is evidence for the audit, not a reason to
+            # drop it. On-chain the mismatch puts the job in dispute automatically.
+            logger.warning("job %d: %s; the job goes to audit", job.job_id, exc)
+            receipt.commitment_problem = str(exc)
         receipt.generated_tokens = len(generated)
         receipt.steps = stats
         receipt.privacy = compose(opts.epsilon, opts.delta, privatizer.released).to_json()
@@ -385,7 +391,14 @@ class Client:
         if not events:
             raise NotSettled(f"job {job_id} is {state.status.name.lower()}, not settled yet")
         args = events[-1]["args"]
-        paid = {hop.node: hop.price_per_token * state.billed_tokens for hop in job.terms.route}
+        # Positions found fraudulent by an audit are not paid; positions that never committed neither.
+        resolved = self.market.events("DisputeResolved", jobId=job_id)
+        unpaid = int(resolved[-1]["args"]["fraudMask"]) if resolved else 0
+        unpaid |= ~state.committed_mask & ((1 << len(job.terms.route)) - 1)
+        paid = {
+            hop.node: 0 if unpaid >> i & 1 else hop.price_per_token * state.billed_tokens
+            for i, hop in enumerate(job.terms.route)
+        }
         return Settlement(
             job_id=job_id,
             status=state.status.name.lower(),

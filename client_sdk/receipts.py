@@ -112,6 +112,7 @@ class GenerationReceipt:
     status: str = "open"
     privacy: dict[str, Any] = field(default_factory=dict)
     commitments: list[dict[str, Any]] = field(default_factory=list)
+    commitment_problem: str | None = None  # set when the nodes' reported chains disagree
     steps: StepStats = field(default_factory=StepStats)
     settlement: Settlement | None = None
 

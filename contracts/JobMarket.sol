@@ -14,10 +14,15 @@ import {JobTermsLib} from "./libraries/JobTermsLib.sol";
 /// @notice Clients escrow payment for a job; the contract matches one node per remaining shard, nodes
 /// commit their transcript commitments with the client's signed usage receipt, and after a challenge
 /// window anyone finalizes: each node that committed is credited price x billed tokens and the client
-/// gets the rest back.
+/// gets the rest back. The last commit disputes the job instead when the commitments do not link up
+/// (node p's output commitment must equal node p+1's input commitment) or when the job is drawn for a
+/// sampled audit; the auditor (the AuditCourt) then settles it, or anyone finalizes it after the dispute
+/// timeout.
 /// @dev Gas: a job is one storage slot. Its terms (client, route, prices, escrow) live packed in the
 /// JobSubmitted event and are passed back as calldata, checked against a 160-bit hash in the slot
-/// (second-preimage resistance 2^160; the contract, not the caller, picks the hashed terms).
+/// (second-preimage resistance 2^160; the contract, not the caller, picks the hashed terms). A job of
+/// more than one hop uses one more slot while it is Open: the XOR accumulator of its commitment links,
+/// zeroed again when the job completes or is cancelled.
 /// Balance invariant: address(this).balance >= escrow of unsettled jobs + totalCredits + node earnings
 /// (the registry keeps the earnings ledger next to each node's stake; this contract keeps the value).
 contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
@@ -39,11 +44,17 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     uint256 private immutable _disputeTimeout;
     uint256 private immutable _missSlashBps;
     uint256 private immutable _fraudSlashBps;
+    uint256 private immutable _auditRateBps;
 
     uint256 private _nextJobId = 1; // starts non-zero so that no job pays for a fresh counter slot
     uint256 private _totalCredits;
     mapping(uint256 jobId => Job) private _jobs;
     mapping(address account => uint256) private _credits;
+    // XOR over the committed positions p of keccak(jobId, p, input_p) (p > 0) and
+    // keccak(jobId, p + 1, output_p) (p < hops - 1): each internal boundary contributes its term from both
+    // sides, so once every position committed the accumulator is zero iff every boundary matched, in any
+    // commit order. Non-zero only while the job is Open.
+    mapping(uint256 jobId => bytes32) private _links;
 
     /// @param registry_ The NodeRegistry (its jobMarket() must be this contract).
     /// @param auditor_ Contract allowed to hold and resolve jobs; zero disables audits.
@@ -52,6 +63,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     /// @param disputeTimeout_ Seconds a held job waits for the auditor.
     /// @param missSlashBps_ Share of bond slashed for a missed commit (basis points).
     /// @param fraudSlashBps_ Share of bond slashed for a fraud verdict (basis points).
+    /// @param auditRateBps_ Share of completed jobs drawn for a sampled audit (basis points); needs an auditor.
     constructor(
         INodeRegistry registry_,
         address auditor_,
@@ -59,7 +71,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         uint256 challengeWindow_,
         uint256 disputeTimeout_,
         uint256 missSlashBps_,
-        uint256 fraudSlashBps_
+        uint256 fraudSlashBps_,
+        uint256 auditRateBps_
     ) EIP712("splitmesh", "1") {
         if (registry_.jobMarket() != address(this)) revert InvalidParameter("registry");
         if (commitTimeout_ == 0 || commitTimeout_ > 30 days) revert InvalidParameter("commitTimeout");
@@ -67,6 +80,10 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         if (disputeTimeout_ == 0 || disputeTimeout_ > 30 days) revert InvalidParameter("disputeTimeout");
         if (missSlashBps_ > BPS) revert InvalidParameter("missSlashBps");
         if (fraudSlashBps_ > BPS) revert InvalidParameter("fraudSlashBps");
+        // Sampled jobs are disputed; without an auditor they would only be delayed.
+        if (auditRateBps_ > BPS || (auditRateBps_ != 0 && auditor_ == address(0))) {
+            revert InvalidParameter("auditRateBps");
+        }
         // A node that unbonds right after being matched must still be slashable when the job settles.
         if (registry_.unbondingDelay() < commitTimeout_ + challengeWindow_ + disputeTimeout_) {
             revert InvalidParameter("unbondingDelay");
@@ -78,6 +95,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         _disputeTimeout = disputeTimeout_;
         _missSlashBps = missSlashBps_;
         _fraudSlashBps = fraudSlashBps_;
+        _auditRateBps = auditRateBps_;
     }
 
     /// @notice Accepts slash proceeds from the registry only.
@@ -171,12 +189,41 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         }
         job.committedMask |= bit;
         bool complete = job.committedMask == uint8((1 << hops) - 1);
+        bool mismatched;
+        if (hops > 1) {
+            bytes32 stored = _links[jobId];
+            bytes32 links = stored;
+            if (position > 0) links ^= keccak256(abi.encode(jobId, position, inputCommitment));
+            if (position + 1 < hops) links ^= keccak256(abi.encode(jobId, position + 1, outputCommitment));
+            if (!complete) {
+                _links[jobId] = links;
+            } else {
+                mismatched = links != 0;
+                // The accumulator has served its purpose: free the slot (a gas refund).
+                if (stored != 0) delete _links[jobId];
+            }
+        }
+        bool sampled;
         if (complete) {
-            job.status = JobStatus.Committed;
+            // Decided only now, in the completing transaction, so no node knows while serving whether
+            // the job will be audited. The last committer can read the next block's prevrandao, though, and
+            // delay its commit to dodge a draw: sampling deters nodes that cannot control the last commit.
+            sampled =
+                !mismatched &&
+                _auditRateBps != 0 &&
+                uint256(keccak256(abi.encode(block.prevrandao, jobId, "audit"))) % BPS < _auditRateBps;
+            job.status = mismatched || sampled ? JobStatus.Disputed : JobStatus.Committed;
             job.timestamp = uint40(block.timestamp);
         }
         _storeJob(jobId, job);
         emit JobCommitted(jobId, position, inputCommitment, outputCommitment, job.billedTokens);
+        if (mismatched) {
+            emit JobDisputed(jobId);
+            emit CommitmentsMismatched(jobId);
+        } else if (sampled) {
+            emit JobDisputed(jobId);
+            emit AuditSampled(jobId);
+        }
     }
 
     /// @inheritdoc IJobMarket
@@ -203,8 +250,9 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         uint256 deadline = uint256(job.timestamp) + _commitTimeout;
         if (block.timestamp <= deadline) revert CommitWindowOpen(jobId, deadline);
         _jobs[jobId].status = JobStatus.Cancelled;
-
         uint256 hops = terms.hopCount();
+        if (hops > 1 && job.committedMask != 0) delete _links[jobId];
+
         uint8 missingMask = uint8(((1 << hops) - 1) & ~uint256(job.committedMask));
         (uint256 paid, uint256 refund) = _payments(terms, job.billedTokens, job.committedMask);
         uint256 slashed = _slashPositions(terms, missingMask, _missSlashBps);
@@ -229,12 +277,16 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc IJobMarket
-    function resolveDispute(uint256 jobId, bytes calldata terms, uint8 fraudMask) external nonReentrant {
+    function resolveDispute(
+        uint256 jobId,
+        bytes calldata terms,
+        uint8 fraudMask
+    ) external nonReentrant returns (uint256 slashed) {
         if (msg.sender != _auditor || _auditor == address(0)) revert NotAuditor(msg.sender);
         Job memory job = _loadJob(jobId, terms, JobStatus.Disputed);
         if (uint256(fraudMask) >> terms.hopCount() != 0) revert InvalidFraudMask(fraudMask);
         _jobs[jobId].status = JobStatus.Finalized;
-        uint256 slashed = _slashPositions(terms, fraudMask, _fraudSlashBps);
+        slashed = _slashPositions(terms, fraudMask, _fraudSlashBps);
         emit DisputeResolved(jobId, fraudMask, slashed);
         _settle(jobId, terms, job.billedTokens, job.committedMask, fraudMask);
         if (slashed != 0) _send(msg.sender, slashed);
@@ -263,6 +315,11 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc IJobMarket
     function getJob(uint256 jobId) external view returns (Job memory) {
         return _jobs[jobId];
+    }
+
+    /// @inheritdoc IJobMarket
+    function linksOf(uint256 jobId) external view returns (bytes32) {
+        return _links[jobId];
     }
 
     /// @inheritdoc IJobMarket
@@ -321,6 +378,11 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc IJobMarket
     function auditor() external view returns (address) {
         return _auditor;
+    }
+
+    /// @inheritdoc IJobMarket
+    function auditRateBps() external view returns (uint256) {
+        return _auditRateBps;
     }
 
     /// @inheritdoc IJobMarket

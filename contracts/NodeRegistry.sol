@@ -20,6 +20,10 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     uint8 public constant MAX_SHARDS = 8;
     /// @notice How many pool entries matching inspects per shard before giving up (bounded gas).
     uint256 public constant MAX_PROBES = 8;
+    /// @notice Most nodes samplePool draws in one call (bounded gas).
+    uint256 public constant MAX_SAMPLE = 16;
+    /// @notice Random probes samplePool makes per node wanted, for pools larger than the sample.
+    uint256 public constant SAMPLE_PROBES_PER_NODE = 4;
     /// @notice Longest model name in bytes.
     uint256 public constant MAX_NAME_LENGTH = 64;
     /// @notice Longest endpoint URL in bytes.
@@ -273,6 +277,42 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         }
     }
 
+    /// @inheritdoc INodeRegistry
+    function samplePool(
+        uint32 modelId,
+        uint8 shard,
+        address exclude,
+        uint256 count,
+        uint256 seed
+    ) external view returns (address[] memory nodes) {
+        if (count > MAX_SAMPLE) revert SampleTooLarge(count, MAX_SAMPLE);
+        uint256 size = _poolSize(modelId, shard);
+        nodes = new address[](count);
+        uint256 found;
+        if (size != 0 && count != 0) {
+            mapping(uint256 => RouteHop) storage pool = _pools[_poolKey(modelId, shard)];
+            if (size <= count + 1) {
+                // Everyone but `exclude` fits in the sample: walk the whole pool (distinct by construction).
+                uint256 start = seed % size;
+                for (uint256 i; i < size && found < count; ++i) {
+                    address node = pool[(start + i) % size].node;
+                    if (node != exclude) nodes[found++] = node;
+                }
+            } else {
+                // Independent random probes: a run of colluding neighbours in pool order gains nothing.
+                uint256 probes = count * SAMPLE_PROBES_PER_NODE;
+                for (uint256 i; i < probes && found < count; ++i) {
+                    address node = pool[uint256(keccak256(abi.encode(seed, i))) % size].node;
+                    if (node == exclude || _contains(nodes, found, node)) continue;
+                    nodes[found++] = node;
+                }
+            }
+        }
+        assembly ("memory-safe") {
+            mstore(nodes, found) // shrink to what was found; the tail stays allocated, unused
+        }
+    }
+
     // ------------------------------------------------------------------ views
 
     /// @inheritdoc INodeRegistry
@@ -413,6 +453,13 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
             if (price <= maxPricePerToken) return (hop.node, price);
         }
         revert NoEligibleNode(modelId, shard);
+    }
+
+    function _contains(address[] memory list, uint256 length, address item) private pure returns (bool) {
+        for (uint256 i; i < length; ++i) {
+            if (list[i] == item) return true;
+        }
+        return false;
     }
 
     function _poolSize(uint32 modelId, uint8 shard) private view returns (uint256) {

@@ -30,6 +30,9 @@ class NodeConfig:
     relay_timeout: float = 60.0  # seconds the next node may take for one step
     keep_transcripts: bool = True  # keep step frames in SQLite for audits
     drain_timeout: float = 10.0  # seconds SIGTERM waits for open sessions to end before closing them
+    verify: bool = True  # answer the AuditCourt when drawn as a verifier
+    cheat: str | None = None  # demo/test only (node.cheats): misbehave so audits can be shown to work
+    verifier_lies: bool = False  # test only: vote the opposite of the verifier's judgement
 
     @classmethod
     def from_env(cls, **overrides: object) -> NodeConfig:

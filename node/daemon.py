@@ -16,6 +16,7 @@ import torch
 from aiohttp import web
 from web3 import Web3
 
+from node.cheats import Cheat
 from node.config import NodeConfig
 from node.duties import ChainDuties, ensure_registered
 from node.errors import NodeSetupError
@@ -24,8 +25,10 @@ from node.metrics import NodeMetrics
 from node.server import create_app
 from node.service import NodeService
 from node.store import NodeStore
+from node.verifier import Verifier, VoteBook
 from splitmesh.chain import Marketplace, ModelInfo, Sender, find_deployment
 from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.errors import ChainError
 from splitmesh.model.runner import RunnerLimits, ShardRunner
 from splitmesh.model_files import describe_model
 from splitmesh.paths import state_dir
@@ -122,6 +125,16 @@ async def serve(
     runner = await asyncio.to_thread(
         ShardRunner.load, config.model, layers.start, layers.stop, config.dtype, limits
     )
+    cheat = Cheat(config.cheat) if config.cheat else None
+    skip_runner = None
+    if cheat == Cheat.SKIP_LAYERS:
+        half = layers.start + max(1, len(layers) // 2)
+        skip_runner = await asyncio.to_thread(
+            ShardRunner.load, config.model, layers.start, half, config.dtype, limits
+        )
+        logger.warning("CHEAT skip-layers: running only layers %d-%d", layers.start, half - 1)
+    elif cheat is not None:
+        logger.warning("CHEAT %s enabled: this node misbehaves on purpose (demo/test only)", cheat.value)
     logger.info(
         "loaded layers %d-%d of %s (%d parameters) in %.1f s",
         layers.start,
@@ -164,6 +177,10 @@ async def serve(
         relay_signer=RelaySigner(private_key, market.chain_id, market.deployment.market),
         relay_timeout=config.relay_timeout,
     )
+    service.cheat = cheat
+    service.skip_runner = skip_runner
+    if market.court is not None:
+        service.transcript_policy = lambda job, _position, requester: _is_auditor(market, job, requester)
     info = {
         "model": description.name,
         "model_id": model.model_id,
@@ -180,7 +197,15 @@ async def serve(
     app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await app_runner.setup()
     await web.SockSite(app_runner, sock).start()
-    duties = ChainDuties(market, sender, store, metrics)
+    duties = ChainDuties(
+        market, sender, store, metrics, overbill_key=private_key if cheat == Cheat.OVERBILL else None
+    )
+    verifier = None
+    if config.verify and market.court is not None:
+        votes = VoteBook(home / f"votes-{name}")
+        verifier = Verifier(
+            market, sender, private_key, runner, model.model_id, config.shard, votes, lie=config.verifier_lies
+        )
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -193,6 +218,12 @@ async def serve(
         ),
         asyncio.create_task(_every(5.0, lambda: _expire(service, runner, config.session_ttl), "expiry")),
     ]
+    if verifier is not None:
+        tasks.append(
+            asyncio.create_task(
+                _every(config.duty_interval, lambda: asyncio.to_thread(verifier.run_once), "verifier")
+            )
+        )
     logger.info("node %s serving shard %d at %s", sender.address, config.shard, endpoint)
     if on_ready is not None:
         on_ready({"event": "ready", "address": sender.address, **info})
@@ -214,6 +245,15 @@ async def serve(
         await app_runner.cleanup()
         store.close()
         logger.info("node %s stopped", sender.address)
+
+
+def _is_auditor(market: Marketplace, job_id: int, requester: str) -> bool:
+    """Verifiers drawn for any position of the job's audit may read its transcripts."""
+    try:
+        audit = market.get_audit(job_id)
+    except ChainError:
+        return False
+    return any(requester in panel.verifiers for panel in audit.panels)
 
 
 async def _expire(service: NodeService, runner: ShardRunner, ttl: float) -> None:

@@ -19,6 +19,7 @@ import torch
 from eth_utils import keccak, to_checksum_address
 from pydantic import ValidationError
 
+from node.cheats import Cheat, garbage_like, tamper
 from node.errors import StepRejected, bad_request, conflict, forbidden, not_found, unauthorized
 from node.jobs import JobContext, JobDirectory
 from node.metrics import NodeMetrics
@@ -109,6 +110,8 @@ class NodeService:
         self.relay_signer = relay_signer
         # Who besides the client may read a job's transcript: (job, position, requester) -> bool.
         self.transcript_policy: Callable[[int, int, str], bool] | None = None
+        self.cheat: Cheat | None = None  # demo/test only: see node.cheats
+        self.skip_runner: ShardRunner | None = None  # the half-shard runner of the skip-layers cheat
         self.sessions: dict[int, JobSession] = {}
         self.accepting = True
         self._dtype_name = str(runner.dtype).removeprefix("torch.")
@@ -180,6 +183,8 @@ class NodeService:
             positions = torch.arange(meta.start, meta.start + q)
             compute_started = time.perf_counter()
             output = await self._forward(str(job_id), hidden, positions)
+            if self.cheat == Cheat.GARBAGE:
+                output = garbage_like(output)
             compute_ms = (time.perf_counter() - compute_started) * 1e3
             # The step is accepted: advance the replay guard now, hash and persist off the critical path.
             session.last_step = meta.step
@@ -211,8 +216,12 @@ class NodeService:
                 asyncio.get_running_loop().call_soon(self._finish, session)
                 return reply
             output_frame = encode_frame(output)
-            output_digest = keccak(output_frame)
-            relay_signature = self.relay_signer.sign(job_id, meta.step, context.position, output_digest)
+            forwarded = tamper(output) if self.cheat == Cheat.TAMPER_RELAY else output
+            # The relay signature covers exactly the tensor sent on (a tampering node must sign its lie).
+            relay_digest = keccak(output_frame)
+            if forwarded is not output:
+                relay_digest = keccak(encode_frame(forwarded))
+            relay_signature = self.relay_signer.sign(job_id, meta.step, context.position, relay_digest)
             relayed = meta.model_copy(
                 update={
                     "terms": hex32(context.packed_terms) if session.steps == 1 else None,
@@ -220,7 +229,7 @@ class NodeService:
                 }
             )
             downstream = self._downstream(session)
-            await downstream.send(encode_frame(output, relayed.model_dump()))
+            await downstream.send(encode_frame(forwarded, relayed.model_dump()))
             relay_started = time.perf_counter()
             # The next node computes now: hash and persist this step meanwhile.
             self._record(
@@ -285,10 +294,11 @@ class NodeService:
             pending()
 
     async def _forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        runner = self.skip_runner if self.skip_runner is not None else self.runner
         try:
             if hidden.shape[1] <= INLINE_TOKENS:
-                return self.runner.forward(session_id, hidden, positions)
-            return await asyncio.to_thread(self.runner.forward, session_id, hidden, positions)
+                return runner.forward(session_id, hidden, positions)
+            return await asyncio.to_thread(runner.forward, session_id, hidden, positions)
         except BadPositions as exc:
             raise conflict("bad_positions", str(exc)) from exc
         except BadHiddenStates as exc:
@@ -340,12 +350,36 @@ class NodeService:
                     logger.warning(
                         "job %d: end not acknowledged downstream (%s); committing anyway", job_id, exc
                     )
+            if self.cheat == Cheat.OVERBILL and session.steps:
+                self._invent_step(session)
             if meta.tokens > 0 and (session.receipt is None or meta.tokens > session.receipt[1]):
                 session.receipt = (END_STEP, meta.tokens, END_PAYLOAD, unhex(meta.signature))
                 self.store.set_receipt(job_id, session.receipt)
             mine = session.commitment(self.address)
             await self._close(job_id, "ended by the client")
             return EndResult(job=job_id, commitments=[mine, *downstream])
+
+    def _invent_step(self, session: JobSession) -> None:
+        """The overbill cheat: fold a step the client never sent into the committed transcript."""
+        assert session.last_step is not None and session.receipt is not None
+        start = session.receipt[1]
+        fake = torch.randn(1, 1, self.runner.hidden_size, dtype=self.runner.dtype)
+        digest = keccak(encode_frame(fake))
+        forged = self.relay_signer.sign(session.context.job_id, session.last_step + 1, 0, digest)
+        meta = StepMeta(
+            job=session.context.job_id,
+            step=session.last_step + 1,
+            tokens=start + 1,
+            start=start,
+            payload_hash=hex32(digest),
+            signature=hex32(forged),
+        )
+        receipt = (meta.step, meta.tokens, digest, forged)
+        session.last_step = meta.step
+        session.steps += 1
+        self._record(
+            session, meta, encode_frame(fake, meta.model_dump()), fake, digest, fake, receipt, 0.0, None
+        )
 
     async def _close(self, job_id: int, why: str) -> None:
         session = self.sessions.pop(job_id, None)
@@ -408,6 +442,8 @@ class NodeService:
             raise forbidden(
                 "not_auditor", f"{requester} is neither job {job_id}'s client nor one of its auditors"
             )
+        if self.cheat == Cheat.WITHHOLD:
+            raise forbidden("withheld", f"node {self.address} does not hand over job {job_id}'s transcript")
         if record.phase == JobPhase.SERVING:
             raise conflict("job_running", f"job {job_id} is still being served")
         steps = await asyncio.to_thread(self.store.transcript, job_id)

@@ -93,7 +93,7 @@ interface IJobMarket is IJobMarketErrors {
         JobStatus status;
         uint8 committedMask; // bit i set: route position i committed
         uint32 billedTokens; // highest token count of a valid client receipt
-        uint40 timestamp; // Open: submitted at; Committed: last commit at; Disputed: held at
+        uint40 timestamp; // Open: submitted at; Committed: last commit at; Disputed: disputed at
     }
 
     /// @notice A job was submitted, escrowed and matched.
@@ -129,9 +129,19 @@ interface IJobMarket is IJobMarketErrors {
     /// @param slashed Wei slashed from the missing nodes, added to the refund.
     /// @param refund Wei returned to the client.
     event JobCancelled(uint256 indexed jobId, uint8 missingMask, uint256 paid, uint256 slashed, uint256 refund);
-    /// @notice The auditor held the job for an audit; it cannot be finalized until resolved or timed out.
+    /// @notice The job was disputed: held by the auditor, or disputed automatically by its last commit
+    /// (mismatched commitments or a sampled audit). It cannot be finalized until the auditor resolves it or
+    /// the dispute times out; the dispute timeout runs from this block's timestamp.
     /// @param jobId The job.
     event JobDisputed(uint256 indexed jobId);
+    /// @notice At the job's last commit, some node's output commitment differed from the next node's
+    /// input commitment; the job was disputed (JobDisputed is emitted with it).
+    /// @param jobId The job.
+    event CommitmentsMismatched(uint256 indexed jobId);
+    /// @notice The job's last commit drew it for a sampled audit; the job was disputed (JobDisputed is
+    /// emitted with it).
+    /// @param jobId The job.
+    event AuditSampled(uint256 indexed jobId);
     /// @notice The auditor resolved a dispute.
     /// @param jobId The job.
     /// @param fraudMask Route positions found fraudulent (slashed, not paid).
@@ -161,7 +171,9 @@ interface IJobMarket is IJobMarketErrors {
         bytes calldata metadata
     ) external payable returns (uint256 jobId);
 
-    /// @notice Commit the caller's transcript commitments and the client's latest usage receipt.
+    /// @notice Commit the caller's transcript commitments and the client's latest usage receipt. The last
+    /// commit completes the job: it becomes Committed, or Disputed when some node's output commitment
+    /// differs from the next node's input commitment, or when the job is drawn for a sampled audit.
     /// @param jobId The job.
     /// @param terms The job's packed terms as emitted by JobSubmitted.
     /// @param position The caller's route position.
@@ -193,11 +205,13 @@ interface IJobMarket is IJobMarketErrors {
     /// @param terms The job's terms.
     function holdForAudit(uint256 jobId, bytes calldata terms) external;
 
-    /// @notice Auditor hook: settle a held job. Fraudulent positions are slashed and not paid.
+    /// @notice Auditor hook: settle a disputed job. Fraudulent positions are slashed fraudSlashBps of their
+    /// bond and not paid; the slash proceeds are sent to the auditor.
     /// @param jobId The job.
     /// @param terms The job's terms.
     /// @param fraudMask Route positions found fraudulent.
-    function resolveDispute(uint256 jobId, bytes calldata terms, uint8 fraudMask) external;
+    /// @return slashed Wei slashed and sent to the auditor.
+    function resolveDispute(uint256 jobId, bytes calldata terms, uint8 fraudMask) external returns (uint256 slashed);
 
     /// @notice Withdraw the caller's node earnings (the ledger is in the registry, the value here).
     function withdrawEarnings() external;
@@ -209,6 +223,13 @@ interface IJobMarket is IJobMarketErrors {
     /// @param jobId The job.
     /// @return The job.
     function getJob(uint256 jobId) external view returns (Job memory);
+
+    /// @notice The commitment-link accumulator of a job that is still Open: the XOR of the link terms of
+    /// the positions committed so far (zero before the first commit, and again once the job settles or
+    /// completes).
+    /// @param jobId The job.
+    /// @return The accumulator.
+    function linksOf(uint256 jobId) external view returns (bytes32);
 
     /// @notice Number of jobs submitted; ids are 1..count.
     /// @return The count.
@@ -254,6 +275,10 @@ interface IJobMarket is IJobMarketErrors {
     /// @notice The auditor allowed to hold and resolve jobs (zero: audits disabled).
     /// @return Its address.
     function auditor() external view returns (address);
+
+    /// @notice Share of completed jobs drawn for a sampled audit, in basis points.
+    /// @return Basis points (0 disables sampling).
+    function auditRateBps() external view returns (uint256);
 
     /// @notice Protocol timing and slashing parameters.
     /// @return commitTimeout Seconds after submission until commits close.

@@ -68,6 +68,10 @@ interface INodeRegistryErrors {
     /// @param modelId The model.
     /// @param shard The shard.
     error PoolFull(uint32 modelId, uint8 shard);
+    /// @notice More nodes asked of samplePool than it draws at most.
+    /// @param count The number asked for.
+    /// @param max The largest sample.
+    error SampleTooLarge(uint256 count, uint256 max);
     /// @notice A native-currency transfer failed.
     /// @param to The recipient.
     /// @param amount The amount in wei.
@@ -279,4 +283,22 @@ interface INodeRegistry is INodeRegistryErrors {
     /// @param index Position in the pool.
     /// @return hop Node and current price.
     function poolAt(uint32 modelId, uint8 shard, uint256 index) external view returns (RouteHop memory hop);
+
+    /// @notice Draw up to `count` distinct pooled nodes of a shard other than `exclude` (the AuditCourt
+    /// draws its verifiers with it). A pool of at most count + 1 entries is taken whole, from a seeded
+    /// start; a larger one is probed at 4 x count seeded random indices, so fewer than `count` nodes may
+    /// come back when the probes repeat (bounded gas).
+    /// @param modelId The model.
+    /// @param shard The shard.
+    /// @param exclude An address never drawn (the audited node).
+    /// @param count Nodes wanted, at most MAX_SAMPLE.
+    /// @param seed Randomness for the draw.
+    /// @return nodes The drawn nodes, distinct, none equal to `exclude`; empty when the pool has no other.
+    function samplePool(
+        uint32 modelId,
+        uint8 shard,
+        address exclude,
+        uint256 count,
+        uint256 seed
+    ) external view returns (address[] memory nodes);
 }

@@ -45,3 +45,19 @@ enum NodeStatus {
     Active,
     Inactive
 }
+
+/// @notice Lifecycle of an audit in the AuditCourt: None -> Open -> Resolved.
+enum AuditStatus {
+    None,
+    Open,
+    Resolved
+}
+
+/// @notice A verifier's vote on one route position: Drawn -> Committed -> Honest | Fraud (revealed).
+enum VoteStatus {
+    None, // not drawn
+    Drawn,
+    Committed,
+    Honest,
+    Fraud
+}

@@ -3,19 +3,26 @@
 from splitmesh.chain.deploy import Deployment, DeployParams, deploy, find_deployment, save_deployment
 from splitmesh.chain.launcher import HARDHAT_DEV_KEYS, LocalChain, free_port, rpc_chain_id
 from splitmesh.chain.market import (
+    AuditInfo,
+    AuditStatus,
     JobState,
     JobStatus,
     Marketplace,
     ModelInfo,
     NodeInfo,
     NodeStatus,
+    PanelInfo,
     SubmittedJob,
+    Verdict,
+    VoteStatus,
 )
 from splitmesh.chain.terms import JobTerms, RouteHop, terms_hash
 from splitmesh.chain.tx import Sender, TxResult
 
 __all__ = [
     "HARDHAT_DEV_KEYS",
+    "AuditInfo",
+    "AuditStatus",
     "DeployParams",
     "Deployment",
     "JobState",
@@ -26,10 +33,13 @@ __all__ = [
     "ModelInfo",
     "NodeInfo",
     "NodeStatus",
+    "PanelInfo",
     "RouteHop",
     "Sender",
     "SubmittedJob",
     "TxResult",
+    "Verdict",
+    "VoteStatus",
     "deploy",
     "find_deployment",
     "free_port",

@@ -14,7 +14,7 @@ from eth_utils import keccak
 from splitmesh.errors import ArtifactsMissing
 from splitmesh.paths import artifacts_dir
 
-CONTRACTS = ("NodeRegistry", "JobMarket")
+CONTRACTS = ("NodeRegistry", "JobMarket", "AuditCourt")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Deploying the two contracts, and remembering where they are."""
+"""Deploying the contracts (NodeRegistry, JobMarket, AuditCourt), and remembering where they are."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 ETHER = 10**18
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+MAX_VERIFIERS = 16  # AuditCourt.MAX_VERIFIERS
+MAX_WINDOW = 30 * 24 * 3600  # longest AuditCourt commit or reveal window, seconds
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,19 @@ class DeployParams:
     dispute_timeout: int = 3600  # seconds a job held for audit waits for the auditor
     miss_slash_bps: int = 1000  # share of bond slashed from a node that never commits (1/10000)
     fraud_slash_bps: int = 5000  # share of bond slashed on a fraud verdict (1/10000)
-    auditor: str = ZERO_ADDRESS  # contract allowed to hold/resolve jobs; zero disables audits
+    # Account allowed to hold and resolve disputed jobs. Zero: deploy an AuditCourt and make it the
+    # auditor (the normal case); any other address (tests: an EOA) is used as is, and no court is deployed.
+    auditor: str = ZERO_ADDRESS
+    audit_rate_bps: int = 0  # share of completed jobs drawn for a sampled audit (1/10000)
+    verifiers_per_position: int = 3  # AuditCourt: verifiers drawn per route position, 1..16
+    verifier_bond: int = ETHER // 100  # AuditCourt: wei each verifier posts with its vote commitment
+    audit_commit_window: int = 300  # AuditCourt: seconds from opening during which votes are committed
+    audit_reveal_window: int = 300  # AuditCourt: seconds after the commit phase to reveal votes
+    audit_reward_bps: int = 5000  # AuditCourt: share of a fraud slash paid to the winning verifiers
+
+    @property
+    def deploys_court(self) -> bool:
+        return int(self.auditor, 16) == 0
 
     def validate(self) -> None:
         if self.unbonding_delay < self.commit_timeout + self.challenge_window + self.dispute_timeout:
@@ -42,9 +56,25 @@ class DeployParams:
                 "unbonding_delay must be at least commit_timeout + challenge_window + dispute_timeout, "
                 "or a node could withdraw stake before its jobs settle"
             )
-        for name in ("miss_slash_bps", "fraud_slash_bps"):
+        for name in ("miss_slash_bps", "fraud_slash_bps", "audit_rate_bps", "audit_reward_bps"):
             if not 0 <= getattr(self, name) <= 10_000:
                 raise ConfigError(f"{name} must be within 0..10000 basis points")
+        if not self.deploys_court:
+            return
+        if not 1 <= self.verifiers_per_position <= MAX_VERIFIERS:
+            raise ConfigError(f"verifiers_per_position must be within 1..{MAX_VERIFIERS}")
+        if self.verifier_bond <= 0:
+            raise ConfigError(
+                "verifier_bond must be positive, or a verifier could commit and never reveal for free"
+            )
+        for name in ("audit_commit_window", "audit_reveal_window"):
+            if not 0 < getattr(self, name) <= MAX_WINDOW:
+                raise ConfigError(f"{name} must be within 1..{MAX_WINDOW} seconds")
+        if self.dispute_timeout < self.audit_commit_window + self.audit_reveal_window + 2:
+            raise ConfigError(
+                "dispute_timeout must exceed audit_commit_window + audit_reveal_window + 1 s, or the court "
+                "could not resolve an audit before anyone may finalize the disputed job unaudited"
+            )
 
 
 @dataclass(frozen=True)
@@ -56,12 +86,18 @@ class Deployment:
     block: int  # block of the registry deployment: event scans start here
     params: DeployParams = field(default_factory=DeployParams)
     gas_used: dict[str, int] = field(default_factory=dict)
+    court: str = ZERO_ADDRESS  # the AuditCourt; zero when the auditor is another account (or none)
+
+    @property
+    def has_court(self) -> bool:
+        return int(self.court, 16) != 0
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Deployment:
+        """Also reads files written before the AuditCourt existed (no `court`, fewer params)."""
         raw_params: Any = data.get("params", {})
         gas_used: Any = data.get("gas_used", {})
         return cls(
@@ -72,6 +108,7 @@ class Deployment:
             block=int(str(data["block"])),
             params=DeployParams(**raw_params),
             gas_used={str(k): int(v) for k, v in gas_used.items()},
+            court=to_checksum_address(str(data.get("court", ZERO_ADDRESS))),
         )
 
 
@@ -81,9 +118,10 @@ def create_address(sender: str, nonce: int) -> str:
 
 
 def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Deployment:
-    """Deploy NodeRegistry then JobMarket. The registry is bound to the JobMarket's predicted address
-    (the deployer's next nonce), and the JobMarket's constructor checks the binding, so no admin step
-    or owner key exists after deployment."""
+    """Deploy NodeRegistry, JobMarket and (unless params.auditor names another account) the AuditCourt,
+    from consecutive nonces. Each contract is bound to the next one's predicted address (the registry to
+    the JobMarket, the JobMarket's auditor to the court) and each constructor checks its binding, so no
+    admin step or owner key exists after deployment."""
     params = params or DeployParams()
     params.validate()
     registry_artifact = load_artifact("NodeRegistry")
@@ -92,6 +130,8 @@ def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Depl
     sender.resync()
     predicted_registry = create_address(sender.address, nonce)
     predicted_market = create_address(sender.address, nonce + 1)
+    predicted_court = create_address(sender.address, nonce + 2)
+    auditor = predicted_court if params.deploys_court else to_checksum_address(params.auditor)
 
     registry_factory = w3.eth.contract(abi=registry_artifact.abi, bytecode=registry_artifact.bytecode)
     r1: TxResult = sender.transact(
@@ -105,18 +145,39 @@ def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Depl
     r2 = sender.transact(
         market_factory.constructor(
             registry,
-            to_checksum_address(params.auditor),
+            auditor,
             params.commit_timeout,
             params.challenge_window,
             params.dispute_timeout,
             params.miss_slash_bps,
             params.fraud_slash_bps,
+            params.audit_rate_bps,
         ),
         label="deploy JobMarket",
     )
     market = to_checksum_address(r2.receipt["contractAddress"])
     if market != predicted_market:
         raise ConfigError(f"JobMarket deployed at {market}, expected {predicted_market}: nonce raced")
+    gas_used = {"NodeRegistry": r1.gas_used, "JobMarket": r2.gas_used}
+    court = ZERO_ADDRESS
+    if params.deploys_court:
+        court_artifact = load_artifact("AuditCourt")
+        court_factory = w3.eth.contract(abi=court_artifact.abi, bytecode=court_artifact.bytecode)
+        r3 = sender.transact(
+            court_factory.constructor(
+                market,
+                params.verifiers_per_position,
+                params.verifier_bond,
+                params.audit_commit_window,
+                params.audit_reveal_window,
+                params.audit_reward_bps,
+            ),
+            label="deploy AuditCourt",
+        )
+        court = to_checksum_address(r3.receipt["contractAddress"])
+        if court != predicted_court:
+            raise ConfigError(f"AuditCourt deployed at {court}, expected {predicted_court}: nonce raced")
+        gas_used["AuditCourt"] = r3.gas_used
     deployment = Deployment(
         chain_id=sender.chain_id,
         registry=registry,
@@ -124,9 +185,10 @@ def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Depl
         deployer=sender.address,
         block=r1.block_number,
         params=params,
-        gas_used={"NodeRegistry": r1.gas_used, "JobMarket": r2.gas_used},
+        gas_used=gas_used,
+        court=court,
     )
-    logger.info("deployed NodeRegistry at %s and JobMarket at %s", registry, market)
+    logger.info("deployed NodeRegistry at %s, JobMarket at %s, AuditCourt at %s", registry, market, court)
     return deployment
 
 
@@ -170,8 +232,29 @@ def find_deployment(w3: Web3, rpc_url: str, path: Path | None = None) -> Deploym
     return deployment if is_live(w3, deployment) else None
 
 
+def _court_of(w3: Web3, market: str, auditor: str) -> dict[str, int] | None:
+    """The AuditCourt parameters if `auditor` is an AuditCourt bound to `market`, else None."""
+    address = to_checksum_address(auditor)
+    if int(address, 16) == 0 or not w3.eth.get_code(address):
+        return None
+    court = w3.eth.contract(address=address, abi=load_artifact("AuditCourt").abi)
+    try:
+        if to_checksum_address(court.functions.market().call()) != market:
+            return None
+        k, bond, commit_window, reveal_window, reward_bps = court.functions.parameters().call()
+    except Exception:  # some other contract is the auditor
+        return None
+    return {
+        "verifiers_per_position": k,
+        "verifier_bond": bond,
+        "audit_commit_window": commit_window,
+        "audit_reveal_window": reveal_window,
+        "audit_reward_bps": reward_bps,
+    }
+
+
 def deployment_from_market(w3: Web3, market: str) -> Deployment:
-    """Reconstruct a deployment from the JobMarket address alone (it knows its registry)."""
+    """Reconstruct a deployment from the JobMarket address alone (it knows its registry and auditor)."""
     market = to_checksum_address(market)
     contract = w3.eth.contract(address=market, abi=load_artifact("JobMarket").abi)
     if not w3.eth.get_code(market):
@@ -179,6 +262,8 @@ def deployment_from_market(w3: Web3, market: str) -> Deployment:
     registry = to_checksum_address(contract.functions.registry().call())
     reg = w3.eth.contract(address=registry, abi=load_artifact("NodeRegistry").abi)
     ct, cw, dt, ms, fs = contract.functions.parameters().call()
+    auditor = to_checksum_address(contract.functions.auditor().call())
+    court_params = _court_of(w3, market, auditor)
     params = DeployParams(
         min_stake=reg.functions.minStake().call(),
         unbonding_delay=reg.functions.unbondingDelay().call(),
@@ -187,7 +272,9 @@ def deployment_from_market(w3: Web3, market: str) -> Deployment:
         dispute_timeout=dt,
         miss_slash_bps=ms,
         fraud_slash_bps=fs,
-        auditor=to_checksum_address(contract.functions.auditor().call()),
+        auditor=ZERO_ADDRESS if court_params is not None else auditor,
+        audit_rate_bps=contract.functions.auditRateBps().call(),
+        **(court_params or {}),
     )
     return Deployment(
         chain_id=w3.eth.chain_id,
@@ -196,4 +283,5 @@ def deployment_from_market(w3: Web3, market: str) -> Deployment:
         deployer=ZERO_ADDRESS,
         block=0,
         params=params,
+        court=auditor if court_params is not None else ZERO_ADDRESS,
     )

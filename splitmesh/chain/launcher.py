@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -170,3 +171,21 @@ def advance_time(w3: Any, seconds: int) -> int:
     w3.provider.make_request("evm_increaseTime", [int(seconds)])
     w3.provider.make_request("evm_mine", [])
     return int(w3.eth.get_block("latest")["timestamp"])
+
+
+HARDHAT_MNEMONIC = "test test test test test test test test test test test junk"  # public, dev only
+HARDHAT_ACCOUNTS = 20  # funded accounts of a default `hardhat node`
+
+
+@functools.lru_cache(maxsize=HARDHAT_ACCOUNTS)
+def dev_key(index: int) -> str:
+    """The well-known private key of hardhat's dev account `index` (0..19); public, never for value."""
+    if not 0 <= index < HARDHAT_ACCOUNTS:
+        raise ValueError(f"hardhat funds dev accounts 0..{HARDHAT_ACCOUNTS - 1}, not {index}")
+    if index < len(HARDHAT_DEV_KEYS):
+        return HARDHAT_DEV_KEYS[index]
+    from eth_account import Account
+
+    Account.enable_unaudited_hdwallet_features()
+    account = Account.from_mnemonic(HARDHAT_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return "0x" + bytes(account.key).hex()

@@ -1,4 +1,4 @@
-"""Typed access to the deployed NodeRegistry and JobMarket: every call, view and event."""
+"""Typed access to the deployed NodeRegistry, JobMarket and AuditCourt: every call, view and event."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import to_checksum_address
+from eth_abi import encode as abi_encode
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.logs import DISCARD
 
@@ -33,6 +34,27 @@ class NodeStatus(enum.IntEnum):
     NONE = 0
     ACTIVE = 1
     INACTIVE = 2
+
+
+class AuditStatus(enum.IntEnum):
+    NONE = 0
+    OPEN = 1
+    RESOLVED = 2
+
+
+class VoteStatus(enum.IntEnum):
+    NONE = 0  # not drawn
+    DRAWN = 1
+    COMMITTED = 2
+    HONEST = 3  # revealed
+    FRAUD = 4  # revealed
+
+
+class Verdict(enum.IntEnum):
+    """What a verifier votes on one route position (AuditCourt.HONEST / FRAUD)."""
+
+    HONEST = 1
+    FRAUD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +101,32 @@ class JobState:
 
 
 @dataclass(frozen=True, slots=True)
+class PanelInfo:
+    """The verifiers drawn for one route position of an audit, their votes and the tallies."""
+
+    position: int
+    verifiers: tuple[str, ...]
+    votes: tuple[VoteStatus, ...]  # votes[i] is verifiers[i]'s
+    commitments: tuple[bytes, ...]  # zero until committed, zero again once revealed
+    committed: int  # verifiers who committed (revealed or not)
+    honest_votes: int  # revealed honest
+    fraud_votes: int  # revealed fraud
+
+
+@dataclass(frozen=True, slots=True)
+class AuditInfo:
+    job_id: int
+    status: AuditStatus
+    hops: int
+    unverifiable_mask: int  # positions without any verifier to draw (counted as honest)
+    fraud_mask: int  # positions found fraudulent, once resolved
+    opened_at: int  # unix seconds
+    commit_deadline: int  # last second of the commit phase
+    reveal_deadline: int  # last second of the reveal phase; resolve strictly after
+    panels: tuple[PanelInfo, ...]  # one per route position
+
+
+@dataclass(frozen=True, slots=True)
 class SubmittedJob:
     job_id: int
     terms: JobTerms
@@ -98,6 +146,14 @@ class Marketplace:
         )
         self.market = w3.eth.contract(
             address=to_checksum_address(deployment.market), abi=load_artifact("JobMarket").abi
+        )
+        # The AuditCourt, when the deployment has one (its auditor may also be a plain account).
+        self.court = (
+            w3.eth.contract(
+                address=to_checksum_address(deployment.court), abi=load_artifact("AuditCourt").abi
+            )
+            if deployment.has_court
+            else None
         )
 
     @property
@@ -216,6 +272,54 @@ class Marketplace:
     def withdraw_credit(self, sender: Sender) -> TxResult:
         return sender.transact(self.market.functions.withdrawCredit(), label="withdrawCredit")
 
+    # ------------------------------------------------------------ audit court writes
+
+    def _court(self) -> Any:
+        if self.court is None:
+            raise ChainError(
+                f"the deployment of JobMarket {self.deployment.market} has no AuditCourt (its auditor is "
+                f"{self.deployment.params.auditor}); redeploy without an auditor address to get one"
+            )
+        return self.court
+
+    def open_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
+        """Open the audit of a Disputed job (anyone may); verifiers are drawn for every route position."""
+        return sender.transact(
+            self._court().functions.openAudit(job_id, packed_terms), label=f"openAudit {job_id}"
+        )
+
+    def commit_vote(
+        self, sender: Sender, job_id: int, position: int, commitment: bytes, bond: int | None = None
+    ) -> TxResult:
+        """Commit a vote with the verifier bond (read from the court unless given)."""
+        value = self.audit_parameters()["verifier_bond"] if bond is None else bond
+        fn = self._court().functions.commitVote(job_id, position, commitment)
+        return sender.transact(fn, value=value, label=f"commitVote {job_id}/{position}")
+
+    def reveal_vote(self, sender: Sender, job_id: int, position: int, verdict: int, salt: bytes) -> TxResult:
+        fn = self._court().functions.revealVote(job_id, position, int(verdict), salt)
+        return sender.transact(fn, label=f"revealVote {job_id}/{position}")
+
+    def resolve_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
+        """Count the votes and settle the job in the JobMarket (anyone may, after the reveal deadline)."""
+        return sender.transact(
+            self._court().functions.resolve(job_id, packed_terms), label=f"resolve {job_id}"
+        )
+
+    def withdraw_court_credit(self, sender: Sender) -> TxResult:
+        """Withdraw rewards (and payments that could not be pushed) credited by the AuditCourt."""
+        return sender.transact(self._court().functions.withdrawCredit(), label="court withdrawCredit")
+
+    @staticmethod
+    def vote_commitment(job_id: int, position: int, verdict: int, salt: bytes, verifier: str) -> bytes:
+        """keccak256(abi.encode(jobId, position, verdict, salt, verifier)): what commit_vote posts."""
+        return keccak(
+            abi_encode(
+                ["uint256", "uint8", "uint8", "bytes32", "address"],
+                [job_id, position, int(verdict), salt, to_checksum_address(verifier)],
+            )
+        )
+
     # ------------------------------------------------------------ views
 
     def model_count(self) -> int:
@@ -272,7 +376,65 @@ class Marketplace:
             "dispute_timeout": dt,
             "miss_slash_bps": ms,
             "fraud_slash_bps": fs,
+            "audit_rate_bps": int(call_view(self.market.functions.auditRateBps(), "JobMarket")),
         }
+
+    def links_of(self, job_id: int) -> bytes:
+        """The commitment-link accumulator of an Open job (zero otherwise)."""
+        return bytes(call_view(self.market.functions.linksOf(job_id), "JobMarket"))
+
+    def audit_parameters(self) -> dict[str, int]:
+        k, bond, commit_window, reveal_window, reward_bps = call_view(
+            self._court().functions.parameters(), "AuditCourt"
+        )
+        return {
+            "verifiers_per_position": k,
+            "verifier_bond": bond,
+            "commit_window": commit_window,
+            "reveal_window": reveal_window,
+            "reward_bps": reward_bps,
+        }
+
+    def get_panel(self, job_id: int, position: int) -> PanelInfo:
+        verifiers, votes, commitments, committed, honest, fraud = call_view(
+            self._court().functions.getPanel(job_id, position), "AuditCourt"
+        )
+        return PanelInfo(
+            position=position,
+            verifiers=tuple(to_checksum_address(v) for v in verifiers),
+            votes=tuple(VoteStatus(v) for v in votes),
+            commitments=tuple(bytes(c) for c in commitments),
+            committed=committed,
+            honest_votes=honest,
+            fraud_votes=fraud,
+        )
+
+    def get_audit(self, job_id: int) -> AuditInfo:
+        """An audit and the panel of every position (no panels for an audit never opened)."""
+        status, hops, unverifiable, fraud_mask, opened_at, commit_deadline, reveal_deadline = call_view(
+            self._court().functions.getAudit(job_id), "AuditCourt"
+        )
+        return AuditInfo(
+            job_id=job_id,
+            status=AuditStatus(status),
+            hops=hops,
+            unverifiable_mask=unverifiable,
+            fraud_mask=fraud_mask,
+            opened_at=opened_at,
+            commit_deadline=commit_deadline,
+            reveal_deadline=reveal_deadline,
+            panels=tuple(self.get_panel(job_id, p) for p in range(hops)),
+        )
+
+    def court_credit_of(self, address: str) -> int:
+        fn = self._court().functions.creditOf(to_checksum_address(address))
+        return int(call_view(fn, "AuditCourt"))
+
+    def court_total_credits(self) -> int:
+        return int(call_view(self._court().functions.totalCredits(), "AuditCourt"))
+
+    def court_bonds_held(self) -> int:
+        return int(call_view(self._court().functions.bondsHeld(), "AuditCourt"))
 
     def credit_of(self, address: str) -> int:
         return int(call_view(self.market.functions.creditOf(to_checksum_address(address)), "JobMarket"))
@@ -303,11 +465,25 @@ class Marketplace:
         packed = bytes(args["terms"])
         return SubmittedJob(job_id, JobTerms.decode(packed), packed, bytes(args["metadata"]), None)
 
+    def _contracts(self) -> tuple[Any, ...]:
+        return (
+            (self.market, self.registry) if self.court is None else (self.market, self.registry, self.court)
+        )
+
     def events(
-        self, name: str, from_block: int | None = None, to_block: int | str = "latest", **filters: Any
+        self,
+        name: str,
+        from_block: int | None = None,
+        to_block: int | str = "latest",
+        *,
+        court: bool = False,
+        **filters: Any,
     ) -> list[Any]:
-        """Decoded logs of one event of either contract, oldest first."""
-        contract = self.market if hasattr(self.market.events, name) else self.registry
+        """Decoded logs of one event, oldest first, from the first contract that declares it: JobMarket,
+        NodeRegistry, AuditCourt. `court=True` reads the AuditCourt's event of a name the JobMarket shares
+        (CreditWithdrawn)."""
+        contracts = (self._court(),) if court else self._contracts()
+        contract = next((c for c in contracts if hasattr(c.events, name)), self.registry)
         event = getattr(contract.events, name)()
         return list(
             event.get_logs(
@@ -321,7 +497,7 @@ class Marketplace:
         """Every splitmesh event in a transaction receipt as (name, args)."""
         out: list[tuple[str, dict[str, Any]]] = []
         for log in receipt["logs"]:
-            for contract in (self.market, self.registry):
+            for contract in self._contracts():
                 if log["address"] != contract.address:
                     continue
                 for item in contract.abi:

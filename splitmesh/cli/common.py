@@ -72,6 +72,8 @@ def deploy_params(args: argparse.Namespace) -> DeployParams:
         dispute_timeout=args.dispute_timeout,
         miss_slash_bps=args.miss_slash_bps,
         fraud_slash_bps=args.fraud_slash_bps,
+        audit_rate_bps=round(getattr(args, "audit_rate", 0.0) * 10_000),
+        verifiers_per_position=getattr(args, "verifiers", DeployParams().verifiers_per_position),
     )
 
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, Marketplace, Sender
-from splitmesh.chain.launcher import advance_time
+from splitmesh.chain import JobStatus, Marketplace, Sender
+from splitmesh.chain.launcher import HARDHAT_ACCOUNTS, advance_time, dev_key
 from splitmesh.cli.common import (
     add_chain_args,
     add_deploy_args,
@@ -27,6 +27,7 @@ from splitmesh.cli.common import (
     open_session,
     settings_from,
 )
+from splitmesh.cli.demo_audit import follow_audit
 from splitmesh.cli.output import Output, eth, short
 from splitmesh.cli.procs import NodeSpec, start_nodes, stop_nodes
 from splitmesh.errors import ConfigError, SplitmeshError
@@ -35,6 +36,7 @@ from splitmesh.paths import state_dir
 from splitmesh.plan import client_split_plan
 
 GWEI = 10**9
+CHEATS = ("garbage", "skip-layers", "tamper-relay", "overbill", "withhold")  # node.cheats.CHEATS
 DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 
 
@@ -71,14 +73,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--stake", type=float, default=2.0, help="ETH each node stakes (default 2)")
     p.add_argument("--no-reference", action="store_true", help="skip the local model.generate comparison")
+    a = p.add_argument_group("audits")
+    a.add_argument(
+        "--cheat",
+        choices=list(CHEATS),
+        help="make one route node misbehave (demo only) and show the audit catch it; implies --audit-rate 1",
+    )
+    a.add_argument("--cheat-shard", type=int, default=1, help="shard whose node cheats (default 1)")
+    a.add_argument(
+        "--audit-rate", type=float, help="share of jobs audited, 0..1, fixed at deployment (default 0)"
+    )
+    a.add_argument("--verifiers", type=int, default=3, help="verifiers drawn per route position (default 3)")
     p.set_defaults(func=cmd_demo)
 
 
-def _keys(nodes: int) -> tuple[list[str], str]:
-    # Dev key 0 deploys, keys 1..n are the nodes, key n+1 is the client.
-    if nodes < 1 or nodes + 2 > len(HARDHAT_DEV_KEYS):
-        raise ConfigError(f"--nodes must be within 1..{len(HARDHAT_DEV_KEYS) - 2} (dev accounts)")
-    return list(HARDHAT_DEV_KEYS[1 : nodes + 1]), HARDHAT_DEV_KEYS[nodes + 1]
+def _keys(nodes: int, replicas: int) -> tuple[list[str], str, list[str]]:
+    # Dev key 0 deploys, keys 1..n are the route nodes, key n+1 is the client, then the verifier replicas.
+    if nodes < 1 or nodes + 2 + nodes * replicas > HARDHAT_ACCOUNTS:
+        raise ConfigError(
+            f"{nodes} nodes with {replicas} verifier replicas each need more than the "
+            f"{HARDHAT_ACCOUNTS} funded dev accounts; lower --nodes or --verifiers"
+        )
+    keys = [dev_key(i) for i in range(nodes + 2 + nodes * replicas)]
+    return keys[1 : nodes + 1], keys[nodes + 1], keys[nodes + 2 :]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -87,7 +104,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Output(args.json)
     settings = settings_from(args)
     started = time.monotonic()
-    node_keys, client_key = _keys(args.nodes)
+    if args.audit_rate is None:
+        args.audit_rate = 1.0 if args.cheat else 0.0
+    if not 0 <= args.audit_rate <= 1:
+        raise ConfigError("--audit-rate must be within 0..1")
+    if args.cheat and not 1 <= args.cheat_shard <= args.nodes:
+        raise ConfigError(f"--cheat-shard must be within 1..{args.nodes}")
+    if args.cheat == "tamper-relay" and args.cheat_shard == args.nodes:
+        raise ConfigError("tamper-relay needs a node that relays: pick a --cheat-shard before the last")
+    replicas = args.verifiers if args.audit_rate > 0 else 0
+    node_keys, client_key, replica_keys = _keys(args.nodes, replicas)
     gas: dict[str, int] = {}
 
     out.step("describing the model")
@@ -102,6 +128,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     with open_session(settings) as session, contextlib.ExitStack() as stack:
         market = attach_deployment(session, settings, deploy_if_missing=True, params=deploy_params(args))
+        if not session.deployed_now and args.audit_rate > 0:
+            out.info(
+                f"    note: the audit rate is fixed at deployment; this deployment audits "
+                f"{market.deployment.params.audit_rate_bps / 100:g}% of jobs"
+            )
         d = market.deployment
         chain_id = session.chain_id
         out.info(f"    chain {session.rpc_url} (id {chain_id})")
@@ -131,8 +162,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             node_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitmesh-demo-nodes-")))
         else:
             node_home = state_dir() / "nodes"
-        specs = [
-            NodeSpec(
+
+        def spec(shard: int, key: str, node_price: int, *extra: str) -> NodeSpec:
+            return NodeSpec(
                 shard=shard,
                 key=key,
                 rpc_url=session.rpc_url,
@@ -140,13 +172,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 model=model_dir,
                 model_id=model_id,
                 stake_eth=args.stake,
-                price_wei=price,
+                price_wei=node_price,
                 state_dir=node_home,
+                extra_args=list(extra),
+            )
+
+        specs = [
+            spec(
+                shard,
+                key,
+                price,
+                *(("--cheat", args.cheat) if args.cheat and shard == args.cheat_shard else ()),
             )
             for shard, key in enumerate(node_keys, start=1)
         ]
-        nodes = start_nodes(specs, state_dir() / "logs")
-        stack.callback(stop_nodes, nodes)
+        # Verifier replicas ask twice the price, so the client's price cap keeps them off the route: they
+        # are in each shard's pool only to be drawn for audits.
+        specs += [spec(1 + i % args.nodes, key, 2 * price) for i, key in enumerate(replica_keys)]
+        if replicas:
+            out.info(
+                f"    plus {replicas} verifier replicas per shard (audits drawn at rate {args.audit_rate:g})"
+            )
+        if args.cheat:
+            out.info(f"    the node of shard {args.cheat_shard} will cheat: {args.cheat}")
+        all_nodes = start_nodes(specs, state_dir() / "logs")
+        stack.callback(stop_nodes, all_nodes)
+        nodes = all_nodes[: args.nodes]
         block_before = session.w3.eth.block_number
         _record_registration_gas(market, gas, from_block=max(d.block, block_before - 50))
         out.table(
@@ -176,6 +227,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for event in client.stream(
             args.prompt,
             args.max_new_tokens,
+            max_price_per_token=price,
             epsilon=args.epsilon,
             delta=args.delta,
             clip=args.clip,
@@ -224,7 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
 
         out.step("nodes commit their hash chains on-chain")
-        state = _wait_status(market, receipt.job_id, {JobStatus.COMMITTED}, timeout=90)
+        state = _wait_status(market, receipt.job_id, {JobStatus.COMMITTED, JobStatus.DISPUTED}, timeout=90)
         commits = sorted(
             market.events("JobCommitted", jobId=receipt.job_id), key=lambda e: e["args"]["position"]
         )
@@ -247,18 +299,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ],
         )
 
-        window = market.parameters()["challenge_window"]
-        if session.is_dev_chain:
-            out.step(f"advancing the local chain's clock past the {window} s challenge window")
-            advance_time(session.w3, window + 1)
+        audit: dict[str, Any] = {"verdict": None, "slashed_wei": 0}
+        if state.status == JobStatus.DISPUTED:
+            out.step("audit: verifiers drawn on-chain re-execute the shards and vote (commit, then reveal)")
+            route_nodes = [h.node for h in receipt.route]
+            audit = follow_audit(market, receipt.job_id, route_nodes, out, session.is_dev_chain)
+            gas["resolve audit"] = audit["resolve_gas"]
+            settlement = client.settlement(receipt.job_id)
         else:
-            out.step(f"waiting {window} s for the challenge window to pass")
-            time.sleep(window + 2)
-        settlement = client.finalize(receipt.job_id)
+            window = market.parameters()["challenge_window"]
+            if session.is_dev_chain:
+                out.step(f"advancing the local chain's clock past the {window} s challenge window")
+                advance_time(session.w3, window + 1)
+            else:
+                out.step(f"waiting {window} s for the challenge window to pass")
+                time.sleep(window + 2)
+            settlement = client.finalize(receipt.job_id)
         receipt.settlement = settlement
         if settlement.gas_used:
             gas["finalize"] = settlement.gas_used
-        withdrawals = _wait_withdrawals(market, [h.node for h in receipt.route], timeout=60)
+        paid_nodes = [h.node for h in receipt.route if settlement.paid_wei[h.node] > 0]
+        withdrawals = _wait_withdrawals(market, paid_nodes, timeout=60)
         for node, (_amount, tx_gas) in withdrawals.items():
             gas[f"withdrawEarnings {short(node)}"] = tx_gas
         final = market.get_job(receipt.job_id)
@@ -339,7 +400,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "payments": payments,
         "escrow_wei": settlement.escrow_wei,
         "paid_wei": settlement.total_paid_wei,
-        "refund_wei": settlement.refund_wei,
+        "refund_wei": settlement.refund_wei + int(audit.get("slash_to_client_wei", 0)),
+        "verdict": audit["verdict"],
+        "slashed_wei": audit["slashed_wei"],
+        "audit": audit if audit["verdict"] is not None else None,
+        "cheat": args.cheat,
         "tokens_per_s": receipt.tokens_per_s,
         **reference,
         "steps": receipt.steps.summary(),

@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--duty-interval", type=float, help="seconds between commit/claim passes (default 1)")
     p.add_argument("--no-transcripts", action="store_true", help="do not keep step frames for audits")
     p.add_argument("--ready-file", type=Path, help="write the ready JSON line here too (for supervisors)")
+    p.add_argument("--no-verify", action="store_true", help="do not answer the AuditCourt as a verifier")
+    p.add_argument(
+        "--cheat",
+        choices=["garbage", "skip-layers", "tamper-relay", "overbill", "withhold"],
+        help="DEMO/TEST ONLY: misbehave on purpose so the audits can be seen catching it (node.cheats)",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -86,6 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         session_ttl=args.session_ttl,
         duty_interval=args.duty_interval,
         keep_transcripts=False if args.no_transcripts else None,
+        verify=False if args.no_verify else None,
+        cheat=args.cheat,
     )
 
     def ready(info: dict[str, Any]) -> None:

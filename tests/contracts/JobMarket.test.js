@@ -19,6 +19,9 @@ const {
   contractNodeFixture,
   submit,
   commitAll,
+  link,
+  linkTerm,
+  isSampled,
   receipt,
   routeCost,
 } = require("./fixtures");
@@ -107,8 +110,17 @@ async function marketDeployer({ delay = 365 * 86400, registryFor } = {}) {
   const registry = await ethers.deployContract("NodeRegistry", [predicted, ONE, delay]);
   const factory = await ethers.getContractFactory("JobMarket");
   const deploy = (p = {}) => {
-    const q = { commitTimeout: 3600, challengeWindow: 600, disputeTimeout: 3600, miss: 1000, fraud: 5000, ...p };
-    return factory.deploy(registry, ethers.ZeroAddress, q.commitTimeout, q.challengeWindow, q.disputeTimeout, q.miss, q.fraud);
+    const q = {
+      auditor: ethers.ZeroAddress,
+      commitTimeout: 3600,
+      challengeWindow: 600,
+      disputeTimeout: 3600,
+      miss: 1000,
+      fraud: 5000,
+      auditRate: 0,
+      ...p,
+    };
+    return factory.deploy(registry, q.auditor, q.commitTimeout, q.challengeWindow, q.disputeTimeout, q.miss, q.fraud, q.auditRate);
   };
   return { registry, factory, deploy };
 }
@@ -128,8 +140,22 @@ describe("JobMarket", function () {
         PARAMS.missSlashBps,
         PARAMS.fraudSlashBps,
       ]);
+      expect(await market.auditRateBps()).to.equal(0);
       expect(await market.jobCount()).to.equal(0);
       expect(await market.totalCredits()).to.equal(0);
+    });
+
+    it("rejects an audit rate above 10000 bps or without an auditor, accepts 10000 with one", async function () {
+      const [, , , , , , auditor] = await ethers.getSigners();
+      let d = await marketDeployer();
+      await expect(d.deploy({ auditor: auditor.address, auditRate: 10_001 }))
+        .to.be.revertedWithCustomError(d.factory, "InvalidParameter")
+        .withArgs("auditRateBps");
+      d = await marketDeployer();
+      await expect(d.deploy({ auditRate: 1 })).to.be.revertedWithCustomError(d.factory, "InvalidParameter").withArgs("auditRateBps");
+      d = await marketDeployer();
+      const market = await d.deploy({ auditor: auditor.address, auditRate: 10_000 });
+      expect(await market.auditRateBps()).to.equal(10_000);
     });
 
     it("rejects a registry bound to another JobMarket", async function () {
@@ -329,11 +355,13 @@ describe("JobMarket", function () {
 
     it("moves the job to Committed at the last commit, timestamped with that block", async function () {
       const { market, client, job, route } = await loadFixture(openJobFixture);
-      await market.connect(route[2]).commit(job.jobId, job.terms, 2, IN, OUT, NO_RECEIPT);
-      await market.connect(route[0]).commit(job.jobId, job.terms, 0, IN, OUT, NO_RECEIPT);
+      const id = job.jobId;
+      await market.connect(route[2]).commit(id, job.terms, 2, link(id, 2), link(id, 3), NO_RECEIPT);
+      await market.connect(route[0]).commit(id, job.terms, 0, link(id, 0), link(id, 1), NO_RECEIPT);
       const t = (await time.latest()) + 100;
       await time.setNextBlockTimestamp(t);
-      await market.connect(route[1]).commit(job.jobId, job.terms, 1, IN, OUT, await receipt(market, client, job.jobId, 7));
+      const last = market.connect(route[1]).commit(id, job.terms, 1, link(id, 1), link(id, 2), await receipt(market, client, id, 7));
+      await expect(last).not.to.emit(market, "JobDisputed");
       const j = await market.getJob(job.jobId);
       expect([j.status, j.committedMask, j.billedTokens, j.timestamp]).to.deep.equal([
         BigInt(JobStatus.Committed),
@@ -492,6 +520,212 @@ describe("JobMarket", function () {
           .withArgs(job.jobId, ethers.ZeroAddress);
       }
       await expect(market.connect(route[0]).commit(job.jobId, job.terms, 0, IN, OUT, good)).to.emit(market, "JobCommitted");
+    });
+  });
+
+
+  describe("commit: commitment links", function () {
+    /// Commits position p of job with (input, output); `bad` makes the input side of boundary p lie.
+    const commitAt = (market, route, job, p, bad = false) =>
+      market
+        .connect(route[p])
+        .commit(job.jobId, job.terms, p, bad ? ethers.id(`bad-${p}`) : link(job.jobId, p), link(job.jobId, p + 1), NO_RECEIPT);
+
+    const PERMUTATIONS = [
+      [0, 1, 2],
+      [0, 2, 1],
+      [1, 0, 2],
+      [1, 2, 0],
+      [2, 0, 1],
+      [2, 1, 0],
+    ];
+
+    it("keeps the XOR of the committed positions' link terms while Open, and frees the slot at completion", async function () {
+      const { market, job, route } = await loadFixture(openJobFixture);
+      const id = job.jobId;
+      expect(await market.linksOf(id)).to.equal(ethers.ZeroHash);
+      await commitAt(market, route, job, 1);
+      // Position 1 contributes its input side of boundary 1 and its output side of boundary 2.
+      const afterOne = BigInt(linkTerm(id, 1, link(id, 1))) ^ BigInt(linkTerm(id, 2, link(id, 2)));
+      expect(BigInt(await market.linksOf(id))).to.equal(afterOne);
+      await commitAt(market, route, job, 0); // boundary 1 now matched from both sides: its term cancels
+      expect(BigInt(await market.linksOf(id))).to.equal(BigInt(linkTerm(id, 2, link(id, 2))));
+      await commitAt(market, route, job, 2);
+      expect(await market.linksOf(id)).to.equal(ethers.ZeroHash);
+      expect((await market.getJob(id)).status).to.equal(JobStatus.Committed);
+    });
+
+    for (const order of PERMUTATIONS) {
+      it(`commit order ${order.join(",")}: linked commitments complete the job as Committed`, async function () {
+        const { market, job, route } = await loadFixture(openJobFixture);
+        for (const p of order.slice(0, 2)) await commitAt(market, route, job, p);
+        const tx = commitAt(market, route, job, order[2]);
+        await expect(tx).not.to.emit(market, "JobDisputed");
+        await expect(tx).not.to.emit(market, "CommitmentsMismatched");
+        expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Committed);
+        expect(await market.linksOf(job.jobId)).to.equal(ethers.ZeroHash);
+      });
+
+      for (const boundary of [1, 2]) {
+        it(`commit order ${order.join(",")}: a mismatch at boundary ${boundary} disputes the job at the last commit`, async function () {
+          const { market, job, route } = await loadFixture(openJobFixture);
+          for (const p of order.slice(0, 2)) {
+            await expect(commitAt(market, route, job, p, p === boundary)).not.to.emit(market, "JobDisputed");
+          }
+          const t = (await time.latest()) + 7;
+          await time.setNextBlockTimestamp(t);
+          const tx = commitAt(market, route, job, order[2], order[2] === boundary);
+          await expect(tx).to.emit(market, "JobDisputed").withArgs(job.jobId);
+          await expect(tx).to.emit(market, "CommitmentsMismatched").withArgs(job.jobId);
+          await expect(tx).not.to.emit(market, "AuditSampled");
+          const j = await market.getJob(job.jobId);
+          expect([j.status, j.committedMask, j.timestamp]).to.deep.equal([BigInt(JobStatus.Disputed), 0b111n, BigInt(t)]);
+          expect(await market.linksOf(job.jobId)).to.equal(ethers.ZeroHash);
+        });
+      }
+    }
+
+    it("an output that lies is caught like an input that lies", async function () {
+      const { market, job, route } = await loadFixture(openJobFixture);
+      const id = job.jobId;
+      await market.connect(route[0]).commit(id, job.terms, 0, link(id, 0), ethers.id("not what position 1 got"), NO_RECEIPT);
+      await commitAt(market, route, job, 1);
+      await expect(commitAt(market, route, job, 2)).to.emit(market, "CommitmentsMismatched").withArgs(id);
+    });
+
+    it("ignores the outer ends: the first input and the last output are not links", async function () {
+      const { market, job, route } = await loadFixture(openJobFixture);
+      const id = job.jobId;
+      await market.connect(route[0]).commit(id, job.terms, 0, ethers.id("anything"), link(id, 1), NO_RECEIPT);
+      await market.connect(route[1]).commit(id, job.terms, 1, link(id, 1), link(id, 2), NO_RECEIPT);
+      await expect(market.connect(route[2]).commit(id, job.terms, 2, link(id, 2), ethers.id("anything else"), NO_RECEIPT)).not.to.emit(
+        market,
+        "JobDisputed",
+      );
+      expect((await market.getJob(id)).status).to.equal(JobStatus.Committed);
+    });
+
+    it("values that would cancel out in a plain XOR still mismatch: each term names its boundary", async function () {
+      // Boundary 1 carries X out and Y in, boundary 2 Y out and X in: without the boundary index in each
+      // term, H(X) ^ H(Y) ^ H(Y) ^ H(X) would be zero.
+      const { market, job, route } = await loadFixture(openJobFixture);
+      const [id, X, Y] = [job.jobId, ethers.id("X"), ethers.id("Y")];
+      await market.connect(route[0]).commit(id, job.terms, 0, link(id, 0), X, NO_RECEIPT);
+      await market.connect(route[1]).commit(id, job.terms, 1, Y, Y, NO_RECEIPT);
+      await expect(market.connect(route[2]).commit(id, job.terms, 2, X, link(id, 3), NO_RECEIPT)).to.emit(
+        market,
+        "CommitmentsMismatched",
+      );
+    });
+
+    it("checks every boundary of a 4-hop route, and none of a 1-hop route", async function () {
+      const { market, client, nodes } = await loadFixture(marketFixture);
+      for (const breakAt of [undefined, 1, 2, 3]) {
+        const job = await submit(market, client, { firstShard: 0, maxTokens: 2 });
+        await commitAll(market, nodes, job, NO_RECEIPT, { breakAt });
+        expect((await market.getJob(job.jobId)).status).to.equal(breakAt === undefined ? JobStatus.Committed : JobStatus.Disputed);
+      }
+      const single = await submit(market, client, { firstShard: 3, maxTokens: 2 });
+      await expect(market.connect(nodes[3]).commit(single.jobId, single.terms, 0, IN, OUT, NO_RECEIPT)).not.to.emit(market, "JobDisputed");
+      expect(await market.linksOf(single.jobId)).to.equal(ethers.ZeroHash);
+    });
+
+    it("cancel frees the accumulator of a partly committed job", async function () {
+      const { market, job, route, deadline } = await loadFixture(openJobFixture);
+      await commitAt(market, route, job, 0);
+      expect(await market.linksOf(job.jobId)).to.not.equal(ethers.ZeroHash);
+      await time.setNextBlockTimestamp(deadline + 1);
+      await market.cancel(job.jobId, job.terms);
+      expect(await market.linksOf(job.jobId)).to.equal(ethers.ZeroHash);
+    });
+
+    it("a mismatched job without an auditor is paid in full after the dispute timeout", async function () {
+      const { registry, market, client, nodes } = await loadFixture(marketFixture);
+      const job = await submit(market, client, { maxTokens: MAX_TOKENS });
+      await commitAll(market, nodes, job, await receipt(market, client, job.jobId, BILLED), { breakAt: 2 });
+      const disputedAt = Number((await market.getJob(job.jobId)).timestamp);
+      await time.setNextBlockTimestamp(disputedAt + PARAMS.disputeTimeout - 1);
+      await expect(market.finalize(job.jobId, job.terms))
+        .to.be.revertedWithCustomError(market, "ChallengeWindowOpen")
+        .withArgs(job.jobId, disputedAt + PARAMS.disputeTimeout);
+      const paid = ROUTE_PRICE * BigInt(BILLED);
+      await expect(market.finalize(job.jobId, job.terms)).to.emit(market, "JobFinalized").withArgs(job.jobId, BILLED, paid, ESCROW - paid);
+      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(NODE_PRICES[2] * BigInt(BILLED));
+    });
+  });
+
+  describe("commit: sampled audits", function () {
+    async function sampledMarket(rate) {
+      const signers = await ethers.getSigners();
+      const [, client, n0, n1, n2, n3, auditor] = signers;
+      const { registry, market } = await deployMarket({ auditor: auditor.address, params: { auditRateBps: rate } });
+      await registry.registerModel("m", ethers.id("w"), 30, [0, 4, 12, 21, 30]);
+      const nodes = [n0, n1, n2, n3];
+      for (let s = 0; s < 4; s++) {
+        await registry.connect(nodes[s]).registerNode(1, s, "http://n", NODE_PRICES[s], ethers.id("k"), { value: NODE_STAKES[s] });
+      }
+      return { registry, market, client, nodes, auditor };
+    }
+
+    it("at rate 0 never samples", async function () {
+      const { market, client, nodes } = await sampledMarket(0);
+      for (let i = 0; i < 5; i++) {
+        await setPrevRandao(1000n + BigInt(i));
+        const job = await submit(market, client);
+        await commitAll(market, nodes, job);
+        expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Committed);
+      }
+      expect(await market.queryFilter(market.filters.AuditSampled())).to.have.length(0);
+    });
+
+    it("at rate 10000 samples every completed job, one hop or several, at the last commit only", async function () {
+      const { market, client, nodes } = await sampledMarket(10_000);
+      for (const firstShard of [1, 3]) {
+        const job = await submit(market, client, { firstShard });
+        const hops = job.decoded.route.length;
+        for (let p = 0; p < hops; p++) {
+          const node = nodes[firstShard + p];
+          const tx = market.connect(node).commit(job.jobId, job.terms, p, link(job.jobId, p), link(job.jobId, p + 1), NO_RECEIPT);
+          if (p < hops - 1) {
+            await expect(tx).not.to.emit(market, "AuditSampled");
+          } else {
+            await expect(tx).to.emit(market, "JobDisputed").withArgs(job.jobId);
+            await expect(tx).to.emit(market, "AuditSampled").withArgs(job.jobId);
+          }
+        }
+        expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Disputed);
+      }
+    });
+
+    it("a mismatched job is disputed for the mismatch, not sampled", async function () {
+      const { market, client, nodes } = await sampledMarket(10_000);
+      const job = await submit(market, client);
+      await commitAll(market, nodes, job, NO_RECEIPT, { breakAt: 1 });
+      expect(await market.queryFilter(market.filters.CommitmentsMismatched(job.jobId))).to.have.length(1);
+      expect(await market.queryFilter(market.filters.AuditSampled(job.jobId))).to.have.length(0);
+      expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Disputed);
+    });
+
+    it("at 5000 bps samples exactly when keccak(prevrandao, jobId, 'audit') % 10000 < 5000", async function () {
+      const { market, client, nodes, auditor } = await sampledMarket(5000);
+      const seen = new Set();
+      for (let randao = 1n; seen.size < 2; randao++) {
+        const jobId = (await market.jobCount()) + 1n;
+        const want = isSampled(randao, jobId, 5000);
+        if (seen.has(want)) continue;
+        seen.add(want);
+        const job = await submit(market, client);
+        for (let p = 0; p < 2; p++) {
+          await market.connect(nodes[p + 1]).commit(jobId, job.terms, p, link(jobId, p), link(jobId, p + 1), NO_RECEIPT);
+        }
+        await setPrevRandao(randao);
+        const last = market.connect(nodes[3]).commit(jobId, job.terms, 2, link(jobId, 2), link(jobId, 3), NO_RECEIPT);
+        if (want) await expect(last).to.emit(market, "AuditSampled").withArgs(jobId);
+        else await expect(last).not.to.emit(market, "AuditSampled");
+        expect((await market.getJob(jobId)).status).to.equal(want ? JobStatus.Disputed : JobStatus.Committed);
+        // A sampled job is the auditor's to resolve, like a held one.
+        if (want) await expect(market.connect(auditor).resolveDispute(jobId, job.terms, 0)).to.emit(market, "DisputeResolved");
+      }
     });
   });
 
@@ -700,6 +934,7 @@ describe("JobMarket", function () {
       const slashed = (NODE_STAKES[2] * BigInt(PARAMS.fraudSlashBps)) / BPS;
       const paid = (NODE_PRICES[1] + NODE_PRICES[3]) * BigInt(BILLED);
       const refund = ESCROW - paid;
+      expect(await market.connect(auditor).resolveDispute.staticCall(job.jobId, job.terms, 0b010)).to.equal(slashed);
       const tx = market.connect(auditor).resolveDispute(job.jobId, job.terms, 0b010);
       await expect(tx).to.emit(registry, "Slashed").withArgs(route[1].address, slashed);
       await expect(tx).to.emit(market, "DisputeResolved").withArgs(job.jobId, 0b010, slashed);

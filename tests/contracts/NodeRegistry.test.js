@@ -689,6 +689,95 @@ describe("NodeRegistry", function () {
     });
   });
 
+  describe("samplePool", function () {
+    /// Mirrors NodeRegistry.samplePool over a pool read back with poolAt.
+    async function expectedSample(registry, shard, exclude, count, seed) {
+      const size = Number(await registry.poolSize(1, shard));
+      const pool = [];
+      for (let i = 0; i < size; i++) pool.push((await registry.poolAt(1, shard, i)).node);
+      const out = [];
+      if (size === 0 || count === 0) return out;
+      if (size <= count + 1) {
+        const start = Number(BigInt(seed) % BigInt(size));
+        for (let i = 0; i < size && out.length < count; i++) {
+          const node = pool[(start + i) % size];
+          if (node !== exclude) out.push(node);
+        }
+        return out;
+      }
+      const coder = ethers.AbiCoder.defaultAbiCoder();
+      for (let i = 0; i < 4 * count && out.length < count; i++) {
+        const index = Number(BigInt(ethers.keccak256(coder.encode(["uint256", "uint256"], [seed, i]))) % BigInt(size));
+        const node = pool[index];
+        if (node !== exclude && !out.includes(node)) out.push(node);
+      }
+      return out;
+    }
+
+    /// Model 1 with `size` nodes on shard 0 (signers from `rest`).
+    async function poolOf(size) {
+      const f = await loadFixture(modelFixture);
+      for (let i = 0; i < size; i++) {
+        await f.registry.connect(f.rest[i]).registerNode(1, 0, "http://n", 1n, KEY, { value: ONE });
+      }
+      return { ...f, members: f.rest.slice(0, size).map((s) => s.address) };
+    }
+
+    it("returns nothing for an empty pool or a count of zero, and rejects more than MAX_SAMPLE", async function () {
+      const { registry, members } = await poolOf(3);
+      expect(await registry.samplePool(1, 1, ethers.ZeroAddress, 3, 7)).to.deep.equal([]);
+      expect(await registry.samplePool(9, 0, ethers.ZeroAddress, 3, 7)).to.deep.equal([]);
+      expect(await registry.samplePool(1, 0, ethers.ZeroAddress, 0, 7)).to.deep.equal([]);
+      expect(await registry.MAX_SAMPLE()).to.equal(16);
+      await expect(registry.samplePool(1, 0, ethers.ZeroAddress, 17, 7))
+        .to.be.revertedWithCustomError(registry, "SampleTooLarge")
+        .withArgs(17, 16);
+      expect(await registry.samplePool(1, 0, members[0], 16, 7)).to.have.length(2);
+    });
+
+    it("takes a pool of at most count + 1 whole, from the seeded start, without the excluded node", async function () {
+      const { registry, members } = await poolOf(4);
+      for (let seed = 0; seed < 8; seed++) {
+        const got = await registry.samplePool(1, 0, members[1], 3, seed);
+        expect(got).to.deep.equal(await expectedSample(registry, 0, members[1], 3, seed));
+        expect([...got].sort()).to.deep.equal([members[0], members[2], members[3]].sort());
+      }
+      // The excluded node is not in the pool: the first three from the seeded start.
+      const got = await registry.samplePool(1, 0, ethers.ZeroAddress, 3, 2);
+      expect(got).to.deep.equal([members[2], members[3], members[0]]);
+      // Only the excluded node pooled: nothing to draw.
+      const single = await poolOf(1);
+      expect(await single.registry.samplePool(1, 0, single.members[0], 3, 5)).to.deep.equal([]);
+    });
+
+    it("probes a larger pool at random: distinct nodes, never the excluded one, as the mirror predicts", async function () {
+      const { registry, members } = await poolOf(10);
+      let short = 0;
+      for (let seed = 0; seed < 40; seed++) {
+        const exclude = members[seed % 10];
+        const got = await registry.samplePool(1, 0, exclude, 3, seed);
+        expect(got).to.deep.equal(await expectedSample(registry, 0, exclude, 3, seed));
+        expect(new Set(got).size).to.equal(got.length);
+        expect(got).to.not.include(exclude);
+        for (const node of got) expect(members).to.include(node);
+        if (got.length < 3) short++;
+      }
+      expect(short).to.be.lessThan(4); // 12 probes among 9 others rarely miss a third distinct node
+    });
+
+    it("counts only pooled nodes: deactivated or under-staked ones are never drawn", async function () {
+      const { registry, rest, members } = await poolOf(6);
+      await registry.connect(rest[0]).deactivate();
+      await registry.connect(rest[1]).unbond(1n);
+      for (let seed = 0; seed < 10; seed++) {
+        const got = await registry.samplePool(1, 0, ethers.ZeroAddress, 3, seed);
+        expect(got).to.not.include(members[0]);
+        expect(got).to.not.include(members[1]);
+        expect(got).to.have.length(3); // 4 pooled <= 3 + 1: taken whole
+      }
+    });
+  });
+
   describe("views", function () {
     it("getModel rejects an unknown model", async function () {
       const { registry } = await loadFixture(modelFixture);

@@ -10,26 +10,53 @@ const PARAMS = {
   disputeTimeout: 3600,
   missSlashBps: 1000,
   fraudSlashBps: 5000,
+  auditRateBps: 0,
+};
+
+/// AuditCourt parameters of the court fixtures (disputeTimeout 3600 >= 300 + 300 + 2).
+const COURT_PARAMS = {
+  verifiersPerPosition: 3,
+  verifierBond: ethers.parseEther("0.01"),
+  commitWindow: 300,
+  revealWindow: 300,
+  rewardBps: 5000,
 };
 
 const ZERO_HASH = ethers.ZeroHash;
 
-/// Deploys NodeRegistry then JobMarket; the registry is bound to the JobMarket's predicted address.
-async function deployMarket({ auditor = ethers.ZeroAddress, params = PARAMS } = {}) {
+/// Deploys NodeRegistry, JobMarket and (with `court`) the AuditCourt from one account, each bound to the
+/// next one's predicted CREATE address: the registry to the market, the market's auditor to the court.
+/// `params` and `court` (true or an object) override PARAMS and COURT_PARAMS field by field.
+async function deployMarket({ auditor = ethers.ZeroAddress, params = {}, court = false } = {}) {
+  params = { ...PARAMS, ...params };
+  const courtParams = court ? { ...COURT_PARAMS, ...(court === true ? {} : court) } : undefined;
   const [deployer] = await ethers.getSigners();
   const nonce = await ethers.provider.getTransactionCount(deployer.address);
   const predicted = ethers.getCreateAddress({ from: deployer.address, nonce: nonce + 1 });
+  const predictedCourt = ethers.getCreateAddress({ from: deployer.address, nonce: nonce + 2 });
   const registry = await ethers.deployContract("NodeRegistry", [predicted, params.minStake, params.unbondingDelay]);
   const market = await ethers.deployContract("JobMarket", [
     await registry.getAddress(),
-    auditor,
+    court ? predictedCourt : auditor,
     params.commitTimeout,
     params.challengeWindow,
     params.disputeTimeout,
     params.missSlashBps,
     params.fraudSlashBps,
+    params.auditRateBps,
   ]);
-  return { registry, market, params };
+  let auditCourt;
+  if (court) {
+    auditCourt = await ethers.deployContract("AuditCourt", [
+      await market.getAddress(),
+      courtParams.verifiersPerPosition,
+      courtParams.verifierBond,
+      courtParams.commitWindow,
+      courtParams.revealWindow,
+      courtParams.rewardBps,
+    ]);
+  }
+  return { registry, market, court: auditCourt, params, courtParams };
 }
 
 const ENVELOPE_TYPES = {
@@ -208,14 +235,43 @@ function signerOf(nodes, address) {
   return s;
 }
 
-/// Commits every route position in order; position 0 carries `rcpt`, the others NO_RECEIPT.
-async function commitAll(market, nodes, job, rcpt = NO_RECEIPT) {
+/// Commitment to the frames crossing boundary `b` of a job (b = 0: client -> position 0; b = i: position
+/// i - 1 -> position i). An honest position p commits (link(p), link(p + 1)).
+function link(jobId, b) {
+  return ethers.id(`link-${jobId}-${b}`);
+}
+
+/// Commits every route position in order; position 0 carries `rcpt`, the others NO_RECEIPT. Commitments
+/// link up (output of p == input of p + 1) unless `breakAt` names a boundary whose input side lies.
+async function commitAll(market, nodes, job, rcpt = NO_RECEIPT, { breakAt } = {}) {
   for (let i = 0; i < job.decoded.route.length; i++) {
     const node = signerOf(nodes, job.decoded.route[i].node);
-    await market
-      .connect(node)
-      .commit(job.jobId, job.terms, i, ethers.id(`in-${job.jobId}-${i}`), ethers.id(`out-${job.jobId}-${i}`), i === 0 ? rcpt : NO_RECEIPT);
+    const input = i === breakAt ? ethers.id(`bad-${job.jobId}-${i}`) : link(job.jobId, i);
+    await market.connect(node).commit(job.jobId, job.terms, i, input, link(job.jobId, i + 1), i === 0 ? rcpt : NO_RECEIPT);
   }
+}
+
+/// The JobMarket's link term of a commitment on one side of boundary b: keccak(abi.encode(jobId, b, c)).
+function linkTerm(jobId, b, commitment) {
+  return ethers.keccak256(ethers.AbiCoder.defaultAbiCoder().encode(["uint256", "uint8", "bytes32"], [jobId, b, commitment]));
+}
+
+/// Whether the JobMarket's last commit samples the job for an audit at this prevrandao and rate.
+function isSampled(prevrandao, jobId, rateBps) {
+  const coder = ethers.AbiCoder.defaultAbiCoder();
+  const draw = BigInt(ethers.keccak256(coder.encode(["uint256", "uint256", "string"], [prevrandao, jobId, "audit"])));
+  return draw % 10_000n < BigInt(rateBps);
+}
+
+/// Accounts beyond Hardhat's 20 signers: fresh keys, funded.
+async function fundedWallets(n, label = "wallet", funding = ethers.parseEther("100")) {
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const wallet = new ethers.Wallet(ethers.id(`splitmesh ${label} ${i}`), ethers.provider);
+    await setBalance(wallet.address, funding);
+    out.push(wallet);
+  }
+  return out;
 }
 
 /// Sum of the route prices x tokens for the positions in mask (all positions by default).
@@ -227,6 +283,7 @@ module.exports = {
   ENVELOPE_TYPES,
   domainOf,
   PARAMS,
+  COURT_PARAMS,
   ZERO_HASH,
   deployMarket,
   envelopeSignature,
@@ -244,6 +301,10 @@ module.exports = {
   submit,
   signerOf,
   commitAll,
+  link,
+  linkTerm,
+  isSampled,
+  fundedWallets,
   routeCost,
   Mode,
   contractClient,

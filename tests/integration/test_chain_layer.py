@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from eth_utils import keccak
 from web3 import Web3
 
-from splitmesh.chain import JobStatus, Marketplace, NodeStatus, Sender, terms_hash
-from splitmesh.chain.deploy import deployment_from_market, find_deployment, is_live, save_deployment
-from splitmesh.errors import ContractRevert
+from splitmesh.chain import Deployment, DeployParams, JobStatus, Marketplace, NodeStatus, Sender, terms_hash
+from splitmesh.chain.deploy import (
+    ZERO_ADDRESS,
+    deployment_from_market,
+    find_deployment,
+    is_live,
+    save_deployment,
+)
+from splitmesh.errors import ChainError, ConfigError, ContractRevert
 from splitmesh.signing import EMPTY_RECEIPT, EnvelopeSigner, recover_envelope_signer
 from tests.conftest import TEST_PARAMS, Actors, increase_time, tx_cost
 
 GWEI = 10**9
 PLAN = [0, 2, 5, 8]
+
+
+def link(job_id: int, boundary: int) -> bytes:
+    """Commitment to the frames crossing a boundary of a job: node p commits (link(p), link(p + 1))."""
+    return keccak(text=f"link-{job_id}-{boundary}")
 
 
 def setup_model_and_nodes(
@@ -36,7 +50,45 @@ def test_deployment_is_bound_and_remembered(w3: Web3, market: Marketplace, chain
     assert find_deployment(w3, chain.rpc_url) == d
     assert find_deployment(w3, "http://127.0.0.1:1") is None
     rebuilt = deployment_from_market(w3, d.market)
-    assert (rebuilt.registry, rebuilt.params) == (d.registry, d.params)
+    assert (rebuilt.registry, rebuilt.params, rebuilt.court) == (d.registry, d.params, ZERO_ADDRESS)
+    # An EOA auditor: no court was deployed, and the court wrappers say so.
+    assert not d.has_court and market.court is None
+    assert market.parameters()["audit_rate_bps"] == 0
+    with pytest.raises(ChainError, match="has no AuditCourt"):
+        market.get_audit(1)
+
+
+def test_deployment_files_from_before_the_court_still_load() -> None:
+    old = {
+        "chain_id": 31337,
+        "registry": "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+        "market": "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512",
+        "deployer": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
+        "block": 1,
+        "params": {"min_stake": 10**18, "commit_timeout": 60, "auditor": ZERO_ADDRESS},
+        "gas_used": {"NodeRegistry": 1, "JobMarket": 2},
+    }
+    d = Deployment.from_json(old)
+    assert (d.court, d.has_court, d.params.commit_timeout) == (ZERO_ADDRESS, False, 60)
+    assert d.params.audit_rate_bps == 0 and d.params.verifiers_per_position == 3
+    assert Deployment.from_json(d.to_json()) == d
+    court = replace(d, court="0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0")
+    assert Deployment.from_json(court.to_json()) == court and court.has_court
+
+
+def test_deploy_params_are_validated() -> None:
+    DeployParams().validate()
+    with pytest.raises(ConfigError, match="audit_rate_bps"):
+        DeployParams(audit_rate_bps=10_001).validate()
+    with pytest.raises(ConfigError, match="dispute_timeout must exceed"):
+        DeployParams(dispute_timeout=601, audit_commit_window=300, audit_reveal_window=300).validate()
+    DeployParams(dispute_timeout=602, audit_commit_window=300, audit_reveal_window=300).validate()
+    with pytest.raises(ConfigError, match="verifiers_per_position"):
+        DeployParams(verifiers_per_position=17).validate()
+    with pytest.raises(ConfigError, match="verifier_bond"):
+        DeployParams(verifier_bond=0).validate()
+    # With another account as the auditor no court is deployed: its parameters do not matter.
+    DeployParams(auditor=TEST_PARAMS.auditor, verifier_bond=0, dispute_timeout=60).validate()
 
 
 def test_model_and_node_views(market: Marketplace, actors: Actors) -> None:
@@ -118,10 +170,11 @@ def test_full_job_lifecycle_pays_exactly(w3: Web3, market: Marketplace, actors: 
             job.job_id,
             job.packed_terms,
             position,
-            b"\x01" * 32,
-            b"\x02" * 32,
+            link(job.job_id, position),
+            link(job.job_id, position + 1),
             receipt if position == 0 else EMPTY_RECEIPT,
         )
+    assert market.links_of(job.job_id) == b"\0" * 32  # the accumulator slot is freed at completion
     state = market.get_job(job.job_id)
     assert (state.status, state.committed_mask, state.billed_tokens) == (JobStatus.COMMITTED, 0b11, 61)
     with pytest.raises(ContractRevert, match="ChallengeWindowOpen"):
@@ -143,6 +196,31 @@ def test_full_job_lifecycle_pays_exactly(w3: Web3, market: Marketplace, actors: 
     assert market.balance(node.address) == before + 61 * 3 * GWEI - tx_cost(w3, wtx.receipt)
     with pytest.raises(ContractRevert, match="NothingToWithdraw"):
         market.withdraw_earnings(node)
+
+
+def test_commitments_that_do_not_link_up_dispute_the_job(
+    w3: Web3, market: Marketplace, actors: Actors
+) -> None:
+    model_id = setup_model_and_nodes(market, actors)
+    client = actors.clients[0]
+    job = market.submit_job(client, model_id, 1, 10, 2 * GWEI, escrow=30 * GWEI)
+    first, second = (_node_sender(actors, hop.node) for hop in job.terms.route)
+    market.commit(first, job.job_id, job.packed_terms, 0, link(job.job_id, 0), b"\x05" * 32, EMPTY_RECEIPT)
+    assert market.links_of(job.job_id) != b"\0" * 32
+    tx = market.commit(
+        second, job.job_id, job.packed_terms, 1, b"\x06" * 32, link(job.job_id, 2), EMPTY_RECEIPT
+    )
+    names = [name for name, _ in market.decode_receipt_events(tx.receipt)]
+    assert names == ["JobCommitted", "JobDisputed", "CommitmentsMismatched"]
+    state = market.get_job(job.job_id)
+    disputed_at = int(w3.eth.get_block(tx.block_number)["timestamp"])
+    assert (state.status, state.timestamp) == (JobStatus.DISPUTED, disputed_at)
+    assert [e["args"]["jobId"] for e in market.events("CommitmentsMismatched")] == [job.job_id]
+    # The EOA auditor of the test deployment settles it like a held job.
+    auditor = actors.auditor
+    resolved = market.resolve_dispute(auditor, job.job_id, job.packed_terms, 0)
+    assert dict(market.decode_receipt_events(resolved.receipt))["DisputeResolved"]["slashed"] == 0
+    assert market.get_job(job.job_id).status == JobStatus.FINALIZED
 
 
 def test_cancel_slashes_the_node_that_never_committed(w3: Web3, market: Marketplace, actors: Actors) -> None:

@@ -116,3 +116,42 @@ def test_launcher_refuses_a_busy_port_and_frees_its_port_on_stop() -> None:
     assert not chain.running
     with pytest.raises(ChainUnavailable):
         rpc_chain_id(url, timeout=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = save_random_model(
+        tiny_llama_config(vocab_size=49152, num_hidden_layers=6), tmp_path_factory.mktemp("tiny")
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(models_dir() / "SmolLM2-135M-Instruct" / name, model / name)
+    return model
+
+
+@pytest.mark.parametrize(("cheat", "verdict"), [(None, "honest"), ("garbage", "fraud")])
+def test_demo_with_audits_shows_the_verdict_the_slash_and_the_refund(
+    tiny_model: Path, cheat: str | None, verdict: str
+) -> None:
+    args = ["--model", str(tiny_model), "--nodes", "2", "--split", "2", "--max-new-tokens", "4"]
+    args += ["--no-reference", "--audit-rate", "1.0"] + (["--cheat", cheat] if cheat else [])
+    result = run_cli("demo", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "finalized"
+    assert data["verdict"] == verdict
+    audit = data["audit"]
+    assert [p["verdict"] for p in audit["positions"]] == ["fraud" if cheat else "honest", "honest"]
+    for position in audit["positions"]:
+        assert position["honest_votes"] + position["fraud_votes"] == len(position["verifiers"]) == 3
+        assert position["node"] not in position["verifiers"]
+    paid = sum(p["paid_wei"] for p in data["payments"])
+    if cheat:
+        stake = 2 * 10**18  # --stake default; fraudSlashBps default 5000
+        assert data["slashed_wei"] == stake // 2
+        assert data["payments"][0]["paid_wei"] == 0  # the cheater is not paid
+        # The client gets back the cheater's share of the escrow plus its part of the slash.
+        assert data["refund_wei"] == data["escrow_wei"] - paid + audit["slash_to_client_wei"]
+        assert audit["verifier_reward_wei"] + audit["slash_to_client_wei"] == data["slashed_wei"]
+    else:
+        assert data["slashed_wei"] == 0
+        assert data["refund_wei"] == data["escrow_wei"] - paid

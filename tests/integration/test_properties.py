@@ -12,9 +12,11 @@ model of both contracts next to it, and after every step checks:
    paid position, and the refund in JobFinalized/JobCancelled is escrow - paid (+ slashed on cancel);
 
 plus the model itself (every node's stake, unbonding, unlock time, earnings, pool membership; every job's
-status, commit mask, billed tokens, timestamp; credits) and the balance change of every account a
-transaction pays. A transaction either succeeds where the model says it must, or reverts with exactly the
-custom error the model predicts (ambiguous only where matching is random; see submit_job).
+status, commit mask, billed tokens, timestamp, commitment-link accumulator; credits) and the balance change
+of every account a transaction pays. Commits mostly link up (node p's output commitment is node p+1's
+input commitment); some lie, and the model predicts which last commits dispute their job. A transaction
+either succeeds where the model says it must, or reverts with exactly the custom error the model predicts
+(ambiguous only where matching is random; see submit_job).
 
 Block timestamps are pinned (evm_setNextBlockTimestamp), so the model knows block.timestamp exactly. Time-
 gated actions can be aimed 1 s before, on or 1 s after their window's edge, and every time-gated action,
@@ -25,6 +27,17 @@ Every example starts from the same chain state (set up once by the module fixtur
 job in every live status): the machine takes an evm_snapshot when it is created and reverts to it in
 teardown(). Settings are derandomized, so a run is reproducible; SPLITMESH_PROPERTY_EXAMPLES overrides the
 number of examples (100) for a deeper local run.
+
+A second machine, AuditMachine, runs the same rules against a deployment whose auditor is the AuditCourt
+(half of the completed jobs sampled for audit) and adds the court's: opening audits, committing and
+revealing votes (right, wrong, late, by strangers), resolving, withdrawing rewards. Its model predicts
+every verdict, slash, reward share and payout, and its invariant adds:
+
+5. AuditCourt balance == bonds held + credits (exact), each equal to the model's.
+
+Sampling and the verifier draw depend on prevrandao: the model reads it back from the mined block
+(`mixHash`) and checks the chain's choice against keccak(prevrandao, ...), and the drawn panel against
+NodeRegistry.samplePool. SPLITMESH_AUDIT_PROPERTY_EXAMPLES overrides its number of examples (20).
 """
 
 from __future__ import annotations
@@ -35,16 +48,18 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, cast
 
 import pytest
+from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 from eth_utils.abi import get_abi_output_types
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -54,9 +69,19 @@ from web3 import Web3
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
 
-from splitmesh.chain import HARDHAT_DEV_KEYS, Deployment, JobStatus, Marketplace, NodeStatus, Sender
+from splitmesh.chain import (
+    HARDHAT_DEV_KEYS,
+    AuditStatus,
+    Deployment,
+    JobStatus,
+    Marketplace,
+    NodeStatus,
+    Sender,
+    deploy,
+)
+from splitmesh.chain.deploy import ZERO_ADDRESS
 from splitmesh.chain.terms import JobTerms
-from splitmesh.chain.tx import TxResult, revert_from_exception
+from splitmesh.chain.tx import TxResult, call_view, revert_from_exception
 from splitmesh.errors import ContractRevert
 from splitmesh.signing import EMPTY_RECEIPT, EnvelopeSigner
 from tests.conftest import AUDITOR_KEY, TEST_PARAMS, increase_time, tx_cost
@@ -92,6 +117,18 @@ TIME_STEPS = (
 # node, or an EIP-7702 account, that cannot receive). Its key still signs transactions and receipts.
 REJECTING_CODE = "0x60006000fd"
 
+# The AuditMachine's deployment: the same windows, the AuditCourt as the auditor, half of the completed
+# jobs sampled. Two more node accounts (keys derived here, funded by the fixture) fill the verifier pools.
+COURT_PARAMS = replace(TEST_PARAMS, auditor=ZERO_ADDRESS, audit_rate_bps=5000)
+VERIFIERS = COURT_PARAMS.verifiers_per_position
+BOND = COURT_PARAMS.verifier_bond
+AUDIT_COMMIT = COURT_PARAMS.audit_commit_window
+AUDIT_REVEAL = COURT_PARAMS.audit_reveal_window
+REWARD_BPS = COURT_PARAMS.audit_reward_bps
+EXTRA_NODE_KEYS = tuple("0x" + keccak(text=f"splitmesh property node {i}").hex() for i in range(2))
+HONEST, FRAUD = 1, 2
+LIE = keccak(text="a commitment that links to nothing")
+
 JOB_ORDER = {
     JobStatus.OPEN: {
         JobStatus.OPEN,
@@ -112,6 +149,24 @@ def rpc(w3: Web3, method: str, params: list[Any]) -> Any:
     response = w3.provider.make_request(method, params)  # type: ignore[arg-type]
     assert "error" not in response, f"{method}{params}: {response['error']}"
     return response["result"]
+
+
+def link(job_id: int, boundary: int) -> bytes:
+    """An honest commitment to the frames crossing a boundary (position p commits link(p), link(p + 1))."""
+    return keccak(text=f"link-{job_id}-{boundary}")
+
+
+def link_term(job_id: int, boundary: int, commitment: bytes) -> int:
+    """JobMarket's term of one side of a boundary: keccak256(abi.encode(jobId, boundary, commitment))."""
+    return int.from_bytes(keccak(abi_encode(["uint256", "uint8", "bytes32"], [job_id, boundary, commitment])))
+
+
+def is_sampled(prevrandao: bytes, job_id: int, rate_bps: int) -> bool:
+    """JobMarket's audit draw at a job's last commit."""
+    if rate_bps == 0:
+        return False
+    draw = keccak(abi_encode(["uint256", "uint256", "string"], [int.from_bytes(prevrandao), job_id, "audit"]))
+    return int.from_bytes(draw) % BPS < rate_bps
 
 
 class BatchReader:
@@ -187,6 +242,7 @@ class JobModel:
     billed: int
     timestamp: int
     settled_events: int = 0  # JobFinalized + JobCancelled events seen for this job
+    commitments: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # position: (input, output)
 
     @property
     def hops(self) -> int:
@@ -196,6 +252,48 @@ class JobModel:
     def full_mask(self) -> int:
         return (1 << self.hops) - 1
 
+    def mismatched(self) -> bool:
+        """Some node's output commitment differs from the next node's input commitment."""
+        c = self.commitments
+        return any(c[p][1] != c[p + 1][0] for p in range(self.hops - 1))
+
+    def links(self) -> int:
+        """The JobMarket's link accumulator over the positions committed so far."""
+        acc = 0
+        for p, (given, sent) in self.commitments.items():
+            if p > 0:
+                acc ^= link_term(self.job_id, p, given)
+            if p < self.hops - 1:
+                acc ^= link_term(self.job_id, p + 1, sent)
+        return acc
+
+
+@dataclass
+class VoteModel:
+    verdict: int  # the verdict committed to (3 is invalid: such a vote can never be revealed)
+    salt: bytes
+    revealed: bool = False
+
+
+@dataclass
+class AuditModel:
+    job: JobModel
+    opened_at: int
+    panels: list[list[str]]  # verifiers drawn per route position
+    votes: dict[tuple[int, str], VoteModel] = field(default_factory=dict)  # (position, verifier)
+    resolved: bool = False
+
+    @property
+    def commit_deadline(self) -> int:
+        return self.opened_at + AUDIT_COMMIT
+
+    @property
+    def reveal_deadline(self) -> int:
+        return self.commit_deadline + AUDIT_REVEAL
+
+    def all_committed(self, position: int) -> bool:
+        return all((position, v) in self.votes for v in self.panels[position])
+
 
 @dataclass
 class Env:
@@ -204,6 +302,7 @@ class Env:
     w3: Web3
     deployment: Deployment
     model_id: int
+    node_keys: tuple[str, ...]  # nodes[i] is node_keys[i]'s
     nodes: list[NodeModel]
     jobs: list[JobModel]
     credits: dict[str, int]  # JobMarket credit of each client
@@ -239,33 +338,38 @@ def _read_node(m: Marketplace, address: str) -> tuple[NodeModel, bool]:
 # -------------------------------------------------------------------------------------------- fixture
 
 
-@pytest.fixture(scope="module")
-def market_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
-    """A model, six node accounts in various states and four jobs in every live status, then reverted."""
-    snap = rpc(w3, "evm_snapshot", [])
+def _build_env(w3: Web3, deployment: Deployment, node_keys: tuple[str, ...]) -> Env:
+    """A model, node accounts in various states and four jobs in every live status."""
     m = Marketplace(w3, deployment)
     # The exact ledger invariants assume the deployment is as deployed (every other test reverts its state).
     assert m.job_count() == 0 and m.balance(deployment.registry) == 0 and m.balance(deployment.market) == 0
-    s = [Sender(w3, key, m.chain_id) for key in HARDHAT_DEV_KEYS]
-    nodes, clients, auditor = s[1:7], s[7:9], s[9]
+    chain_id = m.chain_id
+    deployer = Sender(w3, HARDHAT_DEV_KEYS[0], chain_id)
+    nodes = [Sender(w3, key, chain_id) for key in node_keys]
+    clients = [Sender(w3, key, chain_id) for key in CLIENT_KEYS]
+    auditor = Sender(w3, AUDITOR_KEY, chain_id)
+    rate = deployment.params.audit_rate_bps
     model_id, _ = m.register_model(
         nodes[0], "props-model", keccak(text="props-model weights"), PLAN[-1], PLAN
     )
     # (shard, price, stake): two nodes in the pool of shard 1, three in that of shard 2 (so that leaving
-    # exercises the pool's swap-and-pop from the middle), node 6 unregistered.
-    for sender, (shard, price, stake) in zip(
-        nodes,
-        [
-            (1, PRICES[0], 2 * ETHER),
-            (1, PRICES[1], ETHER),
-            (2, PRICES[0], ETHER),
-            (2, PRICES[2], 3 * ETHER),
-            (2, PRICES[1], ETHER + ETHER // 4),
-        ],
-        strict=False,
-    ):
-        m.register_node(sender, model_id, shard, f"http://{sender.address[:10]}.test", price, stake=stake)
-    signers = [EnvelopeSigner(c.account.key, m.chain_id, deployment.market) for c in clients]
+    # exercises the pool's swap-and-pop from the middle), node 6 unregistered; the court deployment's two
+    # extra nodes join shards 1 and 2, so audits have panels to draw.
+    configs: list[tuple[int, int, int] | None] = [
+        (1, PRICES[0], 2 * ETHER),
+        (1, PRICES[1], ETHER),
+        (2, PRICES[0], ETHER),
+        (2, PRICES[2], 3 * ETHER),
+        (2, PRICES[1], ETHER + ETHER // 4),
+        None,
+        (1, PRICES[2], ETHER),
+        (2, PRICES[1], 2 * ETHER),
+    ]
+    for sender, config in zip(nodes, configs, strict=False):
+        if config is not None:
+            shard, price, stake = config
+            m.register_node(sender, model_id, shard, f"http://{sender.address[:10]}.test", price, stake=stake)
+    signers = [EnvelopeSigner(c.account.key, chain_id, deployment.market) for c in clients]
 
     def submit(client: int, first_shard: int, max_tokens: int) -> tuple[int, JobTerms, bytes]:
         job = m.submit_job(
@@ -273,11 +377,19 @@ def market_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
         )
         return job.job_id, job.terms, job.packed_terms
 
-    def commit(job: tuple[int, JobTerms, bytes], client: int, position: int, tokens: int) -> None:
+    def commit(
+        job: tuple[int, JobTerms, bytes], client: int, position: int, tokens: int, lie: bool = False
+    ) -> None:
         job_id, terms, packed = job
         by = next(x for x in nodes if x.address == terms.route[position].node)
         receipt = signers[client].sign(job_id, tokens, tokens, keccak(b"frame")).as_receipt()
-        m.commit(by, job_id, packed, position, keccak(b"in"), keccak(b"out"), receipt)
+        # Pin a prevrandao the audit draw passes over: the set-up jobs must land in the planned status.
+        randao = next(
+            r.to_bytes(32) for r in itertools.count(1) if not is_sampled(r.to_bytes(32), job_id, rate)
+        )
+        rpc(w3, "hardhat_setPrevRandao", ["0x" + randao.hex()])
+        given = LIE if lie else link(job_id, position)
+        m.commit(by, job_id, packed, position, given, link(job_id, position + 1), receipt)
 
     # History: node 5 has unlocked unbonding (and exactly minStake left), nodes have earnings, client 1
     # has a credited refund.
@@ -287,7 +399,7 @@ def market_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
     commit(paid, 1, 0, 4)
     commit(paid, 1, 1, 4)
     increase_time(w3, CHALLENGE_WINDOW)
-    m.finalize(s[0], paid[0], paid[2])  # Finalized; the refund to client 1 is credited
+    m.finalize(deployer, paid[0], paid[2])  # Finalized; the refund to client 1 is credited
     rpc(w3, "hardhat_setCode", [clients[1].address, "0x"])
     increase_time(w3, UNBONDING_DELAY + 1)
 
@@ -299,8 +411,11 @@ def market_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
     commit(done, 0, 0, 5)  # Committed (one hop), challenge window running
     held = submit(1, 1, 12)
     commit(held, 1, 0, 9)
-    commit(held, 1, 1, 12)
-    m.hold_for_audit(auditor, held[0], held[2])  # Disputed
+    if deployment.has_court:
+        commit(held, 1, 1, 12, lie=True)  # Disputed: its commitments do not link up
+    else:
+        commit(held, 1, 1, 12)
+        m.hold_for_audit(auditor, held[0], held[2])  # Disputed: held by the (EOA) auditor
     # The disputed job's first node unbonds nearly all its stake after being matched: a slash for it must
     # reach into its unbonding (stake first, then unbonding).
     heavy = next(x for x in nodes if x.address == held[1].route[0].node)
@@ -309,6 +424,13 @@ def market_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
     jobs = []
     for job_id in range(1, m.job_count() + 1):
         sub, state = m.job_submitted(job_id), m.get_job(job_id)
+        commitments = {
+            int(e["args"]["position"]): (
+                bytes(e["args"]["inputCommitment"]),
+                bytes(e["args"]["outputCommitment"]),
+            )
+            for e in m.events("JobCommitted", jobId=job_id)
+        }
         jobs.append(
             JobModel(
                 job_id,
@@ -319,18 +441,44 @@ def market_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
                 state.billed_tokens,
                 state.timestamp,
                 int(state.status in SETTLED),
+                commitments,
             )
         )
-    env = Env(
+    assert [j.status for j in jobs] == [
+        JobStatus.FINALIZED,
+        JobStatus.OPEN,
+        JobStatus.OPEN,
+        JobStatus.COMMITTED,
+        JobStatus.DISPUTED,
+    ]
+    return Env(
         w3=w3,
         deployment=deployment,
         model_id=model_id,
+        node_keys=node_keys,
         nodes=[_read_node(m, x.address)[0] for x in nodes],
         jobs=jobs,
         credits={c.address: m.credit_of(c.address) for c in clients},
         start_time=int(w3.eth.get_block("latest")["timestamp"]),
     )
-    yield env
+
+
+@pytest.fixture(scope="module")
+def market_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
+    """The session deployment (an EOA auditor) set up by _build_env, then reverted."""
+    snap = rpc(w3, "evm_snapshot", [])
+    yield _build_env(w3, deployment, NODE_KEYS)
+    assert rpc(w3, "evm_revert", [snap]) is True
+
+
+@pytest.fixture(scope="module")
+def court_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
+    """A deployment of its own with the AuditCourt as the auditor, set up by _build_env, then reverted."""
+    snap = rpc(w3, "evm_snapshot", [])
+    court = deploy(w3, Sender(w3, HARDHAT_DEV_KEYS[0]), COURT_PARAMS)
+    for key in EXTRA_NODE_KEYS:
+        rpc(w3, "hardhat_setBalance", [Sender(w3, key).address, hex(10_000 * ETHER)])
+    yield _build_env(w3, court, (*NODE_KEYS, *EXTRA_NODE_KEYS))
     assert rpc(w3, "evm_revert", [snap]) is True
 
 
@@ -345,6 +493,7 @@ node_pick = st.integers(min_value=0, max_value=2**16)
 class MarketMachine(RuleBasedStateMachine):
     env: ClassVar[Env | None] = None
     stats: ClassVar[Stats] = Stats()
+    eoa_auditor: ClassVar[bool] = True  # the auditor is dev account 9 (False: the AuditCourt)
 
     def __init__(self) -> None:
         super().__init__()
@@ -356,7 +505,7 @@ class MarketMachine(RuleBasedStateMachine):
         self.m = Marketplace(self.w3, env.deployment)
         chain_id = self.m.chain_id
         # Fresh Senders: their nonce caches would be stale after the previous example's revert.
-        self.node_senders = [Sender(self.w3, key, chain_id) for key in NODE_KEYS]
+        self.node_senders = [Sender(self.w3, key, chain_id) for key in env.node_keys]
         self.client_senders = [Sender(self.w3, key, chain_id) for key in CLIENT_KEYS]
         self.auditor = Sender(self.w3, AUDITOR_KEY, chain_id)
         self.deployer = Sender(self.w3, HARDHAT_DEV_KEYS[0], chain_id)
@@ -371,6 +520,11 @@ class MarketMachine(RuleBasedStateMachine):
         self.rejecting: set[str] = set()
         self.now = env.start_time
         self.pools_dirty = True
+        self.audit_rate_bps = env.deployment.params.audit_rate_bps
+        # The AuditCourt's ledger (AuditMachine only): bonds held and credits per account.
+        self.audits: dict[int, AuditModel] = {}
+        self.bonds_held = 0
+        self.court_credits: dict[str, int] = {}
         self.stats.examples += 1
 
     def teardown(self) -> None:
@@ -423,12 +577,13 @@ class MarketMachine(RuleBasedStateMachine):
         expect_at: Callable[[int], str | None],
         edge: int | None,
         when: str,
+        value: int = 0,
     ) -> None:
         """Check a time window's edge (see _probe), then, for `when` before / on / after, move the clock so
         that the real transaction lands there too."""
         if edge is None:
             return
-        self._probe(label, sender, fn, expect_at, edge)
+        self._probe(label, sender, fn, expect_at, edge, value)
         if when != "now":
             target = edge + {"before": -1, "on": 0, "after": 1}[when]
             self.now = max(self.now, target - 1)
@@ -440,6 +595,7 @@ class MarketMachine(RuleBasedStateMachine):
         fn: ContractFunction,
         expect_at: Callable[[int], str | None],
         edge: int,
+        value: int = 0,
     ) -> None:
         """Dry-run a call 1 s before, on and 1 s after a window edge (those still ahead); require the model's
         outcome at each instant: the boundary must sit exactly where the model puts it.
@@ -452,7 +608,7 @@ class MarketMachine(RuleBasedStateMachine):
                 continue
             rpc(self.w3, "evm_setNextBlockTimestamp", [ts])
             try:
-                fn.estimate_gas({"from": sender.address}, block_identifier="pending")
+                fn.estimate_gas({"from": sender.address, "value": value}, block_identifier="pending")
                 got = None
             except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
                 error = revert_from_exception(exc)
@@ -677,10 +833,9 @@ class MarketMachine(RuleBasedStateMachine):
         # The next transaction's block is pinned at now + 1, so no block needs mining here.
         self.now += seconds
 
-    @rule(k=st.integers(0, 2**16), offset=st.sampled_from([-1, 0, 1]))
-    def advance_to_boundary(self, k: int, offset: int) -> None:
-        """Jump so that the next transaction lands one second before, on, or after a live deadline."""
-        boundaries = [n.unlock_at for n in self.nodes if n.unbonding] + [
+    def _boundaries(self) -> list[int]:
+        """Every live deadline: unbonding unlocks and the window edges of unsettled jobs."""
+        return [n.unlock_at for n in self.nodes if n.unbonding] + [
             job.timestamp
             + {
                 JobStatus.OPEN: COMMIT_TIMEOUT,
@@ -690,6 +845,11 @@ class MarketMachine(RuleBasedStateMachine):
             for job in self.jobs
             if job.status not in SETTLED
         ]
+
+    @rule(k=st.integers(0, 2**16), offset=st.sampled_from([-1, 0, 1]))
+    def advance_to_boundary(self, k: int, offset: int) -> None:
+        """Jump so that the next transaction lands one second before, on, or after a live deadline."""
+        boundaries = self._boundaries()
         future = sorted(b + offset - 1 for b in boundaries if b + offset - 1 >= self.now)
         if future:
             self.now = future[k % len(future)]
@@ -815,7 +975,9 @@ class MarketMachine(RuleBasedStateMachine):
         tokens: int,
         signed: bool,
         at: str,
+        lie: bool = False,
     ) -> bool:
+        """One commit; the node's input commitment links to the previous output unless it lies."""
         client = [s.address for s in self.client_senders].index(job.terms.client)
         receipt = (
             self.signers[client]
@@ -824,9 +986,8 @@ class MarketMachine(RuleBasedStateMachine):
             if signed
             else EMPTY_RECEIPT
         )
-        fn = self.m.market.functions.commit(
-            job.job_id, job.packed, position, keccak(b"in"), keccak(b"out"), receipt
-        )
+        given, sent = (LIE if lie else link(job.job_id, position)), link(job.job_id, position + 1)
+        fn = self.m.market.functions.commit(job.job_id, job.packed, position, given, sent, receipt)
         self._probe_and_jump(
             rule_name,
             by,
@@ -840,9 +1001,7 @@ class MarketMachine(RuleBasedStateMachine):
         out = self._attempt(
             rule_name,
             by,
-            lambda: self.m.commit(
-                by, job.job_id, job.packed, position, keccak(b"in"), keccak(b"out"), receipt
-            ),
+            lambda: self.m.commit(by, job.job_id, job.packed, position, given, sent, receipt),
             expect,
         )
         if not out:
@@ -850,13 +1009,27 @@ class MarketMachine(RuleBasedStateMachine):
         if receipt[1] > job.billed:
             job.billed = receipt[1]
         job.mask |= 1 << position
+        job.commitments[position] = (given, sent)
+        disputes: list[str] = []
         if job.mask == job.full_mask:
-            job.status, job.timestamp = JobStatus.COMMITTED, t
+            # The last commit decides: mismatched links, else the audit draw on this block's prevrandao.
+            randao = bytes(self.w3.eth.get_block(out.tx.block_number)["mixHash"])
+            if job.mismatched():
+                disputes = ["JobDisputed", "CommitmentsMismatched"]
+                self.stats.outcomes["(commitments mismatched)"] += 1
+            elif is_sampled(randao, job.job_id, self.audit_rate_bps):
+                disputes = ["JobDisputed", "AuditSampled"]
+                self.stats.outcomes["(job sampled)"] += 1
+            job.status = JobStatus.DISPUTED if disputes else JobStatus.COMMITTED
+            job.timestamp = t
             self._probe_windows(job)
         events = out.named("JobCommitted")
         assert (
             len(events) == 1 and events[0]["billedTokens"] == job.billed and events[0]["position"] == position
         )
+        assert [name for name, _ in out.events if name != "JobCommitted"] == disputes
+        for name in disputes:
+            assert out.named(name) == [{"jobId": job.job_id}]
         self._check_deltas(rule_name, out, {})
         return True
 
@@ -867,10 +1040,12 @@ class MarketMachine(RuleBasedStateMachine):
         tokens=st.integers(0, 2**16),
         signed=st.sampled_from([True, True, True, False]),
         at=when,
+        lie=st.sampled_from([False] * 5 + [True]),
     )
     @precondition(lambda self: self._committable())
-    def commit(self, k: int, where: str, who: str, tokens: int, signed: bool, at: str) -> None:
-        """One node commits with the client's receipt (tokens <= maxTokens) or an empty receipt."""
+    def commit(self, k: int, where: str, who: str, tokens: int, signed: bool, at: str, lie: bool) -> None:
+        """One node commits with the client's receipt (tokens <= maxTokens) or an empty receipt; its input
+        commitment links to the previous node's output, or lies."""
         jobs = self._committable()
         job = jobs[k % len(jobs)]
         uncommitted = [i for i in range(job.hops) if not job.mask >> i & 1]
@@ -884,19 +1059,20 @@ class MarketMachine(RuleBasedStateMachine):
         by = next(
             s for s in self.node_senders if (s.address == owner) == (who == "route" and owner is not None)
         )
-        self._commit("commit", job, position, by, tokens % (job.terms.max_tokens + 1), signed, at)
+        self._commit("commit", job, position, by, tokens % (job.terms.max_tokens + 1), signed, at, lie)
 
-    @rule(k=job_pick, tokens=st.integers(0, 2**16), at=when)
+    @rule(k=job_pick, tokens=st.integers(0, 2**16), at=when, liar=st.sampled_from([None, None, None, 0, 1]))
     @precondition(lambda self: self._committable())
-    def commit_all(self, k: int, tokens: int, at: str) -> None:
-        """Every node of the route that has not committed yet commits (the client's last receipt)."""
+    def commit_all(self, k: int, tokens: int, at: str, liar: int | None) -> None:
+        """Every node of the route that has not committed yet commits (the client's last receipt); the
+        `liar` position's input commitment does not link up (at position 0 it is no link: no dispute)."""
         jobs = self._committable()
         job = jobs[k % len(jobs)]
         tokens %= job.terms.max_tokens + 1
         for position in range(job.hops):
             if not job.mask >> position & 1 or job.status != JobStatus.OPEN:
                 node = self._sender_of(job.terms.route[position].node)
-                if not self._commit("commit_all", job, position, node, tokens, True, at):
+                if not self._commit("commit_all", job, position, node, tokens, True, at, position == liar):
                     break  # a late or settled job: the other positions would revert the same way
 
     @rule(k=job_pick, extra=st.integers(1, 2**16))
@@ -1023,9 +1199,8 @@ class MarketMachine(RuleBasedStateMachine):
         jobs = self._live(JobStatus.COMMITTED)
         self._hold_for_audit(jobs[k % len(jobs)], as_auditor, at)
 
-    @staticmethod
-    def _hold_expect(job: JobModel, t: int, as_auditor: bool) -> str | None:
-        if not as_auditor:
+    def _hold_expect(self, job: JobModel, t: int, as_auditor: bool) -> str | None:
+        if not as_auditor or not self.eoa_auditor:
             return "NotAuditor"
         if job.status != JobStatus.COMMITTED:
             return "WrongJobStatus"
@@ -1059,7 +1234,7 @@ class MarketMachine(RuleBasedStateMachine):
         sender = self.auditor if as_auditor else self.node_senders[0]
         self._tick()
         expect: str | None
-        if not as_auditor:
+        if not as_auditor or not self.eoa_auditor:
             expect = "NotAuditor"
         elif job.status != JobStatus.DISPUTED:
             expect = "WrongJobStatus"
@@ -1099,7 +1274,7 @@ class MarketMachine(RuleBasedStateMachine):
         job = self.jobs[k % len(self.jobs)]
         if action == "commit":
             by = self._sender_of(job.terms.route[0].node)
-            self._commit("commit", job, 0, by, 0, False, at)
+            self._commit("commit", job, 0, by, 0, False, at)  # position 0's input is no link
         elif action == "finalize":
             self._finalize(job, caller, at)
         elif action == "cancel":
@@ -1157,6 +1332,7 @@ class MarketMachine(RuleBasedStateMachine):
         node_reads = [batch.call(reg.getNode(n.address)) for n in self.nodes]
         job_count = batch.call(mkt.jobCount())
         job_reads = [batch.call(mkt.getJob(j.job_id)) for j in self.jobs]
+        link_reads = [batch.call(mkt.linksOf(j.job_id)) for j in self.jobs]
         total_credits_read = batch.call(mkt.totalCredits())
         credit_reads = {a: batch.call(mkt.creditOf(a)) for a in self.credits}
         pool_sizes = (
@@ -1164,6 +1340,14 @@ class MarketMachine(RuleBasedStateMachine):
             if self.pools_dirty
             else []
         )
+        court = m.court
+        if court is not None:
+            cf = court.functions
+            court_balance = batch.balance(court.address)
+            bonds_read = batch.call(cf.bondsHeld())
+            court_credits_read = batch.call(cf.totalCredits())
+            court_credit_reads = {a: batch.call(cf.creditOf(a)) for a in self.court_credits}
+            audit_reads = {j: batch.call(cf.getAudit(j)) for j in self.audits}
         r = batch.run()
 
         chain_nodes = []
@@ -1200,7 +1384,7 @@ class MarketMachine(RuleBasedStateMachine):
         # (3) job statuses only move forward; every job matches the model.
         assert r[job_count][0] == len(self.jobs)
         escrowed = 0
-        for job, i in zip(self.jobs, job_reads, strict=True):
+        for job, i, li in zip(self.jobs, job_reads, link_reads, strict=True):
             (_hash, status, mask, billed, timestamp) = r[i][0]
             status = JobStatus(status)
             last = self.last_status[job.job_id]
@@ -1211,6 +1395,9 @@ class MarketMachine(RuleBasedStateMachine):
             )
             # (4) a job settles (JobFinalized or JobCancelled) at most once; once settled, exactly once.
             assert job.settled_events == (1 if status in SETTLED else 0), f"job {job.job_id} settlements"
+            # The link accumulator: the XOR of the committed terms while Open, freed afterwards.
+            links = int.from_bytes(r[li][0])
+            assert links == (job.links() if status == JobStatus.OPEN else 0), f"job {job.job_id} links"
             if status not in SETTLED:
                 escrowed += job.terms.escrow
 
@@ -1224,6 +1411,495 @@ class MarketMachine(RuleBasedStateMachine):
             f"JobMarket balance {r[market_balance]} != escrow {escrowed} + credits {total_credits} "
             f"+ earnings {earnings}"
         )
+
+        if court is None:
+            return
+        # (5) the court holds exactly the bonds of unrevealed votes plus its credits, as the model says.
+        bonds, credits = r[bonds_read][0], r[court_credits_read][0]
+        assert (bonds, credits) == (self.bonds_held, sum(self.court_credits.values())), (
+            f"court: chain {bonds} bonds, {credits} credits; model {self.bonds_held}, {self.court_credits}"
+        )
+        assert r[court_balance] == bonds + credits, (
+            f"AuditCourt balance {r[court_balance]} != {bonds} + {credits}"
+        )
+        for address, i in court_credit_reads.items():
+            assert r[i][0] == self.court_credits[address], f"court credit of {address}"
+        for job_id, i in audit_reads.items():
+            status, hops, _unverifiable, _fraud, opened_at, *_ = r[i][0]
+            audit = self.audits[job_id]
+            want = AuditStatus.RESOLVED if audit.resolved else AuditStatus.OPEN
+            assert (status, hops, opened_at) == (want, audit.job.hops, audit.opened_at), f"audit of {job_id}"
+
+
+# ---------------------------------------------------------------------------------------- audit machine
+
+verdict_pick = st.sampled_from([HONEST, FRAUD, FRAUD, 3])  # 3: an invalid verdict, never revealable
+stop_pick = st.sampled_from(["withdraw", "withdraw", "resolve", "commit", "reveal"])
+plan_pick = st.lists(st.sampled_from([HONEST, HONEST, FRAUD, FRAUD, "silent", None]), min_size=6, max_size=6)
+
+
+class AuditMachine(MarketMachine):
+    """MarketMachine on the AuditCourt deployment, plus the court's rules and ledger."""
+
+    eoa_auditor = False
+
+    def _boundaries(self) -> list[int]:
+        """Also the audit deadlines: latest opening of a disputed job, commit and reveal deadlines."""
+        out = super()._boundaries()
+        for job in self._live(JobStatus.DISPUTED):
+            if job.job_id not in self.audits:
+                out.append(self._latest_open(job))
+        for audit in self.audits.values():
+            if not audit.resolved:
+                out += [audit.commit_deadline, audit.reveal_deadline]
+        return out
+
+    def _pick_audit(self, k: int, wanted: Callable[[AuditModel], bool]) -> AuditModel:
+        """An audit for which the action can succeed, three times in four when there is one."""
+        audits = list(self.audits.values())
+        candidates = [a for a in audits if wanted(a)]
+        if not candidates or k % 4 == 3:
+            candidates = audits
+        return candidates[(k // 4) % len(candidates)]
+
+    @property
+    def court(self) -> Any:
+        assert self.m.court is not None
+        return self.m.court
+
+    # ----------------------------------------------------------------- openAudit
+
+    @staticmethod
+    def _latest_open(job: JobModel) -> int:
+        return job.timestamp + DISPUTE_TIMEOUT - AUDIT_COMMIT - AUDIT_REVEAL - 2
+
+    def _open_expect(self, job: JobModel, t: int) -> str | None:
+        if job.job_id in self.audits:
+            return "AuditAlreadyOpened"
+        if job.status != JobStatus.DISPUTED:
+            return "JobNotDisputed"
+        return "AuditTooLate" if t > self._latest_open(job) else None
+
+    @rule(k=job_pick, fresh=st.sampled_from([True, True, True, False]), at=when)
+    def open_audit(self, k: int, fresh: bool, at: str) -> None:
+        candidates = [j for j in self._live(JobStatus.DISPUTED) if j.job_id not in self.audits]
+        jobs = candidates if fresh and candidates else self.jobs
+        self._open_audit(jobs[k % len(jobs)], at)
+
+    def _open_audit(self, job: JobModel, at: str) -> AuditModel | None:
+        sender = self.deployer  # anyone may open an audit
+        edge = (
+            self._latest_open(job)
+            if job.status == JobStatus.DISPUTED and job.job_id not in self.audits
+            else None
+        )
+        fn = self.court.functions.openAudit(job.job_id, job.packed)
+        self._probe_and_jump("open_audit", sender, fn, lambda t: self._open_expect(job, t), edge, at)
+        t = self._tick()
+        # Whom the draw may pick: pooled nodes of the position's shard (the call changes no membership).
+        pools = [
+            [n.address for n in self.nodes if n.pooled and n.shard == job.terms.first_shard + p]
+            for p in range(job.hops)
+        ]
+        out = self._attempt(
+            "open_audit",
+            sender,
+            lambda: self.m.open_audit(sender, job.job_id, job.packed),
+            self._open_expect(job, t),
+        )
+        if not out:
+            return None
+        randao = int.from_bytes(bytes(self.w3.eth.get_block(out.tx.block_number)["mixHash"]))
+        opened = out.named("AuditOpened")
+        assert [e["position"] for e in opened] == list(range(job.hops))
+        panels = []
+        for p, event in enumerate(opened):
+            node = job.terms.route[p].node
+            verifiers = [to_checksum_address(v) for v in event["verifiers"]]
+            others = [a for a in pools[p] if a != node]
+            assert event["node"] == node
+            assert len(set(verifiers)) == len(verifiers) and set(verifiers) <= set(others), (
+                verifiers,
+                others,
+            )
+            if len(pools[p]) <= VERIFIERS + 1:  # taken whole
+                assert len(verifiers) == min(VERIFIERS, len(others))
+            else:  # random probes: at least one of the many others, at most k
+                assert 1 <= len(verifiers) <= VERIFIERS
+            seed = int.from_bytes(
+                keccak(abi_encode(["uint256", "uint256", "uint256"], [randao, job.job_id, p]))
+            )
+            sample = self.m.registry.functions.samplePool(
+                self.model_id, job.terms.first_shard + p, node, VERIFIERS, seed
+            )
+            assert [to_checksum_address(v) for v in call_view(sample)] == verifiers
+            self.stats.outcomes["(unverifiable position)" if not verifiers else "(panel drawn)"] += 1
+            panels.append(verifiers)
+        audit = AuditModel(job, t, panels)
+        self.audits[job.job_id] = audit
+        self._check_deltas("open_audit", out, {})
+        return audit
+
+    # ----------------------------------------------------------------- commitVote
+
+    def _commit_vote_expect(
+        self, audit: AuditModel, t: int, position: int, verifier: str, value: int
+    ) -> str | None:
+        if audit.resolved:
+            return "AuditNotOpen"
+        if position >= audit.job.hops:
+            return "InvalidPosition"
+        if t > audit.commit_deadline:
+            return "CommitPhaseClosed"
+        if verifier not in audit.panels[position]:
+            return "NotVerifier"
+        if value != BOND:
+            return "WrongBond"
+        return "AlreadyCommitted" if (position, verifier) in audit.votes else None
+
+    @rule(
+        k=job_pick,
+        seat=st.integers(0, 2**16),
+        who=st.sampled_from(["panel"] * 6 + ["anyone", "beyond_route"]),
+        verdict=verdict_pick,
+        bond=st.sampled_from([BOND] * 6 + [BOND - 1, BOND + 1]),
+        at=when,
+    )
+    @precondition(lambda self: self.audits)
+    def commit_vote(self, k: int, seat: int, who: str, verdict: int, bond: int, at: str) -> None:
+        audit = self._pick_audit(k, lambda a: not a.resolved)
+        hops = audit.job.hops
+        position = hops if who == "beyond_route" else seat % hops
+        panel = audit.panels[position] if position < hops else []
+        waiting = [v for v in panel if (position, v) not in audit.votes]
+        if who == "panel" and (waiting or panel):
+            verifier = (waiting or panel)[(seat // 8) % len(waiting or panel)]
+        else:
+            verifier = self.node_senders[seat % len(self.node_senders)].address
+        self._commit_vote(audit, position, verifier, verdict, bond, at)
+
+    def _commit_vote(
+        self, audit: AuditModel, position: int, verifier: str, verdict: int, value: int, at: str
+    ) -> None:
+        job_id = audit.job.job_id
+        sender = self._sender_of(verifier)
+        salt = keccak(text=f"salt {job_id} {position} {verifier} {self.stats.steps}")
+        commitment = Marketplace.vote_commitment(job_id, position, verdict, salt, verifier)
+        expect_at = lambda t: self._commit_vote_expect(audit, t, position, verifier, value)  # noqa: E731
+        fn = self.court.functions.commitVote(job_id, position, commitment)
+        edge = None if audit.resolved else audit.commit_deadline
+        self._probe_and_jump("commit_vote", sender, fn, expect_at, edge, at, value)
+        t = self._tick()
+        out = self._attempt(
+            "commit_vote",
+            sender,
+            lambda: self.m.commit_vote(sender, job_id, position, commitment, bond=value),
+            expect_at(t),
+        )
+        if not out:
+            return
+        assert out.named("VoteCommitted") == [
+            {"jobId": job_id, "position": position, "verifier": verifier, "commitment": commitment}
+        ]
+        audit.votes[(position, verifier)] = VoteModel(verdict, salt)
+        self.bonds_held += BOND
+        self._check_deltas("commit_vote", out, {verifier: -BOND})
+
+    # ----------------------------------------------------------------- revealVote
+
+    def _reveal_expect(
+        self, audit: AuditModel, t: int, position: int, verifier: str, verdict: int, salt: bytes
+    ) -> str | None:
+        if audit.resolved:
+            return "AuditNotOpen"
+        if position >= audit.job.hops:
+            return "InvalidPosition"
+        if t <= audit.commit_deadline and not audit.all_committed(position):
+            return "RevealNotOpen"
+        if t > audit.reveal_deadline:
+            return "RevealPhaseClosed"
+        if verifier not in audit.panels[position]:
+            return "NotVerifier"
+        vote = audit.votes.get((position, verifier))
+        if vote is None or vote.revealed:
+            return "NothingToReveal"
+        if verdict not in (HONEST, FRAUD):
+            return "InvalidVerdict"
+        if (verdict, salt) != (vote.verdict, vote.salt):
+            return "CommitmentMismatch"
+        return "TransferFailed" if verifier in self.rejecting else None
+
+    @rule(
+        k=job_pick,
+        seat=st.integers(0, 2**16),
+        mode=st.sampled_from(["right"] * 6 + ["wrong_salt", "wrong_verdict", "anyone"]),
+        at=when,
+    )
+    @precondition(lambda self: self.audits)
+    def reveal_vote(self, k: int, seat: int, mode: str, at: str) -> None:
+        audit = self._pick_audit(
+            k, lambda a: any(not v.revealed for v in a.votes.values()) and not a.resolved
+        )
+        pending = [key for key, v in audit.votes.items() if not v.revealed]
+        if mode != "anyone" and pending:
+            position, verifier = pending[seat % len(pending)]
+            vote = audit.votes[(position, verifier)]
+            verdict, salt = vote.verdict, vote.salt
+            if mode == "wrong_salt":
+                salt = keccak(salt)
+            elif mode == "wrong_verdict":
+                verdict = FRAUD if verdict == HONEST else HONEST
+        else:
+            position = seat % audit.job.hops
+            verifier = self.node_senders[seat % len(self.node_senders)].address
+            verdict, salt = FRAUD, keccak(b"no such vote")
+        self._reveal_vote(audit, position, verifier, verdict, salt, at)
+
+    def _reveal_vote(
+        self, audit: AuditModel, position: int, verifier: str, verdict: int, salt: bytes, at: str
+    ) -> None:
+        job_id = audit.job.job_id
+        sender = self._sender_of(verifier)
+        expect_at = lambda t: self._reveal_expect(audit, t, position, verifier, verdict, salt)  # noqa: E731
+        fn = self.court.functions.revealVote(job_id, position, verdict, salt)
+        edge = None
+        if not audit.resolved:
+            edge = audit.commit_deadline if self.now < audit.commit_deadline else audit.reveal_deadline
+        self._probe_and_jump("reveal_vote", sender, fn, expect_at, edge, at)
+        t = self._tick()
+        out = self._attempt(
+            "reveal_vote",
+            sender,
+            lambda: self.m.reveal_vote(sender, job_id, position, verdict, salt),
+            expect_at(t),
+        )
+        if not out:
+            return
+        assert out.named("VoteRevealed") == [
+            {"jobId": job_id, "position": position, "verifier": verifier, "verdict": verdict}
+        ]
+        audit.votes[(position, verifier)].revealed = True
+        if t <= audit.commit_deadline:
+            self.stats.outcomes["(early reveal: whole panel committed)"] += 1
+        self.bonds_held -= BOND
+        self._check_deltas("reveal_vote", out, {verifier: BOND})
+
+    # ----------------------------------------------------------------- resolve
+
+    @staticmethod
+    def _resolve_expect(audit: AuditModel, t: int, bad_terms: bool) -> str | None:
+        if audit.resolved:
+            return "AuditNotOpen"
+        if t <= audit.reveal_deadline:
+            return "RevealPhaseOpen"
+        return "TermsMismatch" if bad_terms else None
+
+    @rule(k=job_pick, caller=st.integers(0, 9), bad_terms=st.sampled_from([False] * 7 + [True]), at=when)
+    @precondition(lambda self: self.audits)
+    def resolve_audit(self, k: int, caller: int, bad_terms: bool, at: str) -> None:
+        audit = self._pick_audit(k, lambda a: not a.resolved)
+        self._resolve_audit(audit, caller, bad_terms, at)
+
+    def _resolve_audit(self, audit: AuditModel, caller: int, bad_terms: bool, at: str) -> None:
+        job = audit.job
+        sender = self.everyone[caller]
+        packed = job.packed + b"\0" if bad_terms else job.packed
+        expect_at = lambda t: self._resolve_expect(audit, t, bad_terms)  # noqa: E731
+        fn = self.court.functions.resolve(job.job_id, packed)
+        edge = None if audit.resolved else audit.reveal_deadline
+        self._probe_and_jump("resolve_audit", sender, fn, expect_at, edge, at)
+        t = self._tick()
+        out = self._attempt(
+            "resolve_audit",
+            sender,
+            lambda: self.m.resolve_audit(sender, job.job_id, packed),
+            expect_at(t),
+            (job.terms.client,),
+        )
+        if not out:
+            return
+        # The verdicts: a strict majority of the revealed votes; bonds of unrevealed votes are forfeited.
+        fraud_mask, winners, forfeited, judged = 0, 0, 0, []
+        for p in range(job.hops):
+            votes = [v for (q, _), v in audit.votes.items() if q == p]
+            honest = sum(1 for v in votes if v.revealed and v.verdict == HONEST)
+            fraud = sum(1 for v in votes if v.revealed and v.verdict == FRAUD)
+            lost = sum(1 for v in votes if not v.revealed) * BOND
+            forfeited += lost
+            if fraud > honest:
+                fraud_mask |= 1 << p
+                winners += fraud
+            elif fraud == honest and fraud:
+                self.stats.outcomes["(tie: honest)"] += 1
+            judged.append(
+                {
+                    "jobId": job.job_id,
+                    "position": p,
+                    "fraud": fraud > honest,
+                    "honestVotes": honest,
+                    "fraudVotes": fraud,
+                    "forfeited": lost,
+                }
+            )
+        assert out.named("PositionJudged") == judged
+        self.bonds_held -= forfeited
+        expected: dict[str, int] = {}
+        slashed = 0
+        if job.status == JobStatus.DISPUTED:
+            slashed = self._slash(job, fraud_mask, FRAUD_SLASH_BPS, out)
+            assert out.named("DisputeResolved") == [
+                {"jobId": job.job_id, "fraudMask": fraud_mask, "slashed": slashed}
+            ]
+            paid = self._credit_earnings(job, job.mask & ~fraud_mask)
+            refund = job.terms.escrow - paid
+            assert out.named("JobFinalized") == [
+                {"jobId": job.job_id, "billedTokens": job.billed, "paid": paid, "refund": refund}
+            ]
+            self._payout(job.terms.client, refund, out, expected)
+            self._settled(job, out, JobStatus.FINALIZED)
+        else:  # the dispute timed out and someone finalized the job first: verdicts only
+            assert job.status == JobStatus.FINALIZED
+            assert out.named("JobSettledBeforeVerdict") == [{"jobId": job.job_id}]
+            assert out.named("DisputeResolved") == [] and out.named("Slashed") == []
+            self.stats.outcomes["(audit resolved after the job settled)"] += 1
+        pool = slashed * REWARD_BPS // BPS + forfeited
+        share = pool // winners if winners else 0
+        rewards = []
+        for p in range(job.hops):
+            if fraud_mask >> p & 1 and share:
+                for verifier in audit.panels[p]:
+                    vote = audit.votes.get((p, verifier))
+                    if vote is not None and vote.revealed and vote.verdict == FRAUD:
+                        rewards.append(
+                            {"jobId": job.job_id, "position": p, "verifier": verifier, "amount": share}
+                        )
+                        self.court_credits[verifier] = self.court_credits.get(verifier, 0) + share
+        assert out.named("VerifierRewarded") == rewards
+        to_client = slashed + forfeited - share * winners
+        assert out.named("AuditResolved") == [
+            {
+                "jobId": job.job_id,
+                "fraudMask": fraud_mask,
+                "slashed": slashed,
+                "rewarded": share * winners,
+                "toClient": to_client,
+            }
+        ]
+        client = job.terms.client
+        if to_client and client in self.rejecting:
+            self.court_credits[client] = self.court_credits.get(client, 0) + to_client
+            assert out.named("PaymentCredited") == [{"account": client, "amount": to_client}]
+            self.stats.outcomes["(court payment credited)"] += 1
+        elif to_client:
+            expected[client] = expected.get(client, 0) + to_client
+        audit.resolved = True
+        self.stats.outcomes["(audit found fraud)" if fraud_mask else "(audit honest)"] += 1
+        if forfeited:
+            self.stats.outcomes["(bond forfeited)"] += 1
+        if rewards:
+            self.stats.outcomes["(verifiers rewarded)"] += 1
+        self._check_deltas("resolve_audit", out, expected)
+
+    # ----------------------------------------------------------------- a whole round, and withdrawals
+
+    @rule(
+        client=st.integers(0, 1),
+        first_shard=st.sampled_from([1, 1, 2]),
+        tokens=st.integers(1, 40),
+        liar=st.sampled_from([None, 1, 1, 1]),
+    )
+    def disputed_job(self, client: int, first_shard: int, tokens: int, liar: int | None) -> None:
+        """Submit a job and commit every position, the `liar`'s input not linking up: most such jobs end
+        Disputed (a one-hop job has no link to break; linked ones may be sampled)."""
+        count = len(self.jobs)
+        self.submit_job(client, first_shard, 40, MAX_PRICES[-1], "exact_max", 0)
+        if len(self.jobs) == count:
+            return  # nothing to match
+        job = self.jobs[-1]
+        for position in range(job.hops):
+            by = self._sender_of(job.terms.route[position].node)
+            self._commit("commit_all", job, position, by, tokens, True, "now", position == liar)
+
+    @initialize(
+        k=job_pick,
+        plan=plan_pick,
+        stop=stop_pick,
+        client=st.integers(0, 1),
+        tokens=st.integers(1, 40),
+        liar=st.sampled_from([None, 1]),
+    )
+    def first_audit(
+        self, k: int, plan: list[Any], stop: str, client: int, tokens: int, liar: int | None
+    ) -> None:
+        """Every example starts with a completed job (mismatched, or linked and maybe sampled) and an audit
+        round of a disputed job, so that each example exercises the court whatever the rules after it."""
+        self.disputed_job(client, 1, tokens, liar)
+        self.audit_round(k, plan, stop)
+
+    @rule(k=job_pick, plan=plan_pick, stop=stop_pick)
+    @precondition(lambda self: any(j.job_id not in self.audits for j in self._live(JobStatus.DISPUTED)))
+    def audit_round(self, k: int, plan: list[Any], stop: str) -> None:
+        """Open the audit of a disputed job, vote per `plan` (HONEST, FRAUD, "silent": commits and never
+        reveals, None: never commits) in panel order, reveal, resolve, or stop after the commits or the
+        reveals (the single-step rules carry on), or go on to the winners' withdrawals: each step checked as
+        on its own."""
+        jobs = [j for j in self._live(JobStatus.DISPUTED) if j.job_id not in self.audits]
+        audit = self._open_audit(jobs[k % len(jobs)], "now")
+        if audit is None:  # opened too late
+            return
+        seats = [(p, v) for p, panel in enumerate(audit.panels) for v in panel]
+        choices = {seat: plan[i % len(plan)] for i, seat in enumerate(seats)}
+        for (p, v), choice in choices.items():
+            if choice is not None:
+                self._commit_vote(audit, p, v, FRAUD if choice == "silent" else choice, BOND, "now")
+        if stop == "commit":
+            return
+        # Close to each deadline, so the first reveal and the resolution probe both sides of their edge.
+        self.now = max(self.now, audit.commit_deadline - 2)
+        at = "after"
+        # Panels that did not all commit first: their reveals stay closed until the commit deadline.
+        for (p, v), choice in sorted(choices.items(), key=lambda item: audit.all_committed(item[0][0])):
+            vote = audit.votes.get((p, v))
+            if choice in (HONEST, FRAUD) and vote is not None:
+                self._reveal_vote(audit, p, v, vote.verdict, vote.salt, at)
+                at = "now"
+        if stop == "reveal":
+            return
+        self.now = max(self.now, audit.reveal_deadline - 2)
+        self._resolve_audit(audit, k % 10, False, "after")
+        if stop == "withdraw":
+            for _, v in seats:
+                if self.court_credits.get(v):
+                    self._withdraw_court_credit(v)
+
+    @rule(k=st.integers(0, 2**16))
+    @precondition(lambda self: any(self.court_credits.values()))
+    def withdraw_court_credit(self, k: int) -> None:
+        """Someone the court owes withdraws (a rule enabled only then, so it comes up soon after)."""
+        owed = [a for a, c in self.court_credits.items() if c]
+        self._withdraw_court_credit(owed[k % len(owed)])
+
+    @rule(k=st.integers(0, 2**16))
+    def withdraw_court_credit_anyone(self, k: int) -> None:
+        self._withdraw_court_credit(self.everyone[k % len(self.everyone)].address)
+
+    def _withdraw_court_credit(self, address: str) -> None:
+        sender = self._sender_of(address)
+        credit = self.court_credits.get(address, 0)
+        self._tick()
+        if credit == 0:
+            expect = "NothingToWithdraw"
+        elif address in self.rejecting:
+            expect = "TransferFailed"
+        else:
+            expect = None
+        out = self._attempt(
+            "withdraw_court_credit", sender, lambda: self.m.withdraw_court_credit(sender), expect
+        )
+        if out:
+            assert out.named("CreditWithdrawn") == [{"account": address, "amount": credit}]
+            self._check_deltas("withdraw_court_credit", out, {address: credit})
+            self.court_credits[address] = 0
 
 
 SETTINGS = settings(
@@ -1283,5 +1959,61 @@ def test_marketplace_properties(market_env: Env) -> None:
         "(probe finalize DISPUTED at edge+0: ok)",
         "(probe withdraw_unbonded at edge+0: UnbondingLocked)",
         "(probe withdraw_unbonded at edge+1: ok)",
+    ):
+        assert path in reached, f"no example reached {path}"
+
+
+# Fewer, shorter examples than the market machine's (each starts with a whole audit round): the two
+# property tests together stay within twice the market machine's former run time.
+AUDIT_SETTINGS = settings(
+    SETTINGS,
+    max_examples=int(os.environ.get("SPLITMESH_AUDIT_PROPERTY_EXAMPLES", "20")),
+    stateful_step_count=15,
+)
+
+
+def test_audit_court_properties(court_env: Env) -> None:
+    """The same, on the AuditCourt deployment, with the court's rules: all three ledgers stay exact."""
+    AuditMachine.env = court_env
+    AuditMachine.stats = Stats()
+    started = time.perf_counter()
+    try:
+        run_state_machine_as_test(AuditMachine, settings=AUDIT_SETTINGS)
+    finally:
+        AuditMachine.env = None
+    stats = AuditMachine.stats
+    print(
+        f"\n{stats.examples} examples, {stats.steps} transactions in {time.perf_counter() - started:.1f}s;"
+        " outcomes:\n" + "\n".join(f"  {name}: {count}" for name, count in sorted(stats.outcomes.items()))
+    )
+    assert stats.examples >= AUDIT_SETTINGS.max_examples
+    reached = "\n".join(name for name, count in stats.outcomes.items() if count)
+    for path in (
+        "open_audit:ok",
+        "commit_vote:ok",
+        "reveal_vote:ok",
+        "resolve_audit:ok",
+        "withdraw_court_credit:ok",
+        "(commitments mismatched)",
+        "(job sampled)",
+        "(panel drawn)",
+        "(audit found fraud)",
+        "(audit honest)",
+        "(bond forfeited)",
+        "(verifiers rewarded)",
+        "(slashed at 5000 bps)",
+        "hold_for_audit:NotAuditor",
+        "resolve_dispute:NotAuditor",
+        # both sides of every audit deadline
+        "(probe open_audit at edge+0: ok)",
+        "(probe open_audit at edge+1: AuditTooLate)",
+        "(probe commit_vote at edge+0: ok)",
+        "(probe commit_vote at edge+1: CommitPhaseClosed)",
+        "(probe reveal_vote at edge+0: RevealNotOpen)",
+        "(probe reveal_vote at edge+1: ok)",
+        "(probe reveal_vote at edge+0: ok)",
+        "(probe reveal_vote at edge+1: RevealPhaseClosed)",
+        "(probe resolve_audit at edge+0: RevealPhaseOpen)",
+        "(probe resolve_audit at edge+1: ok)",
     ):
         assert path in reached, f"no example reached {path}"

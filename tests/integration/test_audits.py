@@ -1,0 +1,187 @@
+"""Audits end to end: real node processes (a small random Llama), a real chain with the AuditCourt,
+every job audited. Each cheat is caught and slashed; honest nodes are not; verifiers vote by themselves.
+
+Serving nodes ask PRICE per token and the client pays at most that, so the route is always the two
+serving nodes; the verifiers (three per shard) ask twice as much and are only ever drawn for audits.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from web3 import Web3
+
+from client_sdk import Client
+from splitmesh.chain import HARDHAT_DEV_KEYS, DeployParams, JobStatus, LocalChain, Marketplace, Sender, deploy
+from splitmesh.chain.launcher import advance_time
+from splitmesh.chain.market import AuditStatus
+from splitmesh.cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
+from splitmesh.model_files import describe_model
+from splitmesh.paths import models_dir
+from tests.model_fixtures import save_random_model, tiny_llama_config
+
+PRICE = 10**12
+PARAMS = DeployParams(
+    min_stake=10**18,
+    unbonding_delay=3 * 3600,
+    commit_timeout=1800,
+    challenge_window=300,
+    dispute_timeout=1800,
+    fraud_slash_bps=5000,
+    audit_rate_bps=10_000,  # every job
+    verifiers_per_position=3,
+    verifier_bond=10**16,
+    audit_commit_window=120,
+    audit_reveal_window=120,
+    audit_reward_bps=5000,
+)
+SERVING_KEYS = [HARDHAT_DEV_KEYS[1], HARDHAT_DEV_KEYS[2]]  # shard 1, shard 2
+VERIFIER_KEYS = {1: list(HARDHAT_DEV_KEYS[3:6]), 2: list(HARDHAT_DEV_KEYS[6:9])}
+CLIENT_KEY = HARDHAT_DEV_KEYS[9]
+
+
+@dataclass
+class AuditMarket:
+    chain: LocalChain
+    w3: Web3
+    market: Marketplace
+    model: Path
+    model_id: int
+    tmp: Path
+    verifiers: list[NodeProcess]
+
+    def spec(self, shard: int, key: str, price: int, *extra: str) -> NodeSpec:
+        return NodeSpec(
+            shard=shard,
+            key=key,
+            rpc_url=self.chain.rpc_url,
+            market=self.market.deployment.market,
+            model=str(self.model),
+            model_id=self.model_id,
+            price_wei=price,
+            state_dir=self.tmp / "nodes",
+            duty_interval=0.2,
+            threads=1,
+            extra_args=list(extra),
+        )
+
+
+@pytest.fixture(scope="module")
+def audit_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditMarket]:
+    tmp = tmp_path_factory.mktemp("audits")
+    model = save_random_model(tiny_llama_config(vocab_size=49152, num_hidden_layers=6), tmp / "tiny")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(models_dir() / "SmolLM2-135M-Instruct" / name, model / name)
+    chain = LocalChain(log_path=tmp / "hardhat.log").start()
+    try:
+        w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
+        deployer = Sender(w3, HARDHAT_DEV_KEYS[0])
+        market = Marketplace(w3, deploy(w3, deployer, PARAMS))
+        described = describe_model(str(model))
+        model_id, _ = market.register_model(deployer, described.name, described.weights_hash, 6, [0, 2, 4, 6])
+        running = AuditMarket(chain, w3, market, model, model_id, tmp, [])
+        specs = [running.spec(s, k, 2 * PRICE) for s, keys in VERIFIER_KEYS.items() for k in keys]
+        running.verifiers = start_nodes(specs, tmp / "logs")
+        yield running
+        stop_nodes(running.verifiers, timeout=40)
+    finally:
+        chain.stop()
+
+
+def _serve(audit_market: AuditMarket, cheats: dict[int, str]) -> list[NodeProcess]:
+    specs = []
+    for shard in (1, 2):
+        extra = ("--cheat", cheats[shard]) if shard in cheats else ()
+        specs.append(audit_market.spec(shard, SERVING_KEYS[shard - 1], PRICE, *extra))
+    return start_nodes(specs, audit_market.tmp / "logs")
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _run_audited_job(audit_market: AuditMarket, cheats: dict[int, str]) -> dict[str, object]:
+    """Serve one job with the given cheats, let the court judge it, return what the chain says."""
+    market = audit_market.market
+    serving = _serve(audit_market, cheats)
+    try:
+        client = Client(
+            audit_market.chain.rpc_url, CLIENT_KEY, str(audit_market.model), market=market.deployment.market
+        )
+        out = client.generate("Tell me about the sea.", 6, split=2, max_price_per_token=PRICE)
+        job_id = out.receipt.job_id
+        _wait(lambda: market.get_job(job_id).status == JobStatus.DISPUTED, 60, "the job to be held for audit")
+        # The serving nodes' duty loops open the audit; the verifiers vote by themselves.
+        _wait(lambda: market.get_audit(job_id).status == AuditStatus.OPEN, 60, "the audit to open")
+        audit = market.get_audit(job_id)
+        _wait(
+            lambda: all(p.committed == len(p.verifiers) for p in market.get_audit(job_id).panels),
+            120,
+            "every verifier to commit its vote",
+        )
+        # Everyone committed: reveals may start at once. Then let the reveal window pass and resolve.
+        _wait(
+            lambda: all(
+                p.honest_votes + p.fraud_votes == len(p.verifiers) for p in market.get_audit(job_id).panels
+            ),
+            60,
+            "every verifier to reveal",
+        )
+        advance_time(
+            audit_market.w3,
+            audit.reveal_deadline - int(audit_market.w3.eth.get_block("latest")["timestamp"]) + 1,
+        )
+        _wait(lambda: market.get_audit(job_id).status == AuditStatus.RESOLVED, 60, "the audit to be resolved")
+        resolved = market.events("AuditResolved", jobId=job_id)[-1]["args"]
+        final = market.get_audit(job_id)
+        return {
+            "job_id": job_id,
+            "fraud_mask": int(resolved["fraudMask"]),
+            "slashed": int(resolved["slashed"]),
+            "to_client": int(resolved["toClient"]),
+            "status": market.get_job(job_id).status,
+            "panels": final.panels,
+            "route": [h.node for h in out.receipt.route],
+        }
+    finally:
+        stop_nodes(serving, timeout=40)
+
+
+def test_an_honest_job_is_audited_and_nobody_is_slashed(audit_market: AuditMarket) -> None:
+    result = _run_audited_job(audit_market, {})
+    assert result["fraud_mask"] == 0 and result["slashed"] == 0
+    assert result["status"] == JobStatus.FINALIZED
+    for panel in result["panels"]:  # type: ignore[attr-defined]
+        assert panel.honest_votes == len(panel.verifiers) == 3
+
+
+@pytest.mark.parametrize(
+    ("cheats", "fraud_mask"),
+    [
+        ({1: "garbage"}, 0b01),
+        ({2: "skip-layers"}, 0b10),
+        ({1: "tamper-relay"}, 0b01),
+        ({2: "overbill"}, 0b10),
+        ({1: "withhold"}, 0b01),
+    ],
+    ids=["garbage", "skip-layers", "tamper-relay", "overbill", "withhold"],
+)
+def test_each_cheat_is_caught_and_slashed(
+    audit_market: AuditMarket, cheats: dict[int, str], fraud_mask: int
+) -> None:
+    market = audit_market.market
+    cheater = Sender(audit_market.w3, SERVING_KEYS[next(iter(cheats)) - 1]).address
+    stake_before = market.get_node(cheater).stake
+    result = _run_audited_job(audit_market, cheats)
+    assert result["fraud_mask"] == fraud_mask
+    assert result["slashed"] > 0
+    assert market.get_node(cheater).stake == stake_before - result["slashed"]
+    assert result["to_client"] > 0

@@ -3,6 +3,7 @@ every job audited. Each cheat is caught and slashed; honest nodes are not; verif
 
 Serving nodes ask PRICE per token and the client pays at most that, so the route is always the two
 serving nodes; the verifiers (three per shard) ask twice as much and are only ever drawn for audits.
+One verifier of shard 1 always votes the opposite of what it finds: the honest majority must win.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ PARAMS = DeployParams(
 SERVING_KEYS = [HARDHAT_DEV_KEYS[1], HARDHAT_DEV_KEYS[2]]  # shard 1, shard 2
 VERIFIER_KEYS = {1: list(HARDHAT_DEV_KEYS[3:6]), 2: list(HARDHAT_DEV_KEYS[6:9])}
 CLIENT_KEY = HARDHAT_DEV_KEYS[9]
+LIAR_KEY = VERIFIER_KEYS[1][0]
 
 
 @dataclass
@@ -55,7 +57,9 @@ class AuditMarket:
     tmp: Path
     verifiers: list[NodeProcess]
 
-    def spec(self, shard: int, key: str, price: int, *extra: str) -> NodeSpec:
+    def spec(
+        self, shard: int, key: str, price: int, *extra: str, env: dict[str, str] | None = None
+    ) -> NodeSpec:
         return NodeSpec(
             shard=shard,
             key=key,
@@ -68,6 +72,7 @@ class AuditMarket:
             duty_interval=0.2,
             threads=1,
             extra_args=list(extra),
+            env=env or {},
         )
 
 
@@ -85,7 +90,12 @@ def audit_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditMark
         described = describe_model(str(model))
         model_id, _ = market.register_model(deployer, described.name, described.weights_hash, 6, [0, 2, 4, 6])
         running = AuditMarket(chain, w3, market, model, model_id, tmp, [])
-        specs = [running.spec(s, k, 2 * PRICE) for s, keys in VERIFIER_KEYS.items() for k in keys]
+        liar = {"SPLITMESH_NODE_VERIFIER_LIES": "1"}
+        specs = [
+            running.spec(s, k, 2 * PRICE, env=liar if k == LIAR_KEY else None)
+            for s, keys in VERIFIER_KEYS.items()
+            for k in keys
+        ]
         running.verifiers = start_nodes(specs, tmp / "logs")
         yield running
         stop_nodes(running.verifiers, timeout=40)
@@ -159,8 +169,11 @@ def test_an_honest_job_is_audited_and_nobody_is_slashed(audit_market: AuditMarke
     result = _run_audited_job(audit_market, {})
     assert result["fraud_mask"] == 0 and result["slashed"] == 0
     assert result["status"] == JobStatus.FINALIZED
+    liar = Sender(audit_market.w3, LIAR_KEY).address
     for panel in result["panels"]:  # type: ignore[attr-defined]
-        assert panel.honest_votes == len(panel.verifiers) == 3
+        assert len(panel.verifiers) == 3
+        lies = int(liar in panel.verifiers)
+        assert (panel.honest_votes, panel.fraud_votes) == (3 - lies, lies)
 
 
 @pytest.mark.parametrize(
@@ -183,5 +196,12 @@ def test_each_cheat_is_caught_and_slashed(
     result = _run_audited_job(audit_market, cheats)
     assert result["fraud_mask"] == fraud_mask
     assert result["slashed"] > 0
+    liar = Sender(audit_market.w3, LIAR_KEY).address
+    for panel in result["panels"]:  # type: ignore[attr-defined]
+        lies = int(liar in panel.verifiers)
+        fraud = fraud_mask >> panel.position & 1
+        # The liar votes against what it found; the other two carry the majority either way.
+        expected_fraud = 3 - lies if fraud else lies
+        assert panel.fraud_votes == expected_fraud
     assert market.get_node(cheater).stake == stake_before - result["slashed"]
     assert result["to_client"] > 0

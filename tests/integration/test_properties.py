@@ -1912,23 +1912,28 @@ SETTINGS = settings(
 )
 
 
-def test_marketplace_properties(market_env: Env) -> None:
-    """100 random action sequences; every step keeps the ledgers exact and the model in step."""
-    MarketMachine.env = market_env
-    MarketMachine.stats = Stats()
+def _run_machine(machine: Any, env: Env, machine_settings: Any) -> str:
+    """Run a state machine on `env`, print what it reached, and return the outcome names it reached."""
+    machine.env = env
+    machine.stats = Stats()
     started = time.perf_counter()
     try:
-        run_state_machine_as_test(MarketMachine, settings=SETTINGS)
+        run_state_machine_as_test(machine, settings=machine_settings)
     finally:
-        MarketMachine.env = None
-    stats = MarketMachine.stats
+        machine.env = None
+    stats = machine.stats
     print(
         f"\n{stats.examples} examples, {stats.steps} transactions in {time.perf_counter() - started:.1f}s;"
         " outcomes:\n" + "\n".join(f"  {name}: {count}" for name, count in sorted(stats.outcomes.items()))
     )
-    assert stats.examples >= SETTINGS.max_examples
+    assert stats.examples >= machine_settings.max_examples
+    return "\n".join(name for name, count in stats.outcomes.items() if count)
+
+
+def test_marketplace_properties(market_env: Env) -> None:
+    """100 random action sequences; every step keeps the ledgers exact and the model in step."""
+    reached = _run_machine(MarketMachine, market_env, SETTINGS)
     # The machine must reach the paths that move value, not only the reverts.
-    reached = "\n".join(name for name, count in stats.outcomes.items() if count)
     for path in (
         "submit_job:ok",
         "commit:ok",
@@ -1974,20 +1979,7 @@ AUDIT_SETTINGS = settings(
 
 def test_audit_court_properties(court_env: Env) -> None:
     """The same, on the AuditCourt deployment, with the court's rules: all three ledgers stay exact."""
-    AuditMachine.env = court_env
-    AuditMachine.stats = Stats()
-    started = time.perf_counter()
-    try:
-        run_state_machine_as_test(AuditMachine, settings=AUDIT_SETTINGS)
-    finally:
-        AuditMachine.env = None
-    stats = AuditMachine.stats
-    print(
-        f"\n{stats.examples} examples, {stats.steps} transactions in {time.perf_counter() - started:.1f}s;"
-        " outcomes:\n" + "\n".join(f"  {name}: {count}" for name, count in sorted(stats.outcomes.items()))
-    )
-    assert stats.examples >= AUDIT_SETTINGS.max_examples
-    reached = "\n".join(name for name, count in stats.outcomes.items() if count)
+    reached = _run_machine(AuditMachine, court_env, AUDIT_SETTINGS)
     for path in (
         "open_audit:ok",
         "commit_vote:ok",

@@ -24,6 +24,7 @@ from splitmesh.chain import (
     save_deployment,
 )
 from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.chain.launcher import dev_key
 from splitmesh.errors import ConfigError, DeploymentNotFound
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
@@ -31,6 +32,8 @@ from splitmesh.settings import ChainSettings
 logger = logging.getLogger(__name__)
 
 DEV_CHAIN_IDS = {31337, 1337}  # hardhat, anvil/ganache: where the public dev keys are a sane default
+# The coordinator's keeper on a dev chain: the last funded hardhat account, which nothing else uses.
+KEEPER_DEV_KEY = dev_key(19)
 
 
 def add_chain_args(parser: argparse.ArgumentParser, *, rpc_required: bool = False) -> None:

@@ -18,7 +18,7 @@ run the remaining shards; nodes commit on-chain and are paid after a challenge w
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitmesh.cli import chain_cmd, demo, node_cmd
+    from splitmesh.cli import chain_cmd, coordinator_cmd, demo, node_cmd, query_cmd
 
     parser = argparse.ArgumentParser(
         prog="splitmesh", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     chain_cmd.register(sub)
     demo.register(sub)
     node_cmd.register(sub)
+    query_cmd.register(sub)
+    coordinator_cmd.register(sub)
     return parser
 
 

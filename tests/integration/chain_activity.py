@@ -1,0 +1,216 @@
+"""Random marketplace activity on a real chain, for the coordinator's tests.
+
+A seeded driver that stakes and registers nodes, submits jobs, commits (linked, lying, or only part of
+the route), finalizes, cancels, audits disputed jobs through the AuditCourt (votes committed and revealed),
+unbonds, withdraws and changes prices, with time travel in between. It only sends transactions: what the
+index must show is read back from the contracts' views, never predicted here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+from eth_utils import keccak
+from web3 import Web3
+
+from splitmesh.chain import (
+    AuditStatus,
+    DeployParams,
+    JobStatus,
+    Marketplace,
+    NodeStatus,
+    Sender,
+    deploy,
+)
+from splitmesh.chain.deploy import ZERO_ADDRESS
+from splitmesh.chain.launcher import advance_time, dev_key
+from splitmesh.chain.terms import JobTerms
+from splitmesh.errors import ContractRevert
+from splitmesh.signing import EnvelopeSigner
+
+GWEI = 10**9
+ETHER = 10**18
+PLAN = [0, 2, 4, 6]  # the client runs shard 0; jobs from shard 1 have two hops
+PARAMS = DeployParams(
+    min_stake=ETHER,
+    unbonding_delay=3 * 3600,
+    commit_timeout=3600,
+    challenge_window=600,
+    dispute_timeout=3600,
+    miss_slash_bps=1000,
+    fraud_slash_bps=5000,
+    auditor=ZERO_ADDRESS,  # the AuditCourt
+    audit_rate_bps=2500,
+    verifiers_per_position=1,
+    audit_commit_window=600,
+    audit_reveal_window=600,
+)
+NODE_ACCOUNTS = range(1, 7)  # dev accounts 1..3 serve shard 1, 4..6 shard 2
+CLIENT_ACCOUNTS = (7, 8)
+KEEPER_ACCOUNT = 9
+
+
+def deploy_court_market(w3: Web3) -> tuple[Marketplace, int]:
+    """A deployment with the AuditCourt and a 3-shard model; returns it and the model id."""
+    deployment = deploy(w3, Sender(w3, dev_key(0)), PARAMS)
+    market = Marketplace(w3, deployment)
+    model_id, _ = market.register_model(
+        Sender(w3, dev_key(0)), "tiny", keccak(text="tiny weights"), PLAN[-1], PLAN
+    )
+    return market, model_id
+
+
+@dataclass
+class Activity:
+    market: Marketplace
+    model_id: int
+    seed: int = 0
+    rng: random.Random = field(init=False)
+    jobs: list[tuple[int, JobTerms, bytes]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        w3 = self.market.w3
+        self.w3 = w3
+        self.senders = {i: Sender(w3, dev_key(i), self.market.chain_id) for i in range(20)}
+        self.by_address = {s.address: s for s in self.senders.values()}
+        self.signers = {
+            i: EnvelopeSigner(dev_key(i), self.market.chain_id, self.market.deployment.market)
+            for i in CLIENT_ACCOUNTS
+        }
+        self.salts: dict[tuple[int, int, str], tuple[int, bytes]] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def register_nodes(self) -> None:
+        for i in NODE_ACCOUNTS:
+            shard = 1 if i <= 3 else 2
+            price = self.rng.choice((2, 3, 5)) * GWEI
+            self.market.register_node(
+                self.senders[i], self.model_id, shard, f"http://127.0.0.1:{9000 + i}", price, stake=2 * ETHER
+            )
+
+    # ------------------------------------------------------------------ actions
+
+    def submit(self) -> None:
+        client = self.rng.choice(CLIENT_ACCOUNTS)
+        tokens = self.rng.randint(4, 40)
+        meta = json.dumps({"epsilon": self.rng.choice([1.0, 8.0, "inf"]), "delta": 1e-5, "split": 2})
+        job = self.market.submit_job(
+            self.senders[client], self.model_id, 1, tokens, 10 * GWEI, tokens * 10 * GWEI * 2, meta.encode()
+        )
+        self.jobs.append((job.job_id, job.terms, job.packed_terms))
+        self.log.append(f"submit {job.job_id}")
+
+    def _open_jobs(self) -> list[tuple[int, JobTerms, bytes]]:
+        return [j for j in self.jobs if self.market.get_job(j[0]).status == JobStatus.OPEN]
+
+    def commit(self, *, lie: bool = False, partial: bool = False) -> None:
+        jobs = self._open_jobs()
+        if not jobs:
+            return
+        job_id, terms, packed = self.rng.choice(jobs)
+        state = self.market.get_job(job_id)
+        client = next(i for i in CLIENT_ACCOUNTS if self.senders[i].address == terms.client)
+        tokens = self.rng.randint(1, terms.max_tokens)
+        receipt = self.signers[client].sign(job_id, tokens, tokens, keccak(b"frame")).as_receipt()
+        liar = self.rng.randrange(len(terms.route)) if lie else None
+        for position, hop in enumerate(terms.route):
+            if state.committed_mask >> position & 1:
+                continue
+            given = keccak(text=f"link {job_id} {position}")
+            sent = keccak(text=f"link {job_id} {position + 1}")
+            if position == liar:
+                sent = keccak(text="a lie")
+            self.market.commit(self.by_address[hop.node], job_id, packed, position, given, sent, receipt)
+            if partial:
+                break
+        self.log.append(f"commit {job_id} lie={lie} partial={partial}")
+
+    def travel(self) -> None:
+        seconds = self.rng.choice((PARAMS.challenge_window + 1, PARAMS.commit_timeout + 1, 30))
+        advance_time(self.w3, seconds)
+        self.log.append(f"travel {seconds}")
+
+    def settle(self) -> None:
+        """Whatever is due: finalize, cancel, open/vote/resolve audits (as anyone would)."""
+        anyone = self.senders[KEEPER_ACCOUNT]
+        for job_id, _terms, packed in self.jobs:
+            status = self.market.get_job(job_id).status
+            try:
+                if status == JobStatus.COMMITTED:
+                    self.market.finalize(anyone, job_id, packed)
+                elif status == JobStatus.OPEN:
+                    self.market.cancel(anyone, job_id, packed)
+                elif status == JobStatus.DISPUTED:
+                    self._audit_step(job_id, packed)
+                else:
+                    continue
+                self.log.append(f"settle {job_id} from {status.name}")
+            except ContractRevert:
+                pass  # not due yet
+
+    def _audit_step(self, job_id: int, packed: bytes) -> None:
+        audit = self.market.get_audit(job_id)
+        anyone = self.senders[KEEPER_ACCOUNT]
+        if audit.status == AuditStatus.NONE:
+            self.market.open_audit(anyone, job_id, packed)
+            audit = self.market.get_audit(job_id)
+            for panel in audit.panels:
+                for verifier in panel.verifiers:
+                    verdict = self.rng.choice((1, 2))
+                    salt = keccak(text=f"salt {job_id} {panel.position} {verifier}")
+                    commitment = Marketplace.vote_commitment(job_id, panel.position, verdict, salt, verifier)
+                    self.market.commit_vote(self.by_address[verifier], job_id, panel.position, commitment)
+                    self.salts[(job_id, panel.position, verifier)] = (verdict, salt)
+            advance_time(self.w3, PARAMS.audit_commit_window + 1)
+            for (j, position, verifier), (verdict, salt) in list(self.salts.items()):
+                if j == job_id and self.rng.random() < 0.9:  # some never reveal and forfeit
+                    self.market.reveal_vote(self.by_address[verifier], job_id, position, verdict, salt)
+        elif audit.status == AuditStatus.OPEN:
+            self.market.resolve_audit(anyone, job_id, packed)
+
+    def node_chores(self) -> None:
+        i = self.rng.choice(list(NODE_ACCOUNTS))
+        sender = self.senders[i]
+        info = self.market.get_node(sender.address)
+        choice = self.rng.random()
+        try:
+            if choice < 0.3 and info.earnings:
+                self.market.withdraw_earnings(sender)
+            elif choice < 0.5:
+                self.market.update_node(sender, info.endpoint, self.rng.choice((2, 3, 5)) * GWEI)
+            elif choice < 0.65:
+                self.market.unbond(sender, ETHER // 8)
+            elif choice < 0.75 and info.unbonding:
+                self.market.withdraw_unbonded(sender)
+            elif choice < 0.85:
+                self.market.stake(sender, ETHER // 4)
+            elif info.status == NodeStatus.ACTIVE and self.rng.random() < 0.3:
+                self.market.deactivate(sender)
+            self.log.append(f"node chore {i} {choice:.2f}")
+        except ContractRevert:
+            pass
+
+    def step(self) -> None:
+        action = self.rng.choices(
+            ["submit", "commit", "lie", "partial", "travel", "settle", "node"],
+            weights=[4, 4, 1, 1, 2, 2, 2],
+        )[0]
+        try:
+            if action == "submit":
+                self.submit()
+            elif action in ("commit", "lie", "partial"):
+                self.commit(lie=action == "lie", partial=action == "partial")
+            elif action == "travel":
+                self.travel()
+            elif action == "settle":
+                self.settle()
+            else:
+                self.node_chores()
+        except ContractRevert as exc:
+            # Random actions may come too late (CommitDeadlinePassed) or find no node (NoEligibleNode).
+            self.log.append(f"{action} reverted {exc.name}")

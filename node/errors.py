@@ -39,8 +39,8 @@ def forbidden(code: str, reason: str) -> StepRejected:
     return StepRejected(403, code, reason)
 
 
-def not_found(reason: str) -> StepRejected:
-    return StepRejected(404, "unknown_job", reason)
+def not_found(reason: str, code: str = "unknown_job") -> StepRejected:
+    return StepRejected(404, code, reason)
 
 
 def conflict(code: str, reason: str) -> StepRejected:

@@ -25,9 +25,11 @@ from node.jobs import JobContext, JobDirectory
 from node.metrics import NodeMetrics
 from node.relay import Downstream
 from node.store import JobPhase, NodeStore
+from node.training import training_step
 from splitmesh.audit.transcript import encode_transcript
 from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, UnknownSession
 from splitmesh.model.runner import ShardRunner
+from splitmesh.model.training import ShardTrainer
 from splitmesh.protocol import (
     END_PAYLOAD,
     END_STEP,
@@ -68,6 +70,8 @@ class JobSession:
     downstream: Downstream | None = None
     broken: str | None = None  # why the session can take no more steps
     pending: Callable[[], None] | None = None  # the last step's bookkeeping, run after its reply
+    mode: str | None = None  # "infer" or "train", fixed by the job's first step
+    billed: int = 0  # training: tokens processed so far (each train and backward step adds its length)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -112,6 +116,7 @@ class NodeService:
         self.transcript_policy: Callable[[int, int, str], bool] | None = None
         self.cheat: Cheat | None = None  # demo/test only: see node.cheats
         self.skip_runner: ShardRunner | None = None  # the half-shard runner of the skip-layers cheat
+        self.trainer: ShardTrainer | None = None  # answers training steps (node.training); None: refused
         self.sessions: dict[int, JobSession] = {}
         self.accepting = True
         self._dtype_name = str(runner.dtype).removeprefix("torch.")
@@ -145,6 +150,8 @@ class NodeService:
             raise bad_request("bad_meta", f"step meta rejected: {_first_error(exc)}") from exc
         if meta.job != job_id:
             raise bad_request("job_mismatch", f"frame is for job {meta.job}, sent to job {job_id}'s path")
+        if meta.mode != "infer":
+            return await training_step(self, frame, meta, data, job_id, received)
         context = await self._context(meta.job, meta.terms)
         self._check_signature(context, meta.step, meta.tokens, unhex(meta.payload_hash), meta.signature)
         session = await self._session(context)
@@ -154,6 +161,9 @@ class NodeService:
             self._finish(session)
             if session.broken is not None:
                 raise conflict("session_broken", session.broken)
+            if session.mode == "train":
+                raise conflict("mode_mismatch", f"job {job_id} is a training job on this node")
+            session.mode = "infer"
             if session.last_step is not None and meta.step <= session.last_step:
                 raise conflict(
                     "replayed_step",

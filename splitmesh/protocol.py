@@ -17,6 +17,19 @@ chain therefore equals node s+1's input chain when both saw the same tensors, th
 the first node's input chain and the last node's output chain itself, and the chains are what a node
 commits on-chain when the job ends.
 
+Training (split fine-tuning) uses the same frames with `mode`: a "train" step is a full sequence through
+each shard without a KV cache, and every node keeps the step's input; a "backward" step carries
+d(loss)/d(last hidden state) of training step `of_step`, relayed unchanged to the last node; each node
+returns d(loss)/d(its input) upstream, computed from the input it kept. For both modes the envelope's
+payload hash is `training_payload(mode, of_step, tensor_hash)`, so the client's signature binds the mode
+and the step a backward answers at every hop; `tensor_hash` is the digest of the client's tensor (the
+first node checks it for "train", every node for "backward", whose tensor travels unchanged). Tokens
+count what is processed: each train and each backward step adds its sequence length. In the hash
+chains, a node's input chain covers what crosses its upstream boundary (its input; for a backward, the
+gradient it returns upstream) and its output chain what crosses its downstream boundary (its output; for
+a backward, the gradient it received from downstream, or the client's gradient at the last node), so
+node s's output chain still equals node s+1's input chain.
+
 The end of a job is an envelope with step `END_STEP` and payload hash `END_PAYLOAD`, signed by the
 client like any step, so a node can tell an authentic end from a forged one on any transport.
 """
@@ -28,7 +41,7 @@ from typing import Literal
 
 import torch
 from eth_utils import keccak
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitmesh.wire.frames import encode_frame
 
@@ -72,6 +85,28 @@ class StepMeta(_Strict):
     # Set by a node relaying to the next one: its EIP-712 Relay signature over (job, step, its route
     # position, digest of the tensor in this frame). Absent on the client's frames to the first node.
     relay: str | None = Field(default=None, pattern=_HEX_SIG.pattern)
+    # Training: "train" (a forward kept for its backward) or "backward" (d loss / d last hidden state of
+    # training step `of_step`); see the module docstring. `tensor_hash` is the client's tensor digest.
+    mode: Literal["infer", "train", "backward"] = "infer"
+    of_step: int | None = Field(default=None, ge=0, lt=END_STEP)
+    tensor_hash: str | None = Field(default=None, pattern=_HEX32.pattern)
+
+    @model_validator(mode="after")
+    def _training_fields(self) -> StepMeta:
+        if self.mode == "infer" and (self.of_step is not None or self.tensor_hash is not None):
+            raise ValueError("of_step and tensor_hash belong to training steps only")
+        if self.mode != "infer" and self.tensor_hash is None:
+            raise ValueError(f"a {self.mode} step needs tensor_hash")
+        if (self.mode == "backward") != (self.of_step is not None):
+            raise ValueError("of_step is required for backward steps and only for them")
+        if self.mode == "backward" and self.of_step is not None and self.of_step >= self.step:
+            raise ValueError("a backward answers an earlier training step (of_step < step)")
+        return self
+
+
+def training_payload(mode: str, of_step: int | None, tensor_hash: bytes) -> bytes:
+    """The payload hash a client signs for a training step: binds the mode and the answered step."""
+    return keccak(b"splitmesh/train/v1" + mode.encode() + (of_step or 0).to_bytes(4, "big") + tensor_hash)
 
 
 class EndMeta(_Strict):

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ from client_sdk.link import RouteLink
 from client_sdk.privacy import Budget, Privatizer, calibrate_clip, compose
 from client_sdk.receipts import GenerationReceipt, HopInfo, Settlement, StepStats
 from client_sdk.sampling import sample_token
+from client_sdk.train import TrainingReport, TrainingSession, TrainOptions, TrainStep
+from client_sdk.training import AdapterConfig, ClientTrainer, TrainingBatch, TrainingError, make_batch
 from splitmesh.chain import JobStatus, Marketplace, ModelInfo, Sender, find_deployment
 from splitmesh.chain.deploy import deployment_from_market
 from splitmesh.errors import ConfigError, ContractRevert
@@ -75,6 +78,7 @@ class _Prepared:
     info: ModelInfo
     first_shard: int
     clip: float | None = None  # calibrated clip for this split, computed on first use
+    trainer: ClientTrainer | None = None  # the adapters trained on this split (LoRA lives in `model`)
 
 
 @dataclass
@@ -124,6 +128,7 @@ class Client:
         self._weights_hash = weights_identity(self.source).model_hash
         self._prepared: dict[int, _Prepared] = {}
         self._tokenizer: Any = None
+        self._training: TrainingSession | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -312,7 +317,14 @@ class Client:
         yield Generation(text, generated, list(prompt_ids), receipt)
 
     def _submit(
-        self, prepared: _Prepared, max_tokens: int, opts: GenerateOptions, clip: float | None
+        self,
+        prepared: _Prepared,
+        max_tokens: int,
+        opts: GenerateOptions,
+        clip: float | None,
+        *,
+        kind: str = "infer",
+        extra: dict[str, Any] | None = None,
     ) -> tuple[Any, list[HopInfo], int]:
         info = prepared.info
         shards = range(prepared.first_shard, info.num_shards)
@@ -330,6 +342,8 @@ class Client:
                 "clip": clip,
                 "split": prepared.model.split,
                 "sdk": "splitmesh/1",
+                **({"kind": kind} if kind != "infer" else {}),
+                **(extra or {}),
             },
             separators=(",", ":"),
         ).encode()
@@ -361,6 +375,84 @@ class Client:
                 )
             )
         return job, hops, job.tx.gas_used if job.tx else 0
+
+    # ------------------------------------------------------------------ fine-tuning
+
+    def train(
+        self,
+        data: str | Path | list[dict[str, str]] | None = None,
+        epochs: int = 1,
+        lr: float = 2e-3,
+        *,
+        progress: bool = True,
+        **options: Any,
+    ) -> TrainingReport:
+        """Fine-tune the client's adapters on {"prompt", "completion"} examples (a JSONL path, a list, or
+        None for the shipped dataset) through the marketplace: one on-chain job for the whole run, one
+        optimizer step per example. Options: see client_sdk.train.TrainOptions. Afterwards `generate`
+        on the same split uses the tuned LoRA."""
+        from client_sdk.train import run_training
+
+        return run_training(self, data, epochs, TrainOptions(lr=lr, **options), progress=progress)
+
+    def train_step(
+        self, example: dict[str, str] | TrainingBatch, *, budget_tokens: int = 32_768, **options: Any
+    ) -> TrainStep:
+        """One optimizer step on one example, in a training job opened on first use (with a budget of
+        `budget_tokens`, forward and backward counted) and closed by `end_training()`."""
+        from client_sdk.train import TrainingSession
+
+        if self._training is None:
+            opts = TrainOptions(**options)
+            prepared, trainer = self._trainer(opts)
+            self._training = TrainingSession(self, prepared, trainer, opts, budget_tokens)
+        elif options:
+            raise TrainingError("options apply when the training job opens; call end_training() first")
+        session = self._training
+        batch = example
+        if not isinstance(batch, TrainingBatch):
+            batch = make_batch(
+                [batch], self.tokenizer, max_length=session.opts.max_length, chat=session.opts.chat
+            )
+        return session.step(batch)
+
+    def end_training(self) -> TrainingReport | None:
+        """End the job `train_step` opened (the nodes commit); its report, or None if none was open."""
+        session, self._training = self._training, None
+        if session is None:
+            return None
+        session.end()
+        return session.report()
+
+    def _trainer(self, opts: TrainOptions) -> tuple[_Prepared, ClientTrainer]:
+        prepared = self.prepare(opts.split)
+        config = AdapterConfig(
+            lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha, soft_prompt_tokens=opts.soft_prompt_tokens
+        )
+        if prepared.trainer is None:
+            prepared.trainer = ClientTrainer(prepared.model, config, seed=opts.seed)
+        elif prepared.trainer.config != config:
+            raise TrainingError(
+                f"split {prepared.model.split} already trains {prepared.trainer.config}; use a new Client "
+                "for another adapter configuration"
+            )
+        return prepared, prepared.trainer
+
+    def save_adapter(self, directory: str | Path, split: int | None = None) -> Path:
+        """Write the trained adapter (safetensors + JSON) of a split."""
+        prepared = self.prepare(split)
+        if prepared.trainer is None:
+            raise TrainingError("nothing was trained on this split yet")
+        return prepared.trainer.save_adapter(directory)
+
+    def load_adapter(self, directory: str | Path, split: int | None = None) -> None:
+        """Load a saved adapter; `generate` and further training on that split use it."""
+        meta = ClientTrainer.read_metadata(directory)
+        config = AdapterConfig.from_json(meta["adapter"])
+        prepared = self.prepare(split if split is not None else meta.get("split"))
+        if prepared.trainer is None:
+            prepared.trainer = ClientTrainer(prepared.model, config)
+        prepared.trainer.load_adapter(directory)
 
     # ------------------------------------------------------------------ settlement
 

@@ -30,6 +30,7 @@ from splitmesh.chain import Marketplace, ModelInfo, Sender, find_deployment
 from splitmesh.chain.deploy import deployment_from_market
 from splitmesh.errors import ChainError
 from splitmesh.model.runner import RunnerLimits, ShardRunner
+from splitmesh.model.training import ShardTrainer, TrainerLimits
 from splitmesh.model_files import describe_model
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
@@ -179,6 +180,8 @@ async def serve(
     )
     service.cheat = cheat
     service.skip_runner = skip_runner
+    # Training steps share the runner's frozen layers (no second copy of the weights).
+    service.trainer = ShardTrainer.from_runner(runner, TrainerLimits(step_ttl=config.session_ttl))
     if market.court is not None:
         service.transcript_policy = lambda job, _position, requester: _is_auditor(market, job, requester)
     info = {
@@ -259,6 +262,8 @@ def _is_auditor(market: Marketplace, job_id: int, requester: str) -> bool:
 async def _expire(service: NodeService, runner: ShardRunner, ttl: float) -> None:
     await service.expire(ttl)
     runner.expire()
+    if service.trainer is not None:
+        service.trainer.expire()
 
 
 async def _every(interval: float, action: Callable[[], Any], name: str) -> None:

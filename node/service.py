@@ -397,6 +397,8 @@ class NodeService:
             return
         self._finish(session)
         self.runner.close(str(job_id))
+        if self.trainer is not None:
+            self.trainer.evict(str(job_id))
         if session.downstream is not None:
             await session.downstream.close()
         record = self.store.job(job_id)

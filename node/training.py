@@ -13,7 +13,9 @@ each node computes d(loss)/d(its input) from what comes back from downstream and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -132,20 +134,19 @@ async def _backward(
     job_id = meta.job
     hops: list[HopTiming] = []
     relay_ms = 0.0
+    trainer = svc.trainer
+    with _backward_errors():
+        # Every layer's gradient has the shape of the step's hidden states: refuse here, before the
+        # route spends anything (and before a downstream rejection breaks the session).
+        trainer.check_backward(str(job_id), meta.of_step, grad)
     if session.context.is_last:
         grad_output = grad
     else:
         # Downstream first: its reply is d(loss)/d(this node's output).
         grad_output, hops, relay_ms = await _relay(svc, session, meta, grad, encode_frame(grad))
     started = time.perf_counter()
-    try:
-        grad_input = await asyncio.to_thread(svc.trainer.backward, str(job_id), meta.of_step, grad_output)
-    except StepConsumed as exc:
-        raise conflict("step_consumed", str(exc)) from exc
-    except UnknownStep as exc:
-        raise not_found(str(exc), "unknown_step") from exc
-    except BadGradient as exc:
-        raise bad_request("bad_gradient", str(exc)) from exc
+    with _backward_errors():
+        grad_input = await asyncio.to_thread(trainer.backward, str(job_id), meta.of_step, grad_output)
     compute_ms = (time.perf_counter() - started) * 1e3
     # Chains: upstream boundary (the gradient sent up) in the input chain, downstream boundary (the
     # gradient received from downstream) in the output chain; the transcript keeps the request's meta.
@@ -154,6 +155,18 @@ async def _backward(
     up_digest = keccak(encode_frame(grad_input))
     _advance(svc, session, meta, sent_up, up_digest, keccak(received_down), received_down)
     return _reply(svc, session, meta, grad_input, compute_ms, received, hops, relay_ms)
+
+
+@contextlib.contextmanager
+def _backward_errors() -> Iterator[None]:
+    try:
+        yield
+    except StepConsumed as exc:
+        raise conflict("step_consumed", str(exc)) from exc
+    except UnknownStep as exc:
+        raise not_found(str(exc), "unknown_step") from exc
+    except BadGradient as exc:
+        raise bad_request("bad_gradient", str(exc)) from exc
 
 
 def _advance(

@@ -250,29 +250,39 @@ class ShardTrainer:
             if stored is not None:
                 self.stored_bytes -= stored.nbytes
 
+    def _stored_locked(self, job_key: str, step: int, grad_output: torch.Tensor) -> tuple[_Job, _Stored]:
+        job = self._jobs.get(job_key)
+        stored = job.steps.get(step) if job else None
+        if stored is None:
+            if job is not None and step in job.consumed:
+                raise StepConsumed(f"step {step} of job {job_key!r} already ran its backward")
+            raise UnknownStep(
+                f"no stored step {step} for job {job_key!r} (never sent to this node, expired after "
+                f"{self.limits.step_ttl:g} s, or evicted); rerun its forward"
+            )
+        if grad_output.shape != stored.hidden.shape or grad_output.dtype != stored.hidden.dtype:
+            raise BadGradient(
+                f"grad_output must match the step's output {list(stored.hidden.shape)} "
+                f"{stored.hidden.dtype}, got {list(grad_output.shape)} {grad_output.dtype}"
+            )
+        if not bool(torch.isfinite(grad_output).all()):
+            raise BadGradient(f"grad_output of step {step} holds NaN or inf; lower the learning rate")
+        assert job is not None
+        return job, stored
+
+    def check_backward(self, job_key: str, step: int, grad_output: torch.Tensor) -> None:
+        """Raise what `backward` would raise for this step and gradient, without consuming the step (a
+        node checks a backward request before relaying it downstream)."""
+        with self._lock:
+            self._stored_locked(job_key, step, grad_output)
+
     def backward(self, job_key: str, step: int, grad_output: torch.Tensor) -> torch.Tensor:
         """d(loss)/d(output) [batch, seq, hidden] of a stored step -> d(loss)/d(input), same shape.
 
         Consumes the step. A malformed gradient raises BadGradient and leaves the step stored.
         """
         with self._lock:
-            job = self._jobs.get(job_key)
-            stored = job.steps.get(step) if job else None
-            if stored is None:
-                if job is not None and step in job.consumed:
-                    raise StepConsumed(f"step {step} of job {job_key!r} already ran its backward")
-                raise UnknownStep(
-                    f"no stored step {step} for job {job_key!r} (never sent to this node, expired after "
-                    f"{self.limits.step_ttl:g} s, or evicted); rerun its forward"
-                )
-            if grad_output.shape != stored.hidden.shape or grad_output.dtype != stored.hidden.dtype:
-                raise BadGradient(
-                    f"grad_output must match the step's output {list(stored.hidden.shape)} "
-                    f"{stored.hidden.dtype}, got {list(grad_output.shape)} {grad_output.dtype}"
-                )
-            if not bool(torch.isfinite(grad_output).all()):
-                raise BadGradient(f"grad_output of step {step} holds NaN or inf; lower the learning rate")
-            assert job is not None
+            job, stored = self._stored_locked(job_key, step, grad_output)
             del job.steps[step]
             job.consumed[step] = None
             job.last_used = time.monotonic()

@@ -166,3 +166,20 @@ def test_demo_with_audits_shows_the_verdict_the_slash_and_the_refund(
     else:
         assert data["slashed_wei"] == 0
         assert data["refund_wei"] == data["escrow_wei"] - paid
+
+
+def test_train_on_its_own_marketplace_prints_the_losses_the_job_and_the_payments(tiny_model: Path) -> None:
+    args = ["--model", str(tiny_model), "--nodes", "2", "--split", "2", "--limit", "6", "--epochs", "2"]
+    result = run_cli("train", "--json", "--no-eval", "--lr", "5e-3", *args)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["steps"] == 12 == len(data["losses"]) and data["job_ids"] == [data["job_id"]]
+    assert data["loss_first"] == data["losses"][0] and data["loss_last"] == data["losses"][-1]
+    # The same six examples twice: the second pass fits them better.
+    assert sum(data["losses"][6:]) < sum(data["losses"][:6])
+    assert data["epsilon"] == "inf" and data["tokens"] > 0
+    settlement = data["settlement"]
+    assert settlement["status"] == "finalized" and settlement["billed_tokens"] == data["tokens"]
+    assert len(settlement["paid_wei"]) == 2
+    assert settlement["total_paid_wei"] + settlement["refund_wei"] == settlement["escrow_wei"]
+    assert "training" in result.stderr  # the progress bar

@@ -50,6 +50,7 @@ class RunningMarket:
     log_dir: Path
     model: str | None = None  # local model directory; None = SmolLM2
     nodes: list[NodeProcess] = field(default_factory=list)
+    threads: int = 1  # torch threads per node process
 
     @property
     def rpc_url(self) -> str:
@@ -66,7 +67,7 @@ class RunningMarket:
             price_wei=PRICE,
             state_dir=self.state_dir,
             duty_interval=0.2,
-            threads=1,
+            threads=self.threads,
         )
 
     def restart(self, shard: int) -> NodeProcess:
@@ -88,8 +89,11 @@ class RunningMarket:
             time.sleep(0.1)
 
 
-def start_market(tmp: Path, model: str | None = None, split: int = SPLIT, nodes: int = 3) -> RunningMarket:
-    """Start chain, deploy, register `model` (default SmolLM2) and start `nodes` node processes."""
+def start_market(
+    tmp: Path, model: str | None = None, split: int = SPLIT, nodes: int = 3, threads: int = 1
+) -> RunningMarket:
+    """Start chain, deploy, register `model` (default SmolLM2) and start `nodes` node processes, each with
+    `threads` torch threads."""
     chain = LocalChain(log_path=tmp / "hardhat.log").start()
     try:
         w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
@@ -102,7 +106,16 @@ def start_market(tmp: Path, model: str | None = None, split: int = SPLIT, nodes:
             deployer, described.name, described.weights_hash, described.num_layers, plan
         )
         running = RunningMarket(
-            chain, w3, deployment, market, model_id, plan, tmp / "nodes", tmp / "logs", model=model
+            chain,
+            w3,
+            deployment,
+            market,
+            model_id,
+            plan,
+            tmp / "nodes",
+            tmp / "logs",
+            model=model,
+            threads=threads,
         )
         running.nodes = start_nodes([running.spec(s) for s in range(1, nodes + 1)], running.log_dir)
         return running

@@ -553,3 +553,29 @@ def test_smollm2_learns_the_shipped_format(smollm2_dir: Path) -> None:
     after_words, after_loss = first_words(), heldout_loss()
     assert after_loss < 0.5 * before_loss, (before_loss, after_loss)
     assert sum(w.startswith("Ahoy") for w in after_words) >= 2, after_words
+
+
+def test_kept_graph_and_recompute_give_the_same_gradient_and_the_budget_decides(llama_dir: Path) -> None:
+    hidden, grad_out = torch.randn(1, 7, 64), torch.randn(1, 7, 64)
+    positions = torch.arange(7)
+    kept, recompute = make_shard(llama_dir), make_shard(llama_dir, keep_graph=False)
+    out_kept = kept.forward("j", 0, hidden, positions)
+    assert kept.graphs_kept == 1 and kept.stored_bytes > 20 * hidden.numel() * 4  # the graph is counted
+    out_re = recompute.forward("j", 0, hidden, positions)
+    assert recompute.stored_bytes == hidden.numel() * 4 + 7 * 8  # input and positions only
+    assert torch.equal(out_kept, out_re) and not out_kept.requires_grad
+    assert torch.equal(kept.backward("j", 0, grad_out), recompute.backward("j", 0, grad_out))
+    assert kept.stored_bytes == recompute.stored_bytes == 0
+    # A graph over the byte budget is dropped, not refused: that step's backward recomputes.
+    tight = make_shard(llama_dir, max_stored_bytes=4 * hidden.numel() * 4)
+    tight.forward("j", 0, hidden, positions)
+    assert (tight.graphs_kept, tight.graphs_dropped) == (0, 1)
+    assert torch.equal(tight.backward("j", 0, grad_out), kept_grad(llama_dir, hidden, positions, grad_out))
+
+
+def kept_grad(
+    llama_dir: Path, hidden: torch.Tensor, positions: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
+    shard = make_shard(llama_dir)
+    shard.forward("k", 0, hidden, positions)
+    return shard.backward("k", 0, grad)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from eth_utils import keccak
 
+from node.cheats import Cheat, garbage_like
 from node.errors import StepRejected, bad_request, conflict, not_found
 from splitmesh.model.errors import BadHiddenStates, BadPositions
 from splitmesh.model.training import (
@@ -113,6 +114,8 @@ async def _forward(
     except (BadHiddenStates, BadPositions) as exc:
         raise bad_request("bad_shape", str(exc)) from exc
     compute_ms = (time.perf_counter() - started) * 1e3
+    if svc.cheat == Cheat.GARBAGE:
+        output = garbage_like(output)
     output_frame = encode_frame(output)
     _advance(svc, session, meta, data, input_digest, keccak(output_frame), output_frame)
     if session.context.is_last:
@@ -147,6 +150,8 @@ async def _backward(
     started = time.perf_counter()
     with _backward_errors():
         grad_input = await asyncio.to_thread(trainer.backward, str(job_id), meta.of_step, grad_output)
+    if svc.cheat == Cheat.GARBAGE:
+        grad_input = garbage_like(grad_input)
     compute_ms = (time.perf_counter() - started) * 1e3
     # Chains: upstream boundary (the gradient sent up) in the input chain, downstream boundary (the
     # gradient received from downstream) in the output chain; the transcript keeps the request's meta.

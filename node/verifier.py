@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitmesh.audit.replay import audit_transcript
+from splitmesh.audit.replay import audit_training_transcript, audit_transcript
 from splitmesh.audit.transcript import (
     TranscriptError,
     TranscriptStep,
@@ -174,6 +174,7 @@ class Verifier:
                 previous_hop=terms.route[position - 1].node if position else None,
                 input_commitment=commits[position][0],
                 output_commitment=commits[position][1],
+                is_last=position == len(terms.route) - 1,
             )
         except TranscriptError as exc:
             return Judgement(Verdict.FRAUD, f"transcript check failed: {exc}")
@@ -194,6 +195,7 @@ class Verifier:
                         previous_hop=node,
                         input_commitment=commits[position + 1][0],
                         output_commitment=commits[position + 1][1],
+                        is_last=position + 1 == len(terms.route) - 1,
                     )
                 except TranscriptError:
                     relayed = None  # the next hop's own problem; judged in its own panel
@@ -206,9 +208,13 @@ class Verifier:
                             "the node signed relays of tensors other than the ones it committed",
                         )
         audited_dtype = str(steps[0].output.dtype).removeprefix("torch.")
-        verdict = audit_transcript(
-            self.runner, [(s.start, s.input) for s in steps], [s.output for s in steps], audited_dtype
-        )
+        if steps[0].meta.mode != "infer":
+            training = [(s.meta.mode, s.step, s.meta.of_step, s.input, s.output) for s in steps]
+            verdict = audit_training_transcript(self.runner, training, audited_dtype)
+        else:
+            verdict = audit_transcript(
+                self.runner, [(s.start, s.input) for s in steps], [s.output for s in steps], audited_dtype
+            )
         if verdict.is_fraud:
             return Judgement(Verdict.FRAUD, f"re-execution differs: {verdict.reason}")
         return Judgement(Verdict.HONEST, f"re-executed {len(steps)} steps within tolerance")

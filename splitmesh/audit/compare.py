@@ -70,8 +70,13 @@ def compare_step(
     *,
     step: int = 0,
     got_dtype: torch.dtype | None = None,  # the dtype the audited node declared; None: not checked
+    floor: float = 0.0,  # per-token errors relative to at least floor x the step's largest token norm
 ) -> Comparison:
-    """Relative errors of `got` against `expected`, in float64. Structural defects set `problem`."""
+    """Relative errors of `got` against `expected`, in float64. Structural defects set `problem`.
+
+    `floor` is for gradients, whose tokens far from any label are tiny: rounding noise on them is
+    measured against the step's scale instead of their own near-zero norm.
+    """
     if not expected.is_floating_point() or not bool(torch.isfinite(expected).all()):
         raise AuditError(
             f"step {step}: the verifier's own recomputation is not finite; check the verifier's weights"
@@ -89,6 +94,8 @@ def compare_step(
     diff = g - e
     tiny = torch.finfo(torch.float64).tiny
     diff_norm, e_tok = diff.norm(dim=-1), e.norm(dim=-1)  # [tokens]
+    if floor > 0:
+        e_tok = e_tok.clamp_min(float(e_tok.max()) * floor)
     token_rel = diff_norm / e_tok.clamp_min(tiny)
     # An all-zero expected token: equal is exact, any difference is infinitely wrong.
     token_rel = torch.where(e_tok > 0, token_rel, torch.where(diff_norm > 0, math.inf, 0.0))

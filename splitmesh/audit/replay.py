@@ -110,6 +110,77 @@ def audit_transcript(
     return verdict
 
 
+GRADIENT_FLOOR = 1e-3  # gradient tokens are judged against at least 1e-3 x the step's largest token
+
+
+def replay_training(
+    runner: ShardRunner,
+    steps: Sequence[TrainingStep],
+    audited_dtype: str | torch.dtype,
+) -> list[Comparison]:
+    """Re-execute a training transcript: every "train" step's output from its input, every "backward"
+    step's returned gradient from the kept input of the step it answers and the gradient received from
+    downstream. One Comparison per transcript step, in order."""
+    want = _torch_dtype(audited_dtype)
+    stack = runner.stack
+    inputs: dict[int, torch.Tensor] = {}
+    out: list[Comparison] = []
+    for i, (mode, step, of_step, received, sent) in enumerate(steps):
+        if received.dim() != 3 or received.shape[0] != 1 or received.shape[2] != runner.hidden_size:
+            raise BadTranscript(f"step {i}: tensors must be [1, tokens, {runner.hidden_size}]")
+        if not received.is_floating_point() or not bool(torch.isfinite(received).all()):
+            raise BadTranscript(f"step {i}: input is not a finite float tensor")
+        positions = torch.arange(int(received.shape[1])).unsqueeze(0)
+        if mode == "train":
+            inputs[step] = received
+            with torch.no_grad():
+                expected = stack(received.to(runner.dtype), positions, None)
+            out.append(compare_step(expected, sent, step=i, got_dtype=want))
+            continue
+        # backward: `received` is what the node returned upstream, `sent` the gradient from downstream
+        x = inputs.pop(of_step, None) if of_step is not None else None
+        if x is None:
+            raise BadTranscript(f"step {i}: a backward of step {of_step}, which no earlier train step kept")
+        if sent.shape != x.shape or received.shape != x.shape:
+            out.append(Comparison.failed(i, "gradient shapes differ from the step they answer"))
+            continue
+        x = x.to(runner.dtype).detach().requires_grad_(True)
+        with torch.enable_grad():
+            (expected,) = torch.autograd.grad(
+                stack(x, positions, None), x, grad_outputs=sent.to(runner.dtype)
+            )
+        out.append(compare_step(expected, received, step=i, got_dtype=want, floor=GRADIENT_FLOOR))
+    return out
+
+
+TrainingStep = tuple[str, int, int | None, torch.Tensor, torch.Tensor]  # mode, step, of_step, in, out
+
+
+def audit_training_transcript(
+    runner: ShardRunner,
+    steps: Sequence[TrainingStep],
+    audited_dtype: str | torch.dtype,
+    tolerance: Tolerance | None = None,
+) -> Verdict:
+    """`audit_transcript` for a training job: forwards and the gradients returned upstream."""
+    try:
+        tolerance = tolerance or Tolerance.for_dtypes(audited_dtype, runner.dtype)
+        comparisons = replay_training(runner, steps, audited_dtype)
+    except (BadTranscript, UnsupportedDTypePair) as exc:
+        verdict = Verdict("fraud", None, f"the transcript cannot be audited: {exc}")
+    else:
+        verdict = judge(comparisons, tolerance, expected_steps=len(steps))
+    log = logger.warning if verdict.is_fraud else logger.info
+    log(
+        "training audit of layers [%d, %d): %s (%s)",
+        runner.start,
+        runner.end,
+        verdict.verdict,
+        verdict.reason,
+    )
+    return verdict
+
+
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype

@@ -22,7 +22,7 @@ from eth_utils import keccak
 from pydantic import ValidationError
 
 from splitmesh.errors import SplitmeshError
-from splitmesh.protocol import TRANSCRIPT_PATH, ZERO_CHAIN, StepMeta, extend_chain, unhex
+from splitmesh.protocol import TRANSCRIPT_PATH, ZERO_CHAIN, StepMeta, extend_chain, training_payload, unhex
 from splitmesh.signing import recover_envelope_address, recover_relay_address, sign_transcript_request
 from splitmesh.wire import FrameError, decode_frame, encode_frame
 
@@ -117,17 +117,21 @@ def check_transcript(
     previous_hop: str | None,
     input_commitment: bytes,
     output_commitment: bytes,
+    is_last: bool = False,
 ) -> None:
     """Raise TranscriptError unless the transcript is the committed one and every step is authorized."""
     if chains_of(steps) != (input_commitment, output_commitment):
         raise TranscriptError("the transcript does not hash to the commitments the node posted on-chain")
+    if steps and steps[0].meta.mode != "infer":
+        _check_training(steps, chain_id, market, job_id, position, client, previous_hop, is_last)
+        return
     client_bytes = bytes.fromhex(client[2:])
     last_step = -1
     position_id = 0
     for s in steps:
         meta = s.meta
-        if meta.job != job_id or s.step <= last_step or s.start != position_id:
-            raise TranscriptError(f"step {s.step}: out of order or for another job")
+        if meta.job != job_id or s.step <= last_step or s.start != position_id or meta.mode != "infer":
+            raise TranscriptError(f"step {s.step}: out of order, for another job or of another mode")
         q = int(s.input.shape[1])
         try:
             signer = recover_envelope_address(
@@ -149,6 +153,59 @@ def check_transcript(
                 raise TranscriptError(f"step {s.step}: the input was not relayed by {previous_hop}")
         last_step = s.step
         position_id = s.start + q
+
+
+def _check_training(
+    steps: list[TranscriptStep],
+    chain_id: int,
+    market: str,
+    job_id: int,
+    position: int,
+    client: str,
+    previous_hop: str | None,
+    is_last: bool,
+) -> None:
+    """check_transcript for a training job (protocol: train and backward steps).
+
+    A backward step's record holds the gradient the node returned upstream as its input and the gradient
+    it received from downstream as its output; the client's own gradient travelled unchanged along the
+    route, so the relay signatures cover that tensor (`tensor_hash`), and at the last hop it is the output.
+    """
+    client_bytes = bytes.fromhex(client[2:])
+    last_step, billed = -1, 0
+    for s in steps:
+        meta = s.meta
+        if meta.job != job_id or s.step <= last_step or meta.mode == "infer" or meta.start != 0:
+            raise TranscriptError(f"step {s.step}: out of order, for another job or of another mode")
+        assert meta.tensor_hash is not None  # StepMeta's validator
+        tensor_hash = unhex(meta.tensor_hash)
+        q = int(s.input.shape[1])
+        payload = training_payload(meta.mode, meta.of_step, tensor_hash)
+        try:
+            signer = recover_envelope_address(
+                chain_id, market, job_id, s.step, meta.tokens, payload, unhex(meta.signature)
+            )
+        except ValueError as exc:
+            raise TranscriptError(f"step {s.step}: malformed client signature: {exc}") from exc
+        if signer != client_bytes or unhex(meta.payload_hash) != payload or meta.tokens != billed + q:
+            raise TranscriptError(f"step {s.step} is not a step the client signed for")
+        if meta.mode == "train":
+            relayed = s.input_digest
+            if position == 0 and relayed != tensor_hash:
+                raise TranscriptError(f"step {s.step}: the input is not the tensor the client signed")
+        else:
+            relayed = tensor_hash
+            if is_last and s.output_digest != tensor_hash:
+                raise TranscriptError(f"step {s.step}: the gradient is not the one the client signed")
+        if previous_hop is not None:
+            if meta.relay is None:
+                raise TranscriptError(f"step {s.step}: no relay signature from the previous hop")
+            relayed_by = recover_relay_address(
+                chain_id, market, job_id, s.step, position - 1, relayed, unhex(meta.relay)
+            )
+            if relayed_by != bytes.fromhex(previous_hop[2:]):
+                raise TranscriptError(f"step {s.step}: the input was not relayed by {previous_hop}")
+        last_step, billed = s.step, meta.tokens
 
 
 def fetch_transcript(

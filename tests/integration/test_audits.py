@@ -45,6 +45,11 @@ SERVING_KEYS = [HARDHAT_DEV_KEYS[1], HARDHAT_DEV_KEYS[2]]  # shard 1, shard 2
 VERIFIER_KEYS = {1: list(HARDHAT_DEV_KEYS[3:6]), 2: list(HARDHAT_DEV_KEYS[6:9])}
 CLIENT_KEY = HARDHAT_DEV_KEYS[9]
 LIAR_KEY = VERIFIER_KEYS[1][0]
+TRAIN_EXAMPLES = [
+    {"prompt": "Name a colour.", "completion": "Ahoy! Blue."},
+    {"prompt": "Name a fruit.", "completion": "Ahoy! A pear."},
+    {"prompt": "Name an animal.", "completion": "Ahoy! An owl."},
+]
 
 
 @dataclass
@@ -118,16 +123,23 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
         time.sleep(0.2)
 
 
-def _run_audited_job(audit_market: AuditMarket, cheats: dict[int, str]) -> dict[str, object]:
-    """Serve one job with the given cheats, let the court judge it, return what the chain says."""
+def _run_audited_job(
+    audit_market: AuditMarket, cheats: dict[int, str], *, train: bool = False
+) -> dict[str, object]:
+    """Serve one job (a generation, or a few training steps) with the given cheats, let the court judge
+    it, return what the chain says."""
     market = audit_market.market
     serving = _serve(audit_market, cheats)
     try:
         client = Client(
             audit_market.chain.rpc_url, CLIENT_KEY, str(audit_market.model), market=market.deployment.market
         )
-        out = client.generate("Tell me about the sea.", 6, split=2, max_price_per_token=PRICE)
-        job_id = out.receipt.job_id
+        if train:
+            report = client.train(TRAIN_EXAMPLES, lr=1e-3, split=2, max_price_per_token=PRICE, progress=False)
+            job_id, route = report.job_id, [h["node"] for h in report.route]
+        else:
+            out = client.generate("Tell me about the sea.", 6, split=2, max_price_per_token=PRICE)
+            job_id, route = out.receipt.job_id, [h.node for h in out.receipt.route]
         _wait(lambda: market.get_job(job_id).status == JobStatus.DISPUTED, 60, "the job to be held for audit")
         # The serving nodes' duty loops open the audit; the verifiers vote by themselves.
         _wait(lambda: market.get_audit(job_id).status == AuditStatus.OPEN, 60, "the audit to open")
@@ -159,7 +171,7 @@ def _run_audited_job(audit_market: AuditMarket, cheats: dict[int, str]) -> dict[
             "to_client": int(resolved["toClient"]),
             "status": market.get_job(job_id).status,
             "panels": final.panels,
-            "route": [h.node for h in out.receipt.route],
+            "route": route,
         }
     finally:
         stop_nodes(serving, timeout=40)
@@ -205,3 +217,22 @@ def test_each_cheat_is_caught_and_slashed(
         assert panel.fraud_votes == expected_fraud
     assert market.get_node(cheater).stake == stake_before - result["slashed"]
     assert result["to_client"] > 0
+
+
+@pytest.mark.parametrize(
+    ("cheats", "fraud_mask"), [({}, 0), ({1: "garbage"}, 0b01)], ids=["honest", "garbage"]
+)
+def test_training_jobs_are_audited_forward_and_backward(
+    audit_market: AuditMarket, cheats: dict[int, str], fraud_mask: int
+) -> None:
+    """Verifiers replay a training transcript: each train step's output and each backward's gradient."""
+    result = _run_audited_job(audit_market, cheats, train=True)
+    assert result["fraud_mask"] == fraud_mask
+    assert (result["slashed"] > 0) == bool(fraud_mask)
+    assert result["status"] == JobStatus.FINALIZED
+    liar = Sender(audit_market.w3, LIAR_KEY).address
+    for position, panel in enumerate(result["panels"]):  # type: ignore[arg-type]
+        fraud = bool(fraud_mask >> position & 1)
+        lies = int(liar in panel.verifiers)
+        honest = 3 - lies if not fraud else lies
+        assert (panel.honest_votes, panel.fraud_votes) == (honest, 3 - honest), (position, panel)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -487,11 +489,14 @@ class _Progress:
 
 
 def _serve_forever() -> None:
+    """Block until Ctrl-C or SIGTERM; the caller's cleanup then stops the nodes, coordinator and chain."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _gas_of(market: Marketplace, event: Any) -> int:

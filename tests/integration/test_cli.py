@@ -183,3 +183,42 @@ def test_train_on_its_own_marketplace_prints_the_losses_the_job_and_the_payments
     assert len(settlement["paid_wei"]) == 2
     assert settlement["total_paid_wei"] + settlement["refund_wei"] == settlement["escrow_wei"]
     assert "training" in result.stderr  # the progress bar
+
+
+def test_demo_serve_keeps_the_explorer_up_until_sigterm_then_stops_everything(tiny_model: Path) -> None:
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    port = free_port()
+    args = ["--model", str(tiny_model), "--nodes", "2", "--split", "2", "--max-new-tokens", "3"]
+    cmd = [sys.executable, "-m", "splitmesh.cli.main", "demo", "--serve", "--no-reference", *args]
+    proc = subprocess.Popen(
+        [*cmd, "--explorer-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "keep running" in line:
+                break
+        url = next(
+            re.search(r"explorer: (http://\S+)/#/jobs/(\d+)", x) for x in lines if "explorer: http" in x
+        )
+        assert url is not None, "".join(lines)
+        base, job_id = url.group(1), int(url.group(2))
+        with urllib.request.urlopen(f"{base}/api/jobs/{job_id}", timeout=30) as response:
+            job = json.loads(response.read())
+        assert job["status"] == "finalized" and len(job["route"]) == 2
+        with urllib.request.urlopen(base + "/", timeout=30) as response:
+            assert b"splitmesh" in response.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0, "".join(lines)
+        time.sleep(0.5)
+        with pytest.raises(OSError):  # the coordinator is gone with the demo
+            urllib.request.urlopen(base + "/api/status", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -170,14 +171,17 @@ def test_demo_with_audits_shows_the_verdict_the_slash_and_the_refund(
 
 def test_train_on_its_own_marketplace_prints_the_losses_the_job_and_the_payments(tiny_model: Path) -> None:
     args = ["--model", str(tiny_model), "--nodes", "2", "--split", "2", "--limit", "6", "--epochs", "2"]
-    result = run_cli("train", "--json", "--no-eval", "--lr", "5e-3", *args)
+    result = run_cli("train", "--json", "--no-eval", "--lr", "5e-3", "--epsilon", "1000", *args)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["steps"] == 12 == len(data["losses"]) and data["job_ids"] == [data["job_id"]]
     assert data["loss_first"] == data["losses"][0] and data["loss_last"] == data["losses"][-1]
     # The same six examples twice: the second pass fits them better.
     assert sum(data["losses"][6:]) < sum(data["losses"][:6])
-    assert data["epsilon"] == "inf" and data["tokens"] > 0
+    # DP on Z: every released vector counted, twice per example over two epochs.
+    assert data["epsilon"] == 1000.0 and data["tokens"] > 0
+    assert data["privacy"]["tokens"] == data["tokens"] // 2
+    assert 0 < data["privacy"]["composed_epsilon"] < math.inf and data["privacy"]["clip"] > 0
     settlement = data["settlement"]
     assert settlement["status"] == "finalized" and settlement["billed_tokens"] == data["tokens"]
     assert len(settlement["paid_wei"]) == 2

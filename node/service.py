@@ -275,7 +275,24 @@ class NodeService:
         """Fold the step into the hash chains, queue it for SQLite, count it."""
         if output_frame is None:
             output_frame = encode_frame(sent)
-        output_digest = keccak(output_frame)
+        self.fold_step(session, meta, input_digest, keccak(output_frame), receipt, data, output_frame)
+        self.metrics.tokens_total.inc(int(hidden.shape[1]))
+        self.metrics.step_seconds.observe(compute_ms / 1e3)
+        if handle_ms is not None:
+            self.metrics.handle_seconds.observe(handle_ms / 1e3)
+
+    def fold_step(
+        self,
+        session: JobSession,
+        meta: StepMeta,
+        input_digest: bytes,
+        output_digest: bytes,
+        receipt: Receipt,
+        input_frame: bytes,
+        output_frame: bytes,
+    ) -> None:
+        """Extend the session's hash chains by one step and queue the step for SQLite (inference and
+        training steps alike)."""
         session.input_chain = extend_chain(session.input_chain, meta.step, input_digest)
         session.output_chain = extend_chain(session.output_chain, meta.step, output_digest)
         self.store.record_step(
@@ -288,14 +305,10 @@ class NodeService:
             session.input_chain,
             session.output_chain,
             receipt,
-            input_frame=data,
+            input_frame=input_frame,
             output_frame=output_frame,
         )
         self.metrics.steps_total.inc()
-        self.metrics.tokens_total.inc(int(hidden.shape[1]))
-        self.metrics.step_seconds.observe(compute_ms / 1e3)
-        if handle_ms is not None:
-            self.metrics.handle_seconds.observe(handle_ms / 1e3)
 
     @staticmethod
     def _finish(session: JobSession) -> None:

@@ -31,7 +31,7 @@ from splitmesh.model.training import (
     TrainingStoreFull,
     UnknownStep,
 )
-from splitmesh.protocol import HopTiming, StepMeta, StepResult, extend_chain, hex32, training_payload, unhex
+from splitmesh.protocol import HopTiming, StepMeta, StepResult, hex32, training_payload, unhex
 from splitmesh.wire import Frame, encode_frame
 
 if TYPE_CHECKING:
@@ -191,22 +191,7 @@ def _advance(
     receipt = (meta.step, meta.tokens, unhex(meta.payload_hash), unhex(meta.signature))
     if session.receipt is None or meta.tokens > session.receipt[1]:
         session.receipt = receipt
-    session.input_chain = extend_chain(session.input_chain, meta.step, input_digest)
-    session.output_chain = extend_chain(session.output_chain, meta.step, output_digest)
-    svc.store.record_step(
-        meta.job,
-        meta.step,
-        meta.start,
-        meta.tokens,
-        input_digest,
-        output_digest,
-        session.input_chain,
-        session.output_chain,
-        receipt,
-        input_frame=input_frame,
-        output_frame=output_frame,
-    )
-    svc.metrics.steps_total.inc()
+    svc.fold_step(session, meta, input_digest, output_digest, receipt, input_frame, output_frame)
 
 
 async def _relay(

@@ -463,22 +463,32 @@
     pages.prev.addEventListener("click", () => apply({ offset: Math.max(0, filter.offset - JOB_PAGE) }));
     pages.next.addEventListener("click", () => apply({ offset: filter.offset + JOB_PAGE }));
 
-    const poll = poller(async (current) => {
+    const apiPath = () => {
       const qs = new URLSearchParams({ limit: String(JOB_PAGE), offset: String(filter.offset) });
       for (const k of ["status", "client", "node", "model"]) if (filter[k]) qs.set(k, filter[k]);
+      return "/api/jobs?" + qs.toString();
+    };
+    const rows = (page) =>
+      syncRows(tbody, page.items, (j) => j.job_id, jobRow, rowState, "No jobs match these filters.", 9);
+    const poll = listPoller(apiPath, rows, { pages, table, count, noun: "jobs" });
+    return poll;
+  }
+
+  // A paginated list page: poll its API query, update the rows, the pager and the counters.
+  function listPoller(apiPath, rows, { pages, table, count, noun }) {
+    return poller(async (current) => {
       try {
-        const page = await api("/api/jobs?" + qs.toString());
+        const page = await api(apiPath());
         if (!current()) return;
         setError("view", null);
-        syncRows(tbody, page.items, (j) => j.job_id, jobRow, rowState, "No jobs match these filters.", 9);
-        pages.update(page, "jobs");
+        rows(page);
+        pages.update(page, noun);
         table.dataset.total = String(page.total);
         count.textContent = `${fmtNumber(page.total)} total`;
       } catch (err) {
         if (current()) setError("view", err.message);
       }
     }, POLL_MS);
-    return poll;
   }
 
   // ------------------------------------------------------------------ one job
@@ -712,28 +722,34 @@
     ]);
   }
 
-  function jobView(jobId) {
-    const root = h("div", { class: "job-page" }, loading());
+  // A detail page (one job, one node): poll its API path, re-render only when the data changed.
+  function detailView(pageClass, path, render, title, backHref, backText) {
+    const root = h("div", { class: pageClass }, loading());
     view.appendChild(root);
     let last = null;
     return poller(async (current) => {
       try {
-        const job = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
+        const data = await api(path);
         if (!current()) return;
         setError("view", null);
-        const sig = JSON.stringify(job);
+        const sig = JSON.stringify(data);
         if (sig !== last) {
           last = sig;
-          renderJob(root, job);
+          render(root, data);
         }
       } catch (err) {
         if (!current()) return;
         setError("view", err.message);
         if (last === null) {
-          clear(root).appendChild(h("div", { class: "empty-state" }, h("h1", {}, `Job ${jobId}`), h("p", {}, err.message), h("a", { href: "#/jobs" }, "← back to jobs")));
+          clear(root).appendChild(h("div", { class: "empty-state" }, h("h1", {}, title), h("p", {}, err.message), h("a", { href: backHref }, backText)));
         }
       }
     }, POLL_MS);
+  }
+
+  function jobView(jobId) {
+    const path = `/api/jobs/${encodeURIComponent(jobId)}`;
+    return detailView("job-page", path, renderJob, `Job ${jobId}`, "#/jobs", "← back to jobs");
   }
 
   // ------------------------------------------------------------------ nodes
@@ -782,19 +798,10 @@
     };
     pages.prev.addEventListener("click", () => go(offset - NODE_PAGE));
     pages.next.addEventListener("click", () => go(offset + NODE_PAGE));
-    const poll = poller(async (current) => {
-      try {
-        const page = await api(`/api/nodes?limit=${NODE_PAGE}&offset=${offset}`);
-        if (!current()) return;
-        setError("view", null);
-        syncRows(tbody, page.items, (n) => n.address, nodeRow, rowState, "No nodes yet.", head.length);
-        pages.update(page, "nodes");
-        table.dataset.total = String(page.total);
-        count.textContent = `${fmtNumber(page.total)} total`;
-      } catch (err) {
-        if (current()) setError("view", err.message);
-      }
-    }, POLL_MS);
+    const rows = (page) =>
+      syncRows(tbody, page.items, (n) => n.address, nodeRow, rowState, "No nodes yet.", head.length);
+    const apiPath = () => `/api/nodes?limit=${NODE_PAGE}&offset=${offset}`;
+    const poll = listPoller(apiPath, rows, { pages, table, count, noun: "nodes" });
     return poll;
   }
 
@@ -850,27 +857,8 @@
   }
 
   function nodeView(address) {
-    const root = h("div", { class: "node-page" }, loading());
-    view.appendChild(root);
-    let last = null;
-    return poller(async (current) => {
-      try {
-        const node = await api(`/api/nodes/${encodeURIComponent(address)}`);
-        if (!current()) return;
-        setError("view", null);
-        const sig = JSON.stringify(node);
-        if (sig !== last) {
-          last = sig;
-          renderNode(root, node);
-        }
-      } catch (err) {
-        if (!current()) return;
-        setError("view", err.message);
-        if (last === null) {
-          clear(root).appendChild(h("div", { class: "empty-state" }, h("h1", {}, "Node"), h("p", {}, err.message), h("a", { href: "#/nodes" }, "← back to nodes")));
-        }
-      }
-    }, POLL_MS);
+    const path = `/api/nodes/${encodeURIComponent(address)}`;
+    return detailView("node-page", path, renderNode, "Node", "#/nodes", "← back to nodes");
   }
 
   // ------------------------------------------------------------------ router

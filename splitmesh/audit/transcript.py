@@ -119,84 +119,46 @@ def check_transcript(
     output_commitment: bytes,
     is_last: bool = False,
 ) -> None:
-    """Raise TranscriptError unless the transcript is the committed one and every step is authorized."""
+    """Raise TranscriptError unless the transcript is the committed one and every step is authorized.
+
+    Training jobs (train and backward steps): a backward step's record holds the gradient the node
+    returned upstream as its input and the gradient it received from downstream as its output; the
+    client's own gradient travelled unchanged along the route, so the relay signatures cover it, and at
+    the last hop it is the recorded output.
+    """
     if chains_of(steps) != (input_commitment, output_commitment):
         raise TranscriptError("the transcript does not hash to the commitments the node posted on-chain")
-    if steps and steps[0].meta.mode != "infer":
-        _check_training(steps, chain_id, market, job_id, position, client, previous_hop, is_last)
-        return
+    training = bool(steps) and steps[0].meta.mode != "infer"
     client_bytes = bytes.fromhex(client[2:])
-    last_step = -1
-    position_id = 0
+    last_step, position_id, billed = -1, 0, 0
     for s in steps:
         meta = s.meta
-        if meta.job != job_id or s.step <= last_step or s.start != position_id or meta.mode != "infer":
-            raise TranscriptError(f"step {s.step}: out of order, for another job or of another mode")
         q = int(s.input.shape[1])
-        try:
-            signer = recover_envelope_address(
-                chain_id, market, job_id, s.step, meta.tokens, unhex(meta.payload_hash), unhex(meta.signature)
-            )
-        except ValueError as exc:
-            raise TranscriptError(f"step {s.step}: malformed client signature: {exc}") from exc
-        if signer != client_bytes or meta.tokens != s.start + q:
-            raise TranscriptError(f"step {s.step} is not a step the client signed for")
-        if position == 0 and s.input_digest != unhex(meta.payload_hash):
-            raise TranscriptError(f"step {s.step}: the input is not the tensor the client signed")
-        if previous_hop is not None:
-            if meta.relay is None:
-                raise TranscriptError(f"step {s.step}: no relay signature from the previous hop")
-            relayed_by = recover_relay_address(
-                chain_id, market, job_id, s.step, position - 1, s.input_digest, unhex(meta.relay)
-            )
-            if relayed_by != bytes.fromhex(previous_hop[2:]):
-                raise TranscriptError(f"step {s.step}: the input was not relayed by {previous_hop}")
-        last_step = s.step
-        position_id = s.start + q
-
-
-def _check_training(
-    steps: list[TranscriptStep],
-    chain_id: int,
-    market: str,
-    job_id: int,
-    position: int,
-    client: str,
-    previous_hop: str | None,
-    is_last: bool,
-) -> None:
-    """check_transcript for a training job (protocol: train and backward steps).
-
-    A backward step's record holds the gradient the node returned upstream as its input and the gradient
-    it received from downstream as its output; the client's own gradient travelled unchanged along the
-    route, so the relay signatures cover that tensor (`tensor_hash`), and at the last hop it is the output.
-    """
-    client_bytes = bytes.fromhex(client[2:])
-    last_step, billed = -1, 0
-    for s in steps:
-        meta = s.meta
-        if meta.job != job_id or s.step <= last_step or meta.mode == "infer" or meta.start != 0:
+        in_order = meta.job == job_id and s.step > last_step and (meta.mode != "infer") == training
+        if not in_order or s.start != (0 if training else position_id):
             raise TranscriptError(f"step {s.step}: out of order, for another job or of another mode")
-        assert meta.tensor_hash is not None  # StepMeta's validator
-        tensor_hash = unhex(meta.tensor_hash)
-        q = int(s.input.shape[1])
-        payload = training_payload(meta.mode, meta.of_step, tensor_hash)
+        # What the client signed, the tokens it counts, and the tensor the previous hop relayed.
+        if training:
+            assert meta.tensor_hash is not None  # StepMeta's validator
+            signed_tensor = unhex(meta.tensor_hash)
+            payload, tokens = training_payload(meta.mode, meta.of_step, signed_tensor), billed + q
+            # A backward's tensor (the client's gradient) travelled unchanged: the relays cover it.
+            relayed = s.input_digest if meta.mode == "train" else signed_tensor
+        else:
+            signed_tensor = payload = unhex(meta.payload_hash)
+            tokens, relayed = s.start + q, s.input_digest
         try:
             signer = recover_envelope_address(
                 chain_id, market, job_id, s.step, meta.tokens, payload, unhex(meta.signature)
             )
         except ValueError as exc:
             raise TranscriptError(f"step {s.step}: malformed client signature: {exc}") from exc
-        if signer != client_bytes or unhex(meta.payload_hash) != payload or meta.tokens != billed + q:
+        if signer != client_bytes or unhex(meta.payload_hash) != payload or meta.tokens != tokens:
             raise TranscriptError(f"step {s.step} is not a step the client signed for")
-        if meta.mode == "train":
-            relayed = s.input_digest
-            if position == 0 and relayed != tensor_hash:
-                raise TranscriptError(f"step {s.step}: the input is not the tensor the client signed")
-        else:
-            relayed = tensor_hash
-            if is_last and s.output_digest != tensor_hash:
-                raise TranscriptError(f"step {s.step}: the gradient is not the one the client signed")
+        if position == 0 and meta.mode != "backward" and s.input_digest != signed_tensor:
+            raise TranscriptError(f"step {s.step}: the input is not the tensor the client signed")
+        if is_last and meta.mode == "backward" and s.output_digest != signed_tensor:
+            raise TranscriptError(f"step {s.step}: the gradient is not the one the client signed")
         if previous_hop is not None:
             if meta.relay is None:
                 raise TranscriptError(f"step {s.step}: no relay signature from the previous hop")
@@ -205,7 +167,7 @@ def _check_training(
             )
             if relayed_by != bytes.fromhex(previous_hop[2:]):
                 raise TranscriptError(f"step {s.step}: the input was not relayed by {previous_hop}")
-        last_step, billed = s.step, meta.tokens
+        last_step, position_id, billed = s.step, s.start + q, meta.tokens
 
 
 def fetch_transcript(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from eth_utils import keccak
 from web3 import Web3
@@ -29,19 +29,15 @@ from splitmesh.chain.launcher import advance_time, dev_key
 from splitmesh.chain.terms import JobTerms
 from splitmesh.errors import ContractRevert
 from splitmesh.signing import EnvelopeSigner
+from tests.conftest import TEST_PARAMS
 
 GWEI = 10**9
 ETHER = 10**18
 PLAN = [0, 2, 4, 6]  # the client runs shard 0; jobs from shard 1 have two hops
-PARAMS = DeployParams(
-    min_stake=ETHER,
-    unbonding_delay=3 * 3600,
-    commit_timeout=3600,
-    challenge_window=600,
-    dispute_timeout=3600,
-    miss_slash_bps=1000,
-    fraud_slash_bps=5000,
-    auditor=ZERO_ADDRESS,  # the AuditCourt
+# The test suite's windows and slashes, with the AuditCourt as the auditor.
+PARAMS = replace(
+    TEST_PARAMS,
+    auditor=ZERO_ADDRESS,
     audit_rate_bps=2500,
     verifiers_per_position=1,
     audit_commit_window=600,

@@ -85,8 +85,8 @@ def _sign_raw(key: coincurve.PrivateKey, digest: bytes) -> bytes:
     return raw[:64] + bytes([raw[64] + 27])
 
 
-class RelaySigner:
-    """Signs relay statements for one node key, chain and JobMarket."""
+class _DomainSigner:
+    """One key signing EIP-712 statements for one chain and JobMarket."""
 
     def __init__(self, private_key: str | bytes, chain_id: int, market: str):
         raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else private_key
@@ -94,6 +94,10 @@ class RelaySigner:
         self.address = _address_of(self._key.public_key)
         self.chain_id = chain_id
         self.market = to_checksum_address(market)
+
+
+class RelaySigner(_DomainSigner):
+    """Signs relay statements for one node key, chain and JobMarket."""
 
     def sign(self, job_id: int, step: int, position: int, digest: bytes) -> bytes:
         return _sign_raw(self._key, relay_digest(self.chain_id, self.market, job_id, step, position, digest))
@@ -134,15 +138,8 @@ def recover_relay_address(
     return _recover(relay_digest(chain_id, market, job_id, step, position, digest), signature)
 
 
-class EnvelopeSigner:
+class EnvelopeSigner(_DomainSigner):
     """Signs envelopes for one client key, chain and JobMarket."""
-
-    def __init__(self, private_key: str | bytes, chain_id: int, market: str):
-        raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else private_key
-        self._key = coincurve.PrivateKey(raw)
-        self.address = _address_of(self._key.public_key)
-        self.chain_id = chain_id
-        self.market = to_checksum_address(market)
 
     def sign(self, job_id: int, step: int, tokens: int, payload_hash: bytes) -> SignedEnvelope:
         digest = envelope_digest(self.chain_id, self.market, job_id, step, tokens, payload_hash)

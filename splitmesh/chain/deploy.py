@@ -117,6 +117,21 @@ def create_address(sender: str, nonce: int) -> str:
     return to_checksum_address(keccak(rlp.encode([bytes.fromhex(sender[2:]), nonce]))[12:])
 
 
+def _deploy_at(
+    w3: Web3, sender: Sender, name: str, expected: str, gas_used: dict[str, int], *args: object
+) -> tuple[str, int]:
+    """Deploy one contract; it must land at the predicted address the others were bound to. Returns the
+    address and the block it was deployed in."""
+    artifact = load_artifact(name)
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    tx: TxResult = sender.transact(factory.constructor(*args), label=f"deploy {name}")
+    address = to_checksum_address(tx.receipt["contractAddress"])
+    if address != expected:
+        raise ConfigError(f"{name} deployed at {address}, expected {expected}: nonce raced")
+    gas_used[name] = tx.gas_used
+    return address, tx.block_number
+
+
 def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Deployment:
     """Deploy NodeRegistry, JobMarket and (unless params.auditor names another account) the AuditCourt,
     from consecutive nonces. Each contract is bound to the next one's predicted address (the registry to
@@ -124,8 +139,6 @@ def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Depl
     admin step or owner key exists after deployment."""
     params = params or DeployParams()
     params.validate()
-    registry_artifact = load_artifact("NodeRegistry")
-    market_artifact = load_artifact("JobMarket")
     nonce = w3.eth.get_transaction_count(sender.address, "pending")
     sender.resync()
     predicted_registry = create_address(sender.address, nonce)
@@ -133,57 +146,53 @@ def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Depl
     predicted_court = create_address(sender.address, nonce + 2)
     auditor = predicted_court if params.deploys_court else to_checksum_address(params.auditor)
 
-    registry_factory = w3.eth.contract(abi=registry_artifact.abi, bytecode=registry_artifact.bytecode)
-    r1: TxResult = sender.transact(
-        registry_factory.constructor(predicted_market, params.min_stake, params.unbonding_delay),
-        label="deploy NodeRegistry",
+    gas_used: dict[str, int] = {}
+    registry, block = _deploy_at(
+        w3,
+        sender,
+        "NodeRegistry",
+        predicted_registry,
+        gas_used,
+        predicted_market,
+        params.min_stake,
+        params.unbonding_delay,
     )
-    registry = to_checksum_address(r1.receipt["contractAddress"])
-    if registry != predicted_registry:
-        raise ConfigError(f"registry deployed at {registry}, expected {predicted_registry}: nonce raced")
-    market_factory = w3.eth.contract(abi=market_artifact.abi, bytecode=market_artifact.bytecode)
-    r2 = sender.transact(
-        market_factory.constructor(
-            registry,
-            auditor,
-            params.commit_timeout,
-            params.challenge_window,
-            params.dispute_timeout,
-            params.miss_slash_bps,
-            params.fraud_slash_bps,
-            params.audit_rate_bps,
-        ),
-        label="deploy JobMarket",
+    market, _ = _deploy_at(
+        w3,
+        sender,
+        "JobMarket",
+        predicted_market,
+        gas_used,
+        registry,
+        auditor,
+        params.commit_timeout,
+        params.challenge_window,
+        params.dispute_timeout,
+        params.miss_slash_bps,
+        params.fraud_slash_bps,
+        params.audit_rate_bps,
     )
-    market = to_checksum_address(r2.receipt["contractAddress"])
-    if market != predicted_market:
-        raise ConfigError(f"JobMarket deployed at {market}, expected {predicted_market}: nonce raced")
-    gas_used = {"NodeRegistry": r1.gas_used, "JobMarket": r2.gas_used}
     court = ZERO_ADDRESS
     if params.deploys_court:
-        court_artifact = load_artifact("AuditCourt")
-        court_factory = w3.eth.contract(abi=court_artifact.abi, bytecode=court_artifact.bytecode)
-        r3 = sender.transact(
-            court_factory.constructor(
-                market,
-                params.verifiers_per_position,
-                params.verifier_bond,
-                params.audit_commit_window,
-                params.audit_reveal_window,
-                params.audit_reward_bps,
-            ),
-            label="deploy AuditCourt",
+        court, _ = _deploy_at(
+            w3,
+            sender,
+            "AuditCourt",
+            predicted_court,
+            gas_used,
+            market,
+            params.verifiers_per_position,
+            params.verifier_bond,
+            params.audit_commit_window,
+            params.audit_reveal_window,
+            params.audit_reward_bps,
         )
-        court = to_checksum_address(r3.receipt["contractAddress"])
-        if court != predicted_court:
-            raise ConfigError(f"AuditCourt deployed at {court}, expected {predicted_court}: nonce raced")
-        gas_used["AuditCourt"] = r3.gas_used
     deployment = Deployment(
         chain_id=sender.chain_id,
         registry=registry,
         market=market,
         deployer=sender.address,
-        block=r1.block_number,
+        block=block,
         params=params,
         gas_used=gas_used,
         court=court,

@@ -1127,18 +1127,29 @@ class MarketMachine(RuleBasedStateMachine):
             return "WrongJobStatus"
         return "ChallengeWindowOpen" if t < job.timestamp + CHALLENGE_WINDOW else None
 
+    def _timed_job_call(
+        self,
+        name: str,
+        solidity_name: str,
+        job: JobModel,
+        sender: Sender,
+        expect_at: Callable[[int], str | None],
+        at: str,
+        watch: tuple[str, ...] = (),
+    ) -> tuple[Outcome | None, int]:
+        """A time-gated call taking (jobId, terms): dry-run at its window's edges, jump to `at`, send it.
+        Returns the outcome and the block time it was sent at."""
+        fn = getattr(self.m.market.functions, solidity_name)(job.job_id, job.packed)
+        self._probe_and_jump(f"{name} {job.status.name}", sender, fn, expect_at, self._window_edge(job), at)
+        t = self._tick()
+        send = getattr(self.m, name)
+        out = self._attempt(name, sender, lambda: send(sender, job.job_id, job.packed), expect_at(t), watch)
+        return out, t
+
     def _finalize(self, job: JobModel, caller: int, at: str) -> None:
-        sender = self.everyone[caller]
-        fn = self.m.market.functions.finalize(job.job_id, job.packed)
         expect_at = lambda t: self._finalize_expect(job, t)  # noqa: E731
-        self._probe_and_jump(f"finalize {job.status.name}", sender, fn, expect_at, self._window_edge(job), at)
-        expect = expect_at(self._tick())
-        out = self._attempt(
-            "finalize",
-            sender,
-            lambda: self.m.finalize(sender, job.job_id, job.packed),
-            expect,
-            (job.terms.client,),
+        out, _ = self._timed_job_call(
+            "finalize", "finalize", job, self.everyone[caller], expect_at, at, (job.terms.client,)
         )
         if not out:
             return
@@ -1167,17 +1178,9 @@ class MarketMachine(RuleBasedStateMachine):
         return "CommitWindowOpen" if t <= job.timestamp + COMMIT_TIMEOUT else None
 
     def _cancel(self, job: JobModel, caller: int, at: str) -> None:
-        sender = self.everyone[caller]
-        fn = self.m.market.functions.cancel(job.job_id, job.packed)
         expect_at = lambda t: self._cancel_expect(job, t)  # noqa: E731
-        self._probe_and_jump(f"cancel {job.status.name}", sender, fn, expect_at, self._window_edge(job), at)
-        expect = expect_at(self._tick())
-        out = self._attempt(
-            "cancel",
-            sender,
-            lambda: self.m.cancel(sender, job.job_id, job.packed),
-            expect,
-            (job.terms.client,),
+        out, _ = self._timed_job_call(
+            "cancel", "cancel", job, self.everyone[caller], expect_at, at, (job.terms.client,)
         )
         if not out:
             return
@@ -1209,15 +1212,7 @@ class MarketMachine(RuleBasedStateMachine):
     def _hold_for_audit(self, job: JobModel, as_auditor: bool, at: str) -> None:
         sender = self.auditor if as_auditor else self.client_senders[0]
         expect_at = lambda t: self._hold_expect(job, t, as_auditor)  # noqa: E731
-        fn = self.m.market.functions.holdForAudit(job.job_id, job.packed)
-        self._probe_and_jump(
-            f"hold_for_audit {job.status.name}", sender, fn, expect_at, self._window_edge(job), at
-        )
-        t = self._tick()
-        expect = expect_at(t)
-        out = self._attempt(
-            "hold_for_audit", sender, lambda: self.m.hold_for_audit(sender, job.job_id, job.packed), expect
-        )
+        out, t = self._timed_job_call("hold_for_audit", "holdForAudit", job, sender, expect_at, at)
         if out:
             job.status, job.timestamp = JobStatus.DISPUTED, t
             assert out.named("JobDisputed") == [{"jobId": job.job_id}]

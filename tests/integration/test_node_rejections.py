@@ -218,6 +218,13 @@ def open_channel(request: pytest.FixtureRequest) -> Iterator[Any]:
         yield open_
 
 
+def fresh_job(rig: Rig, open_channel: Any) -> tuple[SubmittedJob, Any, Any]:
+    """A new job of the test's and a channel to its first node: (job, node process, channel)."""
+    job = rig.submit()
+    node = rig.nodes[0]
+    return job, node, open_channel(node.endpoint, job.job_id)
+
+
 def stream(endpoint: str, job_id: int) -> ClientConnection:
     """A WebSocket session of one job on a node (use it as a context manager)."""
     url = endpoint.rstrip("/").replace("http://", "ws://", 1) + STREAM_PATH.format(job=job_id)
@@ -289,9 +296,7 @@ def _garbage_signatures() -> list[tuple[str, bytes]]:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_step_signed_by_a_stranger_is_unauthorized(rig: Rig, open_channel: Any, transport: str) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
 
     reply = channel.send(rig.frame(job, 0, 0, signer=rig.stranger))
     assert_rejected(reply, 401, "bad_signature", node.address, rig.stranger.address, "signed by")
@@ -304,9 +309,7 @@ def test_step_signed_by_a_stranger_is_unauthorized(rig: Rig, open_channel: Any, 
 def test_garbage_signature_of_the_right_length_is_unauthorized(
     rig: Rig, open_channel: Any, transport: str
 ) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     for what, signature in _garbage_signatures():
         meta = rig.meta(job, 0, 0, z := torch.randn(1, PROMPT, HIDDEN))
         bad = meta.model_copy(update={"signature": hex32(signature)})
@@ -354,9 +357,7 @@ def test_payload_that_differs_from_the_signed_hash_is_rejected(rig: Rig) -> None
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_replayed_step_is_a_conflict(rig: Rig, open_channel: Any, transport: str) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     step0 = rig.frame(job, 0, 0)
     assert_result(channel.send(step0), job, 0, full_route(rig))
 
@@ -505,9 +506,7 @@ def test_body_over_the_size_limit_is_too_large(rig: Rig) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_header_declaring_a_huge_tensor_is_too_large(rig: Rig, open_channel: Any, transport: str) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     valid = rig.frame(job, 0, 0)
     header = json.dumps({"dtype": "float32", "shape": [1, 10**7, HIDDEN], "meta": decode_frame(valid).meta})
     huge = struct.pack("<4sI", b"SMF1", len(header)) + header.encode() + bytes(4 * HIDDEN)
@@ -539,9 +538,7 @@ def test_stream_message_over_the_frame_limit_is_too_large(rig: Rig) -> None:
 def test_non_finite_hidden_state_is_a_bad_request(
     rig: Rig, open_channel: Any, transport: str, value: float
 ) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     z = torch.randn(1, PROMPT, HIDDEN)
     z[0, 1, 7] = value  # one bad element in the middle token, correctly signed
     reply = channel.send(encode_frame(z, rig.meta(job, 0, 0, z).model_dump()))
@@ -572,9 +569,7 @@ def _float64_frame(z: torch.Tensor, meta: dict[str, Any]) -> bytes:
 def test_wrong_shape_is_a_bad_request(
     rig: Rig, open_channel: Any, transport: str, shape: tuple[int, ...], words: str
 ) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     z = torch.randn(*shape)
     reply = channel.send(encode_frame(z, rig.meta(job, 0, 0, z.reshape(1, -1, shape[-1])).model_dump()))
     assert_rejected(reply, 400, "bad_shape", node.address, words)
@@ -597,9 +592,7 @@ def test_empty_step_is_a_bad_request(rig: Rig) -> None:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 def test_wrong_dtype_is_a_bad_request(rig: Rig, open_channel: Any, transport: str, dtype: str) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     z = torch.randn(1, PROMPT, HIDDEN)
     if dtype == "float64":
         frame = _float64_frame(z, rig.meta(job, 0, 0, z).model_dump())
@@ -630,9 +623,7 @@ def _malformed_frames(valid: bytes) -> list[tuple[str, bytes, str]]:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_malformed_frame_is_a_bad_request(rig: Rig, open_channel: Any, transport: str) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     valid = rig.frame(job, 0, 0)
     for what, frame, words in _malformed_frames(valid):
         reply = channel.send(frame)
@@ -644,9 +635,7 @@ def test_malformed_frame_is_a_bad_request(rig: Rig, open_channel: Any, transport
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_bad_meta_is_a_bad_request(rig: Rig, open_channel: Any, transport: str) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     z = torch.randn(1, PROMPT, HIDDEN)
     meta = rig.meta(job, 0, 0, z).model_dump()
     cases: list[tuple[dict[str, Any] | None, str]] = [
@@ -678,9 +667,7 @@ def test_bad_meta_is_a_bad_request(rig: Rig, open_channel: Any, transport: str) 
 def test_token_count_that_does_not_match_the_positions_is_a_bad_request(
     rig: Rig, open_channel: Any, transport: str
 ) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     for tokens in (PROMPT + 1, PROMPT - 1):  # signed, so only the mismatch is wrong
         reply = channel.send(rig.frame(job, 0, 0, tokens=tokens))
         assert_rejected(
@@ -697,9 +684,7 @@ def test_token_count_that_does_not_match_the_positions_is_a_bad_request(
 def test_positions_that_do_not_continue_the_session_are_a_conflict(
     rig: Rig, open_channel: Any, transport: str
 ) -> None:
-    job = rig.submit()
-    node = rig.nodes[0]
-    channel = open_channel(node.endpoint, job.job_id)
+    job, node, channel = fresh_job(rig, open_channel)
     # A fresh session starts at position 0.
     reply = channel.send(rig.frame(job, 0, 2))
     assert_rejected(reply, 409, "bad_positions", node.address, "holds 0 tokens", "positions must be 0..2")

@@ -70,6 +70,7 @@ contract AuditCourt is IAuditCourt, ReentrancyGuardTransient {
     mapping(uint256 jobId => mapping(uint256 seat => Seat)) private _seats;
     mapping(uint256 jobId => mapping(uint256 seat => bytes32)) private _commitments;
     mapping(address account => uint256) private _credits;
+    mapping(uint256 jobId => uint256) private _anchors; // fallback seed block when the dispute block is too old
 
     /// @param market_ The JobMarket (its auditor() must be this contract; the registry is read from it).
     /// @param verifiersPerPosition_ Verifiers drawn per route position, 1..MAX_VERIFIERS.
@@ -124,6 +125,9 @@ contract AuditCourt is IAuditCourt, ReentrancyGuardTransient {
         uint256 latestOpenAt = uint256(job.timestamp) + _disputeTimeout - _commitWindow - _revealWindow - 2;
         if (block.timestamp > latestOpenAt) revert AuditTooLate(jobId, latestOpenAt);
 
+        bytes32 anchor = _anchorHash(jobId);
+        if (anchor == 0) return;
+
         uint256 hops = terms.hopCount();
         bytes calldata route = terms.route();
         uint32 modelId = terms.modelId();
@@ -132,9 +136,7 @@ contract AuditCourt is IAuditCourt, ReentrancyGuardTransient {
         uint256 tallies;
         uint8 unverifiableMask;
         for (uint256 p; p < hops; ++p) {
-            // prevrandao is known a block ahead and can be steered by a proposer: whoever opens the audit may
-            // wait for a draw it likes until the latest opening time (a keeper opening at once leaves little).
-            uint256 seed = uint256(keccak256(abi.encode(block.prevrandao, jobId, p)));
+            uint256 seed = uint256(keccak256(abi.encode(anchor, jobId, p)));
             address[] memory drawn = _registry.samplePool(
                 modelId,
                 uint8(firstShard + p),
@@ -160,6 +162,9 @@ contract AuditCourt is IAuditCourt, ReentrancyGuardTransient {
         for (uint256 p; p < hops; ++p) {
             emit AuditOpened(jobId, uint8(p), route.hopNode(p), panels[p]);
         }
+        // The JobMarket trusts its auditor; restarting the timeout means the accused cannot finalize the
+        // job unaudited in the last second before resolve.
+        _market.holdForAudit(jobId, terms);
     }
 
     /// @inheritdoc IAuditCourt
@@ -200,10 +205,7 @@ contract AuditCourt is IAuditCourt, ReentrancyGuardTransient {
         _seats[jobId][seat].vote = fraud ? VoteStatus.Fraud : VoteStatus.Honest;
         delete _commitments[jobId][seat];
         audit.tallies = tallies + (1 << (32 * uint256(position) + (fraud ? FRAUD_VOTES : HONEST_VOTES)));
-        _bondsHeld -= _verifierBond;
         emit VoteRevealed(jobId, position, msg.sender, verdict);
-        // The caller's own bond, to the caller: a verifier that cannot receive it only blocks itself.
-        _send(msg.sender, _verifierBond);
     }
 
     /// @inheritdoc IAuditCourt
@@ -217,48 +219,33 @@ contract AuditCourt is IAuditCourt, ReentrancyGuardTransient {
 
         uint256 hops = audit.hops;
         uint256 tallies = audit.tallies;
-        uint8 fraudMask;
-        uint256 winners;
-        uint256 forfeited;
-        for (uint256 p; p < hops; ++p) {
-            uint256 honest = _count(tallies, p, HONEST_VOTES);
-            uint256 fraud = _count(tallies, p, FRAUD_VOTES);
-            forfeited += (_count(tallies, p, COMMITTED) - honest - fraud) * _verifierBond;
-            // Never slash without a majority: a tie, or no revealed vote at all, is honest.
-            if (fraud > honest) {
-                fraudMask |= uint8(1 << p);
-                winners += fraud;
-            }
-        }
+        (uint8 fraudMask, uint256 winners, uint256 forfeited, uint256 held) = _judge(jobId, tallies, hops);
         audit.status = AuditStatus.Resolved;
         audit.fraudMask = fraudMask;
-        _bondsHeld -= forfeited;
-        for (uint256 p; p < hops; ++p) {
-            uint256 honest = _count(tallies, p, HONEST_VOTES);
-            uint256 fraud = _count(tallies, p, FRAUD_VOTES);
-            uint256 unrevealed = _count(tallies, p, COMMITTED) - honest - fraud;
-            bool found = (fraudMask >> p) & 1 == 1;
-            emit PositionJudged(jobId, uint8(p), found, uint8(honest), uint8(fraud), unrevealed * _verifierBond);
-        }
+        _bondsHeld -= held;
+        uint256 penalties = _penalizeAbstainers(jobId, tallies, hops);
 
         uint256 slashed;
+        uint256 challengeShare;
+        (address challenger, ) = _market.challengeOf(jobId);
         if (job.status == JobStatus.Disputed) {
-            // The JobMarket is fixed at construction and trusted; it sends the slash to receive().
-            slashed = _market.resolveDispute(jobId, terms, fraudMask);
+            // The JobMarket is fixed at construction and trusted; it sends slash and bond share to receive().
+            (slashed, challengeShare) = _market.resolveDispute(jobId, terms, fraudMask);
         } else {
             // Only Finalized follows Disputed: someone finalized the job after its dispute timed out.
             emit JobSettledBeforeVerdict(jobId);
         }
-        uint256 pool = (slashed * _rewardBps) / BPS + forfeited;
+        uint256 pool = (slashed * _rewardBps) / BPS + forfeited + penalties + challengeShare;
         uint256 share = winners == 0 ? 0 : pool / winners;
         uint256 rewarded = share * winners;
-        uint256 toClient = slashed + forfeited - rewarded; // the client's part, forfeits without winners, dust
-        if (share != 0) {
-            _totalCredits += rewarded;
-            _creditWinners(jobId, tallies, fraudMask, hops, share);
+        // The challenger's (or client's) part: the rest of the slash, a pool nobody won, rounding dust.
+        uint256 toClient = slashed + forfeited + penalties + challengeShare - rewarded;
+        if (winners != 0) {
+            _totalCredits += rewarded + winners * _verifierBond;
+            _creditWinners(jobId, tallies, fraudMask, hops, share + _verifierBond);
         }
         emit AuditResolved(jobId, fraudMask, slashed, rewarded, toClient);
-        _pay(terms.client(), toClient);
+        _pay(challenger != address(0) ? challenger : terms.client(), toClient);
     }
 
     /// @inheritdoc IAuditCourt
@@ -388,19 +375,72 @@ contract AuditCourt is IAuditCourt, ReentrancyGuardTransient {
         revert NotVerifier(jobId, position, verifier);
     }
 
-    /// @dev Credits `share` to every verifier who revealed fraud on a position found fraudulent. Bounded:
-    /// at most 8 positions x MAX_VERIFIERS seats.
-    function _creditWinners(uint256 jobId, uint256 tallies, uint8 fraudMask, uint256 hops, uint256 share) private {
+    /// @dev The verdict per position and the bond accounting: fraud iff more than half of the drawn
+    /// verifiers revealed fraud. Winners revealed the verdict; the bonds of everyone else who committed
+    /// (the minority, and whoever never revealed) are forfeited. `held`: every committed bond.
+    function _judge(
+        uint256 jobId,
+        uint256 tallies,
+        uint256 hops
+    ) private returns (uint8 fraudMask, uint256 winners, uint256 forfeited, uint256 held) {
         for (uint256 p; p < hops; ++p) {
-            if ((fraudMask >> p) & 1 == 0) continue;
+            uint256 drawn = _count(tallies, p, DRAWN);
+            uint256 committed = _count(tallies, p, COMMITTED);
+            uint256 honest = _count(tallies, p, HONEST_VOTES);
+            uint256 fraud = _count(tallies, p, FRAUD_VOTES);
+            bool found = drawn != 0 && 2 * fraud > drawn;
+            if (found) fraudMask |= uint8(1 << p);
+            uint256 won = found ? fraud : honest;
+            uint256 lost = (committed - won) * _verifierBond;
+            winners += won;
+            forfeited += lost;
+            held += committed * _verifierBond;
+            emit PositionJudged(jobId, uint8(p), found, uint8(honest), uint8(fraud), lost);
+        }
+    }
+
+    /// @dev Slashes one bond from every drawn verifier that never committed a vote (a rational verifier
+    /// must not gain by abstaining); the JobMarket sends the proceeds here. Bounded: 8 x MAX_VERIFIERS.
+    function _penalizeAbstainers(uint256 jobId, uint256 tallies, uint256 hops) private returns (uint256 total) {
+        for (uint256 p; p < hops; ++p) {
+            uint256 drawn = _count(tallies, p, DRAWN);
+            if (_count(tallies, p, COMMITTED) == drawn) continue;
+            for (uint256 i; i < drawn; ++i) {
+                Seat storage s = _seats[jobId][p * MAX_VERIFIERS + i];
+                if (s.vote == VoteStatus.Drawn) total += _market.penalizeVerifier(s.verifier, _verifierBond);
+            }
+        }
+    }
+
+    /// @dev Credits `amount` to every verifier who revealed its position's verdict. Bounded: at most 8
+    /// positions x MAX_VERIFIERS seats.
+    function _creditWinners(uint256 jobId, uint256 tallies, uint8 fraudMask, uint256 hops, uint256 amount) private {
+        for (uint256 p; p < hops; ++p) {
+            VoteStatus winning = (fraudMask >> p) & 1 == 1 ? VoteStatus.Fraud : VoteStatus.Honest;
             uint256 drawn = _count(tallies, p, DRAWN);
             for (uint256 i; i < drawn; ++i) {
                 Seat storage s = _seats[jobId][p * MAX_VERIFIERS + i];
-                if (s.vote != VoteStatus.Fraud) continue;
+                if (s.vote != winning) continue;
                 address verifier = s.verifier;
-                _credits[verifier] += share;
-                emit VerifierRewarded(jobId, uint8(p), verifier, share);
+                _credits[verifier] += amount;
+                emit VerifierRewarded(jobId, uint8(p), verifier, amount);
             }
+        }
+    }
+
+    /// @dev The hash the panels are drawn from: the dispute block's, or, when that is over 256 blocks old,
+    /// a fallback anchor block's recorded by an earlier call. Zero (after recording an anchor) means "call
+    /// again from the next block".
+    function _anchorHash(uint256 jobId) private returns (bytes32 anchor) {
+        uint256 disputed = _market.disputeBlockOf(jobId);
+        if (block.number <= disputed) revert AuditTooEarly(jobId, disputed + 1);
+        anchor = blockhash(disputed);
+        if (anchor != 0) return anchor;
+        uint256 own = _anchors[jobId];
+        if (own != 0 && own < block.number) anchor = blockhash(own);
+        if (anchor == 0 && own != block.number) {
+            _anchors[jobId] = block.number;
+            emit AuditAnchored(jobId, block.number);
         }
     }
 

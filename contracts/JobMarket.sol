@@ -35,7 +35,17 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     uint256 public constant MAX_METADATA_LENGTH = 256;
     /// @notice Gas forwarded with a refund push; a recipient needing more is credited instead.
     uint256 public constant REFUND_GAS = 50_000;
+    /// @notice Where miss-slashes go: nobody, so nobody profits from a node missing its commit.
+    address public constant BURN_ADDRESS = 0x000000000000000000000000000000000000dEaD;
+    /// @notice Share of a challenge bond lost on an honest verdict that pays the honest verifiers (the
+    /// rest goes to the route's nodes, the accused).
+    uint256 public constant CHALLENGE_VERIFIER_BPS = 5_000;
     uint256 private constant BPS = 10_000;
+
+    struct Challenge {
+        address challenger;
+        uint96 bond;
+    }
 
     INodeRegistry private immutable _registry;
     address private immutable _auditor;
@@ -45,15 +55,21 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     uint256 private immutable _missSlashBps;
     uint256 private immutable _fraudSlashBps;
     uint256 private immutable _auditRateBps;
+    uint256 private immutable _hopFee;
+    uint256 private immutable _challengeBond;
 
     uint256 private _nextJobId = 1; // starts non-zero so that no job pays for a fresh counter slot
     uint256 private _totalCredits;
+    uint256 private _challengeBonds; // sum of the bonds of open challenges
     mapping(uint256 jobId => Job) private _jobs;
+    mapping(uint256 jobId => Challenge) private _challenges;
     mapping(address account => uint256) private _credits;
     // XOR over the committed positions p of keccak(jobId, p, input_p) (p > 0) and
     // keccak(jobId, p + 1, output_p) (p < hops - 1): each internal boundary contributes its term from both
     // sides, so once every position committed the accumulator is zero iff every boundary matched, in any
-    // commit order. Non-zero only while the job is Open.
+    // commit order. Once the job completes the same word holds a block number: the block of the last
+    // commit (when sampling is on: the audit draw uses its hash) or of the dispute (the audit panels use
+    // its hash). Either hash is unknown to whoever sends the transaction that fixes the block.
     mapping(uint256 jobId => bytes32) private _links;
 
     /// @param registry_ The NodeRegistry (its jobMarket() must be this contract).
@@ -64,6 +80,9 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     /// @param missSlashBps_ Share of bond slashed for a missed commit (basis points).
     /// @param fraudSlashBps_ Share of bond slashed for a fraud verdict (basis points).
     /// @param auditRateBps_ Share of completed jobs drawn for a sampled audit (basis points); needs an auditor.
+    /// @param hopFee_ Flat wei each committed hop earns per job (covers the gas of its commit), so a job
+    /// whose client never shows up still costs the client.
+    /// @param challengeBond_ Wei a challenger posts to dispute a committed job (0 disables challenges).
     constructor(
         INodeRegistry registry_,
         address auditor_,
@@ -72,7 +91,9 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         uint256 disputeTimeout_,
         uint256 missSlashBps_,
         uint256 fraudSlashBps_,
-        uint256 auditRateBps_
+        uint256 auditRateBps_,
+        uint256 hopFee_,
+        uint256 challengeBond_
     ) EIP712("splitmesh", "1") {
         if (registry_.jobMarket() != address(this)) revert InvalidParameter("registry");
         if (commitTimeout_ == 0 || commitTimeout_ > 30 days) revert InvalidParameter("commitTimeout");
@@ -95,7 +116,13 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         _disputeTimeout = disputeTimeout_;
         _missSlashBps = missSlashBps_;
         _fraudSlashBps = fraudSlashBps_;
+        if (hopFee_ > type(uint64).max) revert InvalidParameter("hopFee");
+        if (challengeBond_ > type(uint96).max || (challengeBond_ != 0 && auditor_ == address(0))) {
+            revert InvalidParameter("challengeBond");
+        }
         _auditRateBps = auditRateBps_;
+        _hopFee = hopFee_;
+        _challengeBond = challengeBond_;
     }
 
     /// @notice Accepts slash proceeds from the registry only.
@@ -113,21 +140,48 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         uint64 maxPricePerToken,
         bytes calldata metadata
     ) external payable returns (uint256 jobId) {
+        return _submit(modelId, firstShard, maxTokens, maxPricePerToken, metadata, new uint32[](0));
+    }
+
+    /// @inheritdoc IJobMarket
+    function submitJobWithHints(
+        uint32 modelId,
+        uint8 firstShard,
+        uint32 maxTokens,
+        uint64 maxPricePerToken,
+        bytes calldata metadata,
+        uint32[] calldata hints
+    ) external payable returns (uint256 jobId) {
+        return _submit(modelId, firstShard, maxTokens, maxPricePerToken, metadata, hints);
+    }
+
+    function _submit(
+        uint32 modelId,
+        uint8 firstShard,
+        uint32 maxTokens,
+        uint64 maxPricePerToken,
+        bytes calldata metadata,
+        uint32[] memory hints
+    ) private returns (uint256 jobId) {
         if (maxTokens == 0) revert ZeroMaxTokens();
         if (metadata.length > MAX_METADATA_LENGTH) revert MetadataTooLong(metadata.length);
         if (msg.value > type(uint96).max) revert EscrowTooLarge(msg.value);
         jobId = _nextJobId;
 
-        // prevrandao is known to the block proposer, who could steer a match; acceptable for a pick
-        // among staked nodes that all face audits.
+        // prevrandao and the job id are readable inside the transaction, so a client can choose whom it
+        // hires (by timing or from a contract). Choosing gains it nothing: a matched node loses no stake to
+        // a client (miss-slashes are burned and nodes commit every job they are matched to), and audit
+        // panels are drawn from a block hash nobody knows in advance.
         uint256 seed = uint256(keccak256(abi.encode(block.prevrandao, jobId)));
         (bytes memory packedRoute, uint256 priceSum) = _registry.matchRoute(
             modelId,
             firstShard,
             maxPricePerToken,
-            seed
+            seed,
+            hints
         );
-        uint256 required = uint256(maxTokens) * priceSum;
+        uint256 hops = packedRoute.length / JobTermsLib.HOP_LENGTH;
+        uint256 required = uint256(maxTokens) * priceSum + hops * _hopFee;
         if (msg.value < required) revert EscrowTooSmall(required, msg.value);
 
         bytes memory terms = abi.encodePacked(
@@ -172,21 +226,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
 
         // Only a receipt that raises the billed count can change a payment, so only such a receipt is
         // checked: when all nodes hold the same last receipt, one signature is verified per job.
-        if (receipt.tokens > job.billedTokens) {
-            uint32 maxTokens = terms.maxTokens();
-            if (receipt.tokens > maxTokens) revert TokensExceedMax(receipt.tokens, maxTokens);
-            bytes32 digest = _envelopeDigest(jobId, receipt.step, receipt.tokens, receipt.payloadHash);
-            address client = terms.client();
-            (address signer, ECDSA.RecoverError err, ) = ECDSA.tryRecover(digest, receipt.signature);
-            // A contract client (a smart wallet) signs through ERC-1271; an EOA never reaches that call.
-            if (
-                (err != ECDSA.RecoverError.NoError || signer != client) &&
-                !SignatureChecker.isValidERC1271SignatureNowCalldata(client, digest, receipt.signature)
-            ) {
-                revert InvalidReceiptSignature(jobId, signer);
-            }
-            job.billedTokens = receipt.tokens;
-        }
+        if (receipt.tokens > job.billedTokens) job.billedTokens = _checkReceipt(jobId, terms, receipt);
         job.committedMask |= bit;
         bool complete = job.committedMask == uint8((1 << hops) - 1);
         bool mismatched;
@@ -199,31 +239,62 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
                 _links[jobId] = links;
             } else {
                 mismatched = links != 0;
-                // The accumulator has served its purpose: free the slot (a gas refund).
-                if (stored != 0) delete _links[jobId];
             }
         }
-        bool sampled;
         if (complete) {
-            // Decided only now, in the completing transaction, so no node knows while serving whether
-            // the job will be audited. The last committer can read the next block's prevrandao, though, and
-            // delay its commit to dodge a draw: sampling deters nodes that cannot control the last commit.
-            sampled =
-                !mismatched &&
-                _auditRateBps != 0 &&
-                uint256(keccak256(abi.encode(block.prevrandao, jobId, "audit"))) % BPS < _auditRateBps;
-            job.status = mismatched || sampled ? JobStatus.Disputed : JobStatus.Committed;
+            job.status = mismatched ? JobStatus.Disputed : JobStatus.Committed;
             job.timestamp = uint40(block.timestamp);
+            // The completing block's number replaces the accumulator when something will draw from its
+            // hash (a sampled audit, or the panels of the dispute); otherwise the slot is freed (a refund).
+            if (mismatched || _auditRateBps != 0) {
+                _links[jobId] = bytes32(block.number);
+            } else if (hops > 1) {
+                delete _links[jobId];
+            }
         }
         _storeJob(jobId, job);
         emit JobCommitted(jobId, position, inputCommitment, outputCommitment, job.billedTokens);
         if (mismatched) {
             emit JobDisputed(jobId);
             emit CommitmentsMismatched(jobId);
-        } else if (sampled) {
-            emit JobDisputed(jobId);
-            emit AuditSampled(jobId);
         }
+    }
+
+    /// @inheritdoc IJobMarket
+    function checkpointReceipt(uint256 jobId, bytes calldata terms, Receipt calldata receipt) external {
+        Job memory job = _loadJob(jobId, terms, JobStatus.Open);
+        uint256 deadline = uint256(job.timestamp) + _commitTimeout;
+        if (block.timestamp > deadline) revert CommitDeadlinePassed(jobId, deadline);
+        if (receipt.tokens <= job.billedTokens) revert TokensExceedMax(receipt.tokens, job.billedTokens);
+        job.billedTokens = _checkReceipt(jobId, terms, receipt);
+        _storeJob(jobId, job);
+        emit ReceiptCheckpointed(jobId, job.billedTokens);
+    }
+
+    /// @inheritdoc IJobMarket
+    function challenge(uint256 jobId, bytes calldata terms) external payable {
+        if (_challengeBond == 0) revert ChallengesDisabled();
+        if (msg.value != _challengeBond) revert WrongChallengeBond(_challengeBond, msg.value);
+        Job memory job = _loadJob(jobId, terms, JobStatus.Committed);
+        uint256 endsAt = uint256(job.timestamp) + _challengeWindow;
+        if (block.timestamp >= endsAt) revert ChallengeWindowClosed(jobId, endsAt);
+        _challenges[jobId] = Challenge({challenger: msg.sender, bond: uint96(msg.value)});
+        _challengeBonds += msg.value;
+        _dispute(jobId, job);
+        emit JobChallenged(jobId, msg.sender, msg.value);
+    }
+
+    /// @inheritdoc IJobMarket
+    function sampleAudit(uint256 jobId, bytes calldata terms) external {
+        if (_auditRateBps == 0) revert SamplingDisabled();
+        Job memory job = _loadJob(jobId, terms, JobStatus.Committed);
+        uint256 endsAt = uint256(job.timestamp) + _challengeWindow;
+        if (block.timestamp >= endsAt) revert ChallengeWindowClosed(jobId, endsAt);
+        (bool available, bool sampled) = _auditDraw(jobId);
+        if (!available) revert DrawUnavailable(jobId, uint256(_links[jobId]));
+        if (!sampled) revert NotSampled(jobId);
+        _dispute(jobId, job);
+        emit AuditSampled(jobId);
     }
 
     /// @inheritdoc IJobMarket
@@ -241,7 +312,10 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
             if (block.timestamp < endsAt) revert ChallengeWindowOpen(jobId, endsAt);
         }
         stored.status = JobStatus.Finalized;
-        _settle(jobId, terms, job.billedTokens, job.committedMask, 0);
+        if (_links[jobId] != 0) delete _links[jobId];
+        // No verdict came: the job settles as honest and an open challenge's bond goes to the nodes.
+        (uint256 perNode, ) = _settleChallenge(jobId, terms, job.committedMask, false, false);
+        _settle(jobId, terms, job.billedTokens, job.committedMask, 0, perNode);
     }
 
     /// @inheritdoc IJobMarket
@@ -255,11 +329,12 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
 
         uint8 missingMask = uint8(((1 << hops) - 1) & ~uint256(job.committedMask));
         (uint256 paid, uint256 refund) = _payments(terms, job.billedTokens, job.committedMask);
-        uint256 slashed = _slashPositions(terms, missingMask, _missSlashBps);
-        refund += slashed;
+        uint256 slashed = _slashMissing(terms, missingMask);
         emit JobCancelled(jobId, missingMask, paid, slashed, refund);
-        if (paid != 0) _registry.creditEarnings(terms.route(), job.billedTokens, job.committedMask);
+        if (paid != 0) _registry.creditEarnings(terms.route(), job.billedTokens, job.committedMask, _hopFee);
         _refund(terms.client(), refund);
+        // Burned, never refunded: a client that made a hop miss (a job it never sent) must not profit.
+        if (slashed != 0) _send(BURN_ADDRESS, slashed);
     }
 
     // ------------------------------------------------------------------ auditor hooks
@@ -267,13 +342,18 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc IJobMarket
     function holdForAudit(uint256 jobId, bytes calldata terms) external {
         if (msg.sender != _auditor || _auditor == address(0)) revert NotAuditor(msg.sender);
+        if (_jobs[jobId].status == JobStatus.Disputed) {
+            // Restart the dispute timeout; the dispute block (the panels' seed) stays as it is.
+            Job memory held = _loadJob(jobId, terms, JobStatus.Disputed);
+            held.timestamp = uint40(block.timestamp);
+            _storeJob(jobId, held);
+            emit JobDisputed(jobId);
+            return;
+        }
         Job memory job = _loadJob(jobId, terms, JobStatus.Committed);
         uint256 endsAt = uint256(job.timestamp) + _challengeWindow;
         if (block.timestamp >= endsAt) revert ChallengeWindowClosed(jobId, endsAt);
-        job.status = JobStatus.Disputed;
-        job.timestamp = uint40(block.timestamp);
-        _storeJob(jobId, job);
-        emit JobDisputed(jobId);
+        _dispute(jobId, job);
     }
 
     /// @inheritdoc IJobMarket
@@ -281,14 +361,26 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         uint256 jobId,
         bytes calldata terms,
         uint8 fraudMask
-    ) external nonReentrant returns (uint256 slashed) {
+    ) external nonReentrant returns (uint256 slashed, uint256 challengeShare) {
         if (msg.sender != _auditor || _auditor == address(0)) revert NotAuditor(msg.sender);
         Job memory job = _loadJob(jobId, terms, JobStatus.Disputed);
         if (uint256(fraudMask) >> terms.hopCount() != 0) revert InvalidFraudMask(fraudMask);
         _jobs[jobId].status = JobStatus.Finalized;
+        delete _links[jobId];
         slashed = _slashPositions(terms, fraudMask, _fraudSlashBps);
         emit DisputeResolved(jobId, fraudMask, slashed);
-        _settle(jobId, terms, job.billedTokens, job.committedMask, fraudMask);
+        uint8 paidMask = job.committedMask & ~fraudMask;
+        uint256 perNode;
+        (perNode, challengeShare) = _settleChallenge(jobId, terms, paidMask, fraudMask != 0, true);
+        _settle(jobId, terms, job.billedTokens, job.committedMask, fraudMask, perNode);
+        if (slashed + challengeShare != 0) _send(msg.sender, slashed + challengeShare);
+    }
+
+    /// @inheritdoc IJobMarket
+    function penalizeVerifier(address verifier, uint256 amount) external nonReentrant returns (uint256 slashed) {
+        if (msg.sender != _auditor || _auditor == address(0)) revert NotAuditor(msg.sender);
+        slashed = _registry.slash(verifier, amount);
+        emit VerifierPenalized(verifier, slashed);
         if (slashed != 0) _send(msg.sender, slashed);
     }
 
@@ -320,6 +412,33 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc IJobMarket
     function linksOf(uint256 jobId) external view returns (bytes32) {
         return _links[jobId];
+    }
+
+    /// @inheritdoc IJobMarket
+    function disputeBlockOf(uint256 jobId) external view returns (uint256) {
+        return _jobs[jobId].status == JobStatus.Disputed ? uint256(_links[jobId]) : 0;
+    }
+
+    /// @inheritdoc IJobMarket
+    function auditDraw(uint256 jobId) external view returns (bool available, bool sampled) {
+        if (_auditRateBps == 0 || _jobs[jobId].status != JobStatus.Committed) return (false, false);
+        return _auditDraw(jobId);
+    }
+
+    /// @inheritdoc IJobMarket
+    function challengeOf(uint256 jobId) external view returns (address challenger, uint256 bond) {
+        Challenge storage c = _challenges[jobId];
+        return (c.challenger, c.bond);
+    }
+
+    /// @inheritdoc IJobMarket
+    function hopFee() external view returns (uint256) {
+        return _hopFee;
+    }
+
+    /// @inheritdoc IJobMarket
+    function challengeBond() external view returns (uint256) {
+        return _challengeBond;
     }
 
     /// @inheritdoc IJobMarket
@@ -423,29 +542,125 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         }
     }
 
+    /// @dev The billed count a client receipt proves; reverts unless the client signed it (an EOA by ECDSA,
+    /// a contract through ERC-1271) and it is within maxTokens.
+    function _checkReceipt(
+        uint256 jobId,
+        bytes calldata terms,
+        Receipt calldata receipt
+    ) private view returns (uint32) {
+        uint32 maxTokens = terms.maxTokens();
+        if (receipt.tokens > maxTokens) revert TokensExceedMax(receipt.tokens, maxTokens);
+        bytes32 digest = _envelopeDigest(jobId, receipt.step, receipt.tokens, receipt.payloadHash);
+        address client = terms.client();
+        (address signer, ECDSA.RecoverError err, ) = ECDSA.tryRecover(digest, receipt.signature);
+        // A contract client (a smart wallet) signs through ERC-1271; an EOA never reaches that call.
+        if (
+            (err != ECDSA.RecoverError.NoError || signer != client) &&
+            !SignatureChecker.isValidERC1271SignatureNowCalldata(client, digest, receipt.signature)
+        ) {
+            revert InvalidReceiptSignature(jobId, signer);
+        }
+        return receipt.tokens;
+    }
+
+    /// @dev Committed -> Disputed now; the dispute block's hash will seed the audit panels.
+    function _dispute(uint256 jobId, Job memory job) private {
+        job.status = JobStatus.Disputed;
+        job.timestamp = uint40(block.timestamp);
+        _storeJob(jobId, job);
+        _links[jobId] = bytes32(block.number);
+        emit JobDisputed(jobId);
+    }
+
+    /// @dev The sampled-audit draw of a Committed job, from the hash of the block its last commit was in:
+    /// the last committer cannot know that hash when it sends the commit, so it cannot dodge the draw.
+    function _auditDraw(uint256 jobId) private view returns (bool available, bool sampled) {
+        bytes32 anchor = blockhash(uint256(_links[jobId]));
+        if (anchor == 0) return (false, false);
+        return (true, uint256(keccak256(abi.encode(anchor, jobId, "audit"))) % BPS < _auditRateBps);
+    }
+
+    /// @dev Settles an open challenge: on fraud the bond goes back to the challenger; otherwise (with a
+    /// verdict) CHALLENGE_VERIFIER_BPS of it goes to the auditor for the honest verifiers and the rest to
+    /// the paid route nodes, returned as the amount per node. Without a verdict it all goes to the nodes.
+    function _settleChallenge(
+        uint256 jobId,
+        bytes calldata terms,
+        uint8 paidMask,
+        bool fraud,
+        bool verdict
+    ) private returns (uint256 perNode, uint256 toAuditor) {
+        Challenge memory c = _challenges[jobId];
+        if (c.challenger == address(0)) return (0, 0);
+        delete _challenges[jobId];
+        _challengeBonds -= c.bond;
+        uint256 paidHops = _popcount(paidMask & uint8((1 << terms.hopCount()) - 1));
+        if (fraud || paidHops == 0) {
+            emit ChallengeSettled(jobId, c.challenger, c.bond, 0, 0);
+            _refund(c.challenger, c.bond);
+            return (0, 0);
+        }
+        uint256 forVerifiers = verdict ? (uint256(c.bond) * CHALLENGE_VERIFIER_BPS) / BPS : 0;
+        perNode = (c.bond - forVerifiers) / paidHops;
+        // Rounding dust goes with the auditor's share (or, without a verdict, is burned).
+        uint256 dust = c.bond - forVerifiers - perNode * paidHops;
+        toAuditor = verdict ? forVerifiers + dust : 0;
+        emit ChallengeSettled(jobId, c.challenger, 0, perNode, toAuditor);
+        if (!verdict && dust != 0) _send(BURN_ADDRESS, dust);
+    }
+
     /// @dev Pays every committed, non-fraudulent position and refunds the rest of the escrow.
-    function _settle(uint256 jobId, bytes calldata terms, uint32 billed, uint8 committedMask, uint8 fraudMask)
-        private
-    {
+    function _settle(
+        uint256 jobId,
+        bytes calldata terms,
+        uint32 billed,
+        uint8 committedMask,
+        uint8 fraudMask,
+        uint256 bonus
+    ) private {
         uint8 paidMask = committedMask & ~fraudMask;
         (uint256 paid, uint256 refund) = _payments(terms, billed, paidMask);
         emit JobFinalized(jobId, billed, paid, refund);
-        if (paid != 0) _registry.creditEarnings(terms.route(), billed, paidMask);
+        if (paid != 0 || bonus != 0) _registry.creditEarnings(terms.route(), billed, paidMask, _hopFee + bonus);
         _refund(terms.client(), refund);
     }
 
+    /// @dev What the escrow pays the hops of `paidMask` (price x billed + the hop fee each) and the refund.
     function _payments(
         bytes calldata terms,
         uint32 billed,
         uint8 paidMask
-    ) private pure returns (uint256 paid, uint256 refund) {
+    ) private view returns (uint256 paid, uint256 refund) {
         uint256 hops = terms.hopCount();
         bytes calldata packedRoute = terms.route();
         for (uint256 i; i < hops; ++i) {
-            if (paidMask & (1 << i) != 0) paid += uint256(packedRoute.hopPrice(i)) * billed;
+            if (paidMask & (1 << i) != 0) paid += uint256(packedRoute.hopPrice(i)) * billed + _hopFee;
         }
-        // billed <= maxTokens and escrow >= maxTokens x sum(prices) were checked, so this cannot underflow.
+        // billed <= maxTokens and escrow >= maxTokens x sum(prices) + hops x hopFee were checked, so this
+        // cannot underflow.
         refund = terms.escrow() - paid;
+    }
+
+    /// @dev Slashes each missing hop missSlashBps of its bond, capped at what the job offered it (its price
+    /// x maxTokens + the hop fee): many jobs at once cannot take more than they put at risk.
+    function _slashMissing(bytes calldata terms, uint8 missingMask) private returns (uint256 slashed) {
+        if (missingMask == 0 || _missSlashBps == 0) return 0;
+        uint256 hops = terms.hopCount();
+        bytes calldata packedRoute = terms.route();
+        uint256 maxTokens = terms.maxTokens();
+        for (uint256 i; i < hops; ++i) {
+            if (missingMask & (1 << i) == 0) continue;
+            address node = packedRoute.hopNode(i);
+            uint256 amount = (_registry.bondOf(node) * _missSlashBps) / BPS;
+            uint256 cap = uint256(packedRoute.hopPrice(i)) * maxTokens + _hopFee;
+            if (amount > cap) amount = cap;
+            if (amount != 0) slashed += _registry.slash(node, amount);
+        }
+    }
+
+    function _popcount(uint8 mask) private pure returns (uint256 count) {
+        for (; mask != 0; mask &= mask - 1) ++count;
     }
 
     function _slashPositions(bytes calldata terms, uint8 mask, uint256 bps) private returns (uint256 slashed) {

@@ -229,13 +229,14 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     function creditEarnings(
         bytes calldata packedRoute,
         uint32 billedTokens,
-        uint8 paidMask
+        uint8 paidMask,
+        uint256 perHop
     ) external onlyJobMarket {
         uint256 hops = packedRoute.length / JobTermsLib.HOP_LENGTH;
         for (uint256 i; i < hops; ++i) {
             if (paidMask & (1 << i) == 0) continue;
             Node storage n = _nodes[JobTermsLib.hopNode(packedRoute, i)];
-            uint256 amount = uint256(JobTermsLib.hopPrice(packedRoute, i)) * billedTokens;
+            uint256 amount = uint256(JobTermsLib.hopPrice(packedRoute, i)) * billedTokens + perHop;
             n.earnings = (uint256(n.earnings) + amount).toUint96();
         }
     }
@@ -256,16 +257,19 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         uint32 modelId,
         uint8 firstShard,
         uint64 maxPricePerToken,
-        uint256 seed
+        uint256 seed,
+        uint32[] calldata hints
     ) external view returns (bytes memory packedRoute, uint256 priceSum) {
         uint256 state = _shardState[modelId];
         uint256 numShards = uint8(state);
         if (numShards == 0) revert UnknownModel(modelId);
         if (firstShard >= numShards) revert InvalidShard(modelId, firstShard);
+        if (hints.length > numShards - firstShard) revert TooManyHints(hints.length, numShards - firstShard);
         packedRoute = new bytes((numShards - firstShard) * JobTermsLib.HOP_LENGTH);
         for (uint256 shard = firstShard; shard < numShards; ++shard) {
             uint256 size = uint24(state >> (8 + 24 * shard));
-            (address node, uint64 price) = _pick(modelId, uint8(shard), size, seed, maxPricePerToken);
+            uint256 hint = shard - firstShard < hints.length ? hints[shard - firstShard] : 0;
+            (address node, uint64 price) = _pick(modelId, uint8(shard), size, seed, maxPricePerToken, hint);
             // One 28-byte hop, big-endian: node (20 bytes) then price (8 bytes). The 32-byte store spills
             // 4 zero bytes into the next hop (written after) or the word-rounded tail of the allocation.
             uint256 word = (uint256(uint160(node)) << 96) | (uint256(price) << 32);
@@ -299,13 +303,7 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
                     if (node != exclude) nodes[found++] = node;
                 }
             } else {
-                // Independent random probes: a run of colluding neighbours in pool order gains nothing.
-                uint256 probes = count * SAMPLE_PROBES_PER_NODE;
-                for (uint256 i; i < probes && found < count; ++i) {
-                    address node = pool[uint256(keccak256(abi.encode(seed, i))) % size].node;
-                    if (node == exclude || _contains(nodes, found, node)) continue;
-                    nodes[found++] = node;
-                }
+                found = _drawByStake(pool, size, exclude, nodes, seed);
             }
         }
         assembly ("memory-safe") {
@@ -435,13 +433,15 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         emit PoolMembershipChanged(node, false);
     }
 
-    /// @dev Probes at most MAX_PROBES pool entries from a seeded start for one within the price limit.
+    /// @dev Probes at most MAX_PROBES pool entries from a seeded start for one within the price limit,
+    /// then the caller's hint (1 + a pool index), so overpriced entries cannot hide an eligible node.
     function _pick(
         uint32 modelId,
         uint8 shard,
         uint256 size,
         uint256 seed,
-        uint64 maxPricePerToken
+        uint64 maxPricePerToken,
+        uint256 hint
     ) private view returns (address node, uint64 price) {
         if (size == 0) revert NoEligibleNode(modelId, shard);
         mapping(uint256 => RouteHop) storage pool = _pools[_poolKey(modelId, shard)];
@@ -452,7 +452,47 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
             price = hop.pricePerToken;
             if (price <= maxPricePerToken) return (hop.node, price);
         }
+        if (hint != 0 && hint <= size) {
+            RouteHop storage hinted = pool[hint - 1];
+            price = hinted.pricePerToken;
+            if (price <= maxPricePerToken) return (hinted.node, price);
+        }
         revert NoEligibleNode(modelId, shard);
+    }
+
+    /// @dev Probes up to SAMPLE_PROBES_PER_NODE x count distinct candidates uniformly (independent probes:
+    /// a run of colluding neighbours in pool order gains nothing), then fills `nodes` from them without
+    /// replacement, each pick proportional to stake. Uniform candidates weighted by stake make an
+    /// operator's expected share of seats proportional to its total stake, however it is split.
+    function _drawByStake(
+        mapping(uint256 => RouteHop) storage pool,
+        uint256 size,
+        address exclude,
+        address[] memory nodes,
+        uint256 seed
+    ) private view returns (uint256 found) {
+        uint256 count = nodes.length;
+        uint256 wanted = count * SAMPLE_PROBES_PER_NODE;
+        address[] memory candidates = new address[](wanted);
+        uint256[] memory weights = new uint256[](wanted);
+        uint256 total;
+        uint256 have;
+        for (uint256 i; i < 2 * wanted && have < wanted; ++i) {
+            address node = pool[uint256(keccak256(abi.encode(seed, i))) % size].node;
+            if (node == exclude || _contains(candidates, have, node)) continue;
+            candidates[have] = node;
+            uint256 weight = _nodes[node].stake;
+            weights[have++] = weight;
+            total += weight;
+        }
+        for (; found < count && total != 0; ++found) {
+            uint256 r = uint256(keccak256(abi.encode(seed, "stake", found))) % total;
+            uint256 k;
+            while (r >= weights[k]) r -= weights[k++];
+            nodes[found] = candidates[k];
+            total -= weights[k];
+            weights[k] = 0;
+        }
     }
 
     function _contains(address[] memory list, uint256 length, address item) private pure returns (bool) {

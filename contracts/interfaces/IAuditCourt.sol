@@ -26,6 +26,11 @@ interface IAuditCourtErrors {
     /// @notice The job already has an audit (open or resolved).
     /// @param jobId The job.
     error AuditAlreadyOpened(uint256 jobId);
+    /// @notice The audit's panels are drawn from the hash of the dispute block, which exists only from
+    /// the next block on.
+    /// @param jobId The job.
+    /// @param openableFrom First block in which the audit can be opened.
+    error AuditTooEarly(uint256 jobId, uint256 openableFrom);
     /// @notice The job has no open audit.
     /// @param jobId The job.
     /// @param status The audit's status (None: never opened; Resolved: over).
@@ -141,10 +146,11 @@ interface IAuditCourt is IAuditCourtErrors {
     /// @notice A position's verdict, when the audit was resolved.
     /// @param jobId The job.
     /// @param position The route position.
-    /// @param fraud True iff a strict majority of the revealed votes said fraud.
+    /// @param fraud True iff more than half of the verifiers drawn for the position revealed fraud.
     /// @param honestVotes Revealed honest votes.
     /// @param fraudVotes Revealed fraud votes.
-    /// @param forfeited Bonds of verifiers who committed and never revealed, in wei (to the reward pool).
+    /// @param forfeited Bonds of verifiers who committed and never revealed or who revealed against the
+    /// verdict, in wei (to the reward pool).
     event PositionJudged(
         uint256 indexed jobId,
         uint8 position,
@@ -153,18 +159,20 @@ interface IAuditCourt is IAuditCourtErrors {
         uint8 fraudVotes,
         uint256 forfeited
     );
-    /// @notice A verifier on the winning side of a fraud verdict was credited its reward.
+    /// @notice A verifier that revealed the position's verdict was credited its bond back plus its reward.
     /// @param jobId The job.
     /// @param position The route position.
     /// @param verifier The verifier.
-    /// @param amount Wei credited (withdraw with withdrawCredit).
+    /// @param amount Wei credited, bond included (withdraw with withdrawCredit).
     event VerifierRewarded(uint256 indexed jobId, uint8 position, address indexed verifier, uint256 amount);
     /// @notice The audit was resolved.
     /// @param jobId The job.
     /// @param fraudMask Positions found fraudulent.
     /// @param slashed Wei the JobMarket slashed and sent to the court.
-    /// @param rewarded Wei credited to verifiers (their share of the slash plus forfeited bonds).
-    /// @param toClient Wei paid to the job's client.
+    /// @param rewarded Wei credited to verifiers beyond their own bonds (the reward pool: their share of
+    /// the slash, forfeited bonds, penalties of verifiers that never voted, a lost challenge bond's share).
+    /// @param toClient Wei paid to the job's challenger (or, unchallenged, its client): the rest of the
+    /// slash, and the pool when no verifier revealed the verdict.
     event AuditResolved(uint256 indexed jobId, uint8 fraudMask, uint256 slashed, uint256 rewarded, uint256 toClient);
     /// @notice When the audit was resolved the JobMarket had already finalized the job (its dispute timed
     /// out); the verdicts stand, nothing was slashed.
@@ -174,13 +182,22 @@ interface IAuditCourt is IAuditCourtErrors {
     /// @param account The recipient.
     /// @param amount Wei credited.
     event PaymentCredited(address indexed account, uint256 amount);
+    /// @notice The dispute block's hash was no longer available (more than 256 blocks old), so this block
+    /// was recorded instead; the audit opens from the next block on, drawn from this block's hash.
+    /// @param jobId The job.
+    /// @param blockNumber The new anchor block.
+    event AuditAnchored(uint256 indexed jobId, uint256 blockNumber);
     /// @notice Credited value was withdrawn.
     /// @param account The recipient.
     /// @param amount Wei sent.
     event CreditWithdrawn(address indexed account, uint256 amount);
 
-    /// @notice Open the audit of a job the JobMarket holds as Disputed; anyone may. Draws the verifiers of
-    /// every route position, seeded by keccak256(prevrandao, jobId, position).
+    /// @notice Open the audit of a job the JobMarket holds as Disputed; anyone may, from the block after
+    /// the dispute. Draws the verifiers of every route position by stake, seeded by keccak256(blockhash of
+    /// the dispute block, jobId, position): fixed before anyone can open the audit and unknown to whoever
+    /// disputed, so neither can pick the panel. When that hash is gone (over 256 blocks), the first call
+    /// records a new anchor block (AuditAnchored) and a later call opens. Restarts the job's dispute
+    /// timeout in the JobMarket, so resolving always has its whole window.
     /// @param jobId The job.
     /// @param terms The job's packed terms (as emitted by JobSubmitted).
     function openAudit(uint256 jobId, bytes calldata terms) external;
@@ -192,7 +209,8 @@ interface IAuditCourt is IAuditCourtErrors {
     /// @param commitment keccak256(abi.encode(jobId, position, verdict, salt, msg.sender)).
     function commitVote(uint256 jobId, uint8 position, bytes32 commitment) external payable;
 
-    /// @notice Reveal a committed vote; the bond is sent back to the caller. Open strictly after the commit
+    /// @notice Reveal a committed vote; the bond stays held until resolve (credited back with a reward
+    /// when the vote matches the verdict, forfeited otherwise). Open strictly after the commit
     /// deadline, or as soon as every verifier drawn for the position has committed (no vote can change
     /// then), and until the reveal deadline.
     /// @param jobId The job.
@@ -202,8 +220,10 @@ interface IAuditCourt is IAuditCourtErrors {
     function revealVote(uint256 jobId, uint8 position, uint8 verdict, bytes32 salt) external;
 
     /// @notice Count the votes and settle the job in the JobMarket; anyone may, strictly after the reveal
-    /// deadline. Per position: fraud iff strictly more revealed votes say fraud than honest (no votes or
-    /// a tie: honest).
+    /// deadline. Per position: fraud iff more than half of the verifiers drawn for it revealed fraud (a
+    /// quorum: abstainers never help a minority slash); otherwise honest. Verifiers who revealed the
+    /// verdict get their bond back and share the pool; bonds of the others are forfeited to the pool, and
+    /// drawn verifiers that never committed are slashed one bond each into the pool.
     /// @param jobId The job.
     /// @param terms The job's packed terms.
     function resolve(uint256 jobId, bytes calldata terms) external;

@@ -83,6 +83,22 @@ interface IJobMarketErrors {
     /// @param to The recipient.
     /// @param amount The amount in wei.
     error TransferFailed(address to, uint256 amount);
+    /// @notice Challenges need an auditor and a positive challenge bond.
+    error ChallengesDisabled();
+    /// @notice A challenge must post exactly the challenge bond.
+    /// @param required Wei required.
+    /// @param provided Wei sent.
+    error WrongChallengeBond(uint256 required, uint256 provided);
+    /// @notice Sampled audits are off (auditRateBps is 0).
+    error SamplingDisabled();
+    /// @notice The audit draw of a job needs the hash of the block it completed in, which is not
+    /// available: the call is in that same block, or more than 256 blocks later.
+    /// @param jobId The job.
+    /// @param completedBlock Block of the job's last commit.
+    error DrawUnavailable(uint256 jobId, uint256 completedBlock);
+    /// @notice The job was not drawn for a sampled audit.
+    /// @param jobId The job.
+    error NotSampled(uint256 jobId);
 }
 
 /// @title JobMarket: escrowed jobs, on-chain matching, commitments, challenge window, payment
@@ -126,8 +142,9 @@ interface IJobMarket is IJobMarketErrors {
     /// @param jobId The job.
     /// @param missingMask Route positions that never committed.
     /// @param paid Wei credited to the nodes that committed.
-    /// @param slashed Wei slashed from the missing nodes, added to the refund.
-    /// @param refund Wei returned to the client.
+    /// @param slashed Wei slashed from the missing nodes and burned (never paid to anyone, so nobody
+    /// profits from a missed commit; at most what the job offered the hop).
+    /// @param refund Wei returned to the client (the escrow minus `paid`).
     event JobCancelled(uint256 indexed jobId, uint8 missingMask, uint256 paid, uint256 slashed, uint256 refund);
     /// @notice The job was disputed: held by the auditor, or disputed automatically by its last commit
     /// (mismatched commitments or a sampled audit). It cannot be finalized until the auditor resolves it or
@@ -138,10 +155,39 @@ interface IJobMarket is IJobMarketErrors {
     /// input commitment; the job was disputed (JobDisputed is emitted with it).
     /// @param jobId The job.
     event CommitmentsMismatched(uint256 indexed jobId);
-    /// @notice The job's last commit drew it for a sampled audit; the job was disputed (JobDisputed is
-    /// emitted with it).
+    /// @notice The job was drawn for a sampled audit (from the hash of the block of its last commit,
+    /// unknown to every committer) and disputed (JobDisputed is emitted with it).
     /// @param jobId The job.
     event AuditSampled(uint256 indexed jobId);
+    /// @notice Someone posted the challenge bond against a committed job inside its challenge window; the
+    /// job was disputed (JobDisputed is emitted with it). The bond comes back on a fraud verdict and goes
+    /// to the route's nodes and the honest verifiers otherwise.
+    /// @param jobId The job.
+    /// @param challenger Who posted the bond.
+    /// @param bond Wei posted.
+    event JobChallenged(uint256 indexed jobId, address indexed challenger, uint256 bond);
+    /// @notice A challenge bond was settled with its job.
+    /// @param jobId The job.
+    /// @param challenger Who posted it.
+    /// @param toChallenger Wei returned to the challenger (fraud found).
+    /// @param perNode Wei credited to every paid route node (no fraud found), as earnings.
+    /// @param toAuditor Wei sent to the auditor for the honest verifiers (no fraud found by a verdict).
+    event ChallengeSettled(
+        uint256 indexed jobId,
+        address indexed challenger,
+        uint256 toChallenger,
+        uint256 perNode,
+        uint256 toAuditor
+    );
+    /// @notice A client receipt was checkpointed before the job's commits: billing can no longer fall below
+    /// it, even if the client (a smart wallet) stops validating its signatures.
+    /// @param jobId The job.
+    /// @param billedTokens The job's billed tokens after the checkpoint.
+    event ReceiptCheckpointed(uint256 indexed jobId, uint32 billedTokens);
+    /// @notice The auditor penalized a drawn verifier that never voted.
+    /// @param verifier The verifier.
+    /// @param amount Wei slashed from its stake and sent to the auditor.
+    event VerifierPenalized(address indexed verifier, uint256 amount);
     /// @notice The auditor resolved a dispute.
     /// @param jobId The job.
     /// @param fraudMask Route positions found fraudulent (slashed, not paid).
@@ -157,6 +203,7 @@ interface IJobMarket is IJobMarketErrors {
     event CreditWithdrawn(address indexed account, uint256 amount);
 
     /// @notice Submit a job with escrow; it is matched on-chain to one node per shard from firstShard on.
+    /// The escrow must cover maxTokens x the sum of the route's prices plus the hop fee per hop.
     /// @param modelId The model.
     /// @param firstShard First shard the nodes run (the client ran shards before it).
     /// @param maxTokens Most tokens the client will sign for.
@@ -170,6 +217,44 @@ interface IJobMarket is IJobMarketErrors {
         uint64 maxPricePerToken,
         bytes calldata metadata
     ) external payable returns (uint256 jobId);
+
+    /// @notice submitJob with matching hints: per shard, 1 + the pool index of a node the client knows to
+    /// be within its price (0: none), used only when the seeded probes find no eligible node.
+    /// @param modelId The model.
+    /// @param firstShard First shard the nodes run.
+    /// @param maxTokens Most tokens the client will sign for.
+    /// @param maxPricePerToken Highest per-node price in wei per token.
+    /// @param metadata Up to 256 bytes the client declares.
+    /// @param hints One entry per shard of the route at most.
+    /// @return jobId The new job id.
+    function submitJobWithHints(
+        uint32 modelId,
+        uint8 firstShard,
+        uint32 maxTokens,
+        uint64 maxPricePerToken,
+        bytes calldata metadata,
+        uint32[] calldata hints
+    ) external payable returns (uint256 jobId);
+
+    /// @notice Record a client receipt on an Open job before the deadline, so the billed count cannot be
+    /// lost if the client's signature stops validating later (a smart wallet's key rotation). Anyone may
+    /// call; the receipt must be the client's and raise the billed count.
+    /// @param jobId The job.
+    /// @param terms The job's terms.
+    /// @param receipt The client's signed envelope.
+    function checkpointReceipt(uint256 jobId, bytes calldata terms, Receipt calldata receipt) external;
+
+    /// @notice Dispute a committed job inside its challenge window by posting the challenge bond (anyone:
+    /// the client, a verifier, a watcher). The auditor then judges every position.
+    /// @param jobId The job.
+    /// @param terms The job's terms.
+    function challenge(uint256 jobId, bytes calldata terms) external payable;
+
+    /// @notice Dispute a committed job that the audit draw selected (see auditDraw), inside its challenge
+    /// window and within 256 blocks of its last commit. Anyone may call.
+    /// @param jobId The job.
+    /// @param terms The job's terms.
+    function sampleAudit(uint256 jobId, bytes calldata terms) external;
 
     /// @notice Commit the caller's transcript commitments and the client's latest usage receipt. The last
     /// commit completes the job: it becomes Committed, or Disputed when some node's output commitment
@@ -194,13 +279,16 @@ interface IJobMarket is IJobMarketErrors {
     /// @param terms The job's terms.
     function finalize(uint256 jobId, bytes calldata terms) external;
 
-    /// @notice After the commit deadline of a job not fully committed: pay committed nodes, slash the
-    /// missing ones and refund the client the rest plus the slashed stake.
+    /// @notice After the commit deadline of a job not fully committed: pay committed nodes (price x billed
+    /// plus the hop fee), slash the missing ones (missSlashBps of bond, capped at what the job offered the
+    /// hop) and burn the slash, and refund the client the rest of the escrow.
     /// @param jobId The job.
     /// @param terms The job's terms.
     function cancel(uint256 jobId, bytes calldata terms) external;
 
-    /// @notice Auditor hook: hold a committed job within its challenge window.
+    /// @notice Auditor hook: hold a committed job within its challenge window, or restart the dispute
+    /// timeout of a disputed job (the AuditCourt does so when it opens the audit, so resolving always has
+    /// its whole window before anyone may finalize the job unaudited).
     /// @param jobId The job.
     /// @param terms The job's terms.
     function holdForAudit(uint256 jobId, bytes calldata terms) external;
@@ -211,7 +299,18 @@ interface IJobMarket is IJobMarketErrors {
     /// @param terms The job's terms.
     /// @param fraudMask Route positions found fraudulent.
     /// @return slashed Wei slashed and sent to the auditor.
-    function resolveDispute(uint256 jobId, bytes calldata terms, uint8 fraudMask) external returns (uint256 slashed);
+    /// @return challengeShare Wei of a lost challenge bond sent to the auditor for the honest verifiers.
+    function resolveDispute(
+        uint256 jobId,
+        bytes calldata terms,
+        uint8 fraudMask
+    ) external returns (uint256 slashed, uint256 challengeShare);
+
+    /// @notice Auditor hook: slash a drawn verifier that never voted; proceeds go to the auditor.
+    /// @param verifier The verifier.
+    /// @param amount Wei to take (capped at its bond).
+    /// @return slashed Wei taken.
+    function penalizeVerifier(address verifier, uint256 amount) external returns (uint256 slashed);
 
     /// @notice Withdraw the caller's node earnings (the ledger is in the registry, the value here).
     function withdrawEarnings() external;
@@ -224,12 +323,39 @@ interface IJobMarket is IJobMarketErrors {
     /// @return The job.
     function getJob(uint256 jobId) external view returns (Job memory);
 
-    /// @notice The commitment-link accumulator of a job that is still Open: the XOR of the link terms of
-    /// the positions committed so far (zero before the first commit, and again once the job settles or
-    /// completes).
+    /// @notice The job's per-job word: while Open, the commitment-link accumulator (the XOR of the link
+    /// terms of the positions committed so far); once complete, the block number of its last commit (when
+    /// sampling is on) or of its dispute; zero after settlement.
     /// @param jobId The job.
     /// @return The accumulator.
     function linksOf(uint256 jobId) external view returns (bytes32);
+
+    /// @notice Block of a disputed job's dispute (its audit panels are drawn from that block's hash, which
+    /// nobody knew when the dispute was made); zero when the job is not Disputed.
+    /// @param jobId The job.
+    /// @return The block number.
+    function disputeBlockOf(uint256 jobId) external view returns (uint256);
+
+    /// @notice Whether a Committed job is drawn for a sampled audit: keccak(blockhash of its completing
+    /// block, jobId) mod 10000 < auditRateBps.
+    /// @param jobId The job.
+    /// @return available False in the completing block itself and more than 256 blocks after it.
+    /// @return sampled Whether sampleAudit will dispute it.
+    function auditDraw(uint256 jobId) external view returns (bool available, bool sampled);
+
+    /// @notice The open challenge of a job.
+    /// @param jobId The job.
+    /// @return challenger Who posted the bond (zero: none).
+    /// @return bond Wei posted.
+    function challengeOf(uint256 jobId) external view returns (address challenger, uint256 bond);
+
+    /// @notice Flat wei each committed hop earns per job on top of price x tokens: covers its commit.
+    /// @return Wei.
+    function hopFee() external view returns (uint256);
+
+    /// @notice Wei a challenger posts.
+    /// @return Wei (0: challenges disabled).
+    function challengeBond() external view returns (uint256);
 
     /// @notice Number of jobs submitted; ids are 1..count.
     /// @return The count.

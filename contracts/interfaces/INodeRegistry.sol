@@ -76,6 +76,10 @@ interface INodeRegistryErrors {
     /// @param to The recipient.
     /// @param amount The amount in wei.
     error TransferFailed(address to, uint256 amount);
+    /// @notice The hints passed to matchRoute are more than the route's shards.
+    /// @param hints Number of hints.
+    /// @param shards Number of shards in the route.
+    error TooManyHints(uint256 hints, uint256 shards);
 }
 
 /// @title NodeRegistry: models, shard plans, node stakes and per-shard pools
@@ -219,7 +223,13 @@ interface INodeRegistry is INodeRegistryErrors {
     /// @param packedRoute The job's route, packed hops of node (20 bytes) and price (8 bytes).
     /// @param billedTokens Tokens billed per node.
     /// @param paidMask Route positions to credit.
-    function creditEarnings(bytes calldata packedRoute, uint32 billedTokens, uint8 paidMask) external;
+    /// @param perHop Flat wei added for every paid hop (the per-hop fee, plus any share of a lost challenge bond).
+    function creditEarnings(
+        bytes calldata packedRoute,
+        uint32 billedTokens,
+        uint8 paidMask,
+        uint256 perHop
+    ) external;
 
     /// @notice Zero a node's earnings and return them; only the JobMarket, which then pays them out.
     /// @param node The node.
@@ -231,13 +241,17 @@ interface INodeRegistry is INodeRegistryErrors {
     /// @param firstShard First shard of the route.
     /// @param maxPricePerToken Price limit in wei per token.
     /// @param seed Randomness for the pick.
+    /// @param hints Per shard of the route, 1 + the pool index of a node the caller knows to be eligible
+    /// (0: none). Used only when the seeded probes find no eligible node, so a pool stuffed with
+    /// overpriced entries cannot refuse a client while an eligible node exists.
     /// @return packedRoute One 28-byte hop per shard: node (20 bytes) and price (8 bytes).
     /// @return priceSum Sum of the route's prices in wei per token.
     function matchRoute(
         uint32 modelId,
         uint8 firstShard,
         uint64 maxPricePerToken,
-        uint256 seed
+        uint256 seed,
+        uint32[] calldata hints
     ) external view returns (bytes memory packedRoute, uint256 priceSum);
 
     /// @notice Stake plus unbonding of a node: what can be slashed.
@@ -285,9 +299,11 @@ interface INodeRegistry is INodeRegistryErrors {
     function poolAt(uint32 modelId, uint8 shard, uint256 index) external view returns (RouteHop memory hop);
 
     /// @notice Draw up to `count` distinct pooled nodes of a shard other than `exclude` (the AuditCourt
-    /// draws its verifiers with it). A pool of at most count + 1 entries is taken whole, from a seeded
-    /// start; a larger one is probed at 4 x count seeded random indices, so fewer than `count` nodes may
-    /// come back when the probes repeat (bounded gas).
+    /// draws its verifiers with it), by stake. A pool of at most count + 1 entries is taken whole, from a
+    /// seeded start. From a larger one, up to 4 x count distinct candidates are probed uniformly, then
+    /// `count` of them are drawn without replacement with probability proportional to stake: the expected
+    /// weight of an operator's candidates is proportional to its total stake however it is split into
+    /// addresses, so Sybils at the minimum stake gain no seats over one node with the same stake.
     /// @param modelId The model.
     /// @param shard The shard.
     /// @param exclude An address never drawn (the audited node).

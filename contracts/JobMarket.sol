@@ -265,7 +265,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         Job memory job = _loadJob(jobId, terms, JobStatus.Open);
         uint256 deadline = uint256(job.timestamp) + _commitTimeout;
         if (block.timestamp > deadline) revert CommitDeadlinePassed(jobId, deadline);
-        if (receipt.tokens <= job.billedTokens) revert TokensExceedMax(receipt.tokens, job.billedTokens);
+        if (receipt.tokens <= job.billedTokens) revert ReceiptNotNewer(jobId, receipt.tokens, job.billedTokens);
         job.billedTokens = _checkReceipt(jobId, terms, receipt);
         _storeJob(jobId, job);
         emit ReceiptCheckpointed(jobId, job.billedTokens);

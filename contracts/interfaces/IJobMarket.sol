@@ -96,6 +96,11 @@ interface IJobMarketErrors {
     /// @param jobId The job.
     /// @param completedBlock Block of the job's last commit.
     error DrawUnavailable(uint256 jobId, uint256 completedBlock);
+    /// @notice A checkpointed receipt must raise the job's billed tokens.
+    /// @param jobId The job.
+    /// @param tokens Tokens in the receipt.
+    /// @param billedTokens Tokens already billed.
+    error ReceiptNotNewer(uint256 jobId, uint32 tokens, uint32 billedTokens);
     /// @notice The job was not drawn for a sampled audit.
     /// @param jobId The job.
     error NotSampled(uint256 jobId);

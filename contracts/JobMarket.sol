@@ -301,20 +301,25 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     function finalize(uint256 jobId, bytes calldata terms) external nonReentrant {
         Job storage stored = _jobs[jobId];
         Job memory job;
+        uint256 perNode;
         if (stored.status == JobStatus.Disputed) {
-            // The auditor did not resolve in time: settle as if no fraud was found.
+            // The auditor did not resolve in time: settle as if no fraud was found; an open challenge's
+            // bond goes to the nodes.
             job = _loadJob(jobId, terms, JobStatus.Disputed);
             uint256 timeoutAt = uint256(job.timestamp) + _disputeTimeout;
             if (block.timestamp < timeoutAt) revert ChallengeWindowOpen(jobId, timeoutAt);
+            stored.status = JobStatus.Finalized;
+            delete _links[jobId];
+            (perNode, ) = _settleChallenge(jobId, terms, job.committedMask, false, false);
         } else {
             job = _loadJob(jobId, terms, JobStatus.Committed);
             uint256 endsAt = uint256(job.timestamp) + _challengeWindow;
             if (block.timestamp < endsAt) revert ChallengeWindowOpen(jobId, endsAt);
+            stored.status = JobStatus.Finalized;
+            // Only a sampling deployment keeps the completing block in the word (no challenge is open:
+            // a challenged job is Disputed).
+            if (_auditRateBps != 0) delete _links[jobId];
         }
-        stored.status = JobStatus.Finalized;
-        if (_links[jobId] != 0) delete _links[jobId];
-        // No verdict came: the job settles as honest and an open challenge's bond goes to the nodes.
-        (uint256 perNode, ) = _settleChallenge(jobId, terms, job.committedMask, false, false);
         _settle(jobId, terms, job.billedTokens, job.committedMask, 0, perNode);
     }
 

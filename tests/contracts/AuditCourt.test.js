@@ -1,12 +1,17 @@
 // AuditCourt: drawing verifiers, commit-reveal votes, verdicts, payouts, timing, reentrancy, conservation.
 // The fixture job runs from shard 1 (positions 0, 1, 2 = nodes[1], nodes[2], nodes[3]) and is disputed by a
 // commitment mismatch; each of shards 1..3 also has three verifier nodes (signers 9..17) priced above what
-// clients accept, so they are never matched but always in the pool an audit draws from.
+// clients accept, so they are never matched but always in the pool an audit draws from. A pool of 4 is at
+// most k + 1, so each position's panel is exactly its three verifiers.
+// Economics (issue 12): bonds stay held until resolve; a position is fraud iff more than half of its DRAWN
+// verifiers revealed fraud; winners (revealed the verdict) get bond + share of the pool; committed
+// non-winners forfeit their bond; a drawn verifier that never committed is slashed one bond.
 const { expect } = require("chai");
 const { ethers } = require("hardhat");
-const { loadFixture, time, setPrevRandao } = require("@nomicfoundation/hardhat-network-helpers");
+const { loadFixture, time, mine, setPrevRandao } = require("@nomicfoundation/hardhat-network-helpers");
 const {
   PARAMS,
+  CHALLENGE_BOND,
   COURT_PARAMS,
   MODEL,
   NODE_PRICES,
@@ -21,6 +26,7 @@ const {
   commitAll,
   link,
   receipt,
+  anchorBlockOf,
 } = require("./fixtures");
 
 const ONE = ethers.parseEther("1");
@@ -29,7 +35,12 @@ const BPS = 10_000n;
 const MAX_TOKENS = 64;
 const BILLED = 40;
 const ROUTE_PRICE = NODE_PRICES[1] + NODE_PRICES[2] + NODE_PRICES[3];
-const ESCROW = BigInt(MAX_TOKENS) * ROUTE_PRICE;
+const HOP_FEE = PARAMS.hopFee;
+const FEES = 3n * HOP_FEE;
+const ESCROW = BigInt(MAX_TOKENS) * ROUTE_PRICE + FEES;
+/// What the fixture job pays its hops when the positions in `fraudMask` are not paid.
+const paidExcept = (fraudMask = 0) =>
+  [1, 2, 3].reduce((a, s, p) => ((fraudMask >> p) & 1 ? a : a + NODE_PRICES[s] * BigInt(BILLED) + HOP_FEE), 0n);
 const VERIFIER_PRICE = 10_000_000_000n; // above every client's limit: verifiers are never matched
 const HONEST = 1;
 const FRAUD = 2;
@@ -39,6 +50,21 @@ const coder = ethers.AbiCoder.defaultAbiCoder();
 
 const balanceOf = (a) => ethers.provider.getBalance(a);
 const slashOf = (stake) => (stake * BigInt(PARAMS.fraudSlashBps)) / BPS;
+
+/// What resolve pays out: pool = slashed x rewardBps + forfeited bonds + abstainers' penalties + the
+/// challenge share, split evenly among the winners (each also gets its bond back); the rest (all of it
+/// when nobody won) goes to the challenger or the client.
+function payout({ slashed = 0n, forfeited = 0n, penalties = 0n, challengeShare = 0n, winners }) {
+  const pool = (slashed * BigInt(COURT_PARAMS.rewardBps)) / BPS + forfeited + penalties + challengeShare;
+  const share = winners === 0 ? 0n : pool / BigInt(winners);
+  const rewarded = share * BigInt(winners);
+  return { pool, share, rewarded, toClient: slashed + forfeited + penalties + challengeShare - rewarded };
+}
+
+/// The panel seed of position p: keccak(abi.encode(blockhash(anchor), jobId, p)).
+function panelSeed(blockHash, jobId, p) {
+  return ethers.keccak256(coder.encode(["bytes32", "uint256", "uint256"], [blockHash, jobId, p]));
+}
 
 /// Registry, market and court; model 1 with nodes[s] on shard s and three verifiers on each of shards 1..3.
 async function courtMarketFixture(params = {}) {
@@ -119,8 +145,8 @@ async function runVotes(f, plan) {
   await time.increaseTo(f.revealDeadline + 1);
 }
 
-/// The three ledgers: court == bonds + credits; market == unsettled escrow + credits + earnings; registry
-/// == stakes + unbonding of every node account.
+/// The three ledgers: court == bonds + credits; market == unsettled escrow + credits + earnings + open
+/// challenge bonds; registry == stakes + unbonding of every node account.
 async function expectConserved(f, jobs = [f.job]) {
   expect(await balanceOf(f.court)).to.equal((await f.court.bondsHeld()) + (await f.court.totalCredits()));
   let bonds = 0n;
@@ -140,6 +166,7 @@ async function expectConserved(f, jobs = [f.job]) {
   for (const j of jobs) {
     const status = Number((await f.market.getJob(j.jobId)).status);
     if ([JobStatus.Open, JobStatus.Committed, JobStatus.Disputed].includes(status)) escrow += j.decoded.escrow;
+    escrow += (await f.market.challengeOf(j.jobId)).bond;
   }
   expect(await balanceOf(f.market)).to.equal(escrow + (await f.market.totalCredits()) + earnings);
 }
@@ -161,6 +188,8 @@ async function courtDeployer({ auditorIsCourt = true, disputeTimeout = PARAMS.di
     PARAMS.missSlashBps,
     PARAMS.fraudSlashBps,
     0,
+    PARAMS.hopFee,
+    CHALLENGE_BOND,
   ]);
   const factory = await ethers.getContractFactory("AuditCourt");
   const deploy = (p = {}) => {
@@ -224,15 +253,21 @@ describe("AuditCourt", function () {
   });
 
   describe("openAudit", function () {
-    it("draws k verifiers per position from the shard's pool, seeded by prevrandao, job and position", async function () {
-      const { registry, court, nodes, verifiers, job } = await loadFixture(disputedFixture);
-      const randao = 0xabcdefn;
-      await setPrevRandao(randao);
+    it("draws k verifiers per position from the shard's pool, seeded by the dispute block's hash, job and position", async function () {
+      const { registry, market, court, nodes, verifiers, job } = await loadFixture(disputedFixture);
+      const disputed = await market.disputeBlockOf(job.jobId);
+      expect(disputed).to.equal(await anchorBlockOf(market, job.jobId));
+      const hash = (await ethers.provider.getBlock(Number(disputed))).hash;
+      await setPrevRandao(0xabcdefn); // plays no part
       const tx = court.openAudit(job.jobId, job.terms);
       await tx;
       const openedAt = await time.latest();
+      // Opening restarts the market's dispute timeout (holdForAudit on a Disputed job).
+      await expect(tx).to.emit(market, "JobDisputed").withArgs(job.jobId);
+      expect((await market.getJob(job.jobId)).timestamp).to.equal(openedAt);
+      expect(await market.disputeBlockOf(job.jobId)).to.equal(disputed);
       for (let p = 0; p < 3; p++) {
-        const seed = ethers.keccak256(coder.encode(["uint256", "uint256", "uint256"], [randao, job.jobId, p]));
+        const seed = panelSeed(hash, job.jobId, p);
         const expected = await registry.samplePool(1, 1 + p, nodes[1 + p].address, 3, seed);
         expect(expected).to.have.length(3);
         expect([...expected].sort()).to.deep.equal(verifiers.slice(3 * p, 3 * p + 3).map((v) => v.address).sort());
@@ -259,10 +294,9 @@ describe("AuditCourt", function () {
       let short = 0;
       for (let i = 0; i < 6; i++) {
         const { job } = await disputedJob(f);
-        const randao = 1000n + BigInt(i);
-        await setPrevRandao(randao);
         await f.court.openAudit(job.jobId, job.terms);
-        const seed = ethers.keccak256(coder.encode(["uint256", "uint256", "uint256"], [randao, job.jobId, 1]));
+        const hash = (await ethers.provider.getBlock(Number(await f.market.disputeBlockOf(job.jobId)))).hash;
+        const seed = panelSeed(hash, job.jobId, 1);
         const drawn = (await f.court.getPanel(job.jobId, 1)).verifiers;
         expect(drawn).to.deep.equal(await f.registry.samplePool(1, 2, f.nodes[2].address, 3, seed));
         expect(new Set(drawn).size).to.equal(drawn.length);
@@ -287,8 +321,48 @@ describe("AuditCourt", function () {
       const f = await courtMarketFixture({ auditRateBps: 10_000 });
       const job = await submit(f.market, f.client, { maxPrice: NODE_PRICES[3] });
       await commitAll(f.market, f.nodes, job);
+      await f.market.connect(f.other).sampleAudit(job.jobId, job.terms);
       expect(await f.market.queryFilter(f.market.filters.AuditSampled(job.jobId))).to.have.length(1);
       await expect(f.court.openAudit(job.jobId, job.terms)).to.emit(f.court, "AuditOpened");
+    });
+
+    it("cannot open in the dispute block itself: AuditTooEarly, then opens from the next block", async function () {
+      const f = await loadFixture(courtMarketFixture);
+      const job = await submit(f.market, f.client, { maxPrice: NODE_PRICES[3] });
+      await commitAll(f.market, f.nodes, job);
+      // A contract challenges (disputing the job) and opens the audit in the same transaction.
+      const attacker = await ethers.deployContract("AtomicCaller");
+      const challenge = f.market.interface.encodeFunctionData("challenge", [job.jobId, job.terms]);
+      const open = f.court.interface.encodeFunctionData("openAudit", [job.jobId, job.terms]);
+      const block = (await ethers.provider.getBlockNumber()) + 1;
+      await expect(attacker.executeBoth(f.market, challenge, f.court, open, { value: CHALLENGE_BOND }))
+        .to.be.revertedWithCustomError(f.court, "AuditTooEarly")
+        .withArgs(job.jobId, block + 1);
+      await attacker.execute(f.market, CHALLENGE_BOND, challenge, { value: CHALLENGE_BOND });
+      await expect(f.court.openAudit(job.jobId, job.terms)).to.emit(f.court, "AuditOpened");
+    });
+
+    it("when the dispute block's hash is gone, anchors to the current block and opens from the next call", async function () {
+      const f = await loadFixture(disputedFixture);
+      const disputed = Number(await f.market.disputeBlockOf(f.job.jobId));
+      await mine(256); // the next block is disputed + 257: blockhash(disputed) is 0
+      const first = await f.court.openAudit(f.job.jobId, f.job.terms);
+      const anchor = (await first.wait()).blockNumber;
+      expect(anchor).to.equal(disputed + 257);
+      await expect(first).to.emit(f.court, "AuditAnchored").withArgs(f.job.jobId, anchor);
+      await expect(first).not.to.emit(f.court, "AuditOpened");
+      expect((await f.court.getAudit(f.job.jobId)).status).to.equal(AuditStatus.None);
+      // An anchor that is itself too old is replaced.
+      await mine(256);
+      const second = await f.court.openAudit(f.job.jobId, f.job.terms);
+      const anchor2 = (await second.wait()).blockNumber;
+      await expect(second).to.emit(f.court, "AuditAnchored").withArgs(f.job.jobId, anchor2);
+      const hash = (await ethers.provider.getBlock(anchor2)).hash;
+      const tx = f.court.openAudit(f.job.jobId, f.job.terms);
+      const expected = await f.registry.samplePool(1, 1, f.nodes[1].address, 3, panelSeed(hash, f.job.jobId, 0));
+      await expect(tx).to.emit(f.court, "AuditOpened").withArgs(f.job.jobId, 0, f.nodes[1].address, expected);
+      await expect(tx).not.to.emit(f.court, "AuditAnchored");
+      expect((await f.court.getAudit(f.job.jobId)).status).to.equal(AuditStatus.Open);
     });
 
     it("may be opened exactly at the latest opening time, not one second later", async function () {
@@ -301,8 +375,15 @@ describe("AuditCourt", function () {
       f = await loadFixture(disputedFixture);
       await time.setNextBlockTimestamp(latest(f));
       await expect(f.court.openAudit(f.job.jobId, f.job.terms)).to.emit(f.court, "AuditOpened");
-      // Resolvable one second before anyone may finalize the job unaudited.
-      expect((await f.court.getAudit(f.job.jobId)).revealDeadline).to.equal(f.disputedAt + PARAMS.disputeTimeout - 2);
+      const revealDeadline = latest(f) + COURT_PARAMS.commitWindow + COURT_PARAMS.revealWindow;
+      expect((await f.court.getAudit(f.job.jobId)).revealDeadline).to.equal(revealDeadline);
+      // Opening restarted the dispute timeout: nobody can finalize the job unaudited before resolve opens,
+      // nor for a whole dispute timeout after the opening.
+      await time.setNextBlockTimestamp(revealDeadline + 1);
+      await expect(f.market.finalize(f.job.jobId, f.job.terms))
+        .to.be.revertedWithCustomError(f.market, "ChallengeWindowOpen")
+        .withArgs(f.job.jobId, latest(f) + PARAMS.disputeTimeout);
+      await expect(f.court.resolve(f.job.jobId, f.job.terms)).to.emit(f.court, "AuditResolved");
     });
 
     it("rejects an unknown job, mismatched terms, a job that is not Disputed, and a second audit", async function () {
@@ -425,7 +506,7 @@ describe("AuditCourt", function () {
         .withArgs(f.job.jobId, 1, f.commitDeadline);
     });
 
-    it("returns the bond, records the verdict and clears the commitment", async function () {
+    it("records the verdict and clears the commitment, but keeps the bond held until resolve", async function () {
       const f = await loadFixture(openedFixture);
       const [a, b] = f.panels[2];
       await commitVote(f, 2, a, FRAUD);
@@ -433,13 +514,13 @@ describe("AuditCourt", function () {
       await time.increaseTo(f.commitDeadline + 1);
       const tx = revealVote(f, 2, a, FRAUD);
       await expect(tx).to.emit(f.court, "VoteRevealed").withArgs(f.job.jobId, 2, a.address, FRAUD);
-      await expect(tx).to.changeEtherBalances([a, f.court], [BOND, -BOND]);
+      await expect(tx).to.changeEtherBalances([a, f.court], [0, 0]);
       await revealVote(f, 2, b, HONEST);
       const panel = await f.court.getPanel(f.job.jobId, 2);
       expect(panel.votes.map(Number)).to.deep.equal([Vote.Fraud, Vote.Honest, Vote.Drawn]);
       expect(panel.commitments).to.deep.equal([ethers.ZeroHash, ethers.ZeroHash, ethers.ZeroHash]);
       expect([panel.committed, panel.honestVotes, panel.fraudVotes]).to.deep.equal([2n, 1n, 1n]);
-      expect(await f.court.bondsHeld()).to.equal(0);
+      expect(await f.court.bondsHeld()).to.equal(2n * BOND);
       await expectConserved(f);
     });
 
@@ -493,18 +574,26 @@ describe("AuditCourt", function () {
   });
 
   describe("resolve", function () {
-    it("is possible one second after the reveal deadline, once", async function () {
+    /// Verifiers of positions `plan` leaves out, or marks null, never committed: one penalty each.
+    const abstainers = (plan) => [0, 1, 2].reduce((a, p) => a + (plan[p] ? plan[p].filter((v) => v === null).length : 3), 0);
+
+    it("is possible one second after the reveal deadline, once; with nobody voting every verifier is penalized", async function () {
       const f = await loadFixture(openedFixture);
       await time.setNextBlockTimestamp(f.revealDeadline);
       await expect(f.court.resolve(f.job.jobId, f.job.terms))
         .to.be.revertedWithCustomError(f.court, "RevealPhaseOpen")
         .withArgs(f.job.jobId, f.revealDeadline);
       await time.setNextBlockTimestamp(f.revealDeadline + 1);
-      await expect(f.court.resolve(f.job.jobId, f.job.terms)).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, 0, 0);
+      const tx = f.court.resolve(f.job.jobId, f.job.terms);
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, 0, 9n * BOND);
+      for (const v of f.panels.flat()) await expect(tx).to.emit(f.market, "VerifierPenalized").withArgs(v.address, BOND);
+      await expect(tx).to.changeEtherBalances([f.client, f.registry], [ESCROW - paidExcept(0) + 9n * BOND, -9n * BOND]);
+      for (const v of f.panels.flat()) expect((await f.registry.getNode(v.address)).stake).to.equal(ONE - BOND);
       expect((await f.court.getAudit(f.job.jobId)).status).to.equal(AuditStatus.Resolved);
       await expect(f.court.resolve(f.job.jobId, f.job.terms))
         .to.be.revertedWithCustomError(f.court, "AuditNotOpen")
         .withArgs(f.job.jobId, AuditStatus.Resolved);
+      await expectConserved(f);
     });
 
     it("rejects an audit never opened and mismatched terms", async function () {
@@ -516,109 +605,154 @@ describe("AuditCourt", function () {
         .withArgs(f.job.jobId);
     });
 
-    it("a fraud majority slashes the node, pays the winning verifiers their share and the client the rest", async function () {
+    it("a fraud majority of the panel slashes the node; winners get bond + share, the minority and abstainers pay", async function () {
       const f = await loadFixture(openedFixture);
       const [w1, w2, loser] = f.panels[1];
-      await runVotes(f, { 1: [FRAUD, FRAUD, HONEST], 0: [HONEST, HONEST, null] });
+      const plan = { 1: [FRAUD, FRAUD, HONEST], 0: [HONEST, HONEST, null] };
+      await runVotes(f, plan);
       const slashed = slashOf(NODE_STAKES[2]);
-      const reward = (slashed * BigInt(COURT_PARAMS.rewardBps)) / BPS;
-      const share = reward / 2n;
-      const toClient = slashed - 2n * share;
-      const paid = (NODE_PRICES[1] + NODE_PRICES[3]) * BigInt(BILLED);
+      const penalties = BigInt(abstainers(plan)) * BOND;
+      expect(penalties).to.equal(4n * BOND);
+      const { share, rewarded, toClient } = payout({ slashed, forfeited: BOND, penalties, winners: 4 });
+      const paid = paidExcept(0b010);
       const refund = ESCROW - paid;
       const tx = f.court.connect(f.other).resolve(f.job.jobId, f.job.terms);
       await expect(tx).to.emit(f.registry, "Slashed").withArgs(f.nodes[2].address, slashed);
+      await expect(tx).to.emit(f.market, "VerifierPenalized").withArgs(f.panels[0][2].address, BOND);
       await expect(tx).to.emit(f.market, "DisputeResolved").withArgs(f.job.jobId, 0b010, slashed);
       await expect(tx).to.emit(f.market, "JobFinalized").withArgs(f.job.jobId, BILLED, paid, refund);
       await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 0, false, 2, 0, 0);
-      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 1, true, 1, 2, 0);
+      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 1, true, 1, 2, BOND);
       await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 2, false, 0, 0, 0);
-      await expect(tx).to.emit(f.court, "VerifierRewarded").withArgs(f.job.jobId, 1, w1.address, share);
-      await expect(tx).to.emit(f.court, "VerifierRewarded").withArgs(f.job.jobId, 1, w2.address, share);
-      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0b010, slashed, 2n * share, toClient);
+      for (const w of [w1, w2]) await expect(tx).to.emit(f.court, "VerifierRewarded").withArgs(f.job.jobId, 1, w.address, share + BOND);
+      for (const w of f.panels[0].slice(0, 2)) {
+        await expect(tx).to.emit(f.court, "VerifierRewarded").withArgs(f.job.jobId, 0, w.address, share + BOND);
+      }
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0b010, slashed, rewarded, toClient);
+      // The court held 5 bonds; it now owes 4 x (bond + share).
       await expect(tx).to.changeEtherBalances(
         [f.client, f.court, f.market, f.registry, w1, w2, loser, f.nodes[2]],
-        [refund + toClient, 2n * share, -refund, -slashed, 0, 0, 0, 0],
+        [refund + toClient, rewarded - BOND, -refund, -slashed - penalties, 0, 0, 0, 0],
       );
-      expect(await f.court.creditOf(w1.address)).to.equal(share);
+      expect(await f.court.creditOf(w1.address)).to.equal(share + BOND);
       expect(await f.court.creditOf(loser.address)).to.equal(0);
+      expect((await f.registry.getNode(f.panels[0][2].address)).stake).to.equal(ONE - BOND);
       expect((await f.registry.getNode(f.nodes[2].address)).stake).to.equal(NODE_STAKES[2] - slashed);
       expect((await f.registry.getNode(f.nodes[2].address)).earnings).to.equal(0);
-      expect((await f.registry.getNode(f.nodes[1].address)).earnings).to.equal(NODE_PRICES[1] * BigInt(BILLED));
+      expect((await f.registry.getNode(f.nodes[1].address)).earnings).to.equal(NODE_PRICES[1] * BigInt(BILLED) + HOP_FEE);
       const a = await f.court.getAudit(f.job.jobId);
       expect([a.status, a.fraudMask]).to.deep.equal([BigInt(AuditStatus.Resolved), 0b010n]);
       expect((await f.market.getJob(f.job.jobId)).status).to.equal(JobStatus.Finalized);
+      expect(await f.court.bondsHeld()).to.equal(0);
       await expectConserved(f);
-      await expect(f.court.connect(w1).withdrawCredit()).to.changeEtherBalances([w1, f.court], [share, -share]);
+      await expect(f.court.connect(w1).withdrawCredit()).to.changeEtherBalances([w1, f.court], [share + BOND, -(share + BOND)]);
+      await expectConserved(f);
+    });
+
+    it("two fraud reveals of three drawn are a majority even beside an abstainer", async function () {
+      const f = await loadFixture(openedFixture);
+      await runVotes(f, { 1: [FRAUD, null, FRAUD], 0: [HONEST, HONEST, HONEST], 2: [HONEST, HONEST, HONEST] });
+      const tx = f.court.resolve(f.job.jobId, f.job.terms);
+      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 1, true, 0, 2, 0);
+      await expect(tx).to.emit(f.market, "VerifierPenalized").withArgs(f.panels[1][1].address, BOND);
+      expect((await f.court.getAudit(f.job.jobId)).fraudMask).to.equal(0b010);
+      await expectConserved(f);
+    });
+
+    it("quorum: one fraud reveal beside two abstainers does not slash; the fraud voter forfeits, abstainers pay", async function () {
+      const f = await loadFixture(openedFixture);
+      const plan = { 1: [FRAUD, null, null] };
+      await runVotes(f, plan);
+      const penalties = BigInt(abstainers(plan)) * BOND;
+      expect(penalties).to.equal(8n * BOND);
+      const tx = f.court.resolve(f.job.jobId, f.job.terms);
+      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 1, false, 0, 1, BOND);
+      await expect(tx).to.emit(f.market, "DisputeResolved").withArgs(f.job.jobId, 0, 0);
+      // Nobody revealed the verdict: the forfeit and the penalties all go to the client.
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, 0, BOND + penalties);
+      await expect(tx).to.changeEtherBalance(f.client, ESCROW - paidExcept(0) + BOND + penalties);
+      expect((await f.registry.getNode(f.nodes[2].address)).stake).to.equal(NODE_STAKES[2]);
+      expect(await f.court.creditOf(f.panels[1][0].address)).to.equal(0);
       await expectConserved(f);
     });
 
     it("forfeits the bond of a verifier who never reveals: to the winners, the rounding dust to the client", async function () {
       const f = await loadFixture(openedFixture);
-      const silent = f.panels[2][1];
-      await runVotes(f, { 1: [FRAUD, FRAUD, FRAUD], 2: [HONEST, "silent", null] });
-      const slashed = slashOf(NODE_STAKES[2]);
-      const pool = (slashed * BigInt(COURT_PARAMS.rewardBps)) / BPS + BOND;
-      const share = pool / 3n;
-      const dust = pool - 3n * share;
+      const silent = f.panels[1][0];
+      const plan = { 2: [FRAUD, FRAUD, FRAUD], 1: ["silent", null, null] };
+      await runVotes(f, plan);
+      const slashed = slashOf(NODE_STAKES[3]);
+      const penalties = BigInt(abstainers(plan)) * BOND;
+      const { pool, share, rewarded, toClient } = payout({ slashed, forfeited: BOND, penalties, winners: 3 });
+      const dust = pool - rewarded;
       expect(dust).to.be.greaterThan(0n);
-      const toClient = slashed - (slashed * BigInt(COURT_PARAMS.rewardBps)) / BPS + dust;
-      const refund = ESCROW - (NODE_PRICES[1] + NODE_PRICES[3]) * BigInt(BILLED);
+      expect(toClient).to.equal(slashed - (slashed * BigInt(COURT_PARAMS.rewardBps)) / BPS + dust);
+      const refund = ESCROW - paidExcept(0b100);
       const tx = f.court.resolve(f.job.jobId, f.job.terms);
-      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 2, false, 1, 0, BOND);
-      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0b010, slashed, 3n * share, toClient);
-      await expect(tx).to.changeEtherBalances([f.client, f.court, silent], [refund + toClient, 3n * share - BOND, 0]);
-      for (const w of f.panels[1]) expect(await f.court.creditOf(w.address)).to.equal(share);
+      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 1, false, 0, 0, BOND);
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0b100, slashed, rewarded, toClient);
+      // The court held 4 bonds, took the penalties and the slash, paid the client its part.
+      await expect(tx).to.changeEtherBalances([f.client, f.court, silent], [refund + toClient, rewarded + 3n * BOND - 4n * BOND, 0]);
+      for (const w of f.panels[2]) expect(await f.court.creditOf(w.address)).to.equal(share + BOND);
+      expect(await f.court.creditOf(silent.address)).to.equal(0);
       expect(await f.court.bondsHeld()).to.equal(0);
       await expectConserved(f);
     });
 
-    it("an honest majority outvotes one lying verifier: nothing is slashed, everyone is paid", async function () {
+    it("an honest majority outvotes one lying verifier: nothing is slashed, the liar's bond goes to the honest voters", async function () {
       const f = await loadFixture(openedFixture);
       const liar = f.panels[0][2];
       const liarBefore = await balanceOf(liar.address);
-      await runVotes(f, { 0: [HONEST, HONEST, FRAUD] });
-      const paid = ROUTE_PRICE * BigInt(BILLED);
+      const plan = { 0: [HONEST, HONEST, FRAUD] };
+      await runVotes(f, plan);
+      const penalties = BigInt(abstainers(plan)) * BOND;
+      const { share, rewarded, toClient } = payout({ forfeited: BOND, penalties, winners: 2 });
+      const paid = paidExcept(0);
       const tx = f.court.resolve(f.job.jobId, f.job.terms);
-      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 0, false, 2, 1, 0);
+      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 0, false, 2, 1, BOND);
       await expect(tx).to.emit(f.market, "DisputeResolved").withArgs(f.job.jobId, 0, 0);
       await expect(tx).to.emit(f.market, "JobFinalized").withArgs(f.job.jobId, BILLED, paid, ESCROW - paid);
-      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, 0, 0);
-      await expect(tx).not.to.emit(f.registry, "Slashed");
-      await expect(tx).to.changeEtherBalances([f.client, f.court], [ESCROW - paid, 0]);
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, rewarded, toClient);
+      await expect(tx).to.changeEtherBalance(f.client, ESCROW - paid + toClient);
       for (let s = 1; s <= 3; s++) {
         const n = await f.registry.getNode(f.nodes[s].address);
-        expect([n.stake, n.earnings]).to.deep.equal([NODE_STAKES[s], NODE_PRICES[s] * BigInt(BILLED)]);
+        expect([n.stake, n.earnings]).to.deep.equal([NODE_STAKES[s], NODE_PRICES[s] * BigInt(BILLED) + HOP_FEE]);
       }
-      // The liar got its bond back when it revealed and nothing more (gas aside).
-      const gasPaid = liarBefore - (await balanceOf(liar.address));
-      expect(gasPaid).to.be.greaterThan(0n).and.lessThan(ethers.parseEther("0.001"));
+      for (const h of f.panels[0].slice(0, 2)) expect(await f.court.creditOf(h.address)).to.equal(share + BOND);
+      // The liar lost its bond (and gas), and is owed nothing.
+      const lost = liarBefore - (await balanceOf(liar.address));
+      expect(lost).to.be.greaterThan(BOND).and.lessThan(BOND + ethers.parseEther("0.001"));
       expect(await f.court.creditOf(liar.address)).to.equal(0);
       await expectConserved(f);
     });
 
-    it("a tie is honest, even with a bond forfeited; the forfeit goes to the client when nobody won", async function () {
+    it("one fraud and one honest reveal is no majority: honest; the fraud voter and the silent one forfeit to the honest voter", async function () {
       const f = await loadFixture(openedFixture);
-      await runVotes(f, { 0: [FRAUD, HONEST, "silent"] });
-      const paid = ROUTE_PRICE * BigInt(BILLED);
+      const plan = { 0: [FRAUD, HONEST, "silent"] };
+      await runVotes(f, plan);
+      const penalties = BigInt(abstainers(plan)) * BOND;
+      const { share, rewarded, toClient } = payout({ forfeited: 2n * BOND, penalties, winners: 1 });
+      const paid = paidExcept(0);
       const tx = f.court.resolve(f.job.jobId, f.job.terms);
-      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 0, false, 1, 1, BOND);
-      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, 0, BOND);
-      await expect(tx).to.changeEtherBalances([f.client, f.court], [ESCROW - paid + BOND, -BOND]);
+      await expect(tx).to.emit(f.court, "PositionJudged").withArgs(f.job.jobId, 0, false, 1, 1, 2n * BOND);
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, rewarded, toClient);
+      await expect(tx).to.changeEtherBalances([f.client, f.court], [ESCROW - paid + toClient, rewarded + BOND - 3n * BOND]);
+      expect(await f.court.creditOf(f.panels[0][1].address)).to.equal(share + BOND);
       await expectConserved(f);
     });
 
-    it("no revealed vote and an unverifiable position are honest", async function () {
+    it("no revealed vote and an unverifiable position are honest; forfeits and penalties go to the client", async function () {
       const f = await loadFixture(disputedFixture);
       for (const v of f.verifiers.slice(6, 9)) await f.registry.connect(v).deactivate();
       const g = await openAudit(f);
-      await runVotes(g, { 0: ["silent", "silent", null] });
-      const paid = ROUTE_PRICE * BigInt(BILLED);
+      await runVotes(g, { 0: ["silent", "silent", null], 2: [] });
+      const penalties = 4n * BOND; // one at position 0, three at position 1, none at the unverifiable position 2
+      const paid = paidExcept(0);
       const tx = g.court.resolve(g.job.jobId, g.job.terms);
       await expect(tx).to.emit(g.court, "PositionJudged").withArgs(g.job.jobId, 0, false, 0, 0, 2n * BOND);
       await expect(tx).to.emit(g.court, "PositionJudged").withArgs(g.job.jobId, 2, false, 0, 0, 0);
       await expect(tx).to.emit(g.market, "JobFinalized").withArgs(g.job.jobId, BILLED, paid, ESCROW - paid);
-      await expect(tx).to.emit(g.court, "AuditResolved").withArgs(g.job.jobId, 0, 0, 0, 2n * BOND);
+      await expect(tx).to.emit(g.court, "AuditResolved").withArgs(g.job.jobId, 0, 0, 0, 2n * BOND + penalties);
       const a = await g.court.getAudit(g.job.jobId);
       expect([a.unverifiableMask, a.fraudMask]).to.deep.equal([0b100n, 0n]);
       await expectConserved(g);
@@ -626,16 +760,19 @@ describe("AuditCourt", function () {
 
     it("after the dispute timed out and the job was finalized, settles the bonds but slashes nothing", async function () {
       const f = await loadFixture(openedFixture);
-      await runVotes(f, { 0: [FRAUD, FRAUD, "silent"] });
-      await time.increaseTo(f.disputedAt + PARAMS.disputeTimeout);
+      const plan = { 0: [FRAUD, FRAUD, "silent"] };
+      await runVotes(f, plan);
+      // Opening restarted the dispute timeout: finalize waits until openedAt + disputeTimeout.
+      await time.increaseTo(f.openedAt + PARAMS.disputeTimeout);
       await f.market.connect(f.other).finalize(f.job.jobId, f.job.terms);
-      const share = BOND / 2n;
+      const penalties = BigInt(abstainers(plan)) * BOND;
+      const { share, rewarded } = payout({ forfeited: BOND, penalties, winners: 2 });
       const tx = f.court.resolve(f.job.jobId, f.job.terms);
       await expect(tx).to.emit(f.court, "JobSettledBeforeVerdict").withArgs(f.job.jobId);
-      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0b001, 0, 2n * share, 0);
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0b001, 0, rewarded, 0);
       await expect(tx).not.to.emit(f.market, "DisputeResolved");
-      await expect(tx).to.changeEtherBalances([f.client, f.court, f.registry], [0, 0, 0]);
-      expect(await f.court.creditOf(f.panels[0][0].address)).to.equal(share);
+      await expect(tx).to.changeEtherBalances([f.client, f.court, f.registry], [0, penalties, -penalties]);
+      expect(await f.court.creditOf(f.panels[0][0].address)).to.equal(share + BOND);
       expect((await f.registry.getNode(f.nodes[1].address)).stake).to.equal(NODE_STAKES[1]);
       await expectConserved(f);
     });
@@ -645,9 +782,10 @@ describe("AuditCourt", function () {
       const c = await contractClient("court client");
       await c.contract.configure(Mode.Reject, ethers.ZeroAddress, "0x");
       const g = await openAudit({ ...f, ...(await disputedJob(f, c)) });
-      await runVotes(g, { 0: [FRAUD, FRAUD, FRAUD] });
+      const plan = { 0: [FRAUD, FRAUD, FRAUD] };
+      await runVotes(g, plan);
       const slashed = slashOf(NODE_STAKES[1]);
-      const toClient = slashed - (slashed * BigInt(COURT_PARAMS.rewardBps)) / BPS;
+      const { toClient } = payout({ slashed, penalties: BigInt(abstainers(plan)) * BOND, winners: 3 });
       const tx = g.court.resolve(g.job.jobId, g.job.terms);
       await expect(tx).to.emit(g.court, "PaymentCredited").withArgs(c.address, toClient);
       await expect(tx).to.emit(g.market, "RefundCredited");
@@ -661,22 +799,69 @@ describe("AuditCourt", function () {
     });
   });
 
+  describe("resolve of a challenged job", function () {
+    /// A committed (linked) job challenged by `other`, its audit opened in the next block.
+    async function challengedFixture() {
+      const f = await courtMarketFixture();
+      const job = await submit(f.market, f.client, { maxTokens: MAX_TOKENS, maxPrice: NODE_PRICES[3] });
+      await commitAll(f.market, f.nodes, job, await receipt(f.market, f.client, job.jobId, BILLED));
+      await f.market.connect(f.other).challenge(job.jobId, job.terms, { value: CHALLENGE_BOND });
+      const disputedAt = Number((await f.market.getJob(job.jobId)).timestamp);
+      return openAudit({ ...f, job, disputedAt });
+    }
+
+    it("fraud: the challenger gets its bond back plus the client's part; the client only its refund", async function () {
+      const f = await loadFixture(challengedFixture);
+      const plan = { 1: [FRAUD, FRAUD, FRAUD], 0: [HONEST, HONEST, HONEST], 2: [HONEST, HONEST, HONEST] };
+      await runVotes(f, plan);
+      const slashed = slashOf(NODE_STAKES[2]);
+      const { share, rewarded, toClient } = payout({ slashed, winners: 9 });
+      const refund = ESCROW - paidExcept(0b010);
+      const tx = f.court.resolve(f.job.jobId, f.job.terms);
+      await expect(tx).to.emit(f.market, "ChallengeSettled").withArgs(f.job.jobId, f.other.address, CHALLENGE_BOND, 0, 0);
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0b010, slashed, rewarded, toClient);
+      await expect(tx).to.changeEtherBalances([f.other, f.client], [CHALLENGE_BOND + toClient, refund]);
+      for (const v of f.panels.flat()) expect(await f.court.creditOf(v.address)).to.equal(share + BOND);
+      await expectConserved(f);
+    });
+
+    it("honest: the challenger loses its bond, half to the honest verifiers, half to the route's nodes", async function () {
+      const f = await loadFixture(challengedFixture);
+      await runVotes(f, { 0: [HONEST, HONEST, HONEST], 1: [HONEST, HONEST, HONEST], 2: [HONEST, HONEST, HONEST] });
+      const perNode = (CHALLENGE_BOND - CHALLENGE_BOND / 2n) / 3n;
+      const challengeShare = CHALLENGE_BOND - 3n * perNode; // half + rounding dust
+      const { share, rewarded, toClient } = payout({ challengeShare, winners: 9 });
+      const tx = f.court.resolve(f.job.jobId, f.job.terms);
+      await expect(tx).to.emit(f.market, "ChallengeSettled").withArgs(f.job.jobId, f.other.address, 0, perNode, challengeShare);
+      await expect(tx).to.emit(f.court, "AuditResolved").withArgs(f.job.jobId, 0, 0, rewarded, toClient);
+      // Only the pool's rounding dust (if any) reaches the challenger.
+      await expect(tx).to.changeEtherBalances([f.other, f.client], [toClient, ESCROW - paidExcept(0)]);
+      expect(toClient).to.be.lessThan(9n);
+      for (const v of f.panels.flat()) expect(await f.court.creditOf(v.address)).to.equal(share + BOND);
+      for (let s = 1; s <= 3; s++) {
+        expect((await f.registry.getNode(f.nodes[s].address)).earnings).to.equal(NODE_PRICES[s] * BigInt(BILLED) + HOP_FEE + perNode);
+      }
+      await expectConserved(f);
+    });
+  });
+
   describe("withdrawCredit", function () {
     it("rejects an account without credit", async function () {
       const { court, other } = await loadFixture(courtMarketFixture);
       await expect(court.connect(other).withdrawCredit()).to.be.revertedWithCustomError(court, "NothingToWithdraw").withArgs(other.address);
     });
 
-    it("pays a reward once", async function () {
+    it("pays a reward (bond + share) once", async function () {
       const f = await loadFixture(openedFixture);
       await runVotes(f, { 2: [FRAUD, FRAUD, FRAUD] });
       await f.court.resolve(f.job.jobId, f.job.terms);
       const w = f.panels[2][0];
-      const share = (slashOf(NODE_STAKES[3]) * BigInt(COURT_PARAMS.rewardBps)) / BPS / 3n;
+      const { share } = payout({ slashed: slashOf(NODE_STAKES[3]), penalties: 6n * BOND, winners: 3 });
+      const credit = share + BOND;
       const tx = f.court.connect(w).withdrawCredit();
-      await expect(tx).to.emit(f.court, "CreditWithdrawn").withArgs(w.address, share);
-      await expect(tx).to.changeEtherBalances([w, f.court], [share, -share]);
-      expect(await f.court.totalCredits()).to.equal(2n * share);
+      await expect(tx).to.emit(f.court, "CreditWithdrawn").withArgs(w.address, credit);
+      await expect(tx).to.changeEtherBalances([w, f.court], [credit, -credit]);
+      expect(await f.court.totalCredits()).to.equal(2n * credit);
       await expect(f.court.connect(w).withdrawCredit()).to.be.revertedWithCustomError(f.court, "NothingToWithdraw").withArgs(w.address);
     });
   });
@@ -699,38 +884,9 @@ describe("AuditCourt", function () {
       return { ...g, node, address, reveal };
     }
 
-    const guardOf = (court) => court.interface.getError("ReentrancyGuardReentrantCall").selector;
-
-    for (const [what, data] of [
-      ["revealVote", (g) => g.reveal],
-      ["withdrawCredit", (g) => g.court.interface.encodeFunctionData("withdrawCredit")],
-      ["resolve", (g) => g.court.interface.encodeFunctionData("resolve", [g.job.jobId, g.job.terms])],
-    ]) {
-      it(`the bond refund of revealVote cannot re-enter ${what}`, async function () {
-        const g = await loadFixture(contractVerifierFixture);
-        await g.node.configure(Mode.Reenter, g.court, data(g));
-        await time.increaseTo(g.commitDeadline + 1);
-        const tx = g.node.execute(g.court, 0, g.reveal);
-        await expect(tx).to.emit(g.court, "VoteRevealed").withArgs(g.job.jobId, 1, g.address, FRAUD);
-        await expect(tx).to.changeEtherBalances([g.address, g.court], [BOND, -BOND]);
-        expect(await g.node.reentryAttempted()).to.equal(true);
-        expect(await g.node.reentryOk()).to.equal(false);
-        expect(await g.node.reentryError()).to.equal(guardOf(g.court));
-        await expectConserved(g);
-      });
-    }
-
-    it("a verifier that cannot take its bond back cannot reveal, and keeps nothing twice", async function () {
-      const g = await loadFixture(contractVerifierFixture);
-      await g.node.configure(Mode.ReenterAndBubble, g.court, g.reveal);
-      await time.increaseTo(g.commitDeadline + 1);
-      await expect(g.node.execute(g.court, 0, g.reveal)).to.be.revertedWithCustomError(g.court, "TransferFailed").withArgs(g.address, BOND);
-      expect(await g.court.bondsHeld()).to.equal(BOND);
-      await expectConserved(g);
-    });
-
-    it("withdrawCredit cannot be re-entered; a rejecting verifier keeps its credit", async function () {
-      const g = await loadFixture(contractVerifierFixture);
+    /// The contract verifier and the EOAs beside it vote fraud at position 1; resolved; its credit.
+    async function creditedContractVerifierFixture() {
+      const g = await contractVerifierFixture();
       const others = g.panels[1].filter((s) => s !== undefined); // the EOA verifiers beside the contract
       for (const v of others) await commitVote(g, 1, v, FRAUD);
       await time.increaseTo(g.commitDeadline + 1);
@@ -739,16 +895,52 @@ describe("AuditCourt", function () {
       await time.increaseTo(g.revealDeadline + 1);
       await g.court.resolve(g.job.jobId, g.job.terms);
       const credit = await g.court.creditOf(g.address);
-      expect(credit).to.be.greaterThan(0n);
-      const withdraw = g.court.interface.encodeFunctionData("withdrawCredit");
-      await g.node.configure(Mode.ReenterAndBubble, g.court, withdraw);
-      await expect(g.node.execute(g.court, 0, withdraw)).to.be.revertedWithCustomError(g.court, "TransferFailed").withArgs(g.address, credit);
-      expect(await g.court.creditOf(g.address)).to.equal(credit);
-      await g.node.configure(Mode.Reenter, g.court, withdraw);
-      const tx = g.node.execute(g.court, 0, withdraw);
-      await expect(tx).to.changeEtherBalances([g.address, g.court], [credit, -credit]);
-      expect(await g.node.reentryError()).to.equal(guardOf(g.court));
-      expect(await g.court.creditOf(g.address)).to.equal(0);
+      expect(credit).to.be.greaterThan(BOND);
+      return { ...g, credit };
+    }
+
+    const guardOf = (court) => court.interface.getError("ReentrancyGuardReentrantCall").selector;
+    const withdraw = (g) => g.court.interface.encodeFunctionData("withdrawCredit");
+
+    for (const [what, data] of [
+      ["revealVote", (g) => g.reveal],
+      ["withdrawCredit", withdraw],
+      ["resolve", (g) => g.court.interface.encodeFunctionData("resolve", [g.job.jobId, g.job.terms])],
+    ]) {
+      it(`the payout of withdrawCredit cannot re-enter ${what}`, async function () {
+        const g = await loadFixture(creditedContractVerifierFixture);
+        await g.node.configure(Mode.Reenter, g.court, data(g));
+        const tx = g.node.execute(g.court, 0, withdraw(g));
+        await expect(tx).to.emit(g.court, "CreditWithdrawn").withArgs(g.address, g.credit);
+        await expect(tx).to.changeEtherBalances([g.address, g.court], [g.credit, -g.credit]);
+        expect(await g.node.reentryAttempted()).to.equal(true);
+        expect(await g.node.reentryOk()).to.equal(false);
+        expect(await g.node.reentryError()).to.equal(guardOf(g.court));
+        expect(await g.court.creditOf(g.address)).to.equal(0);
+        await expectConserved(g);
+      });
+    }
+
+    it("revealing pays nothing, so a verifier that rejects payments still reveals; its bond stays held", async function () {
+      const g = await loadFixture(contractVerifierFixture);
+      await g.node.configure(Mode.Reject, ethers.ZeroAddress, "0x");
+      await time.increaseTo(g.commitDeadline + 1);
+      const tx = g.node.execute(g.court, 0, g.reveal);
+      await expect(tx).to.emit(g.court, "VoteRevealed").withArgs(g.job.jobId, 1, g.address, FRAUD);
+      await expect(tx).to.changeEtherBalances([g.address, g.court], [0, 0]);
+      expect(await g.court.bondsHeld()).to.equal(BOND);
+      await expectConserved(g);
+    });
+
+    it("a rejecting verifier keeps its credit until it accepts payments", async function () {
+      const g = await loadFixture(creditedContractVerifierFixture);
+      await g.node.configure(Mode.ReenterAndBubble, g.court, withdraw(g));
+      await expect(g.node.execute(g.court, 0, withdraw(g)))
+        .to.be.revertedWithCustomError(g.court, "TransferFailed")
+        .withArgs(g.address, g.credit);
+      expect(await g.court.creditOf(g.address)).to.equal(g.credit);
+      await g.node.configure(Mode.Accept, ethers.ZeroAddress, "0x");
+      await expect(g.node.execute(g.court, 0, withdraw(g))).to.changeEtherBalances([g.address, g.court], [g.credit, -g.credit]);
       await expectConserved(g);
     });
 
@@ -758,9 +950,8 @@ describe("AuditCourt", function () {
       const g = await openAudit({ ...f, ...(await disputedJob(f, c)) });
       await runVotes(g, { 0: [FRAUD, FRAUD, FRAUD] });
       await c.contract.configure(Mode.Reenter, g.court, g.court.interface.encodeFunctionData("resolve", [g.job.jobId, g.job.terms]));
-      const slashed = slashOf(NODE_STAKES[1]);
-      const toClient = slashed - (slashed * BigInt(COURT_PARAMS.rewardBps)) / BPS;
-      const refund = ESCROW - (NODE_PRICES[2] + NODE_PRICES[3]) * BigInt(BILLED);
+      const { toClient } = payout({ slashed: slashOf(NODE_STAKES[1]), penalties: 6n * BOND, winners: 3 });
+      const refund = ESCROW - paidExcept(0b001);
       const tx = g.court.resolve(g.job.jobId, g.job.terms);
       await expect(tx).to.changeEtherBalance(c.address, refund + toClient);
       await expect(tx).not.to.emit(g.court, "PaymentCredited");
@@ -825,7 +1016,13 @@ describe("AuditCourt", function () {
       await f.court.resolve(f.job.jobId, f.job.terms);
       await expectConserved(f, jobs);
       expect((await f.court.getAudit(f.job.jobId)).fraudMask).to.equal(0b100);
-      for (const v of f.panels[2].slice(0, 2)) await f.court.connect(v).withdrawCredit();
+      // Seven winners (2 + 3 + 2); the silent verifier and the honest minority at position 2 forfeited.
+      const winners = [...f.panels[0].slice(1), ...f.panels[1], ...f.panels[2].slice(0, 2)];
+      const { share } = payout({ slashed: slashOf(NODE_STAKES[3]), forfeited: 2n * BOND, winners: 7 });
+      for (const v of f.panels.flat()) {
+        expect(await f.court.creditOf(v.address)).to.equal(winners.includes(v) ? share + BOND : 0n);
+      }
+      for (const v of winners) await f.court.connect(v).withdrawCredit();
       await expectConserved(f, jobs);
       expect(await balanceOf(f.court)).to.equal(0);
       expect(await f.court.totalCredits()).to.equal(0);

@@ -2,11 +2,12 @@
 // Fixture routes start at shard 1, so a job's positions 0, 1, 2 are nodes[1], nodes[2], nodes[3].
 const { expect } = require("chai");
 const { ethers } = require("hardhat");
-const { loadFixture, time, setBalance, setPrevRandao } = require("@nomicfoundation/hardhat-network-helpers");
+const { loadFixture, time, mine, setBalance, setPrevRandao } = require("@nomicfoundation/hardhat-network-helpers");
 const {
   ENVELOPE_TYPES,
   domainOf,
   PARAMS,
+  CHALLENGE_BOND,
   NODE_PRICES,
   NODE_STAKES,
   NO_RECEIPT,
@@ -22,14 +23,20 @@ const {
   link,
   linkTerm,
   isSampled,
+  anchorBlockOf,
+  anchorHashOf,
   receipt,
   routeCost,
+  expectMarketSolvent,
 } = require("./fixtures");
 
 const ONE = ethers.parseEther("1");
 const MAX_TOKENS = 64;
 const ROUTE_PRICE = NODE_PRICES[1] + NODE_PRICES[2] + NODE_PRICES[3]; // route from shard 1
-const ESCROW = BigInt(MAX_TOKENS) * ROUTE_PRICE;
+const HOP_FEE = PARAMS.hopFee;
+const FEES = 3n * HOP_FEE; // a 3-hop job's hop fees
+const ESCROW = BigInt(MAX_TOKENS) * ROUTE_PRICE + FEES;
+const BURN = "0x000000000000000000000000000000000000dEaD";
 const BILLED = 40;
 const IN = ethers.id("input commitment");
 const OUT = ethers.id("output commitment");
@@ -95,7 +102,7 @@ async function creditedRefundFixture() {
   const job = await submit(f.market, c, { maxTokens: MAX_TOKENS });
   await commitAll(f.market, f.nodes, job, await receipt(f.market, c.wallet, job.jobId, BILLED));
   await time.increase(PARAMS.challengeWindow);
-  const refund = ESCROW - ROUTE_PRICE * BigInt(BILLED);
+  const refund = ESCROW - ROUTE_PRICE * BigInt(BILLED) - FEES;
   await expect(f.market.connect(f.other).finalize(job.jobId, job.terms))
     .to.emit(f.market, "RefundCredited")
     .withArgs(c.address, refund);
@@ -118,9 +125,22 @@ async function marketDeployer({ delay = 365 * 86400, registryFor } = {}) {
       miss: 1000,
       fraud: 5000,
       auditRate: 0,
+      hopFee: 0n,
+      challengeBond: 0n,
       ...p,
     };
-    return factory.deploy(registry, q.auditor, q.commitTimeout, q.challengeWindow, q.disputeTimeout, q.miss, q.fraud, q.auditRate);
+    return factory.deploy(
+      registry,
+      q.auditor,
+      q.commitTimeout,
+      q.challengeWindow,
+      q.disputeTimeout,
+      q.miss,
+      q.fraud,
+      q.auditRate,
+      q.hopFee,
+      q.challengeBond,
+    );
   };
   return { registry, factory, deploy };
 }
@@ -141,8 +161,33 @@ describe("JobMarket", function () {
         PARAMS.fraudSlashBps,
       ]);
       expect(await market.auditRateBps()).to.equal(0);
+      expect(await market.hopFee()).to.equal(HOP_FEE);
+      expect(await market.challengeBond()).to.equal(CHALLENGE_BOND);
+      expect(await market.BURN_ADDRESS()).to.equal(BURN);
+      expect(await market.CHALLENGE_VERIFIER_BPS()).to.equal(5000);
       expect(await market.jobCount()).to.equal(0);
       expect(await market.totalCredits()).to.equal(0);
+    });
+
+    it("rejects a hop fee above 64 bits, accepts the 64-bit maximum", async function () {
+      let d = await marketDeployer();
+      await expect(d.deploy({ hopFee: 1n << 64n })).to.be.revertedWithCustomError(d.factory, "InvalidParameter").withArgs("hopFee");
+      d = await marketDeployer();
+      const market = await d.deploy({ hopFee: (1n << 64n) - 1n });
+      expect(await market.hopFee()).to.equal((1n << 64n) - 1n);
+    });
+
+    it("rejects a challenge bond above 96 bits or without an auditor, accepts the 96-bit maximum with one", async function () {
+      const [, , , , , , auditor] = await ethers.getSigners();
+      let d = await marketDeployer();
+      await expect(d.deploy({ challengeBond: 1n })).to.be.revertedWithCustomError(d.factory, "InvalidParameter").withArgs("challengeBond");
+      d = await marketDeployer();
+      await expect(d.deploy({ auditor: auditor.address, challengeBond: 1n << 96n }))
+        .to.be.revertedWithCustomError(d.factory, "InvalidParameter")
+        .withArgs("challengeBond");
+      d = await marketDeployer();
+      const market = await d.deploy({ auditor: auditor.address, challengeBond: (1n << 96n) - 1n });
+      expect(await market.challengeBond()).to.equal((1n << 96n) - 1n);
     });
 
     it("rejects an audit rate above 10000 bps or without an auditor, accepts 10000 with one", async function () {
@@ -243,7 +288,7 @@ describe("JobMarket", function () {
       expect(a.decoded.escrow).to.equal(ESCROW + 12345n);
       expect(b.decoded.client).to.equal(client2.address);
       expect(b.decoded.route.map((h) => h.node)).to.deep.equal(nodes.map((n) => n.address));
-      expect(b.decoded.escrow).to.equal(3n * (ROUTE_PRICE + NODE_PRICES[0]));
+      expect(b.decoded.escrow).to.equal(3n * (ROUTE_PRICE + NODE_PRICES[0]) + 4n * HOP_FEE);
       expect(await ethers.provider.getBalance(market)).to.equal(a.escrow + b.escrow);
     });
 
@@ -300,11 +345,18 @@ describe("JobMarket", function () {
         .withArgs(1, client.address, (t) => t.length === 2 + 2 * (41 + 3 * 28), ethers.hexlify(new Uint8Array(256)));
     });
 
-    it("requires escrow of maxTokens x the route's price sum", async function () {
+    it("requires escrow of maxTokens x the route's price sum + hops x hopFee", async function () {
       const { market, client } = await loadFixture(marketFixture);
-      await expect(market.connect(client).submitJob(1, 1, MAX_TOKENS, NODE_PRICES[3], "0x", { value: ESCROW - 1n }))
+      for (const short of [ESCROW - 1n, ESCROW - FEES]) {
+        await expect(market.connect(client).submitJob(1, 1, MAX_TOKENS, NODE_PRICES[3], "0x", { value: short }))
+          .to.be.revertedWithCustomError(market, "EscrowTooSmall")
+          .withArgs(ESCROW, short);
+      }
+      // A one-hop job owes one hop fee.
+      const oneHop = BigInt(MAX_TOKENS) * NODE_PRICES[3] + HOP_FEE;
+      await expect(market.connect(client).submitJob(1, 3, MAX_TOKENS, NODE_PRICES[3], "0x", { value: oneHop - 1n }))
         .to.be.revertedWithCustomError(market, "EscrowTooSmall")
-        .withArgs(ESCROW, ESCROW - 1n);
+        .withArgs(oneHop, oneHop - 1n);
       await expect(market.connect(client).submitJob(1, 1, MAX_TOKENS, NODE_PRICES[3], "0x", { value: ESCROW })).to.emit(
         market,
         "JobSubmitted",
@@ -580,7 +632,10 @@ describe("JobMarket", function () {
           await expect(tx).not.to.emit(market, "AuditSampled");
           const j = await market.getJob(job.jobId);
           expect([j.status, j.committedMask, j.timestamp]).to.deep.equal([BigInt(JobStatus.Disputed), 0b111n, BigInt(t)]);
-          expect(await market.linksOf(job.jobId)).to.equal(ethers.ZeroHash);
+          // The word now holds the dispute block, whose hash will seed the audit panels.
+          const block = (await (await tx).wait()).blockNumber;
+          expect(await market.linksOf(job.jobId)).to.equal(ethers.toBeHex(block, 32));
+          expect(await market.disputeBlockOf(job.jobId)).to.equal(block);
         });
       }
     }
@@ -648,84 +703,178 @@ describe("JobMarket", function () {
       await expect(market.finalize(job.jobId, job.terms))
         .to.be.revertedWithCustomError(market, "ChallengeWindowOpen")
         .withArgs(job.jobId, disputedAt + PARAMS.disputeTimeout);
-      const paid = ROUTE_PRICE * BigInt(BILLED);
+      const paid = ROUTE_PRICE * BigInt(BILLED) + FEES;
       await expect(market.finalize(job.jobId, job.terms)).to.emit(market, "JobFinalized").withArgs(job.jobId, BILLED, paid, ESCROW - paid);
-      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(NODE_PRICES[2] * BigInt(BILLED));
+      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(NODE_PRICES[2] * BigInt(BILLED) + HOP_FEE);
+      // finalize frees the word.
+      expect(await market.linksOf(job.jobId)).to.equal(ethers.ZeroHash);
+      expect(await market.disputeBlockOf(job.jobId)).to.equal(0);
     });
   });
 
-  describe("commit: sampled audits", function () {
-    async function sampledMarket(rate) {
+  describe("sampleAudit", function () {
+    /// Market with an EOA auditor (signer 6) at `rate`; model 1 with nodes[s] on shard s. With `contractLast`,
+    /// shard 3 is served by an AtomicCaller (nodes[3] deactivated), so its commit can share a transaction.
+    async function sampledMarket(rate, { contractLast = false } = {}) {
       const signers = await ethers.getSigners();
-      const [, client, n0, n1, n2, n3, auditor] = signers;
+      const [, client, n0, n1, n2, n3, auditor, other] = signers;
       const { registry, market } = await deployMarket({ auditor: auditor.address, params: { auditRateBps: rate } });
       await registry.registerModel("m", ethers.id("w"), 30, [0, 4, 12, 21, 30]);
       const nodes = [n0, n1, n2, n3];
       for (let s = 0; s < 4; s++) {
         await registry.connect(nodes[s]).registerNode(1, s, "http://n", NODE_PRICES[s], ethers.id("k"), { value: NODE_STAKES[s] });
       }
-      return { registry, market, client, nodes, auditor };
-    }
-
-    it("at rate 0 never samples", async function () {
-      const { market, client, nodes } = await sampledMarket(0);
-      for (let i = 0; i < 5; i++) {
-        await setPrevRandao(1000n + BigInt(i));
-        const job = await submit(market, client);
-        await commitAll(market, nodes, job);
-        expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Committed);
+      let caller;
+      if (contractLast) {
+        caller = await ethers.deployContract("AtomicCaller");
+        await registry.connect(n3).deactivate();
+        const register = registry.interface.encodeFunctionData("registerNode", [1, 3, "http://c", NODE_PRICES[3], ethers.id("c")]);
+        await caller.execute(registry, NODE_STAKES[3], register, { value: NODE_STAKES[3] });
       }
-      expect(await market.queryFilter(market.filters.AuditSampled())).to.have.length(0);
+      return { registry, market, client, nodes, auditor, other, caller };
+    }
+    const rate10k = () => sampledMarket(10_000);
+    const contractLast = () => sampledMarket(10_000, { contractLast: true });
+
+    it("at rate 0 reverts SamplingDisabled; the draw is unavailable and the word is freed at completion", async function () {
+      const { market, client, nodes, other } = await sampledMarket(0);
+      const job = await submit(market, client);
+      await commitAll(market, nodes, job);
+      expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Committed);
+      expect(await market.linksOf(job.jobId)).to.equal(ethers.ZeroHash);
+      await mine(1);
+      expect(await market.auditDraw(job.jobId)).to.deep.equal([false, false]);
+      await expect(market.connect(other).sampleAudit(job.jobId, job.terms)).to.be.revertedWithCustomError(market, "SamplingDisabled").withArgs();
     });
 
-    it("at rate 10000 samples every completed job, one hop or several, at the last commit only", async function () {
-      const { market, client, nodes } = await sampledMarket(10_000);
+    it("the last commit never disputes a linked job; it records its block, and a later call draws from its hash", async function () {
+      const { market, client, nodes, other } = await loadFixture(rate10k);
       for (const firstShard of [1, 3]) {
         const job = await submit(market, client, { firstShard });
         const hops = job.decoded.route.length;
+        let last;
         for (let p = 0; p < hops; p++) {
-          const node = nodes[firstShard + p];
-          const tx = market.connect(node).commit(job.jobId, job.terms, p, link(job.jobId, p), link(job.jobId, p + 1), NO_RECEIPT);
-          if (p < hops - 1) {
-            await expect(tx).not.to.emit(market, "AuditSampled");
-          } else {
-            await expect(tx).to.emit(market, "JobDisputed").withArgs(job.jobId);
-            await expect(tx).to.emit(market, "AuditSampled").withArgs(job.jobId);
-          }
+          const tx = market.connect(nodes[firstShard + p]).commit(job.jobId, job.terms, p, link(job.jobId, p), link(job.jobId, p + 1), NO_RECEIPT);
+          await expect(tx).not.to.emit(market, "JobDisputed");
+          last = await tx;
         }
-        expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Disputed);
+        const completed = (await last.wait()).blockNumber;
+        expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Committed);
+        expect(await anchorBlockOf(market, job.jobId)).to.equal(completed);
+        expect(await market.disputeBlockOf(job.jobId)).to.equal(0);
+        await mine(1); // the completing block's hash exists once a later block does
+        expect(await market.auditDraw(job.jobId)).to.deep.equal([true, true]);
+        const t = (await time.latest()) + 3;
+        await time.setNextBlockTimestamp(t);
+        const tx = market.connect(other).sampleAudit(job.jobId, job.terms);
+        await expect(tx).to.emit(market, "JobDisputed").withArgs(job.jobId);
+        await expect(tx).to.emit(market, "AuditSampled").withArgs(job.jobId);
+        const sampledIn = (await (await tx).wait()).blockNumber;
+        const j = await market.getJob(job.jobId);
+        expect([j.status, j.committedMask, j.timestamp]).to.deep.equal([BigInt(JobStatus.Disputed), BigInt((1 << hops) - 1), BigInt(t)]);
+        expect(await market.disputeBlockOf(job.jobId)).to.equal(sampledIn);
+        expect(await market.auditDraw(job.jobId)).to.deep.equal([false, false]); // not Committed any more
       }
     });
 
-    it("a mismatched job is disputed for the mismatch, not sampled", async function () {
-      const { market, client, nodes } = await sampledMarket(10_000);
+    it("in the completing block itself the draw is unavailable: DrawUnavailable, and auditDraw agrees", async function () {
+      const { market, client, nodes, caller } = await loadFixture(contractLast);
+      const job = await submit(market, client);
+      expect(job.decoded.route[2].node).to.equal(await caller.getAddress());
+      for (let p = 0; p < 2; p++) {
+        await market.connect(nodes[p + 1]).commit(job.jobId, job.terms, p, link(job.jobId, p), link(job.jobId, p + 1), NO_RECEIPT);
+      }
+      const commit = market.interface.encodeFunctionData("commit", [job.jobId, job.terms, 2, link(job.jobId, 2), ethers.id("out"), NO_RECEIPT]);
+      const sample = market.interface.encodeFunctionData("sampleAudit", [job.jobId, job.terms]);
+      const block = (await ethers.provider.getBlockNumber()) + 1;
+      await expect(caller.executeBoth(market, commit, market, sample))
+        .to.be.revertedWithCustomError(market, "DrawUnavailable")
+        .withArgs(job.jobId, block);
+      // The commit alone goes through; the draw waits for the next block.
+      await caller.execute(market, 0, commit);
+      await expect(market.sampleAudit(job.jobId, job.terms)).to.emit(market, "AuditSampled").withArgs(job.jobId);
+    });
+
+    it("draws up to 256 blocks after completion, not 257", async function () {
+      const { market, client, nodes, other } = await loadFixture(rate10k);
+      const a = await submit(market, client);
+      await commitAll(market, nodes, a);
+      const completed = await anchorBlockOf(market, a.jobId);
+      await mine(255); // the next transaction is in block completed + 256
+      await expect(market.connect(other).sampleAudit(a.jobId, a.terms)).to.emit(market, "AuditSampled");
+      const b = await submit(market, client);
+      await commitAll(market, nodes, b);
+      const bCompleted = await anchorBlockOf(market, b.jobId);
+      await mine(256); // next: completed + 257, the hash is gone
+      await expect(market.connect(other).sampleAudit(b.jobId, b.terms))
+        .to.be.revertedWithCustomError(market, "DrawUnavailable")
+        .withArgs(b.jobId, bCompleted);
+      expect(completed).to.be.lessThan(bCompleted);
+    });
+
+    it("at 5000 bps samples exactly when keccak(blockhash(completing block), jobId, 'audit') % 10000 < 5000", async function () {
+      const { market, client, nodes, auditor, other } = await sampledMarket(5000);
+      const seen = new Set();
+      for (let i = 0; seen.size < 2; i++) {
+        expect(i).to.be.lessThan(40); // each outcome has probability 1/2 per job
+        const job = await submit(market, client);
+        await setPrevRandao(BigInt(i) + 1n); // the last committer's prevrandao plays no part
+        await commitAll(market, nodes, job);
+        await mine(1);
+        const want = isSampled(await anchorHashOf(market, job.jobId), job.jobId, 5000);
+        seen.add(want);
+        expect(await market.auditDraw(job.jobId)).to.deep.equal([true, want]);
+        if (want) {
+          await expect(market.connect(other).sampleAudit(job.jobId, job.terms)).to.emit(market, "AuditSampled").withArgs(job.jobId);
+          // A sampled job is the auditor's to resolve, like a held one.
+          await expect(market.connect(auditor).resolveDispute(job.jobId, job.terms, 0)).to.emit(market, "DisputeResolved");
+        } else {
+          await expect(market.connect(other).sampleAudit(job.jobId, job.terms))
+            .to.be.revertedWithCustomError(market, "NotSampled")
+            .withArgs(job.jobId);
+          expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Committed);
+        }
+      }
+    });
+
+    it("a mismatched job is disputed for the mismatch, so it cannot be sampled", async function () {
+      const { market, client, nodes } = await loadFixture(rate10k);
       const job = await submit(market, client);
       await commitAll(market, nodes, job, NO_RECEIPT, { breakAt: 1 });
       expect(await market.queryFilter(market.filters.CommitmentsMismatched(job.jobId))).to.have.length(1);
-      expect(await market.queryFilter(market.filters.AuditSampled(job.jobId))).to.have.length(0);
-      expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Disputed);
+      expect(await market.auditDraw(job.jobId)).to.deep.equal([false, false]);
+      await expect(market.sampleAudit(job.jobId, job.terms))
+        .to.be.revertedWithCustomError(market, "WrongJobStatus")
+        .withArgs(job.jobId, JobStatus.Disputed);
     });
 
-    it("at 5000 bps samples exactly when keccak(prevrandao, jobId, 'audit') % 10000 < 5000", async function () {
-      const { market, client, nodes, auditor } = await sampledMarket(5000);
-      const seen = new Set();
-      for (let randao = 1n; seen.size < 2; randao++) {
-        const jobId = (await market.jobCount()) + 1n;
-        const want = isSampled(randao, jobId, 5000);
-        if (seen.has(want)) continue;
-        seen.add(want);
+    it("is open until one second before the challenge window ends", async function () {
+      const { market, client, nodes } = await loadFixture(rate10k);
+      for (const [offset, ok] of [
+        [-1, true],
+        [0, false],
+      ]) {
         const job = await submit(market, client);
-        for (let p = 0; p < 2; p++) {
-          await market.connect(nodes[p + 1]).commit(jobId, job.terms, p, link(jobId, p), link(jobId, p + 1), NO_RECEIPT);
+        await commitAll(market, nodes, job);
+        const endsAt = Number((await market.getJob(job.jobId)).timestamp) + PARAMS.challengeWindow;
+        await time.setNextBlockTimestamp(endsAt + offset);
+        if (ok) await expect(market.sampleAudit(job.jobId, job.terms)).to.emit(market, "AuditSampled");
+        else {
+          await expect(market.sampleAudit(job.jobId, job.terms))
+            .to.be.revertedWithCustomError(market, "ChallengeWindowClosed")
+            .withArgs(job.jobId, endsAt);
         }
-        await setPrevRandao(randao);
-        const last = market.connect(nodes[3]).commit(jobId, job.terms, 2, link(jobId, 2), link(jobId, 3), NO_RECEIPT);
-        if (want) await expect(last).to.emit(market, "AuditSampled").withArgs(jobId);
-        else await expect(last).not.to.emit(market, "AuditSampled");
-        expect((await market.getJob(jobId)).status).to.equal(want ? JobStatus.Disputed : JobStatus.Committed);
-        // A sampled job is the auditor's to resolve, like a held one.
-        if (want) await expect(market.connect(auditor).resolveDispute(jobId, job.terms, 0)).to.emit(market, "DisputeResolved");
       }
+    });
+
+    it("rejects an unknown job, mismatched terms and an Open job", async function () {
+      const { market, client } = await loadFixture(rate10k);
+      const job = await submit(market, client);
+      await expect(market.sampleAudit(9, job.terms)).to.be.revertedWithCustomError(market, "UnknownJob").withArgs(9);
+      await expect(market.sampleAudit(job.jobId, "0x")).to.be.revertedWithCustomError(market, "TermsMismatch").withArgs(job.jobId);
+      await expect(market.sampleAudit(job.jobId, job.terms))
+        .to.be.revertedWithCustomError(market, "WrongJobStatus")
+        .withArgs(job.jobId, JobStatus.Open);
     });
   });
 
@@ -738,9 +887,9 @@ describe("JobMarket", function () {
         .withArgs(job.jobId, endsAt);
     });
 
-    it("pays price x billed to every node and refunds the rest, exactly at the window end", async function () {
+    it("pays price x billed + the hop fee to every node and refunds the rest, exactly at the window end", async function () {
       const { registry, market, client, other, job, route, endsAt } = await loadFixture(committedJobFixture);
-      const paid = ROUTE_PRICE * BigInt(BILLED);
+      const paid = ROUTE_PRICE * BigInt(BILLED) + FEES;
       const refund = ESCROW - paid;
       await time.setNextBlockTimestamp(endsAt);
       const tx = market.connect(other).finalize(job.jobId, job.terms);
@@ -748,7 +897,7 @@ describe("JobMarket", function () {
       await expect(tx).to.changeEtherBalances([client, market, registry, other], [refund, -refund, 0, 0]);
       await expect(tx).not.to.emit(market, "RefundCredited");
       for (let i = 0; i < 3; i++) {
-        expect((await registry.getNode(route[i].address)).earnings).to.equal(NODE_PRICES[i + 1] * BigInt(BILLED));
+        expect((await registry.getNode(route[i].address)).earnings).to.equal(NODE_PRICES[i + 1] * BigInt(BILLED) + HOP_FEE);
       }
       expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Finalized);
       // What stays in the market is exactly the nodes' earnings.
@@ -759,15 +908,30 @@ describe("JobMarket", function () {
         .withArgs(job.jobId, JobStatus.Finalized);
     });
 
-    it("refunds the whole escrow, overpayment included, when nothing was billed", async function () {
+    it("pays only the hop fees and refunds the rest, overpayment included, when nothing was billed", async function () {
       const { registry, market, nodes, client } = await loadFixture(marketFixture);
       const job = await submit(market, client, { extra: 777n });
       await commitAll(market, nodes, job);
       await time.increase(PARAMS.challengeWindow);
       const tx = market.finalize(job.jobId, job.terms);
-      await expect(tx).to.emit(market, "JobFinalized").withArgs(job.jobId, 0, 0, ESCROW + 777n);
-      await expect(tx).to.changeEtherBalances([client, market], [ESCROW + 777n, -(ESCROW + 777n)]);
-      for (const n of nodes) expect((await registry.getNode(n.address)).earnings).to.equal(0);
+      const refund = ESCROW + 777n - FEES;
+      await expect(tx).to.emit(market, "JobFinalized").withArgs(job.jobId, 0, FEES, refund);
+      await expect(tx).to.changeEtherBalances([client, market], [refund, -refund]);
+      expect((await registry.getNode(nodes[0].address)).earnings).to.equal(0); // not on the route
+      for (const n of nodes.slice(1)) expect((await registry.getNode(n.address)).earnings).to.equal(HOP_FEE);
+    });
+
+    it("with a hop fee of zero, a job billing nothing pays nothing and credits no earnings", async function () {
+      const [, client, n1] = await ethers.getSigners();
+      const { registry, market } = await deployMarket({ params: { hopFee: 0n } });
+      await registry.registerModel("m", ethers.id("w"), 1, [0, 1]);
+      await registry.connect(n1).registerNode(1, 0, "http://n", 5n, ethers.id("k"), { value: ONE });
+      const job = await submit(market, client, { firstShard: 0, maxTokens: 3 });
+      expect(job.escrow).to.equal(15n);
+      await market.connect(n1).commit(job.jobId, job.terms, 0, IN, OUT, NO_RECEIPT);
+      await time.increase(PARAMS.challengeWindow);
+      await expect(market.finalize(job.jobId, job.terms)).to.emit(market, "JobFinalized").withArgs(job.jobId, 0, 0, 15n);
+      expect((await registry.getNode(n1.address)).earnings).to.equal(0);
     });
 
     it("rejects an unknown job, mismatched terms and a job that is not Committed", async function () {
@@ -806,19 +970,22 @@ describe("JobMarket", function () {
         .withArgs(job.jobId, deadline);
     });
 
-    it("one second later pays the committed node, slashes the missing ones and refunds the client", async function () {
+    it("one second later pays the committed node, slashes the missing ones (capped) to the burn address, refunds the rest", async function () {
       const { registry, market, client, other, job, route, deadline } = await loadFixture(partialJobFixture);
-      const paid = NODE_PRICES[1] * BigInt(BILLED);
-      const slash1 = (NODE_STAKES[2] * BigInt(PARAMS.missSlashBps)) / BPS;
-      const slash2 = (NODE_STAKES[3] * BigInt(PARAMS.missSlashBps)) / BPS;
+      const paid = NODE_PRICES[1] * BigInt(BILLED) + HOP_FEE;
+      // 10% of a 3-4 ETH bond is far above what this job put at risk: each slash is capped at
+      // price x maxTokens + hopFee.
+      const slash1 = NODE_PRICES[2] * BigInt(MAX_TOKENS) + HOP_FEE;
+      const slash2 = NODE_PRICES[3] * BigInt(MAX_TOKENS) + HOP_FEE;
+      expect(slash1).to.be.lessThan((NODE_STAKES[2] * BigInt(PARAMS.missSlashBps)) / BPS);
       const slashed = slash1 + slash2;
-      const refund = ESCROW - paid + slashed;
+      const refund = ESCROW - paid; // the slash is never refunded
       await time.setNextBlockTimestamp(deadline + 1);
       const tx = market.connect(other).cancel(job.jobId, job.terms);
       await expect(tx).to.emit(market, "JobCancelled").withArgs(job.jobId, 0b110, paid, slashed, refund);
       await expect(tx).to.emit(registry, "Slashed").withArgs(route[1].address, slash1);
       await expect(tx).to.emit(registry, "Slashed").withArgs(route[2].address, slash2);
-      await expect(tx).to.changeEtherBalances([client, market, registry, other], [refund, paid - ESCROW, -slashed, 0]);
+      await expect(tx).to.changeEtherBalances([client, market, registry, other, BURN], [refund, paid - ESCROW, -slashed, 0, slashed]);
       expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Cancelled);
       expect((await registry.getNode(route[0].address)).earnings).to.equal(paid);
       expect((await registry.getNode(route[0].address)).stake).to.equal(NODE_STAKES[1]);
@@ -831,17 +998,48 @@ describe("JobMarket", function () {
         .withArgs(job.jobId, JobStatus.Cancelled);
     });
 
-    it("slashes unbonding stake too and pays nothing when no node committed", async function () {
+    it("slashes unbonding stake too and pays nothing when no node committed; the client gets exactly its escrow", async function () {
       const { registry, market, client, job, route, deadline } = await loadFixture(openJobFixture);
       await registry.connect(route[0]).unbond(NODE_STAKES[1]); // all of it unbonding, still slashable
-      const slashes = [1, 2, 3].map((s) => (NODE_STAKES[s] * BigInt(PARAMS.missSlashBps)) / BPS);
+      const slashes = [1, 2, 3].map((s) => NODE_PRICES[s] * BigInt(MAX_TOKENS) + HOP_FEE);
       const slashed = slashes.reduce((a, b) => a + b);
       await time.setNextBlockTimestamp(deadline + 1);
       const tx = market.cancel(job.jobId, job.terms);
-      await expect(tx).to.emit(market, "JobCancelled").withArgs(job.jobId, 0b111, 0, slashed, ESCROW + slashed);
-      await expect(tx).to.changeEtherBalances([client, market, registry], [ESCROW + slashed, -ESCROW, -slashed]);
+      await expect(tx).to.emit(market, "JobCancelled").withArgs(job.jobId, 0b111, 0, slashed, ESCROW);
+      await expect(tx).to.changeEtherBalances([client, market, registry, BURN], [ESCROW, -ESCROW, -slashed, slashed]);
       const n = await registry.getNode(route[0].address);
       expect([n.stake, n.unbonding]).to.deep.equal([0n, NODE_STAKES[1] - slashes[0]]);
+    });
+
+    it("slashes missSlashBps of the bond when that is below the cap", async function () {
+      const { registry, market, client, nodes } = await loadFixture(marketFixture);
+      // 200M tokens at 2-5 gwei put 0.4-1 ETH at risk per hop: above 10% of each 3-5 ETH bond.
+      const maxTokens = 200_000_000;
+      const job = await submit(market, client, { maxTokens });
+      const deadline = Number((await market.getJob(job.jobId)).timestamp) + PARAMS.commitTimeout;
+      const slashes = [1, 2, 3].map((s) => (NODE_STAKES[s] * BigInt(PARAMS.missSlashBps)) / BPS);
+      [1, 2, 3].forEach((s, i) => expect(slashes[i]).to.be.lessThan(NODE_PRICES[s] * BigInt(maxTokens) + HOP_FEE));
+      const slashed = slashes.reduce((a, b) => a + b);
+      await time.setNextBlockTimestamp(deadline + 1);
+      const tx = market.cancel(job.jobId, job.terms);
+      await expect(tx).to.emit(market, "JobCancelled").withArgs(job.jobId, 0b111, 0, slashed, job.escrow);
+      await expect(tx).to.changeEtherBalances([client, BURN], [job.escrow, slashed]);
+      for (const [i, s] of [1, 2, 3].entries()) {
+        expect((await registry.getNode(nodes[s].address)).stake).to.equal(NODE_STAKES[s] - slashes[i]);
+      }
+    });
+
+    it("with a miss slash of 0 bps slashes nothing and burns nothing", async function () {
+      const [, client, n1] = await ethers.getSigners();
+      const { registry, market } = await deployMarket({ params: { missSlashBps: 0 } });
+      await registry.registerModel("m", ethers.id("w"), 1, [0, 1]);
+      await registry.connect(n1).registerNode(1, 0, "http://n", 5n, ethers.id("k"), { value: ONE });
+      const job = await submit(market, client, { firstShard: 0, maxTokens: 3 });
+      await time.increase(PARAMS.commitTimeout + 1);
+      const tx = market.cancel(job.jobId, job.terms);
+      await expect(tx).to.emit(market, "JobCancelled").withArgs(job.jobId, 1, 0, 0, job.escrow);
+      await expect(tx).not.to.emit(registry, "Slashed");
+      await expect(tx).to.changeEtherBalances([client, BURN], [job.escrow, 0]);
     });
 
     it("rejects an unknown job, mismatched terms and a Committed job", async function () {
@@ -902,10 +1100,33 @@ describe("JobMarket", function () {
       await expect(market.connect(auditor).holdForAudit(open.jobId, open.terms))
         .to.be.revertedWithCustomError(market, "WrongJobStatus")
         .withArgs(open.jobId, JobStatus.Open);
-      await market.connect(auditor).holdForAudit(job.jobId, job.terms);
+      await time.increase(PARAMS.commitTimeout + 1);
+      await market.cancel(open.jobId, open.terms);
+      await expect(market.connect(auditor).holdForAudit(open.jobId, open.terms))
+        .to.be.revertedWithCustomError(market, "WrongJobStatus")
+        .withArgs(open.jobId, JobStatus.Cancelled);
+    });
+
+    it("records the dispute block; on a Disputed job restarts the dispute timeout and keeps that block", async function () {
+      const { market, auditor, job } = await loadFixture(auditedCommittedFixture);
+      const held = await (await market.connect(auditor).holdForAudit(job.jobId, job.terms)).wait();
+      expect(await market.disputeBlockOf(job.jobId)).to.equal(held.blockNumber);
+      expect(await anchorBlockOf(market, job.jobId)).to.equal(held.blockNumber);
+      const t = (await time.latest()) + 1000; // past the challenge window: a Disputed job is not bound by it
+      await time.setNextBlockTimestamp(t);
+      await expect(market.connect(auditor).holdForAudit(job.jobId, job.terms)).to.emit(market, "JobDisputed").withArgs(job.jobId);
+      const j = await market.getJob(job.jobId);
+      expect([j.status, j.timestamp]).to.deep.equal([BigInt(JobStatus.Disputed), BigInt(t)]);
+      expect(await market.disputeBlockOf(job.jobId)).to.equal(held.blockNumber);
+      // finalize now waits a whole dispute timeout from the restart.
+      await time.setNextBlockTimestamp(t + PARAMS.disputeTimeout - 1);
+      await expect(market.finalize(job.jobId, job.terms))
+        .to.be.revertedWithCustomError(market, "ChallengeWindowOpen")
+        .withArgs(job.jobId, t + PARAMS.disputeTimeout);
+      await expect(market.finalize(job.jobId, job.terms)).to.emit(market, "JobFinalized");
       await expect(market.connect(auditor).holdForAudit(job.jobId, job.terms))
         .to.be.revertedWithCustomError(market, "WrongJobStatus")
-        .withArgs(job.jobId, JobStatus.Disputed);
+        .withArgs(job.jobId, JobStatus.Finalized);
     });
   });
 
@@ -918,12 +1139,13 @@ describe("JobMarket", function () {
         .to.be.revertedWithCustomError(market, "ChallengeWindowOpen")
         .withArgs(job.jobId, timeoutAt);
       await time.setNextBlockTimestamp(timeoutAt);
-      const paid = ROUTE_PRICE * BigInt(BILLED);
+      const paid = ROUTE_PRICE * BigInt(BILLED) + FEES;
       const tx = market.connect(other).finalize(job.jobId, job.terms);
       await expect(tx).to.emit(market, "JobFinalized").withArgs(job.jobId, BILLED, paid, ESCROW - paid);
+      await expect(tx).not.to.emit(market, "ChallengeSettled"); // held by the auditor, not challenged
       await expect(tx).to.changeEtherBalances([client, market, registry], [ESCROW - paid, paid - ESCROW, 0]);
       for (let i = 0; i < 3; i++) {
-        expect((await registry.getNode(route[i].address)).earnings).to.equal(NODE_PRICES[i + 1] * BigInt(BILLED));
+        expect((await registry.getNode(route[i].address)).earnings).to.equal(NODE_PRICES[i + 1] * BigInt(BILLED) + HOP_FEE);
       }
     });
   });
@@ -932,17 +1154,17 @@ describe("JobMarket", function () {
     it("slashes and does not pay the fraudulent position; slash proceeds go to the auditor", async function () {
       const { registry, market, auditor, client, job, route } = await loadFixture(disputedJobFixture);
       const slashed = (NODE_STAKES[2] * BigInt(PARAMS.fraudSlashBps)) / BPS;
-      const paid = (NODE_PRICES[1] + NODE_PRICES[3]) * BigInt(BILLED);
+      const paid = (NODE_PRICES[1] + NODE_PRICES[3]) * BigInt(BILLED) + 2n * HOP_FEE;
       const refund = ESCROW - paid;
-      expect(await market.connect(auditor).resolveDispute.staticCall(job.jobId, job.terms, 0b010)).to.equal(slashed);
+      expect(await market.connect(auditor).resolveDispute.staticCall(job.jobId, job.terms, 0b010)).to.deep.equal([slashed, 0n]);
       const tx = market.connect(auditor).resolveDispute(job.jobId, job.terms, 0b010);
       await expect(tx).to.emit(registry, "Slashed").withArgs(route[1].address, slashed);
       await expect(tx).to.emit(market, "DisputeResolved").withArgs(job.jobId, 0b010, slashed);
       await expect(tx).to.emit(market, "JobFinalized").withArgs(job.jobId, BILLED, paid, refund);
       await expect(tx).to.changeEtherBalances([auditor, client, market, registry], [slashed, refund, -refund, -slashed]);
-      expect((await registry.getNode(route[0].address)).earnings).to.equal(NODE_PRICES[1] * BigInt(BILLED));
+      expect((await registry.getNode(route[0].address)).earnings).to.equal(NODE_PRICES[1] * BigInt(BILLED) + HOP_FEE);
       expect((await registry.getNode(route[1].address)).earnings).to.equal(0);
-      expect((await registry.getNode(route[2].address)).earnings).to.equal(NODE_PRICES[3] * BigInt(BILLED));
+      expect((await registry.getNode(route[2].address)).earnings).to.equal(NODE_PRICES[3] * BigInt(BILLED) + HOP_FEE);
       expect((await registry.getNode(route[1].address)).stake).to.equal(NODE_STAKES[2] - slashed);
       expect((await registry.getNode(route[0].address)).stake).to.equal(NODE_STAKES[1]);
       expect((await market.getJob(job.jobId)).status).to.equal(JobStatus.Finalized);
@@ -954,7 +1176,7 @@ describe("JobMarket", function () {
 
     it("with no fraud pays everyone and sends the auditor nothing", async function () {
       const { market, auditor, client, job } = await loadFixture(disputedJobFixture);
-      const paid = ROUTE_PRICE * BigInt(BILLED);
+      const paid = ROUTE_PRICE * BigInt(BILLED) + FEES;
       const tx = market.connect(auditor).resolveDispute(job.jobId, job.terms, 0);
       await expect(tx).to.emit(market, "DisputeResolved").withArgs(job.jobId, 0, 0);
       await expect(tx).to.emit(market, "JobFinalized").withArgs(job.jobId, BILLED, paid, ESCROW - paid);
@@ -1020,12 +1242,278 @@ describe("JobMarket", function () {
     });
   });
 
+  describe("submitJobWithHints", function () {
+    /// Shard 3's pool: nodes[3] (index 0) and 8 nodes priced above every limit; prevrandao set so that the
+    /// next job's 8 probes of shard 3 start at index 1 and miss nodes[3].
+    async function stuffedFixture() {
+      const f = await marketFixture();
+      for (const s of f.signers.slice(9, 17)) {
+        await f.registry.connect(s).registerNode(1, 3, "http://sybil", 10n ** 17n, ethers.id("s"), { value: ONE });
+      }
+      const coder = ethers.AbiCoder.defaultAbiCoder();
+      const jobId = (await f.market.jobCount()) + 1n;
+      let randao = 1n;
+      for (; ; randao++) {
+        const seed = ethers.keccak256(coder.encode(["uint256", "uint256"], [randao, jobId]));
+        if (BigInt(ethers.keccak256(coder.encode(["uint256", "uint8"], [seed, 3]))) % 9n === 1n) break;
+      }
+      await setPrevRandao(randao);
+      return { ...f, randao };
+    }
+
+    it("submitJob misses the only eligible node; with its pool index as a hint the job is matched to it", async function () {
+      const { registry, market, client, nodes, randao } = await loadFixture(stuffedFixture);
+      await expect(market.connect(client).submitJob(1, 1, MAX_TOKENS, NODE_PRICES[3], "0x", { value: ESCROW }))
+        .to.be.revertedWithCustomError(registry, "NoEligibleNode")
+        .withArgs(1, 3);
+      await setPrevRandao(randao);
+      const job = await submit(market, client, { maxPrice: NODE_PRICES[3], hints: [0, 0, 1] });
+      expect(job.decoded.route.map((h) => h.node)).to.deep.equal([1, 2, 3].map((s) => nodes[s].address));
+      expect(job.decoded.escrow).to.equal(ESCROW);
+    });
+
+    it("passes the registry's hint errors through", async function () {
+      const { registry, market, client, randao } = await loadFixture(stuffedFixture);
+      await expect(market.connect(client).submitJobWithHints(1, 1, MAX_TOKENS, NODE_PRICES[3], "0x", [0, 0, 0, 1], { value: ESCROW }))
+        .to.be.revertedWithCustomError(registry, "TooManyHints")
+        .withArgs(4, 3);
+      await setPrevRandao(randao); // the same job id and seed: the probes miss again, and so does hint 2
+      await expect(market.connect(client).submitJobWithHints(1, 1, MAX_TOKENS, NODE_PRICES[3], "0x", [0, 0, 2], { value: ESCROW }))
+        .to.be.revertedWithCustomError(registry, "NoEligibleNode")
+        .withArgs(1, 3);
+    });
+  });
+
+  describe("checkpointReceipt", function () {
+    it("lets anyone record a higher client receipt while the job is Open; later commits bill from it", async function () {
+      const { market, client, other, job, route } = await loadFixture(openJobFixture);
+      await expect(market.connect(other).checkpointReceipt(job.jobId, job.terms, await receipt(market, client, job.jobId, 20)))
+        .to.emit(market, "ReceiptCheckpointed")
+        .withArgs(job.jobId, 20);
+      const j = await market.getJob(job.jobId);
+      expect([j.status, j.committedMask, j.billedTokens]).to.deep.equal([BigInt(JobStatus.Open), 0n, 20n]);
+      await expect(market.connect(route[0]).commit(job.jobId, job.terms, 0, IN, OUT, NO_RECEIPT))
+        .to.emit(market, "JobCommitted")
+        .withArgs(job.jobId, 0, IN, OUT, 20);
+      await expect(market.connect(route[1]).checkpointReceipt(job.jobId, job.terms, await receipt(market, client, job.jobId, 30)))
+        .to.emit(market, "ReceiptCheckpointed")
+        .withArgs(job.jobId, 30);
+    });
+
+    it("rejects a receipt that does not raise the billed count, exceeds maxTokens, or is not the client's", async function () {
+      const { market, client, other, job } = await loadFixture(openJobFixture);
+      await expect(market.checkpointReceipt(job.jobId, job.terms, NO_RECEIPT))
+        .to.be.revertedWithCustomError(market, "ReceiptNotNewer")
+        .withArgs(job.jobId, 0, 0);
+      await market.checkpointReceipt(job.jobId, job.terms, await receipt(market, client, job.jobId, 20));
+      for (const tokens of [20, 19]) {
+        await expect(market.checkpointReceipt(job.jobId, job.terms, await receipt(market, client, job.jobId, tokens)))
+          .to.be.revertedWithCustomError(market, "ReceiptNotNewer")
+          .withArgs(job.jobId, tokens, 20);
+      }
+      await expect(market.checkpointReceipt(job.jobId, job.terms, await receipt(market, client, job.jobId, MAX_TOKENS + 1)))
+        .to.be.revertedWithCustomError(market, "TokensExceedMax")
+        .withArgs(MAX_TOKENS + 1, MAX_TOKENS);
+      await expect(market.checkpointReceipt(job.jobId, job.terms, await receipt(market, other, job.jobId, 25)))
+        .to.be.revertedWithCustomError(market, "InvalidReceiptSignature")
+        .withArgs(job.jobId, other.address);
+    });
+
+    it("is accepted exactly at the commit deadline, not one second later", async function () {
+      const { market, client, job, deadline } = await loadFixture(openJobFixture);
+      await time.setNextBlockTimestamp(deadline);
+      await expect(market.checkpointReceipt(job.jobId, job.terms, await receipt(market, client, job.jobId, 5))).to.emit(
+        market,
+        "ReceiptCheckpointed",
+      );
+      const late = await receipt(market, client, job.jobId, 6);
+      await time.setNextBlockTimestamp(deadline + 1);
+      await expect(market.checkpointReceipt(job.jobId, job.terms, late))
+        .to.be.revertedWithCustomError(market, "CommitDeadlinePassed")
+        .withArgs(job.jobId, deadline);
+    });
+
+    it("rejects an unknown job, mismatched terms and a job that is not Open", async function () {
+      const { market, client, job } = await loadFixture(committedJobFixture);
+      const r = await receipt(market, client, job.jobId, MAX_TOKENS);
+      await expect(market.checkpointReceipt(8, job.terms, r)).to.be.revertedWithCustomError(market, "UnknownJob").withArgs(8);
+      await expect(market.checkpointReceipt(job.jobId, "0x", r)).to.be.revertedWithCustomError(market, "TermsMismatch").withArgs(job.jobId);
+      await expect(market.checkpointReceipt(job.jobId, job.terms, r))
+        .to.be.revertedWithCustomError(market, "WrongJobStatus")
+        .withArgs(job.jobId, JobStatus.Committed);
+    });
+  });
+
+  describe("challenge", function () {
+    const BOND = CHALLENGE_BOND;
+    /// The audited committed job, challenged by `other` one second before the window ends.
+    async function challengedFixture() {
+      const f = await auditedCommittedFixture();
+      await time.setNextBlockTimestamp(f.endsAt - 1);
+      const tx = await f.market.connect(f.other).challenge(f.job.jobId, f.job.terms, { value: BOND });
+      const heldAt = f.endsAt - 1;
+      return { ...f, heldAt, challengedIn: (await tx.wait()).blockNumber };
+    }
+    const everyone = (f) => [...f.nodes];
+
+    it("disputes a Committed job for exactly the bond, up to one second before the window ends; anyone may", async function () {
+      const { market, other, job, endsAt, nodes } = await loadFixture(auditedCommittedFixture);
+      await time.setNextBlockTimestamp(endsAt - 1);
+      const tx = market.connect(other).challenge(job.jobId, job.terms, { value: BOND });
+      await expect(tx).to.emit(market, "JobDisputed").withArgs(job.jobId);
+      await expect(tx).to.emit(market, "JobChallenged").withArgs(job.jobId, other.address, BOND);
+      await expect(tx).to.changeEtherBalances([other, market], [-BOND, BOND]);
+      const j = await market.getJob(job.jobId);
+      expect([j.status, j.timestamp]).to.deep.equal([BigInt(JobStatus.Disputed), BigInt(endsAt - 1)]);
+      expect(await market.challengeOf(job.jobId)).to.deep.equal([other.address, BOND]);
+      expect(await market.disputeBlockOf(job.jobId)).to.equal((await (await tx).wait()).blockNumber);
+      await expectMarketSolvent(market, [job], nodes);
+    });
+
+    it("is closed exactly at the window end", async function () {
+      const { market, other, job, endsAt } = await loadFixture(auditedCommittedFixture);
+      await time.setNextBlockTimestamp(endsAt);
+      await expect(market.connect(other).challenge(job.jobId, job.terms, { value: BOND }))
+        .to.be.revertedWithCustomError(market, "ChallengeWindowClosed")
+        .withArgs(job.jobId, endsAt);
+    });
+
+    it("requires exactly the bond, and is disabled when the bond is zero", async function () {
+      const { market, other, job } = await loadFixture(auditedCommittedFixture);
+      for (const value of [0n, BOND - 1n, BOND + 1n]) {
+        await expect(market.connect(other).challenge(job.jobId, job.terms, { value }))
+          .to.be.revertedWithCustomError(market, "WrongChallengeBond")
+          .withArgs(BOND, value);
+      }
+      const plain = await loadFixture(committedJobFixture);
+      expect(await plain.market.challengeBond()).to.equal(0);
+      await expect(plain.market.connect(plain.other).challenge(plain.job.jobId, plain.job.terms))
+        .to.be.revertedWithCustomError(plain.market, "ChallengesDisabled")
+        .withArgs();
+    });
+
+    it("rejects an unknown job, mismatched terms, an Open job and a job already Disputed", async function () {
+      const { market, client, other, job } = await loadFixture(challengedFixture);
+      await expect(market.challenge(5, job.terms, { value: BOND })).to.be.revertedWithCustomError(market, "UnknownJob").withArgs(5);
+      await expect(market.challenge(job.jobId, "0x", { value: BOND }))
+        .to.be.revertedWithCustomError(market, "TermsMismatch")
+        .withArgs(job.jobId);
+      await expect(market.connect(client).challenge(job.jobId, job.terms, { value: BOND }))
+        .to.be.revertedWithCustomError(market, "WrongJobStatus")
+        .withArgs(job.jobId, JobStatus.Disputed);
+      const open = await submit(market, client);
+      await expect(market.connect(other).challenge(open.jobId, open.terms, { value: BOND }))
+        .to.be.revertedWithCustomError(market, "WrongJobStatus")
+        .withArgs(open.jobId, JobStatus.Open);
+    });
+
+    it("fraud verdict: the bond goes back to the challenger, the slash to the auditor", async function () {
+      const f = await loadFixture(challengedFixture);
+      const { market, auditor, other, job } = f;
+      const slashed = (NODE_STAKES[2] * BigInt(PARAMS.fraudSlashBps)) / BPS;
+      expect(await market.connect(auditor).resolveDispute.staticCall(job.jobId, job.terms, 0b010)).to.deep.equal([slashed, 0n]);
+      const tx = market.connect(auditor).resolveDispute(job.jobId, job.terms, 0b010);
+      await expect(tx).to.emit(market, "ChallengeSettled").withArgs(job.jobId, other.address, BOND, 0, 0);
+      await expect(tx).to.changeEtherBalances([other, auditor], [BOND, slashed]);
+      expect(await market.challengeOf(job.jobId)).to.deep.equal([ethers.ZeroAddress, 0n]);
+      await expectMarketSolvent(market, [job], everyone(f));
+    });
+
+    it("honest verdict: half the bond (and the dust) to the auditor for the verifiers, the rest split among the hops", async function () {
+      const f = await loadFixture(challengedFixture);
+      const { registry, market, auditor, other, job, route } = f;
+      const forVerifiers = (BOND * 5000n) / BPS;
+      const perNode = (BOND - forVerifiers) / 3n;
+      const toAuditor = BOND - 3n * perNode;
+      expect(toAuditor - forVerifiers).to.equal(1n); // one wei of dust
+      expect(await market.connect(auditor).resolveDispute.staticCall(job.jobId, job.terms, 0)).to.deep.equal([0n, toAuditor]);
+      const tx = market.connect(auditor).resolveDispute(job.jobId, job.terms, 0);
+      await expect(tx).to.emit(market, "ChallengeSettled").withArgs(job.jobId, other.address, 0, perNode, toAuditor);
+      await expect(tx).to.emit(market, "JobFinalized").withArgs(job.jobId, BILLED, ROUTE_PRICE * BigInt(BILLED) + FEES, ESCROW - ROUTE_PRICE * BigInt(BILLED) - FEES);
+      await expect(tx).to.changeEtherBalances([other, auditor], [0, toAuditor]);
+      for (let i = 0; i < 3; i++) {
+        expect((await registry.getNode(route[i].address)).earnings).to.equal(NODE_PRICES[i + 1] * BigInt(BILLED) + HOP_FEE + perNode);
+      }
+      await expectMarketSolvent(market, [job], everyone(f));
+    });
+
+    it("honest verdict with a fraudulent position elsewhere is still fraud: the challenger wins", async function () {
+      const f = await loadFixture(challengedFixture);
+      const tx = f.market.connect(f.auditor).resolveDispute(f.job.jobId, f.job.terms, 0b111);
+      await expect(tx).to.emit(f.market, "ChallengeSettled").withArgs(f.job.jobId, f.other.address, BOND, 0, 0);
+      await expect(tx).to.emit(f.market, "JobFinalized").withArgs(f.job.jobId, BILLED, 0, ESCROW);
+    });
+
+    it("no verdict before the dispute timeout: the whole bond to the hops, the rounding dust burned", async function () {
+      const f = await loadFixture(challengedFixture);
+      const { registry, market, other, job, route, heldAt } = f;
+      const perNode = BOND / 3n;
+      const dust = BOND - 3n * perNode;
+      await time.setNextBlockTimestamp(heldAt + PARAMS.disputeTimeout - 1);
+      await expect(market.finalize(job.jobId, job.terms))
+        .to.be.revertedWithCustomError(market, "ChallengeWindowOpen")
+        .withArgs(job.jobId, heldAt + PARAMS.disputeTimeout);
+      const tx = market.finalize(job.jobId, job.terms);
+      await expect(tx).to.emit(market, "ChallengeSettled").withArgs(job.jobId, other.address, 0, perNode, 0);
+      await expect(tx).to.changeEtherBalances([other, BURN], [0, dust]);
+      for (let i = 0; i < 3; i++) {
+        expect((await registry.getNode(route[i].address)).earnings).to.equal(NODE_PRICES[i + 1] * BigInt(BILLED) + HOP_FEE + perNode);
+      }
+      await expectMarketSolvent(market, [job], everyone(f));
+    });
+
+    it("a challenger that cannot take its bond back is credited instead", async function () {
+      const f = await loadFixture(auditedCommittedFixture);
+      const challenger = await ethers.deployContract("ReentrantReceiver");
+      await challenger.configure(Mode.Reject, ethers.ZeroAddress, "0x");
+      const data = f.market.interface.encodeFunctionData("challenge", [f.job.jobId, f.job.terms]);
+      await challenger.execute(f.market, BOND, data, { value: BOND });
+      const address = await challenger.getAddress();
+      await expect(f.market.connect(f.auditor).resolveDispute(f.job.jobId, f.job.terms, 0b001))
+        .to.emit(f.market, "RefundCredited")
+        .withArgs(address, BOND);
+      expect(await f.market.creditOf(address)).to.equal(BOND);
+      await expectMarketSolvent(f.market, [f.job], f.nodes);
+    });
+  });
+
+  describe("penalizeVerifier", function () {
+    it("slashes up to the amount from the verifier's bond and sends it to the auditor", async function () {
+      const { registry, market, auditor, nodes, other } = await loadFixture(auditedMarketFixture);
+      const amount = ethers.parseEther("0.01");
+      expect(await market.connect(auditor).penalizeVerifier.staticCall(nodes[0].address, amount)).to.equal(amount);
+      const tx = market.connect(auditor).penalizeVerifier(nodes[0].address, amount);
+      await expect(tx).to.emit(registry, "Slashed").withArgs(nodes[0].address, amount);
+      await expect(tx).to.emit(market, "VerifierPenalized").withArgs(nodes[0].address, amount);
+      await expect(tx).to.changeEtherBalances([auditor, market, registry], [amount, 0, -amount]);
+      expect((await registry.getNode(nodes[0].address)).stake).to.equal(NODE_STAKES[0] - amount);
+      // Capped at the bond; nothing from an account without one.
+      await expect(market.connect(auditor).penalizeVerifier(nodes[1].address, 100n * ONE))
+        .to.emit(market, "VerifierPenalized")
+        .withArgs(nodes[1].address, NODE_STAKES[1]);
+      const none = market.connect(auditor).penalizeVerifier(other.address, amount);
+      await expect(none).to.emit(market, "VerifierPenalized").withArgs(other.address, 0);
+      await expect(none).to.changeEtherBalances([auditor, registry], [0, 0]);
+    });
+
+    it("is reserved to the auditor", async function () {
+      const { market, other, nodes } = await loadFixture(auditedMarketFixture);
+      await expect(market.connect(other).penalizeVerifier(nodes[0].address, 1n))
+        .to.be.revertedWithCustomError(market, "NotAuditor")
+        .withArgs(other.address);
+      const plain = await loadFixture(marketFixture);
+      await expect(plain.market.connect(plain.auditor).penalizeVerifier(plain.nodes[0].address, 1n))
+        .to.be.revertedWithCustomError(plain.market, "NotAuditor")
+        .withArgs(plain.auditor.address);
+    });
+  });
+
   describe("withdrawEarnings", function () {
     it("pays a node its earnings once", async function () {
       const { registry, market, route, job } = await loadFixture(committedJobFixture);
       await time.increase(PARAMS.challengeWindow);
       await market.finalize(job.jobId, job.terms);
-      const amount = NODE_PRICES[2] * BigInt(BILLED);
+      const amount = NODE_PRICES[2] * BigInt(BILLED) + HOP_FEE;
       const tx = market.connect(route[1]).withdrawEarnings();
       await expect(tx).to.emit(registry, "EarningsWithdrawn").withArgs(route[1].address, amount);
       await expect(tx).to.changeEtherBalances([route[1], market, registry], [amount, -amount, 0]);
@@ -1131,7 +1619,7 @@ describe("JobMarket", function () {
     it("routeCost helper agrees with the registry's prices", async function () {
       const { market, client } = await loadFixture(marketFixture);
       const job = await submit(market, client);
-      expect(routeCost(job.decoded.route, MAX_TOKENS)).to.equal(ESCROW);
+      expect(routeCost(job.decoded.route, MAX_TOKENS) + FEES).to.equal(ESCROW);
       expect(routeCost(job.decoded.route, 1, 0b101)).to.equal(NODE_PRICES[1] + NODE_PRICES[3]);
     });
   });

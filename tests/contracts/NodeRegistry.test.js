@@ -361,7 +361,7 @@ describe("NodeRegistry", function () {
       expect([n.endpoint, n.pricePerToken]).to.deep.equal(["http://new", 42n]);
       const hop = await registry.poolAt(1, 2, 0);
       expect([hop.node, hop.pricePerToken]).to.deep.equal([nodes[2].address, 42n]);
-      const [route, sum] = await registry.matchRoute(1, 2, NODE_PRICES[3], 0);
+      const [route, sum] = await registry.matchRoute(1, 2, NODE_PRICES[3], 0, []);
       expect(sum).to.equal(42n + NODE_PRICES[3]);
       expect(route).to.equal(packRoute([{ node: nodes[2].address, price: 42n }, { node: nodes[3].address, price: NODE_PRICES[3] }]));
     });
@@ -567,27 +567,31 @@ describe("NodeRegistry", function () {
   });
 
   describe("creditEarnings", function () {
-    it("credits price x billed to the positions in the mask, cumulatively", async function () {
+    it("credits price x billed + perHop to the positions in the mask, cumulatively", async function () {
       const { registry, hook, nodes } = await loadFixture(nodesFixture);
       const route = packRoute([
         { node: nodes[1].address, price: 3n },
         { node: nodes[2].address, price: 5n },
         { node: nodes[3].address, price: 11n },
       ]);
-      await expect(registry.connect(hook).creditEarnings(route, 7, 0b101)).to.changeEtherBalance(registry, 0);
+      await expect(registry.connect(hook).creditEarnings(route, 7, 0b101, 0)).to.changeEtherBalance(registry, 0);
       expect((await registry.getNode(nodes[1].address)).earnings).to.equal(21n);
       expect((await registry.getNode(nodes[2].address)).earnings).to.equal(0n);
       expect((await registry.getNode(nodes[3].address)).earnings).to.equal(77n);
-      await registry.connect(hook).creditEarnings(route, 2, 0b111);
-      expect((await registry.getNode(nodes[1].address)).earnings).to.equal(27n);
-      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(10n);
-      expect((await registry.getNode(nodes[3].address)).earnings).to.equal(99n);
+      await registry.connect(hook).creditEarnings(route, 2, 0b111, 1000n);
+      expect((await registry.getNode(nodes[1].address)).earnings).to.equal(1027n);
+      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(1010n);
+      expect((await registry.getNode(nodes[3].address)).earnings).to.equal(1099n);
+      // Nothing billed: the hop fee alone, to the masked positions only.
+      await registry.connect(hook).creditEarnings(route, 0, 0b010, 5n);
+      expect((await registry.getNode(nodes[1].address)).earnings).to.equal(1027n);
+      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(1015n);
     });
 
     it("rejects callers other than the JobMarket", async function () {
       const { registry, nodes, other } = await loadFixture(nodesFixture);
       const route = packRoute([{ node: nodes[1].address, price: 3n }]);
-      await expect(registry.connect(other).creditEarnings(route, 7, 1))
+      await expect(registry.connect(other).creditEarnings(route, 7, 1, 0))
         .to.be.revertedWithCustomError(registry, "NotJobMarket")
         .withArgs(other.address);
     });
@@ -596,7 +600,7 @@ describe("NodeRegistry", function () {
   describe("takeEarnings", function () {
     it("zeroes the earnings and returns them without moving value", async function () {
       const { registry, hook, nodes } = await loadFixture(nodesFixture);
-      await registry.connect(hook).creditEarnings(packRoute([{ node: nodes[0].address, price: 1000n }]), 3, 1);
+      await registry.connect(hook).creditEarnings(packRoute([{ node: nodes[0].address, price: 1000n }]), 3, 1, 0);
       expect(await registry.connect(hook).takeEarnings.staticCall(nodes[0].address)).to.equal(3000n);
       const tx = registry.connect(hook).takeEarnings(nodes[0].address);
       await expect(tx).to.emit(registry, "EarningsWithdrawn").withArgs(nodes[0].address, 3000n);
@@ -618,12 +622,12 @@ describe("NodeRegistry", function () {
   describe("matchRoute", function () {
     it("returns one packed hop per shard from firstShard and the price sum", async function () {
       const { registry, nodes } = await loadFixture(nodesFixture);
-      const [route, sum] = await registry.matchRoute(1, 1, NODE_PRICES[3], 12345);
+      const [route, sum] = await registry.matchRoute(1, 1, NODE_PRICES[3], 12345, []);
       expect(route).to.equal(packRoute([1, 2, 3].map((s) => ({ node: nodes[s].address, price: NODE_PRICES[s] }))));
       expect(sum).to.equal(NODE_PRICES[1] + NODE_PRICES[2] + NODE_PRICES[3]);
-      const [all] = await registry.matchRoute(1, 0, NODE_PRICES[3], 0);
+      const [all] = await registry.matchRoute(1, 0, NODE_PRICES[3], 0, []);
       expect(all).to.equal(packRoute([0, 1, 2, 3].map((s) => ({ node: nodes[s].address, price: NODE_PRICES[s] }))));
-      const [last, lastSum] = await registry.matchRoute(1, 3, NODE_PRICES[3], 0);
+      const [last, lastSum] = await registry.matchRoute(1, 3, NODE_PRICES[3], 0, []);
       expect(last).to.equal(packRoute([{ node: nodes[3].address, price: NODE_PRICES[3] }]));
       expect(lastSum).to.equal(NODE_PRICES[3]);
     });
@@ -636,29 +640,29 @@ describe("NodeRegistry", function () {
         await registry.connect(rest[s]).registerNode(1, s, "http://n", 100n + BigInt(s), KEY, { value: ONE });
         hops.push({ node: rest[s].address, price: 100n + BigInt(s) });
       }
-      const [route, sum] = await registry.matchRoute(1, 0, 1000n, 1);
+      const [route, sum] = await registry.matchRoute(1, 0, 1000n, 1, []);
       expect(route).to.equal(packRoute(hops));
       expect(sum).to.equal(800n + 28n);
     });
 
     it("rejects an unknown model and a first shard outside the plan", async function () {
       const { registry } = await loadFixture(nodesFixture);
-      await expect(registry.matchRoute(9, 0, 1n, 0)).to.be.revertedWithCustomError(registry, "UnknownModel").withArgs(9);
-      await expect(registry.matchRoute(1, 4, 1n, 0))
+      await expect(registry.matchRoute(9, 0, 1n, 0, [])).to.be.revertedWithCustomError(registry, "UnknownModel").withArgs(9);
+      await expect(registry.matchRoute(1, 4, 1n, 0, []))
         .to.be.revertedWithCustomError(registry, "InvalidShard")
         .withArgs(1, 4);
     });
 
     it("fails with NoEligibleNode on an empty pool or when every price is above the limit", async function () {
       const { registry, nodes } = await loadFixture(nodesFixture);
-      await expect(registry.matchRoute(1, 1, NODE_PRICES[1] - 1n, 0))
+      await expect(registry.matchRoute(1, 1, NODE_PRICES[1] - 1n, 0, []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 1);
-      await expect(registry.matchRoute(1, 1, NODE_PRICES[3] - 1n, 0))
+      await expect(registry.matchRoute(1, 1, NODE_PRICES[3] - 1n, 0, []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 3);
       await registry.connect(nodes[2]).deactivate();
-      await expect(registry.matchRoute(1, 0, 10n ** 18n, 0))
+      await expect(registry.matchRoute(1, 0, 10n ** 18n, 0, []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 2);
     });
@@ -677,15 +681,61 @@ describe("NodeRegistry", function () {
         if (start === 5) miss = seed; // entry 4 is the 9th probe from 5: not inspected
         else if (reach === undefined) reach = seed;
       }
-      const [route, sum] = await registry.matchRoute(1, 0, 1n, reach);
+      const [route, sum] = await registry.matchRoute(1, 0, 1n, reach, []);
       expect(route).to.equal(packRoute([{ node: rest[4].address, price: 1n }]));
       expect(sum).to.equal(1n);
-      await expect(registry.matchRoute(1, 0, 1n, miss))
+      await expect(registry.matchRoute(1, 0, 1n, miss, []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 0);
       // With a limit every entry meets, the pick is the start entry itself.
-      const [any] = await registry.matchRoute(1, 0, 100n, miss);
+      const [any] = await registry.matchRoute(1, 0, 100n, miss, []);
       expect(any).to.equal(packRoute([{ node: rest[5].address, price: 100n }]));
+    });
+
+    /// Pool of 9 on shard 0 of a one-shard model where only entry 4 is within a price limit of 1, and a seed
+    /// whose 8 probes (from entry 5) miss it.
+    async function hiddenNodeFixture() {
+      const f = await registryFixture();
+      await f.registry.registerModel("one", ethers.id("1"), 1, [0, 1]);
+      for (let i = 0; i < 9; i++) {
+        await f.registry.connect(f.rest[i]).registerNode(1, 0, "http://n", i === 4 ? 1n : 100n, KEY, { value: ONE });
+      }
+      let miss = 0;
+      while (pickStart(miss, 0, 9) !== 5) miss++;
+      return { ...f, miss };
+    }
+
+    it("falls back to the caller's hint (1 + pool index) when the probes find no node within the price", async function () {
+      const { registry, rest, miss } = await loadFixture(hiddenNodeFixture);
+      await expect(registry.matchRoute(1, 0, 1n, miss, [])).to.be.revertedWithCustomError(registry, "NoEligibleNode").withArgs(1, 0);
+      await expect(registry.matchRoute(1, 0, 1n, miss, [0])).to.be.revertedWithCustomError(registry, "NoEligibleNode").withArgs(1, 0);
+      const [route, sum] = await registry.matchRoute(1, 0, 1n, miss, [5]);
+      expect(route).to.equal(packRoute([{ node: rest[4].address, price: 1n }]));
+      expect(sum).to.equal(1n);
+    });
+
+    it("ignores a hint past the pool or at an overpriced entry, and never prefers a hint to the probes", async function () {
+      const { registry, rest, miss } = await loadFixture(hiddenNodeFixture);
+      for (const hint of [3, 10, 2 ** 32 - 1]) {
+        await expect(registry.matchRoute(1, 0, 1n, miss, [hint]))
+          .to.be.revertedWithCustomError(registry, "NoEligibleNode")
+          .withArgs(1, 0);
+      }
+      // A limit the probed start entry meets: the hint is not consulted.
+      const [any] = await registry.matchRoute(1, 0, 100n, miss, [5]);
+      expect(any).to.equal(packRoute([{ node: rest[5].address, price: 100n }]));
+    });
+
+    it("takes hints per shard from firstShard and rejects more hints than shards", async function () {
+      const { registry, nodes } = await loadFixture(nodesFixture);
+      const [route] = await registry.matchRoute(1, 2, NODE_PRICES[3], 0, [1, 1]);
+      expect(route).to.equal(packRoute([2, 3].map((s) => ({ node: nodes[s].address, price: NODE_PRICES[s] }))));
+      await expect(registry.matchRoute(1, 2, NODE_PRICES[3], 0, [1, 1, 1]))
+        .to.be.revertedWithCustomError(registry, "TooManyHints")
+        .withArgs(3, 2);
+      await expect(registry.matchRoute(1, 0, NODE_PRICES[3], 0, [0, 0, 0, 0, 0]))
+        .to.be.revertedWithCustomError(registry, "TooManyHints")
+        .withArgs(5, 4);
     });
   });
 
@@ -705,11 +755,26 @@ describe("NodeRegistry", function () {
         }
         return out;
       }
+      // Up to 4 x count distinct candidates from at most 8 x count uniform probes, then `count` of them
+      // without replacement, each pick proportional to stake.
       const coder = ethers.AbiCoder.defaultAbiCoder();
-      for (let i = 0; i < 4 * count && out.length < count; i++) {
-        const index = Number(BigInt(ethers.keccak256(coder.encode(["uint256", "uint256"], [seed, i]))) % BigInt(size));
-        const node = pool[index];
-        if (node !== exclude && !out.includes(node)) out.push(node);
+      const wanted = 4 * count;
+      const candidates = [];
+      const weights = [];
+      for (let i = 0; i < 2 * wanted && candidates.length < wanted; i++) {
+        const node = pool[Number(BigInt(ethers.keccak256(coder.encode(["uint256", "uint256"], [seed, i]))) % BigInt(size))];
+        if (node === exclude || candidates.includes(node)) continue;
+        candidates.push(node);
+        weights.push((await registry.getNode(node)).stake);
+      }
+      let total = weights.reduce((a, b) => a + b, 0n);
+      for (let found = 0; found < count && total !== 0n; found++) {
+        let r = BigInt(ethers.keccak256(coder.encode(["uint256", "string", "uint256"], [seed, "stake", found]))) % total;
+        let k = 0;
+        while (r >= weights[k]) r -= weights[k++];
+        out.push(candidates[k]);
+        total -= weights[k];
+        weights[k] = 0n;
       }
       return out;
     }
@@ -762,7 +827,27 @@ describe("NodeRegistry", function () {
         for (const node of got) expect(members).to.include(node);
         if (got.length < 3) short++;
       }
-      expect(short).to.be.lessThan(4); // 12 probes among 9 others rarely miss a third distinct node
+      expect(short).to.equal(0); // up to 24 probes for 12 candidates among 9 others: always 3 found
+    });
+
+    it("draws by stake among the probed candidates: a 10x stake takes most seats", async function () {
+      const f = await loadFixture(modelFixture);
+      // 4 nodes at minStake and 3 at 10x on shard 0; none excluded.
+      for (let i = 0; i < 7; i++) {
+        await f.registry.connect(f.rest[i]).registerNode(1, 0, "http://n", 1n, KEY, { value: i < 4 ? ONE : 10n * ONE });
+      }
+      const small = f.rest.slice(0, 4).map((s) => s.address);
+      let smallSeats = 0;
+      let seats = 0;
+      for (let seed = 0; seed < 60; seed++) {
+        const got = await f.registry.samplePool(1, 0, ethers.ZeroAddress, 3, seed);
+        expect(got).to.deep.equal(await expectedSample(f.registry, 0, ethers.ZeroAddress, 3, seed));
+        expect(new Set(got).size).to.equal(3);
+        seats += got.length;
+        smallSeats += got.filter((a) => small.includes(a)).length;
+      }
+      // Uniform would seat the small nodes 4/7 of the time; by stake far less.
+      expect(smallSeats * 4).to.be.lessThan(seats);
     });
 
     it("counts only pooled nodes: deactivated or under-staked ones are never drawn", async function () {

@@ -13,7 +13,7 @@ describe("commit: ERC-1271 contract clients", function () {
     await registry.registerModel("m", ethers.id("w"), 4, [0, 2, 4]);
     await registry.connect(n1).registerNode(1, 1, "http://127.0.0.1:1", PRICE, ethers.ZeroHash, { value: ethers.parseEther("1") });
     const wallet = await ethers.deployContract("ERC1271Wallet", [owner.address], { value: ethers.parseEther("1") });
-    const escrow = 10n * PRICE;
+    const escrow = 10n * PRICE + PARAMS.hopFee;
     const data = market.interface.encodeFunctionData("submitJob", [1, 1, 10, PRICE, "0x"]);
     await wallet.connect(owner).execute(await market.getAddress(), data, escrow);
     const jobId = await market.jobCount();
@@ -29,8 +29,8 @@ describe("commit: ERC-1271 contract clients", function () {
     await time.increase(PARAMS.challengeWindow);
     const before = await ethers.provider.getBalance(await wallet.getAddress());
     await market.finalize(jobId, terms);
-    expect((await registry.getNode(n1.address)).earnings).to.equal(7n * PRICE);
-    expect(await ethers.provider.getBalance(await wallet.getAddress())).to.equal(before + escrow - 7n * PRICE);
+    expect((await registry.getNode(n1.address)).earnings).to.equal(7n * PRICE + PARAMS.hopFee);
+    expect(await ethers.provider.getBalance(await wallet.getAddress())).to.equal(before + escrow - 7n * PRICE - PARAMS.hopFee);
   });
 
   it("rejects a receipt the wallet does not validate", async function () {

@@ -11,7 +11,12 @@ const PARAMS = {
   missSlashBps: 1000,
   fraudSlashBps: 5000,
   auditRateBps: 0,
+  hopFee: 1_000_000_000_000n, // wei per committed hop: small, but non-zero so every fee path is exercised
+  // challengeBond: 0 without an auditor; deployMarket defaults it to CHALLENGE_BOND when there is one.
 };
+
+/// Challenge bond of the fixtures that have an auditor (an EOA or the AuditCourt).
+const CHALLENGE_BOND = ethers.parseEther("0.05");
 
 /// AuditCourt parameters of the court fixtures (disputeTimeout 3600 >= 300 + 300 + 2).
 const COURT_PARAMS = {
@@ -28,7 +33,8 @@ const ZERO_HASH = ethers.ZeroHash;
 /// next one's predicted CREATE address: the registry to the market, the market's auditor to the court.
 /// `params` and `court` (true or an object) override PARAMS and COURT_PARAMS field by field.
 async function deployMarket({ auditor = ethers.ZeroAddress, params = {}, court = false } = {}) {
-  params = { ...PARAMS, ...params };
+  const audited = court || auditor !== ethers.ZeroAddress;
+  params = { ...PARAMS, challengeBond: audited ? CHALLENGE_BOND : 0n, ...params };
   const courtParams = court ? { ...COURT_PARAMS, ...(court === true ? {} : court) } : undefined;
   const [deployer] = await ethers.getSigners();
   const nonce = await ethers.provider.getTransactionCount(deployer.address);
@@ -44,6 +50,8 @@ async function deployMarket({ auditor = ethers.ZeroAddress, params = {}, court =
     params.missSlashBps,
     params.fraudSlashBps,
     params.auditRateBps,
+    params.hopFee,
+    params.challengeBond,
   ]);
   let auditCourt;
   if (court) {
@@ -195,37 +203,45 @@ async function contractNodeFixture() {
   await node.execute(market, 0, commit);
   await time.increase(PARAMS.challengeWindow);
   await market.finalize(job.jobId, job.terms);
-  return { ...f, node, nodeAddress: await node.getAddress(), earned: NODE_PRICES[3] * 10n, job };
+  return { ...f, node, nodeAddress: await node.getAddress(), earned: NODE_PRICES[3] * 10n + PARAMS.hopFee, job };
 }
 
-/// Submits a job (client: a signer or a contractClient()) and returns its id, packed terms and decoded terms. By default the escrow is exactly
-/// maxTokens x the sum of the matched prices (read from the pools with a dry run).
+/// Submits a job (client: a signer or a contractClient()) and returns its id, packed terms and decoded terms.
+/// By default the escrow is exactly maxTokens x the sum of the matched prices + hops x hopFee (prices read
+/// from the pools; exact when each pool's first entry is the node matched, as the fixtures set up).
+/// `hints` submits through submitJobWithHints.
 async function submit(market, client, opts = {}) {
-  const { modelId = 1, firstShard = 1, maxTokens = 64, maxPrice = 10n ** 18n, metadata = "0x", extra = 0n } = opts;
+  const { modelId = 1, firstShard = 1, maxTokens = 64, maxPrice = 10n ** 18n, metadata = "0x", extra = 0n, hints } = opts;
   let value = opts.value;
-  if (value === undefined) {
-    const registry = await ethers.getContractAt("NodeRegistry", await market.registry());
-    let sum = 0n;
-    const model = await registry.getModel(modelId);
-    for (let s = firstShard; s < model.boundaries.length - 1; s++) {
-      // Only exact when each pool holds one eligible node, which is how the fixtures are set up.
-      sum += (await registry.poolAt(modelId, s, 0)).pricePerToken;
-    }
-    value = BigInt(maxTokens) * sum + extra;
-  }
+  if (value === undefined) value = (await requiredEscrow(market, { modelId, firstShard, maxTokens })) + extra;
+  const call = hints === undefined ? ["submitJob", [modelId, firstShard, maxTokens, maxPrice, metadata]] : [
+    "submitJobWithHints",
+    [modelId, firstShard, maxTokens, maxPrice, metadata, hints],
+  ];
   let tx;
   if (client.contract) {
     // A contract client pays from its own balance.
-    const data = market.interface.encodeFunctionData("submitJob", [modelId, firstShard, maxTokens, maxPrice, metadata]);
+    const data = market.interface.encodeFunctionData(...call);
     tx = await client.contract.execute(market, value, data);
   } else {
-    tx = await market.connect(client).submitJob(modelId, firstShard, maxTokens, maxPrice, metadata, { value });
+    tx = await market.connect(client)[call[0]](...call[1], { value });
   }
   await tx.wait();
   const jobId = await market.jobCount();
   const terms = await termsOf(market, jobId);
   const decoded = await decodeTerms(market, terms);
   return { jobId, terms, decoded, tx, escrow: value };
+}
+
+/// maxTokens x the sum of the prices of each pool's first entry from firstShard on + hops x hopFee: the
+/// escrow submitJob requires when those entries are the ones matched.
+async function requiredEscrow(market, { modelId = 1, firstShard = 1, maxTokens = 64 } = {}) {
+  const registry = await ethers.getContractAt("NodeRegistry", await market.registry());
+  const model = await registry.getModel(modelId);
+  const hops = model.boundaries.length - 1 - firstShard;
+  let sum = 0n;
+  for (let s = firstShard; s < firstShard + hops; s++) sum += (await registry.poolAt(modelId, s, 0)).pricePerToken;
+  return BigInt(maxTokens) * sum + BigInt(hops) * (await market.hopFee());
 }
 
 /// The signer among `nodes` with this address.
@@ -256,11 +272,40 @@ function linkTerm(jobId, b, commitment) {
   return ethers.keccak256(ethers.AbiCoder.defaultAbiCoder().encode(["uint256", "uint8", "bytes32"], [jobId, b, commitment]));
 }
 
-/// Whether the JobMarket's last commit samples the job for an audit at this prevrandao and rate.
-function isSampled(prevrandao, jobId, rateBps) {
+/// Whether sampleAudit may dispute a job whose last commit was in the block with hash `blockHash`:
+/// keccak(abi.encode(blockhash(completedBlock), jobId, "audit")) % 10000 < rateBps.
+function isSampled(blockHash, jobId, rateBps) {
   const coder = ethers.AbiCoder.defaultAbiCoder();
-  const draw = BigInt(ethers.keccak256(coder.encode(["uint256", "uint256", "string"], [prevrandao, jobId, "audit"])));
+  const draw = BigInt(ethers.keccak256(coder.encode(["bytes32", "uint256", "string"], [blockHash, jobId, "audit"])));
   return draw % 10_000n < BigInt(rateBps);
+}
+
+/// The block number the market keeps in a completed job's word (the completing or dispute block).
+async function anchorBlockOf(market, jobId) {
+  return Number(BigInt(await market.linksOf(jobId)));
+}
+
+/// The hash of that block.
+async function anchorHashOf(market, jobId) {
+  return (await ethers.provider.getBlock(await anchorBlockOf(market, jobId))).hash;
+}
+
+/// The JobMarket's balance invariant, exactly: its balance is the escrow of its unsettled jobs (Open, Committed,
+/// Disputed) + its credits + the earnings of every node (the registry's ledger; `accounts` must list every
+/// address that ever earned) + the bonds of open challenges. Slashes pass through; burned dust leaves.
+async function expectMarketSolvent(market, jobs, accounts) {
+  const registry = await ethers.getContractAt("NodeRegistry", await market.registry());
+  let escrow = 0n;
+  let bonds = 0n;
+  for (const j of jobs) {
+    const status = Number((await market.getJob(j.jobId)).status);
+    if ([JobStatus.Open, JobStatus.Committed, JobStatus.Disputed].includes(status)) escrow += j.decoded.escrow;
+    bonds += (await market.challengeOf(j.jobId)).bond;
+  }
+  let earnings = 0n;
+  for (const a of new Set(accounts.map((x) => x.address ?? x))) earnings += (await registry.getNode(a)).earnings;
+  const { expect } = require("chai");
+  expect(await ethers.provider.getBalance(market)).to.equal(escrow + (await market.totalCredits()) + earnings + bonds);
 }
 
 /// Accounts beyond Hardhat's 20 signers: fresh keys, funded.
@@ -283,6 +328,7 @@ module.exports = {
   ENVELOPE_TYPES,
   domainOf,
   PARAMS,
+  CHALLENGE_BOND,
   COURT_PARAMS,
   ZERO_HASH,
   deployMarket,
@@ -304,7 +350,11 @@ module.exports = {
   link,
   linkTerm,
   isSampled,
+  anchorBlockOf,
+  anchorHashOf,
+  requiredEscrow,
   fundedWallets,
+  expectMarketSolvent,
   routeCost,
   Mode,
   contractClient,

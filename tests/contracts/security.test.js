@@ -25,7 +25,10 @@ const ONE = ethers.parseEther("1");
 const MAX_TOKENS = 64;
 const BILLED = 40;
 const ROUTE_PRICE = NODE_PRICES[1] + NODE_PRICES[2] + NODE_PRICES[3];
-const ESCROW = BigInt(MAX_TOKENS) * ROUTE_PRICE;
+const HOP_FEE = PARAMS.hopFee;
+const FEES = 3n * HOP_FEE;
+const ESCROW = BigInt(MAX_TOKENS) * ROUTE_PRICE + FEES;
+const BURN = "0x000000000000000000000000000000000000dEaD";
 
 const balanceOf = (a) => ethers.provider.getBalance(a);
 
@@ -45,7 +48,7 @@ async function twoJobsOfContractClientFixture() {
   const b = await submit(f.market, c, { extra: 1n });
   for (const job of [a, b]) await commitAll(f.market, f.nodes, job, await receipt(f.market, c.wallet, job.jobId, BILLED));
   await time.increase(PARAMS.challengeWindow);
-  const paid = ROUTE_PRICE * BigInt(BILLED);
+  const paid = ROUTE_PRICE * BigInt(BILLED) + FEES;
   return { ...f, c, a, b, paid, refundA: ESCROW - paid, refundB: ESCROW + 1n - paid };
 }
 
@@ -135,7 +138,7 @@ describe("security", function () {
       expect(await market.creditOf(c.address)).to.equal(refundA);
       expect(await market.totalCredits()).to.equal(refundA);
       for (let i = 1; i <= 3; i++) {
-        expect((await registry.getNode(nodes[i].address)).earnings).to.equal(NODE_PRICES[i] * BigInt(BILLED));
+        expect((await registry.getNode(nodes[i].address)).earnings).to.equal(NODE_PRICES[i] * BigInt(BILLED) + HOP_FEE);
       }
 
       // Once it accepts payments again, job B's refund is pushed and the credit can be withdrawn.
@@ -178,26 +181,27 @@ describe("security", function () {
         expect((await (await tx).wait()).gasUsed).to.be.lessThan(200_000n);
         expect(await market.creditOf(c.address)).to.equal(refundA);
         for (let i = 1; i <= 3; i++) {
-          const amount = NODE_PRICES[i] * BigInt(BILLED);
+          const amount = NODE_PRICES[i] * BigInt(BILLED) + HOP_FEE;
           expect((await registry.getNode(nodes[i].address)).earnings).to.equal(amount);
           await expect(market.connect(nodes[i]).withdrawEarnings()).to.changeEtherBalance(nodes[i], amount);
         }
       });
     }
 
-    it("a rejecting client cannot block cancel: the refund with the slashed stake is credited", async function () {
+    it("a rejecting client cannot block cancel: the refund (without the slash, which is burned) is credited", async function () {
       const { registry, market, nodes, other } = await loadFixture(marketFixture);
       const c = await contractClient("rejecting-cancel");
       await c.contract.configure(Mode.Reject, ethers.ZeroAddress, "0x");
       const job = await submit(market, c);
       await market.connect(nodes[1]).commit(job.jobId, job.terms, 0, ethers.ZeroHash, ethers.ZeroHash, await receipt(market, c.wallet, job.jobId, 5));
       await time.increase(PARAMS.commitTimeout + 1);
-      const paid = NODE_PRICES[1] * 5n;
-      const slashed = ((NODE_STAKES[2] + NODE_STAKES[3]) * BigInt(PARAMS.missSlashBps)) / 10_000n;
-      const refund = ESCROW - paid + slashed;
+      const paid = NODE_PRICES[1] * 5n + HOP_FEE;
+      const slashed = (NODE_PRICES[2] + NODE_PRICES[3]) * BigInt(MAX_TOKENS) + 2n * HOP_FEE; // capped per hop
+      const refund = ESCROW - paid;
       const tx = market.connect(other).cancel(job.jobId, job.terms);
       await expect(tx).to.emit(market, "JobCancelled").withArgs(job.jobId, 0b110, paid, slashed, refund);
       await expect(tx).to.emit(market, "RefundCredited").withArgs(c.address, refund);
+      await expect(tx).to.changeEtherBalance(BURN, slashed);
       expect(await market.creditOf(c.address)).to.equal(refund);
       expect((await registry.getNode(nodes[1].address)).earnings).to.equal(paid);
       expect(await balanceOf(market)).to.equal(refund + paid);
@@ -246,12 +250,12 @@ describe("security", function () {
         await market.connect(signerOf(nodes, job.decoded.route[p].node)).commit(job.jobId, job.terms, p, ethers.ZeroHash, ethers.ZeroHash, NO_RECEIPT);
       }
       await time.increase(PARAMS.challengeWindow);
-      const paid = ROUTE_PRICE * 10n;
+      const paid = ROUTE_PRICE * 10n + FEES;
       await expect(market.finalize(job.jobId, job.terms)).to.emit(market, "JobFinalized").withArgs(job.jobId, 10, paid, ESCROW - paid);
 
-      expect((await registry.getNode(own.address)).earnings).to.equal(NODE_PRICES[3] * 10n);
-      expect((await registry.getNode(nodes[1].address)).earnings).to.equal(NODE_PRICES[1] * 10n);
-      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(NODE_PRICES[2] * 10n);
+      expect((await registry.getNode(own.address)).earnings).to.equal(NODE_PRICES[3] * 10n + HOP_FEE);
+      expect((await registry.getNode(nodes[1].address)).earnings).to.equal(NODE_PRICES[1] * 10n + HOP_FEE);
+      expect((await registry.getNode(nodes[2].address)).earnings).to.equal(NODE_PRICES[2] * 10n + HOP_FEE);
       // Nobody else's escrow or stake moved.
       const h = await market.getJob(honest.jobId);
       expect([h.status, h.committedMask, h.billedTokens]).to.deep.equal([BigInt(JobStatus.Open), 0n, 0n]);
@@ -289,7 +293,7 @@ describe("security", function () {
       return { ...f, allNodes: [...f.nodes, ...extra.map(([s]) => s)], c };
     }
 
-    it("registry balance == sum(stake + unbonding); market balance == open escrow + credits + earnings", async function () {
+    it("registry balance == sum(stake + unbonding); market balance == open escrow + credits + earnings + challenge bonds", async function () {
       const { registry, market, allNodes, client, client2, auditor, other, c } = await loadFixture(sequenceFixture);
       const rand = prng(20240611);
       const int = (n) => Math.floor(rand() * n);
@@ -334,16 +338,26 @@ describe("security", function () {
             escrow += j.decoded.escrow;
           }
         }
-        expect(await balanceOf(market)).to.equal(escrow + (await market.totalCredits()) + earnings);
+        let challengeBonds = 0n;
+        for (const j of jobs) challengeBonds += (await market.challengeOf(j.jobId)).bond;
+        expect(await balanceOf(market)).to.equal(escrow + (await market.totalCredits()) + earnings + challengeBonds);
       }
 
-      /// Settles a job and checks the earnings credited equal the event's `paid` (nothing paid twice).
-      async function settle(send, event) {
+      /// Settles a job and checks the earnings credited equal the event's `paid`, plus a settled challenge's
+      /// share per paid hop (nothing paid twice).
+      async function settle(send, event, j) {
         const before = await earningsSum();
+        const committedMask = Number((await jobInfo(j)).committedMask);
         await at();
         const rc = await (await send()).wait();
-        const log = rc.logs.map((l) => market.interface.parseLog(l)).find((l) => l && l.name === event);
-        expect((await earningsSum()) - before).to.equal(log.args.paid);
+        const logs = rc.logs.map((l) => market.interface.parseLog(l)).filter((l) => l);
+        const log = logs.find((l) => l.name === event);
+        const settled = logs.find((l) => l.name === "ChallengeSettled");
+        const fraudMask = Number(logs.find((l) => l.name === "DisputeResolved")?.args.fraudMask ?? 0);
+        let paidHops = 0;
+        for (let p = 0; p < j.decoded.route.length; p++) if (((committedMask & ~fraudMask) >> p) & 1) paidHops++;
+        const bonus = settled ? settled.args.perNode * BigInt(paidHops) : 0n;
+        expect((await earningsSum()) - before).to.equal(log.args.paid + bonus);
       }
 
       const actions = {
@@ -354,7 +368,7 @@ describe("security", function () {
           const maxPrice = 6_000_000_000n;
           const hops = BigInt(4 - firstShard);
           // Unbonds and slashes can empty a pool; then there is nothing to submit to.
-          const matchable = await registry.matchRoute(1, firstShard, maxPrice, 0).then(
+          const matchable = await registry.matchRoute(1, firstShard, maxPrice, 0, []).then(
             () => true,
             () => false,
           );
@@ -364,7 +378,7 @@ describe("security", function () {
             firstShard,
             maxTokens,
             maxPrice,
-            value: BigInt(maxTokens) * maxPrice * hops + BigInt(int(1000)),
+            value: BigInt(maxTokens) * maxPrice * hops + hops * HOP_FEE + BigInt(int(1000)),
           });
           jobs.push({ ...job, status: JobStatus.Open, client: cl });
           return true;
@@ -399,7 +413,7 @@ describe("security", function () {
           }
           if (ready.length === 0) return false;
           const j = choose(ready);
-          await settle(() => market.connect(other).finalize(j.jobId, j.terms), "JobFinalized");
+          await settle(() => market.connect(other).finalize(j.jobId, j.terms), "JobFinalized", j);
           return true;
         },
         async cancel() {
@@ -410,7 +424,7 @@ describe("security", function () {
           }
           if (ready.length === 0) return false;
           const j = choose(ready);
-          await settle(() => market.connect(other).cancel(j.jobId, j.terms), "JobCancelled");
+          await settle(() => market.connect(other).cancel(j.jobId, j.terms), "JobCancelled", j);
           return true;
         },
         async hold() {
@@ -425,13 +439,25 @@ describe("security", function () {
           await market.connect(auditor).holdForAudit(j.jobId, j.terms);
           return true;
         },
+        async challenge() {
+          const ready = [];
+          for (const j of jobs) {
+            const s = await jobInfo(j);
+            if (Number(s.status) === JobStatus.Committed && now + 1 < Number(s.timestamp) + PARAMS.challengeWindow) ready.push(j);
+          }
+          if (ready.length === 0) return false;
+          const j = choose(ready);
+          await at();
+          await market.connect(other).challenge(j.jobId, j.terms, { value: await market.challengeBond() });
+          return true;
+        },
         async resolve() {
           const held = [];
           for (const j of jobs) if (Number((await jobInfo(j)).status) === JobStatus.Disputed) held.push(j);
           if (held.length === 0) return false;
           const j = choose(held);
           const mask = int(1 << j.decoded.route.length);
-          await settle(() => market.connect(auditor).resolveDispute(j.jobId, j.terms, mask), "JobFinalized");
+          await settle(() => market.connect(auditor).resolveDispute(j.jobId, j.terms, mask), "JobFinalized", j);
           return true;
         },
         async stake() {
@@ -485,6 +511,7 @@ describe("security", function () {
         ...Array(3).fill("finalize"),
         ...Array(2).fill("cancel"),
         "hold",
+        "challenge",
         "resolve",
         "stake",
         "unbond",
@@ -506,9 +533,9 @@ describe("security", function () {
       now += PARAMS.commitTimeout + PARAMS.challengeWindow + PARAMS.disputeTimeout + 1;
       for (const j of jobs) {
         const st = Number((await jobInfo(j)).status);
-        if (st === JobStatus.Open) await settle(() => market.connect(other).cancel(j.jobId, j.terms), "JobCancelled");
+        if (st === JobStatus.Open) await settle(() => market.connect(other).cancel(j.jobId, j.terms), "JobCancelled", j);
         if (st === JobStatus.Committed || st === JobStatus.Disputed) {
-          await settle(() => market.connect(other).finalize(j.jobId, j.terms), "JobFinalized");
+          await settle(() => market.connect(other).finalize(j.jobId, j.terms), "JobFinalized", j);
         }
       }
       await checkInvariants();

@@ -30,6 +30,8 @@ TEST_PARAMS = DeployParams(
     miss_slash_bps=1000,
     fraud_slash_bps=5000,
     auditor=Account.from_key(HARDHAT_DEV_KEYS[9]).address,  # an EOA stands in for the audit contract
+    hop_fee=7 * 10**9,  # 7 gwei: non-zero and unlike any test price, so a missed fee shows in the sums
+    challenge_bond=10**18 // 20,
 )
 AUDITOR_KEY = HARDHAT_DEV_KEYS[9]
 

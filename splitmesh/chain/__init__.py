@@ -5,6 +5,7 @@ from splitmesh.chain.launcher import HARDHAT_DEV_KEYS, LocalChain, free_port, rp
 from splitmesh.chain.market import (
     AuditInfo,
     AuditStatus,
+    ChallengeInfo,
     JobState,
     JobStatus,
     Marketplace,
@@ -15,6 +16,7 @@ from splitmesh.chain.market import (
     SubmittedJob,
     Verdict,
     VoteStatus,
+    hints_from_pools,
 )
 from splitmesh.chain.terms import JobTerms, RouteHop, terms_hash
 from splitmesh.chain.tx import Sender, TxResult
@@ -23,6 +25,7 @@ __all__ = [
     "HARDHAT_DEV_KEYS",
     "AuditInfo",
     "AuditStatus",
+    "ChallengeInfo",
     "DeployParams",
     "Deployment",
     "JobState",
@@ -43,6 +46,7 @@ __all__ = [
     "deploy",
     "find_deployment",
     "free_port",
+    "hints_from_pools",
     "rpc_chain_id",
     "save_deployment",
     "terms_hash",

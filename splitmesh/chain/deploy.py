@@ -23,6 +23,8 @@ ETHER = 10**18
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 MAX_VERIFIERS = 16  # AuditCourt.MAX_VERIFIERS
 MAX_WINDOW = 30 * 24 * 3600  # longest AuditCourt commit or reveal window, seconds
+UINT64_MAX = 2**64 - 1  # JobMarket: largest hop fee
+UINT96_MAX = 2**96 - 1  # JobMarket: largest challenge bond
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ class DeployParams:
     # auditor (the normal case); any other address (tests: an EOA) is used as is, and no court is deployed.
     auditor: str = ZERO_ADDRESS
     audit_rate_bps: int = 0  # share of completed jobs drawn for a sampled audit (1/10000)
+    # Wei each committed hop earns per job on top of price x tokens, so a job whose client never shows up
+    # still pays the commits it forces. A first commit costs ~65k gas (the README's gas table): 10**14 wei
+    # covers 100k gas at 1 gwei (hardhat's starting base fee, and a quiet L1 or any L2). Raise it with gas.
+    hop_fee: int = 10**14
+    # Wei a challenger posts to dispute a committed job; lost on an honest verdict (half to the honest
+    # verifiers, half to the route), returned with the slash on fraud. 0.05 ETH: five verifier bonds, so a
+    # frivolous challenge pays a whole panel's work. Needs an auditor (always one: zero deploys a court).
+    challenge_bond: int = ETHER // 20
     verifiers_per_position: int = 3  # AuditCourt: verifiers drawn per route position, 1..16
     verifier_bond: int = ETHER // 100  # AuditCourt: wei each verifier posts with its vote commitment
     audit_commit_window: int = 300  # AuditCourt: seconds from opening during which votes are committed
@@ -59,6 +69,10 @@ class DeployParams:
         for name in ("miss_slash_bps", "fraud_slash_bps", "audit_rate_bps", "audit_reward_bps"):
             if not 0 <= getattr(self, name) <= 10_000:
                 raise ConfigError(f"{name} must be within 0..10000 basis points")
+        if not 0 <= self.hop_fee <= UINT64_MAX:
+            raise ConfigError(f"hop_fee must be within 0..{UINT64_MAX} wei")
+        if not 0 <= self.challenge_bond <= UINT96_MAX:
+            raise ConfigError(f"challenge_bond must be within 0..{UINT96_MAX} wei (0 disables challenges)")
         if not self.deploys_court:
             return
         if not 1 <= self.verifiers_per_position <= MAX_VERIFIERS:
@@ -97,8 +111,11 @@ class Deployment:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Deployment:
-        """Also reads files written before the AuditCourt existed (no `court`, fewer params)."""
+        """Also reads files written by older versions (no `court`, fewer params: defaults fill them in;
+        Marketplace reads the fee and bond from the chain, never from here)."""
         raw_params: Any = data.get("params", {})
+        known = DeployParams.__dataclass_fields__
+        raw_params = {k: v for k, v in raw_params.items() if k in known}
         gas_used: Any = data.get("gas_used", {})
         return cls(
             chain_id=int(str(data["chain_id"])),
@@ -171,6 +188,8 @@ def deploy(w3: Web3, sender: Sender, params: DeployParams | None = None) -> Depl
         params.miss_slash_bps,
         params.fraud_slash_bps,
         params.audit_rate_bps,
+        params.hop_fee,
+        params.challenge_bond,
     )
     court = ZERO_ADDRESS
     if params.deploys_court:
@@ -283,6 +302,8 @@ def deployment_from_market(w3: Web3, market: str) -> Deployment:
         fraud_slash_bps=fs,
         auditor=ZERO_ADDRESS if court_params is not None else auditor,
         audit_rate_bps=contract.functions.auditRateBps().call(),
+        hop_fee=contract.functions.hopFee().call(),
+        challenge_bond=contract.functions.challengeBond().call(),
         **(court_params or {}),
     )
     return Deployment(

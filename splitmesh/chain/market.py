@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,12 +128,36 @@ class AuditInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ChallengeInfo:
+    """An open challenge of a job (JobMarket.challengeOf); settled challenges read as none."""
+
+    challenger: str  # zero address: no open challenge
+    bond: int  # wei
+
+    @property
+    def open(self) -> bool:
+        return int(self.challenger, 16) != 0
+
+
+@dataclass(frozen=True, slots=True)
 class SubmittedJob:
     job_id: int
     terms: JobTerms
     packed_terms: bytes
     metadata: bytes
     tx: TxResult | None  # None when read back from an event
+
+
+def hints_from_pools(pools: Sequence[Sequence[RouteHop]], max_price_per_token: int) -> list[int]:
+    """Per pool (one per route shard): 1 + the index of its cheapest node within the price, or 0. With
+    these, overpriced pool entries cannot hide an eligible node from matching. [] when all are 0."""
+    hints = []
+    for pool in pools:
+        eligible = [
+            (h.price_per_token, i) for i, h in enumerate(pool) if h.price_per_token <= max_price_per_token
+        ]
+        hints.append(1 + min(eligible)[1] if eligible else 0)
+    return hints if any(hints) else []
 
 
 class Marketplace:
@@ -155,6 +180,9 @@ class Marketplace:
             if deployment.has_court
             else None
         )
+        self._hop_fee: int | None = None
+        self._challenge_bond: int | None = None
+        self._audit_rate_bps: int | None = None
 
     @property
     def chain_id(self) -> int:
@@ -228,13 +256,41 @@ class Marketplace:
         max_price_per_token: int,
         escrow: int,
         metadata: bytes = b"",
+        hints: Sequence[int] | None = None,
     ) -> SubmittedJob:
-        fn = self.market.functions.submitJob(model_id, first_shard, max_tokens, max_price_per_token, metadata)
+        """Submit a job with escrow (see `escrow_for`). `hints` (1 + a pool index per shard, 0 = none) only
+        matter when the contract's seeded probes find nobody within the price; None computes them from the
+        pools (`route_hints`), an empty sequence submits without hints."""
+        if hints is None:
+            hints = self.route_hints(model_id, first_shard, max_price_per_token)
+        if hints:
+            fn = self.market.functions.submitJobWithHints(
+                model_id, first_shard, max_tokens, max_price_per_token, metadata, list(hints)
+            )
+        else:
+            fn = self.market.functions.submitJob(
+                model_id, first_shard, max_tokens, max_price_per_token, metadata
+            )
         tx = sender.transact(fn, value=escrow, label="submitJob")
         events = self.market.events.JobSubmitted().process_receipt(tx.receipt, errors=DISCARD)
         args = events[0]["args"]
         packed = bytes(args["terms"])
         return SubmittedJob(int(args["jobId"]), JobTerms.decode(packed), packed, bytes(args["metadata"]), tx)
+
+    def route_hints(self, model_id: int, first_shard: int, max_price_per_token: int) -> list[int]:
+        """Matching hints for a job from `first_shard` on, read from the pools (see `hints_from_pools`)."""
+        shards = range(first_shard, self.get_model(model_id).num_shards)
+        return hints_from_pools([self.pool(model_id, s) for s in shards], max_price_per_token)
+
+    def escrow_for(self, max_tokens: int, max_price_per_token: int, hops: int) -> int:
+        """Escrow that covers any route of `hops` nodes within the price: max tokens x max price and the
+        hop fee, per hop. The contract refunds what the matched route does not use."""
+        return hops * (max_tokens * max_price_per_token + self.hop_fee())
+
+    def required_escrow(self, terms: JobTerms) -> int:
+        """The least escrow the contract accepts for this route: max tokens x sum(prices) + hops x hop fee."""
+        prices = sum(h.price_per_token for h in terms.route)
+        return terms.max_tokens * prices + len(terms.route) * self.hop_fee()
 
     def commit(
         self,
@@ -263,8 +319,31 @@ class Marketplace:
         return sender.transact(self.market.functions.holdForAudit(job_id, packed_terms), label="holdForAudit")
 
     def resolve_dispute(self, sender: Sender, job_id: int, packed_terms: bytes, fraud_mask: int) -> TxResult:
+        """Auditor only: settle a Disputed job (slash and a challenge's verifier share go to the sender)."""
         fn = self.market.functions.resolveDispute(job_id, packed_terms, fraud_mask)
         return sender.transact(fn, label="resolveDispute")
+
+    def challenge(
+        self, sender: Sender, job_id: int, packed_terms: bytes, bond: int | None = None
+    ) -> TxResult:
+        """Dispute a Committed job inside its challenge window, posting the challenge bond (read from the
+        chain unless given). Lost on an honest verdict; returned, with the slash, on fraud."""
+        value = self.challenge_bond() if bond is None else bond
+        fn = self.market.functions.challenge(job_id, packed_terms)
+        return sender.transact(fn, value=value, label=f"challenge {job_id}")
+
+    def sample_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
+        """Dispute a Committed job the audit draw selected (anyone; check `audit_draw` first)."""
+        fn = self.market.functions.sampleAudit(job_id, packed_terms)
+        return sender.transact(fn, label=f"sampleAudit {job_id}")
+
+    def checkpoint_receipt(
+        self, sender: Sender, job_id: int, packed_terms: bytes, receipt: tuple[int, int, bytes, bytes]
+    ) -> TxResult:
+        """Record a client receipt (step, tokens, payload hash, signature) on an Open job before its commit
+        deadline, so the billed count survives a client signature that stops validating."""
+        fn = self.market.functions.checkpointReceipt(job_id, packed_terms, receipt)
+        return sender.transact(fn, label=f"checkpointReceipt {job_id}")
 
     def withdraw_earnings(self, sender: Sender) -> TxResult:
         return sender.transact(self.market.functions.withdrawEarnings(), label="withdrawEarnings")
@@ -283,10 +362,17 @@ class Marketplace:
         return self.court
 
     def open_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
-        """Open the audit of a Disputed job (anyone may); verifiers are drawn for every route position."""
+        """Open the audit of a Disputed job (anyone may, from the block after the dispute: earlier reverts
+        AuditTooEarly); verifiers are drawn for every route position from the dispute block's hash. When
+        that hash is over 256 blocks old the call only records an anchor (AuditAnchored) and opens
+        nothing: call again from the next block (`audit_opened` tells)."""
         return sender.transact(
             self._court().functions.openAudit(job_id, packed_terms), label=f"openAudit {job_id}"
         )
+
+    def audit_opened(self, tx: TxResult) -> bool:
+        """Whether an openAudit transaction drew panels (False: it only recorded an anchor)."""
+        return bool(self._court().events.AuditOpened().process_receipt(tx.receipt, errors=DISCARD))
 
     def commit_vote(
         self, sender: Sender, job_id: int, position: int, commitment: bytes, bond: int | None = None
@@ -376,12 +462,49 @@ class Marketplace:
             "dispute_timeout": dt,
             "miss_slash_bps": ms,
             "fraud_slash_bps": fs,
-            "audit_rate_bps": int(call_view(self.market.functions.auditRateBps(), "JobMarket")),
+            "audit_rate_bps": self.audit_rate_bps(),
+            "hop_fee": self.hop_fee(),
+            "challenge_bond": self.challenge_bond(),
         }
 
     def links_of(self, job_id: int) -> bytes:
-        """The commitment-link accumulator of an Open job (zero otherwise)."""
+        """An Open job's commitment-link accumulator; once complete, the block number of its completion
+        (sampling on) or dispute; zero otherwise."""
         return bytes(call_view(self.market.functions.linksOf(job_id), "JobMarket"))
+
+    def hop_fee(self) -> int:
+        """Wei each committed hop earns per job on top of price x tokens (immutable: read once)."""
+        if self._hop_fee is None:
+            self._hop_fee = int(call_view(self.market.functions.hopFee(), "JobMarket"))
+        return self._hop_fee
+
+    def challenge_bond(self) -> int:
+        """Wei a challenge posts (0: challenges disabled; immutable: read once)."""
+        if self._challenge_bond is None:
+            self._challenge_bond = int(call_view(self.market.functions.challengeBond(), "JobMarket"))
+        return self._challenge_bond
+
+    def audit_rate_bps(self) -> int:
+        """Share of completed jobs drawn for a sampled audit, 1/10000 (immutable: read once)."""
+        if self._audit_rate_bps is None:
+            self._audit_rate_bps = int(call_view(self.market.functions.auditRateBps(), "JobMarket"))
+        return self._audit_rate_bps
+
+    def audit_draw(self, job_id: int) -> tuple[bool, bool]:
+        """(available, sampled): whether the sampled-audit draw of a Committed job can be read now (not in
+        its completing block, nor more than 256 blocks later) and whether it selected the job."""
+        # Against "pending": the block a sampleAudit sent now lands in, whose blockhash reaches the latest.
+        fn = self.market.functions.auditDraw(job_id)
+        available, sampled = call_view(fn, "JobMarket", block_identifier="pending")
+        return bool(available), bool(sampled)
+
+    def dispute_block_of(self, job_id: int) -> int:
+        """The block a Disputed job entered dispute in (its hash seeds the audit panels); 0 otherwise."""
+        return int(call_view(self.market.functions.disputeBlockOf(job_id), "JobMarket"))
+
+    def challenge_of(self, job_id: int) -> ChallengeInfo:
+        challenger, bond = call_view(self.market.functions.challengeOf(job_id), "JobMarket")
+        return ChallengeInfo(to_checksum_address(challenger), int(bond))
 
     def audit_parameters(self) -> dict[str, int]:
         k, bond, commit_window, reveal_window, reward_bps = call_view(

@@ -64,6 +64,18 @@ def add_deploy_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dispute-timeout", type=int, default=d.dispute_timeout, help="seconds")
     g.add_argument("--miss-slash-bps", type=int, default=d.miss_slash_bps, help="basis points of bond")
     g.add_argument("--fraud-slash-bps", type=int, default=d.fraud_slash_bps, help="basis points of bond")
+    g.add_argument(
+        "--hop-fee",
+        type=int,
+        default=d.hop_fee,
+        help="wei each committed hop earns per job (pays its commit)",
+    )
+    g.add_argument(
+        "--challenge-bond",
+        type=float,
+        default=d.challenge_bond / 10**18,
+        help="ETH a challenger posts to dispute a committed job (0 disables challenges)",
+    )
 
 
 def deploy_params(args: argparse.Namespace) -> DeployParams:
@@ -75,6 +87,8 @@ def deploy_params(args: argparse.Namespace) -> DeployParams:
         dispute_timeout=args.dispute_timeout,
         miss_slash_bps=args.miss_slash_bps,
         fraud_slash_bps=args.fraud_slash_bps,
+        hop_fee=args.hop_fee,
+        challenge_bond=round(args.challenge_bond * 10**18),
         audit_rate_bps=round(getattr(args, "audit_rate", 0.0) * 10_000),
         verifiers_per_position=getattr(args, "verifiers", DeployParams().verifiers_per_position),
     )

@@ -29,7 +29,7 @@ from splitmesh.cli.common import (
     open_session,
     settings_from,
 )
-from splitmesh.cli.demo_audit import follow_audit
+from splitmesh.cli.demo_audit import await_sampling, follow_audit
 from splitmesh.cli.demo_explorer import CoordinatorProcess
 from splitmesh.cli.output import Output, eth, short
 from splitmesh.cli.procs import NodeSpec, start_nodes, stop_nodes
@@ -302,6 +302,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         out.step("nodes commit their hash chains on-chain")
         state = _wait_status(market, receipt.job_id, {JobStatus.COMMITTED, JobStatus.DISPUTED}, timeout=90)
+        state = await_sampling(market, receipt.job_id, out) if state.status == JobStatus.COMMITTED else state
         commits = sorted(
             market.events("JobCommitted", jobId=receipt.job_id), key=lambda e: e["args"]["position"]
         )

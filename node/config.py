@@ -27,6 +27,13 @@ class NodeConfig:
     max_cache_bytes: int = 1 << 30  # KV cache of all sessions together, bytes
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     duty_interval: float = 1.0  # seconds between passes over pending commits and claims
+    # Seconds before a job's commit deadline (chain time) the node stops serving it and commits what it
+    # served; 0 = 10% of the chain's commit timeout within [30, 600] s (node.deadlines.default_margin).
+    commit_margin: float = 0.0
+    # Wei the node may stake on its own, in total over the life of its state file, to get back to
+    # stake_wei after a slash or an unbonding; 0 = off (the node only warns that it left the pool).
+    auto_topup_wei: int = 0
+    scan_blocks: int = 2000  # blocks per eth_getLogs request when scanning for jobs matched to this node
     relay_timeout: float = 60.0  # seconds the next node may take for one step
     keep_transcripts: bool = True  # keep step frames in SQLite for audits
     drain_timeout: float = 10.0  # seconds SIGTERM waits for open sessions to end before closing them

@@ -18,10 +18,13 @@ from web3 import Web3
 
 from node.cheats import Cheat
 from node.config import NodeConfig
+from node.deadlines import ChainClock, JobDeadlines, default_margin
 from node.duties import ChainDuties, ensure_registered
 from node.errors import NodeSetupError
 from node.jobs import JobDirectory
 from node.metrics import NodeMetrics
+from node.pool import PoolStatus, StakeKeeper
+from node.scanner import JobScanner
 from node.server import create_app
 from node.service import NodeService
 from node.store import NodeStore
@@ -164,7 +167,12 @@ async def serve(
     # One file per (node, chain, market): job ids restart at 0 on every new deployment.
     name = f"{sender.address.lower()}-{market.chain_id}-{market.deployment.market.lower()[:10]}.sqlite"
     store = NodeStore(home / name, keep_transcripts=config.keep_transcripts)
+    # Jobs a crash left serving cannot continue (their KV caches are gone): commit what they served.
+    orphans = store.end_orphans()
+    if orphans:
+        logger.warning("%d jobs were left serving by the last run; committing what they served", len(orphans))
     metrics = NodeMetrics()
+    deadlines = await asyncio.to_thread(job_deadlines, market, config)
     directory = JobDirectory(market, sender.address, model.model_id, config.shard)
     service = NodeService(
         address=sender.address,
@@ -176,6 +184,7 @@ async def serve(
         metrics=metrics,
         max_frame_bytes=config.max_frame_bytes,
         relay_signer=RelaySigner(private_key, market.chain_id, market.deployment.market),
+        deadlines=deadlines,
         relay_timeout=config.relay_timeout,
     )
     service.cheat = cheat
@@ -195,13 +204,17 @@ async def serve(
         "market": market.deployment.market,
         "price_wei": registration.price_wei,
         "stake_wei": registration.stake_wei,
+        "commit_margin_s": deadlines.margin,
+        "pooled": None,  # set by every duty pass (node.pool); None until the first one
+        "pool_reason": None,
     }
     app = create_app(service, info)
     app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await app_runner.setup()
     await web.SockSite(app_runner, sock).start()
-    duties = ChainDuties(
-        market, sender, store, metrics, overbill_key=private_key if cheat == Cheat.OVERBILL else None
+    overbill_key = private_key if cheat == Cheat.OVERBILL else None
+    duties = await asyncio.to_thread(
+        chain_duties, config, market, sender, store, metrics, deadlines, info, overbill_key
     )
     verifier = None
     if config.verify and market.court is not None:
@@ -220,6 +233,7 @@ async def serve(
             _every(config.duty_interval, lambda: asyncio.to_thread(duties.run_once), "duties")
         ),
         asyncio.create_task(_every(5.0, lambda: _expire(service, runner, config.session_ttl), "expiry")),
+        asyncio.create_task(_every(config.duty_interval, service.end_due, "deadlines")),
     ]
     if verifier is not None:
         tasks.append(
@@ -248,6 +262,60 @@ async def serve(
         await app_runner.cleanup()
         store.close()
         logger.info("node %s stopped", sender.address)
+
+
+def job_deadlines(market: Marketplace, config: NodeConfig) -> JobDeadlines:
+    """The chain clock and this node's commit margin. Blocking."""
+    commit_timeout = int(market.parameters()["commit_timeout"])
+    margin = round(config.commit_margin) if config.commit_margin > 0 else default_margin(commit_timeout)
+    if not 0 < margin < commit_timeout:
+        raise NodeSetupError(
+            f"--commit-margin {margin} s leaves no time to serve: the chain's commit timeout is "
+            f"{commit_timeout} s; pick a margin below it (0 = the default, 10% of the timeout)"
+        )
+    clock = ChainClock(int(market.w3.eth.get_block("latest")["timestamp"]))
+    logger.info(
+        "jobs stop taking steps %d s before their commit deadline (timeout %d s)", margin, commit_timeout
+    )
+    return JobDeadlines(market, clock, commit_timeout, margin)
+
+
+def chain_duties(
+    config: NodeConfig,
+    market: Marketplace,
+    sender: Sender,
+    store: NodeStore,
+    metrics: NodeMetrics,
+    deadlines: JobDeadlines,
+    info: dict[str, Any],
+    overbill_key: str | None,
+) -> ChainDuties:
+    """The duty pass with its job scanner and stake keeper; pool status goes to /health (`info`). Blocking."""
+
+    def show(status: PoolStatus) -> None:
+        # Only existing keys change: /health may be reading the dict on the event loop meanwhile.
+        info.update(pooled=status.pooled, pool_reason=status.reason, stake_wei=status.stake)
+
+    scanner = JobScanner(market, sender.address, store, deadlines, metrics, max_blocks=config.scan_blocks)
+    keeper = StakeKeeper(
+        market,
+        sender,
+        store,
+        metrics,
+        target_stake=config.stake_wei,
+        allowance=config.auto_topup_wei,
+        on_status=show,
+    )
+    return ChainDuties(
+        market,
+        sender,
+        store,
+        metrics,
+        deadlines=deadlines,
+        scanner=scanner,
+        keeper=keeper,
+        overbill_key=overbill_key,
+    )
 
 
 def _is_auditor(market: Marketplace, job_id: int, requester: str) -> bool:

@@ -2,27 +2,36 @@
 
 Blocking (web3 calls): the daemon runs `run_once` in a worker thread every `duty_interval` seconds.
 Everything is driven by the SQLite store, so a restart resumes exactly where the last pass stopped;
-every step is idempotent against what the chain already shows.
+every step is idempotent against what the chain already shows. Jobs reach the store from their first
+step (node.service) or from the chain's JobSubmitted events (node.scanner), so a job whose client never
+connects is committed too; node.service ends every job at its deadline cutoff (node.deadlines).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from web3.exceptions import Web3Exception
+
 from node.cheats import OVERBILL_EXTRA_TOKENS
+from node.deadlines import JobDeadlines
 from node.errors import NodeSetupError
 from node.metrics import NodeMetrics
+from node.pool import StakeKeeper
+from node.scanner import JobScanner
 from node.store import JobPhase, JobRecord, NodeStore
 from splitmesh.chain import JobStatus, Marketplace, NodeStatus, Sender, TxResult
 from splitmesh.chain.market import AuditStatus
-from splitmesh.chain.terms import JobTerms
+from splitmesh.chain.sampling import open_audit_if_ready
 from splitmesh.errors import ChainError, ContractRevert
 from splitmesh.signing import EMPTY_RECEIPT, EnvelopeSigner
 
 logger = logging.getLogger(__name__)
+
+# Failures a duty pass logs in one line and retries on the next pass (RPC down, revert, bad reply).
+RETRIED = (ChainError, OSError, ValueError, Web3Exception)
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,11 @@ def ensure_registered(
 
 
 class ChainDuties:
-    """Commits and claims for one node, driven by its store."""
+    """Commits and claims for one node, driven by its store; finds its jobs and watches its stake.
+
+    RPC per pass: the latest block, one JobSubmitted range, the node's registry entry, plus one or two
+    calls per job that needs an action now (ended, or whose claim hold ran out).
+    """
 
     def __init__(
         self,
@@ -74,48 +87,59 @@ class ChainDuties:
         store: NodeStore,
         metrics: NodeMetrics,
         *,
+        deadlines: JobDeadlines,
+        scanner: JobScanner | None = None,
+        keeper: StakeKeeper | None = None,
         overbill_key: str | None = None,  # demo/test cheat: forge receipts with this key
     ):
         self.market = market
         self.sender = sender
         self.store = store
         self.metrics = metrics
+        self.deadlines = deadlines
+        self.scanner = scanner
+        self.keeper = keeper
         self.overbill_key = overbill_key
         self._window = int(market.parameters()["challenge_window"])
-        self._metrics_due = 0.0  # monotonic time of the next stake/earnings refresh
-        self._commit_timeout = int(market.parameters()["commit_timeout"])
+        self._commit_timeout = deadlines.commit_timeout
 
     def run_once(self) -> None:
-        """One pass: commit every ended job, advance every committed one towards payment."""
+        """One pass: read the chain clock, open newly matched jobs, commit every ended job, advance every
+        committed one towards payment, check pool membership."""
+        block = self.market.w3.eth.get_block("latest")
+        self.deadlines.clock.observe(int(block["timestamp"]))
+        if self.scanner is not None:
+            self._stage("job scan", lambda: self.scanner.scan(int(block["number"])))  # type: ignore[union-attr]
         for record in self.store.jobs([JobPhase.ENDED]):
             self._guard(record, self.commit)
-        for record in self.store.jobs([JobPhase.COMMITTED, JobPhase.FINALIZED]):
+        for record in self.store.jobs([JobPhase.COMMITTED, JobPhase.FINALIZED], due_at=self._now()):
             self._guard(record, self.claim)
-        self.refresh_metrics()
+        if self.keeper is not None:
+            self._stage("stake check", self.keeper.check)
 
     def _guard(self, record: JobRecord, duty: Callable[[JobRecord], None]) -> None:
         try:
             duty(record)
-        except (ChainError, OSError, ValueError) as exc:
+        except RETRIED as exc:
             # Chain hiccups and reverts are retried on the next pass; the store keeps the state.
             name = getattr(duty, "__name__", "duty")
             logger.warning("job %d: %s failed (%s); retrying on the next pass", record.job_id, name, exc)
 
-    def refresh_metrics(self, every: float = 15.0) -> None:
-        """Stake and earnings gauges; at most every `every` seconds (each refresh is an RPC call)."""
-        now = time.monotonic()
-        if now < self._metrics_due:
-            return
-        self._metrics_due = now + every
+    @staticmethod
+    def _stage(name: str, action: Callable[[], object]) -> None:
         try:
-            info = self.market.get_node(self.sender.address)
-        except ChainError:
-            return
-        self.metrics.stake_wei.set(info.stake)
-        self.metrics.earnings_wei.set(info.earnings)
+            action()
+        except RETRIED as exc:
+            logger.warning("%s failed (%s); retrying on the next pass", name, exc)
 
     def _now(self) -> int:
-        return int(self.market.w3.eth.get_block("latest")["timestamp"])
+        return int(self.deadlines.clock.now())
+
+    def _hold_open(self, record: JobRecord, submitted_at: int) -> None:
+        """An Open job we committed: nothing to do before the window after the last commit (which is at
+        least `now + window` away) or the commit deadline, whichever comes first."""
+        deadline = self.deadlines.deadline(submitted_at)
+        self.store.hold(record.job_id, min(self._now() + self._window, deadline + 1))
 
     def commit(self, record: JobRecord) -> None:
         """Post the job's input/output chains and the best receipt, unless the chain already has them."""
@@ -157,6 +181,7 @@ class ChainDuties:
             )
             tx = self._commit(record, EMPTY_RECEIPT)
         self.store.mark_committed(record.job_id, tx.tx_hash)
+        self._hold_open(record, state.timestamp)
         self.metrics.jobs_committed_total.inc()
         logger.info("job %d: committed position %d (gas %d)", record.job_id, record.position, tx.gas_used)
 
@@ -187,12 +212,9 @@ class ChainDuties:
             return
         audit = self.market.get_audit(record.job_id)
         if audit.status == AuditStatus.NONE:
-            try:
-                self.market.open_audit(self.sender, record.job_id, record.packed_terms)
-                logger.info("job %d: audit opened", record.job_id)
-            except ContractRevert as exc:
-                if exc.name not in ("AuditAlreadyOpened", "JobNotDisputed"):
-                    raise
+            # None means "call again next block" (the dispute block's hash is not readable yet, or this
+            # call only anchored a fresh seed block): the next duty pass does.
+            open_audit_if_ready(self.market, self.sender, record.job_id, record.packed_terms)
         elif audit.status == AuditStatus.OPEN and self._now() > audit.reveal_deadline:
             try:
                 self.market.resolve_audit(self.sender, record.job_id, record.packed_terms)
@@ -207,7 +229,13 @@ class ChainDuties:
         if state.status == JobStatus.DISPUTED:
             self.keep_audits(record)
             state = self.market.get_job(record.job_id)
-        if state.status == JobStatus.COMMITTED and self._now() >= state.timestamp + self._window:
+        if state.status == JobStatus.COMMITTED and self._now() < state.timestamp + self._window:
+            self.store.hold(record.job_id, state.timestamp + self._window)
+            return
+        if state.status == JobStatus.OPEN and self._now() <= state.timestamp + self._commit_timeout:
+            self._hold_open(record, state.timestamp)
+            return
+        if state.status == JobStatus.COMMITTED:
             try:
                 self.market.finalize(self.sender, record.job_id, record.packed_terms)
                 logger.info("job %d: finalized", record.job_id)
@@ -215,8 +243,9 @@ class ChainDuties:
                 if exc.name not in ("WrongJobStatus", "ChallengeWindowOpen"):
                     raise
             state = self.market.get_job(record.job_id)
-        elif state.status == JobStatus.OPEN and self._now() > state.timestamp + self._commit_timeout:
-            # Another hop never committed: cancelling pays the committed hops and slashes the missing one.
+        elif state.status == JobStatus.OPEN:
+            # Past the commit deadline and a hop never committed: cancelling pays the committed hops and
+            # slashes the missing one.
             try:
                 self.market.cancel(self.sender, record.job_id, record.packed_terms)
                 logger.info(
@@ -239,8 +268,3 @@ class ChainDuties:
         self.metrics.paid_wei_total.inc(earnings)
         self.store.mark_paid(record.job_id, tx.tx_hash)
         logger.info("job %d: withdrew %d wei of earnings", record.job_id, earnings)
-
-
-def billed_payment(terms: JobTerms, position: int, billed_tokens: int) -> int:
-    """What one hop earns for a job: its price times the billed tokens."""
-    return terms.route[position].price_per_token * billed_tokens

@@ -45,3 +45,7 @@ def not_found(reason: str, code: str = "unknown_job") -> StepRejected:
 
 def conflict(code: str, reason: str) -> StepRejected:
     return StepRejected(409, code, reason)
+
+
+def gone(code: str, reason: str) -> StepRejected:
+    return StepRejected(410, code, reason)

@@ -43,6 +43,20 @@ class NodeMetrics:
         )
         self.paid_wei_total = Counter(PREFIX + "paid_wei", "Earnings withdrawn, wei", registry=r)
         self.jobs_committed_total = Counter(PREFIX + "jobs_committed", "Job commitments mined", registry=r)
+        self.jobs_matched_total = Counter(
+            PREFIX + "jobs_matched",
+            "Jobs routed through this node, learned from JobSubmitted events",
+            registry=r,
+        )
+        self.scanned_block = Gauge(
+            PREFIX + "scanned_block", "Last block scanned for matched jobs", registry=r
+        )
+        self.pooled = Gauge(
+            PREFIX + "pooled",
+            "1 while the node is in the matching pool, 0 while jobs cannot reach it",
+            registry=r,
+        )
+        self.topup_wei_total = Counter(PREFIX + "topup_wei", "Stake re-added by auto top-up, wei", registry=r)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type, for a /metrics handler."""

@@ -20,13 +20,15 @@ from eth_utils import keccak, to_checksum_address
 from pydantic import ValidationError
 
 from node.cheats import Cheat, garbage_like, tamper
-from node.errors import StepRejected, bad_request, conflict, forbidden, not_found, unauthorized
+from node.deadlines import JobDeadlines
+from node.errors import StepRejected, bad_request, conflict, forbidden, gone, not_found, unauthorized
 from node.jobs import JobContext, JobDirectory
 from node.metrics import NodeMetrics
 from node.relay import Downstream
 from node.store import JobPhase, NodeStore
 from node.training import training_step
 from splitmesh.audit.transcript import encode_transcript
+from splitmesh.errors import ChainError
 from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, UnknownSession
 from splitmesh.model.runner import ShardRunner
 from splitmesh.model.training import ShardTrainer
@@ -57,11 +59,13 @@ logger = logging.getLogger(__name__)
 
 INLINE_TOKENS = 8  # steps this small run on the event loop: a thread handoff costs more than it saves
 Receipt = tuple[int, int, bytes, bytes]
+AT_DEADLINE = "its commit deadline is near"  # why a session ends at its cutoff (node.deadlines)
 
 
 @dataclass
 class JobSession:
     context: JobContext
+    deadline: int  # chain unix seconds: the last second the JobMarket accepts this node's commit
     last_step: int | None = None
     steps: int = 0
     input_chain: bytes = ZERO_CHAIN
@@ -85,6 +89,19 @@ class JobSession:
         )
 
 
+@dataclass(frozen=True)
+class _Computed:
+    """A step this node has run its layers on, not yet answered downstream."""
+
+    meta: StepMeta
+    data: bytes  # the step frame as received
+    hidden: torch.Tensor  # [1, q, hidden] input
+    input_digest: bytes
+    output: torch.Tensor  # [1, q, hidden]
+    receipt: Receipt
+    compute_ms: float
+
+
 class NodeService:
     """Serves job sessions for one shard. All methods run on the event loop."""
 
@@ -100,6 +117,7 @@ class NodeService:
         metrics: NodeMetrics,
         max_frame_bytes: int,
         relay_signer: RelaySigner,
+        deadlines: JobDeadlines,
         relay_timeout: float = 60.0,
     ):
         self.address = address
@@ -112,6 +130,7 @@ class NodeService:
         self.max_frame_bytes = max_frame_bytes
         self.relay_timeout = relay_timeout
         self.relay_signer = relay_signer
+        self.deadlines = deadlines
         # Who besides the client may read a job's transcript: (job, position, requester) -> bool.
         self.transcript_policy: Callable[[int, int, str], bool] | None = None
         self.cheat: Cheat | None = None  # demo/test only: see node.cheats
@@ -150,6 +169,7 @@ class NodeService:
             raise bad_request("bad_meta", f"step meta rejected: {_first_error(exc)}") from exc
         if meta.job != job_id:
             raise bad_request("job_mismatch", f"frame is for job {meta.job}, sent to job {job_id}'s path")
+        await self._refuse_after_cutoff(job_id)
         if meta.mode != "infer":
             return await training_step(self, frame, meta, data, job_id, received)
         context = await self._context(meta.job, meta.terms)
@@ -159,6 +179,7 @@ class NodeService:
         q = int(hidden.shape[1])
         async with session.lock:
             self._finish(session)
+            await self._gate(session)
             if session.broken is not None:
                 raise conflict("session_broken", session.broken)
             if session.mode == "train":
@@ -196,68 +217,89 @@ class NodeService:
             if self.cheat == Cheat.GARBAGE:
                 output = garbage_like(output)
             compute_ms = (time.perf_counter() - compute_started) * 1e3
-            # The step is accepted: advance the replay guard now, hash and persist off the critical path.
+            # The step is valid: advance the replay guard now, hash and persist off the critical path.
             session.last_step = meta.step
-            session.steps += 1
             session.last_used = time.monotonic()
             receipt = (meta.step, meta.tokens, payload_hash, unhex(meta.signature))
-            if session.receipt is None or meta.tokens > session.receipt[1]:
-                session.receipt = receipt
-            if context.is_last:
-                sent = output[:, -1:] if meta.want == "last" else output
-                handle_ms = (time.perf_counter() - received) * 1e3
-                mine = HopTiming(
-                    node=self.address, position=context.position, compute_ms=compute_ms, handle_ms=handle_ms
-                )
-                reply = encode_frame(sent, StepResult(job=job_id, step=meta.step, hops=[mine]).model_dump())
-                session.pending = partial(
-                    self._record,
-                    session,
-                    meta,
-                    data,
-                    hidden,
-                    input_digest,
-                    sent,
-                    receipt,
-                    compute_ms,
-                    handle_ms,
-                )
-                # Runs once the reply is on the wire (the loop's next turn), before the next step.
-                asyncio.get_running_loop().call_soon(self._finish, session)
-                return reply
-            output_frame = encode_frame(output)
-            forwarded = tamper(output) if self.cheat == Cheat.TAMPER_RELAY else output
-            # The relay signature covers exactly the tensor sent on (a tampering node must sign its lie).
-            relay_digest = keccak(output_frame)
-            if forwarded is not output:
-                relay_digest = keccak(encode_frame(forwarded))
-            relay_signature = self.relay_signer.sign(job_id, meta.step, context.position, relay_digest)
-            relayed = meta.model_copy(
-                update={
-                    "terms": hex32(context.packed_terms) if session.steps == 1 else None,
-                    "relay": hex32(relay_signature),
-                }
-            )
-            downstream = self._downstream(session)
-            await downstream.send(encode_frame(forwarded, relayed.model_dump()))
-            relay_started = time.perf_counter()
-            # The next node computes now: hash and persist this step meanwhile.
-            self._record(
-                session, meta, data, hidden, input_digest, output, receipt, compute_ms, None, output_frame
-            )
-            sent, downstream_hops = await self._relay_result(session)
-            relay_ms = (time.perf_counter() - relay_started) * 1e3
+            done = _Computed(meta, data, hidden, input_digest, output, receipt, compute_ms)
+            if not context.is_last:
+                return await self._relay(session, done, received)
+            self._accept(session, receipt)
+            sent = output[:, -1:] if meta.want == "last" else output
             handle_ms = (time.perf_counter() - received) * 1e3
-            self.metrics.handle_seconds.observe(handle_ms / 1e3)
             mine = HopTiming(
-                node=self.address,
-                position=context.position,
-                compute_ms=compute_ms,
-                handle_ms=handle_ms,
-                relay_ms=relay_ms,
+                node=self.address, position=context.position, compute_ms=compute_ms, handle_ms=handle_ms
             )
-            result = StepResult(job=job_id, step=meta.step, hops=[mine, *downstream_hops])
-            return encode_frame(sent, result.model_dump())
+            reply = encode_frame(sent, StepResult(job=job_id, step=meta.step, hops=[mine]).model_dump())
+            session.pending = partial(
+                self._record, session, meta, data, hidden, input_digest, sent, receipt, compute_ms, handle_ms
+            )
+            # Runs once the reply is on the wire (the loop's next turn), before the next step.
+            asyncio.get_running_loop().call_soon(self._finish, session)
+            return reply
+
+    @staticmethod
+    def _accept(session: JobSession, receipt: Receipt) -> None:
+        """The step is done (answered downstream, or this is the last hop): count it and keep its receipt."""
+        session.steps += 1
+        if session.receipt is None or receipt[1] > session.receipt[1]:
+            session.receipt = receipt
+
+    async def _relay(self, session: JobSession, done: _Computed, received: float) -> bytes:
+        """Send a computed step on to the next hop and return the route's answer.
+
+        The step enters this node's chains and bill only once the next hop has answered it: an output
+        that never arrived must not be committed as sent, or this node's output chain would not link
+        with the next hop's input chain although both were honest. (If the link breaks after the next
+        hop took the step but before its answer came back, the next hop keeps a step this node drops;
+        the two chains then differ by that one step, which nothing on this side can tell apart.)
+        """
+        context, meta, output = session.context, done.meta, done.output
+        output_frame = encode_frame(output)
+        output_digest = keccak(output_frame)
+        forwarded = tamper(output) if self.cheat == Cheat.TAMPER_RELAY else output
+        # The relay signature covers exactly the tensor sent on (a tampering node must sign its lie).
+        relay_digest = output_digest if forwarded is output else keccak(encode_frame(forwarded))
+        relay_signature = self.relay_signer.sign(context.job_id, meta.step, context.position, relay_digest)
+        relayed = meta.model_copy(
+            update={
+                "terms": hex32(context.packed_terms) if session.steps == 0 else None,
+                "relay": hex32(relay_signature),
+            }
+        )
+        relay_started = time.perf_counter()
+        try:
+            await self._downstream(session).send(encode_frame(forwarded, relayed.model_dump()))
+        except StepRejected as exc:
+            self._route_failed(session, exc)
+            raise
+        sent, downstream_hops = await self._relay_result(session)
+        relay_ms = (time.perf_counter() - relay_started) * 1e3
+        self._accept(session, done.receipt)
+        self._record(
+            session,
+            meta,
+            done.data,
+            done.hidden,
+            done.input_digest,
+            output,
+            done.receipt,
+            done.compute_ms,
+            None,
+            output_frame,
+            output_digest,
+        )
+        handle_ms = (time.perf_counter() - received) * 1e3
+        self.metrics.handle_seconds.observe(handle_ms / 1e3)
+        mine = HopTiming(
+            node=self.address,
+            position=context.position,
+            compute_ms=done.compute_ms,
+            handle_ms=handle_ms,
+            relay_ms=relay_ms,
+        )
+        result = StepResult(job=context.job_id, step=meta.step, hops=[mine, *downstream_hops])
+        return encode_frame(sent, result.model_dump())
 
     def _record(
         self,
@@ -271,11 +313,14 @@ class NodeService:
         compute_ms: float,
         handle_ms: float | None,
         output_frame: bytes | None = None,
+        output_digest: bytes | None = None,
     ) -> None:
         """Fold the step into the hash chains, queue it for SQLite, count it."""
         if output_frame is None:
             output_frame = encode_frame(sent)
-        self.fold_step(session, meta, input_digest, keccak(output_frame), receipt, data, output_frame)
+        if output_digest is None:
+            output_digest = keccak(output_frame)
+        self.fold_step(session, meta, input_digest, output_digest, receipt, data, output_frame)
         self.metrics.tokens_total.inc(int(hidden.shape[1]))
         self.metrics.step_seconds.observe(compute_ms / 1e3)
         if handle_ms is not None:
@@ -341,9 +386,7 @@ class NodeService:
         try:
             reply = await self._downstream(session).receive()
         except StepRejected as exc:
-            # The downstream cache may or may not have advanced: this job cannot continue on this route.
-            session.broken = f"the route failed downstream of node {self.address}: {exc.reason}"
-            self.runner.close(str(context.job_id))
+            self._route_failed(session, exc)
             raise
         try:
             result = decode_frame(reply, max_bytes=self.max_frame_bytes, allowed_dtypes={self._dtype_name})
@@ -352,6 +395,11 @@ class NodeService:
             session.broken = f"node {context.next_node} returned a malformed result: {exc}"
             raise StepRejected(502, "bad_downstream_reply", session.broken) from exc
         return result.tensor, meta.hops
+
+    def _route_failed(self, session: JobSession, exc: StepRejected) -> None:
+        # This node's cache advanced, the next one's may or may not have: the job cannot continue here.
+        session.broken = f"the route failed downstream of node {self.address}: {exc.reason}"
+        self.runner.close(str(session.context.job_id))
 
     # ------------------------------------------------------------------ end of job
 
@@ -408,6 +456,7 @@ class NodeService:
         session = self.sessions.pop(job_id, None)
         if session is None:
             return
+        session.broken = f"the job ended on this node: {why}"  # for a step still waiting for the lock
         self._finish(session)
         self.runner.close(str(job_id))
         if self.trainer is not None:
@@ -428,6 +477,52 @@ class NodeService:
         for job_id in stale:
             await self._close(job_id, f"idle for more than {ttl:g} s")
         return stale
+
+    async def end_due(self) -> list[int]:
+        """End every job past its deadline cutoff (node.deadlines): open sessions, and jobs whose client
+        never sent a step. Their commits are queued like any end."""
+        due = await asyncio.to_thread(self.store.serving_due, self.deadlines.due_bound())
+        for job_id in due:
+            session = self.sessions.get(job_id)
+            if session is not None:
+                await self._end_at_deadline(session)
+                continue
+            record = self.store.job(job_id)
+            if record is not None and record.phase == JobPhase.SERVING:
+                self.store.mark_ended(job_id)
+                logger.info("job %d: ended before its commit deadline after %d steps", job_id, record.steps)
+        return due
+
+    async def _refuse_after_cutoff(self, job_id: int) -> None:
+        """Before any chain call: a job this node knows to be past its cutoff (from its session or its
+        store) is ended here, and the step refused as `job_deadline` even once the job is settled."""
+        session = self.sessions.get(job_id)
+        record = self.store.job(job_id) if session is None else None
+        deadline = session.deadline if session is not None else record.deadline if record else None
+        if deadline is None or not self.deadlines.closed(deadline):
+            return
+        if session is not None:
+            await self._end_at_deadline(session)
+        elif record is not None and record.phase == JobPhase.SERVING:
+            self.store.mark_ended(job_id)
+        raise self._deadline_passed(job_id, deadline)
+
+    async def _end_at_deadline(self, session: JobSession) -> None:
+        async with session.lock:  # a step in flight finishes (and is recorded) first
+            await self._close(session.context.job_id, AT_DEADLINE)
+
+    async def _gate(self, session: JobSession) -> None:
+        """Under the session lock: past the job's cutoff, end the session and refuse the step."""
+        if self.deadlines.closed(session.deadline):
+            await self._close(session.context.job_id, AT_DEADLINE)
+            raise self._deadline_passed(session.context.job_id, session.deadline)
+
+    def _deadline_passed(self, job_id: int, deadline: int) -> StepRejected:
+        return gone(
+            "job_deadline",
+            f"job {job_id} takes no more steps: its commit deadline is chain time {deadline} and this node "
+            f"stops serving {self.deadlines.margin} s before it, to commit what it served; submit a new job",
+        )
 
     async def close_all(self, why: str) -> None:
         self.accepting = False
@@ -529,19 +624,34 @@ class NodeService:
             )
 
     async def _session(self, context: JobContext) -> JobSession:
-        session = self.sessions.get(context.job_id)
-        if session is not None:
-            return session
-        record = self.store.job(context.job_id)
-        if record is None:
+        """The job's session, opened by its first step; past the job's cutoff it ends, the step is refused."""
+        session = self.sessions.get(context.job_id) or await self._open_session(context)
+        if self.deadlines.closed(session.deadline):
+            await self._end_at_deadline(session)
+            raise self._deadline_passed(context.job_id, session.deadline)
+        return session
+
+    async def _open_session(self, context: JobContext) -> JobSession:
+        job_id = context.job_id
+        record = self.store.job(job_id)
+        if record is None or record.deadline is None:
+            deadline = await asyncio.to_thread(self._fetch_deadline, job_id)
+            if (session := self.sessions.get(job_id)) is not None:
+                return session  # a concurrent first step opened it meanwhile
+            record = self.store.job(job_id)
+        else:
+            deadline = record.deadline
+        if self.deadlines.closed(deadline):
+            if record is not None and record.phase == JobPhase.SERVING:
+                self.store.mark_ended(job_id)  # commits what was served; nothing is lost
+            raise self._deadline_passed(job_id, deadline)
+        if record is None or record.deadline is None:
             record = self.store.open_job(
-                context.job_id, context.position, context.client, context.packed_terms
+                job_id, context.position, context.client, context.packed_terms, deadline
             )
-        elif record.phase != JobPhase.SERVING:
-            raise conflict(
-                "job_ended", f"job {context.job_id} already ended on this node ({record.phase.value})"
-            )
-        session = JobSession(context)
+        if record.phase != JobPhase.SERVING:
+            raise conflict("job_ended", f"job {job_id} already ended on this node ({record.phase.value})")
+        session = JobSession(context, deadline)
         if record.steps:
             # Restarted mid-job: the KV cache is gone, so the job cannot continue here; end it with what
             # was served so the work done so far is still committed and paid.
@@ -549,9 +659,17 @@ class NodeService:
             session.last_step, session.steps = record.last_step, record.steps
             session.input_chain, session.output_chain = record.input_chain, record.output_chain
             session.receipt = record.receipt
-        self.sessions[context.job_id] = session
+        self.sessions[job_id] = session
         self.metrics.sessions_active.set(len(self.sessions))
         return session
+
+    def _fetch_deadline(self, job_id: int) -> int:
+        try:
+            return self.deadlines.fetch(job_id)
+        except ChainError as exc:
+            raise StepRejected(
+                503, "chain_unavailable", f"cannot read job {job_id} from the chain: {exc}"
+            ) from exc
 
 
 def _frame_code(exc: FrameError) -> str:

@@ -25,7 +25,7 @@ from node.errors import NodeError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_BATCH = 1000  # queued writes folded into one transaction
 
 Receipt = tuple[int, int, bytes, bytes]  # (step, tokens, payload_hash32, signature65)
@@ -67,6 +67,8 @@ class JobRecord:
     error: str | None
     created_at: float  # unix seconds
     updated_at: float  # unix seconds
+    deadline: int | None  # chain unix seconds: the last second the JobMarket accepts this node's commit
+    hold_until: int | None  # chain unix seconds: the duties leave the job alone until then
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,19 @@ CREATE TABLE steps (
     output_frame BLOB NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (job_id, step)
 );
 """
+# Schema upgrades, by the version they upgrade from. v2: commit deadlines, claim holds, the scan cursor.
+_MIGRATIONS = {
+    1: """
+ALTER TABLE jobs ADD COLUMN deadline INTEGER;
+ALTER TABLE jobs ADD COLUMN hold_until INTEGER;
+CREATE INDEX jobs_deadline ON jobs (phase, deadline);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+}
 _JOB_COLUMNS = (
     "job_id, position, client, packed_terms, phase, steps, last_step, tokens, input_chain, output_chain, "
     "receipt_step, receipt_tokens, receipt_hash, receipt_sig, commit_tx, claim_tx, error, "
-    "created_at, updated_at"
+    "created_at, updated_at, deadline, hold_until"
 )
 
 _Op = Callable[[sqlite3.Connection], Any]
@@ -123,8 +134,7 @@ class NodeStore:
             raise StoreError(
                 f"{self.path} has schema v{version}, newer than v{SCHEMA_VERSION}; upgrade splitmesh"
             )
-        if version == 0:
-            self._writer.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        self._migrate(version)
         self._reader = self._connect()
         self._read_lock = threading.Lock()
         self._enqueue_lock = threading.Lock()
@@ -132,6 +142,18 @@ class NodeStore:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"nodestore:{self.path.name}", daemon=True)
         self._thread.start()
+
+    def _migrate(self, found: int) -> None:
+        version = found
+        if version == 0:
+            self._writer.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = 1; COMMIT;")
+            version = 1
+        while version < SCHEMA_VERSION:
+            script = _MIGRATIONS[version]
+            version += 1
+            self._writer.executescript(f"BEGIN; {script} PRAGMA user_version = {version}; COMMIT;")
+        if 0 < found < version:
+            logger.info("node store %s upgraded from schema v%d to v%d", self.path, found, version)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -220,17 +242,25 @@ class NodeStore:
 
     # --- writes ---
 
-    def open_job(self, job_id: int, position: int, client: str, packed_terms: bytes) -> JobRecord:
-        """Create the job in SERVING; if it exists already return it unchanged."""
+    def open_job(
+        self, job_id: int, position: int, client: str, packed_terms: bytes, deadline: int | None = None
+    ) -> JobRecord:
+        """Create the job in SERVING; if it exists already return it unchanged (a missing deadline is set)."""
         now = time.time()
         row = (str(job_id), position, client, packed_terms, JobPhase.SERVING.value, b"\0" * 32, b"\0" * 32)
-        self._call(
-            lambda c: c.execute(
+
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
                 "INSERT OR IGNORE INTO jobs (job_id, position, client, packed_terms, phase, input_chain, "
-                "output_chain, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*row, now, now),
+                "output_chain, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, now, now, deadline),
             )
-        )
+            if deadline is not None:
+                c.execute(
+                    "UPDATE jobs SET deadline = ? WHERE job_id = ? AND deadline IS NULL", (deadline, row[0])
+                )
+
+        self._call(op)
         record = self.job(job_id)
         assert record is not None
         return record
@@ -304,6 +334,44 @@ class NodeStore:
     def mark_failed(self, job_id: int, reason: str) -> None:
         self._transition(job_id, JobPhase.FAILED, error=reason)
 
+    def end_orphans(self) -> list[int]:
+        """At start: end the jobs a crash left SERVING with steps served (their KV caches are gone) or
+        without a known deadline; their recorded chains get committed. Jobs still waiting for their
+        client's first step stay SERVING until their deadline."""
+
+        def op(c: sqlite3.Connection) -> list[int]:
+            where = "phase = ? AND (steps > 0 OR deadline IS NULL)"
+            serving = JobPhase.SERVING.value
+            ids = [
+                int(r[0])
+                for r in c.execute(f"SELECT job_id FROM jobs WHERE {where} ORDER BY rowid", (serving,))
+            ]
+            c.execute(
+                f"UPDATE jobs SET phase = ?, updated_at = ? WHERE {where}",
+                (JobPhase.ENDED.value, time.time(), serving),
+            )
+            return ids
+
+        ended: list[int] = self._call(op)
+        for job_id in ended:
+            logger.info(
+                "job %d: serving -> ended (left open by the last run; its recorded steps commit)", job_id
+            )
+        return ended
+
+    def hold(self, job_id: int, until: int | None) -> None:
+        """Leave the job out of `jobs(..., due_at=t)` while t < until (chain unix seconds)."""
+        self._put(
+            lambda c: c.execute("UPDATE jobs SET hold_until = ? WHERE job_id = ?", (until, str(job_id))),
+            None,
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Remember a small value (scan cursor, top-up spent, ...) across restarts."""
+        self._call(
+            lambda c: c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        )
+
     def _transition(self, job_id: int, target: JobPhase, **fields: str | None) -> None:
         now = time.time()
 
@@ -351,13 +419,33 @@ class NodeStore:
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (str(job_id),))
         return _job_record(rows[0]) if rows else None
 
-    def jobs(self, phases: Iterable[JobPhase] | None = None) -> list[JobRecord]:
-        """Jobs in the given phases (all if None), oldest first."""
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-        values = [JobPhase(p).value for p in phases] if phases is not None else None
-        if values is not None:
-            sql += f" WHERE phase IN ({', '.join('?' * len(values))})"
-        return [_job_record(r) for r in self._read(sql + " ORDER BY created_at, rowid", values or ())]
+    def jobs(
+        self, phases: Iterable[JobPhase] | None = None, *, due_at: float | None = None
+    ) -> list[JobRecord]:
+        """Jobs in the given phases (all if None), oldest first; with `due_at` (chain unix seconds) only
+        those not on hold at that time."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE 1"
+        args: list[object] = []
+        if phases is not None:
+            values = [JobPhase(p).value for p in phases]
+            sql += f" AND phase IN ({', '.join('?' * len(values))})"
+            args += values
+        if due_at is not None:
+            sql += " AND (hold_until IS NULL OR hold_until <= ?)"
+            args.append(due_at)
+        return [_job_record(r) for r in self._read(sql + " ORDER BY created_at, rowid", args)]
+
+    def serving_due(self, deadline_at_most: int) -> list[int]:
+        """SERVING jobs whose commit deadline is at or before `deadline_at_most` (chain unix seconds)."""
+        rows = self._read(
+            "SELECT job_id FROM jobs WHERE phase = ? AND deadline <= ? ORDER BY deadline",
+            (JobPhase.SERVING.value, deadline_at_most),
+        )
+        return [int(r[0]) for r in rows]
+
+    def meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def transcript(self, job_id: int) -> list[StepRecord]:
         rows = self._read("SELECT * FROM steps WHERE job_id = ? ORDER BY step", (str(job_id),))

@@ -117,10 +117,13 @@ async def _forward(
     if svc.cheat == Cheat.GARBAGE:
         output = garbage_like(output)
     output_frame = encode_frame(output)
-    _advance(svc, session, meta, data, input_digest, keccak(output_frame), output_frame)
     if session.context.is_last:
+        _advance(svc, session, meta, data, input_digest, keccak(output_frame), output_frame)
         return _reply(svc, session, meta, output, compute_ms, received, [])
+    # The step enters the chains only once the next hop has answered it (as for inference steps): an
+    # output that never arrived must not be committed as sent.
     reply, hops, relay_ms = await _relay(svc, session, meta, output, output_frame)
+    _advance(svc, session, meta, data, input_digest, keccak(output_frame), output_frame)
     return _reply(svc, session, meta, reply, compute_ms, received, hops, relay_ms)
 
 
@@ -201,7 +204,7 @@ async def _relay(
     relay_signature = svc.relay_signer.sign(meta.job, meta.step, context.position, keccak(frame))
     relayed = meta.model_copy(
         update={
-            "terms": hex32(context.packed_terms) if session.steps <= 1 else None,
+            "terms": hex32(context.packed_terms) if session.steps == 0 else None,
             "relay": hex32(relay_signature),
         }
     )

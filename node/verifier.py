@@ -3,6 +3,13 @@ node's transcript, checks it against the on-chain commitments and signatures, re
 the recorded inputs, and votes (commit, then reveal), by itself. Blocking (chain and HTTP calls): the
 daemon runs `run_once` in a worker thread.
 
+Money rules it follows (AuditCourt): a drawn verifier that never commits is slashed one bond, and one
+that commits but does not reveal, or reveals the losing verdict, forfeits its bond; bonds and rewards
+are credited only at resolve. So it always commits (a fallback verdict if judging keeps failing), always
+reveals, resolves audits it voted in once the reveal window closed, and then withdraws its credit.
+It also keeps the audits of its model's jobs moving: it calls sampleAudit on completed jobs the draw
+selected, and opens the audit of disputed jobs whose route crosses its shard.
+
 Verdict rules (fraud on any of them):
 - the transcript is withheld, malformed, does not hash to the node's commitments, holds a step the
   client did not sign, or an input the previous hop did not relay;
@@ -16,6 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +37,16 @@ from splitmesh.audit.transcript import (
     fetch_transcript,
 )
 from splitmesh.chain import Marketplace, Sender
-from splitmesh.chain.market import AuditStatus, Verdict, VoteStatus
+from splitmesh.chain.market import AuditStatus, JobStatus, Verdict, VoteStatus
+from splitmesh.chain.sampling import draw_pending, open_audit_if_ready, sample_if_drawn
 from splitmesh.errors import ChainError, ContractRevert
 from splitmesh.model.runner import ShardRunner
 
 logger = logging.getLogger(__name__)
+
+JUDGE_RETRY_S = 5.0  # seconds between attempts to judge a position after an error
+JUDGE_ATTEMPTS = 3  # failed attempts after which the fallback verdict is committed
+FALLBACK_VERDICT = Verdict.HONEST  # when judging keeps failing: most jobs are honest; silence costs a bond
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,8 @@ class Judgement:
 
 
 class VoteBook:
-    """Votes this node committed and must still reveal: SQLite, so a restart can reveal them."""
+    """Votes this node committed: SQLite, so a restart can still reveal and resolve them. Phases:
+    committed -> revealed -> settled (the audit resolved), or expired (the reveal window closed)."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,17 +124,27 @@ class Verifier:
         self.votes = votes
         self.lie = lie
         self._next_block = market.deployment.block
+        self._completing: dict[int, bytes] = {}  # jobs of our model not yet drawn: job id -> packed terms
+        self._disputed: dict[int, bytes] = {}  # disputed jobs crossing our shard, audit not opened yet
+        self._failures: dict[tuple[int, int], tuple[int, float]] = {}  # (job, position) -> (count, at)
 
     def run_once(self) -> None:
         if self.market.court is None:
             return
-        for job_id, position, node in self._new_assignments():
+        assignments = self._scan()
+        for job_id, packed in list(self._completing.items()):
+            self._keep(job_id, lambda j=job_id, t=packed: self._sample(j, t), "sampling")
+        for job_id, packed in list(self._disputed.items()):
+            self._keep(job_id, lambda j=job_id, t=packed: self._open(j, t), "opening the audit")
+        for job_id, position, node in assignments:
             if not self.votes.has(job_id, position):
                 self._guard(job_id, position, lambda j=job_id, p=position, n=node: self.vote(j, p, n))
         for job_id, position, verdict, salt in self.votes.pending("committed"):
             self._guard(
                 job_id, position, lambda j=job_id, p=position, v=verdict, s=salt: self.reveal(j, p, v, s)
             )
+        for job_id, position, _, _ in self.votes.pending("revealed"):
+            self._guard(job_id, position, lambda j=job_id, p=position: self.resolve(j, p))
         self._withdraw()
 
     def _guard(self, job_id: int, position: int, action: object) -> None:
@@ -131,18 +155,61 @@ class Verifier:
                 "audit of job %d position %d: %s; retrying on the next pass", job_id, position, exc
             )
 
-    def _new_assignments(self) -> list[tuple[int, int, str]]:
+    @staticmethod
+    def _keep(job_id: int, action: object, what: str) -> None:
+        try:
+            action()  # type: ignore[operator]
+        except (ChainError, OSError, ValueError) as exc:
+            logger.warning("job %d: %s failed (%s); retrying on the next pass", job_id, what, exc)
+
+    def _scan(self) -> list[tuple[int, int, str]]:
+        """New blocks' events: audits we were drawn for (returned), and jobs of our model to sample or to
+        open an audit for (remembered)."""
         latest = int(self.market.w3.eth.block_number)
         if latest < self._next_block:
             return []
-        events = self.market.events("AuditOpened", from_block=self._next_block, to_block=latest)
-        self._next_block = latest + 1
+        first, self._next_block = self._next_block, latest + 1
+        if self.market.audit_rate_bps() != 0:
+            committed = self.market.events("JobCommitted", from_block=first, to_block=latest)
+            for job_id in sorted({int(e["args"]["jobId"]) for e in committed}):
+                self._remember(job_id, self._completing, any_shard=True)
+        disputed = self.market.events("JobDisputed", from_block=first, to_block=latest)
+        for job_id in sorted({int(e["args"]["jobId"]) for e in disputed}):
+            self._remember(job_id, self._disputed, any_shard=False)
+        events = self.market.events("AuditOpened", from_block=first, to_block=latest)
         me = self.sender.address
         return [
             (int(e["args"]["jobId"]), int(e["args"]["position"]), str(e["args"]["node"]))
             for e in events
             if me in [str(v) for v in e["args"]["verifiers"]]
         ]
+
+    def _remember(self, job_id: int, into: dict[int, bytes], *, any_shard: bool) -> None:
+        if job_id in into:
+            return
+        job = self.market.job_submitted(job_id)
+        if job.terms.model_id == self.model_id and (any_shard or self.shard in job.terms.shards):
+            into[job_id] = job.packed_terms
+
+    def _sample(self, job_id: int, packed: bytes) -> None:
+        """Call sampleAudit once the job completed, if the draw selected it; then forget the job."""
+        status = self.market.get_job(job_id).status
+        if status == JobStatus.OPEN or (status == JobStatus.COMMITTED and draw_pending(self.market, job_id)):
+            return  # not complete yet, or its draw is readable only from the next block
+        if status == JobStatus.COMMITTED:
+            sample_if_drawn(self.market, self.sender, job_id, packed)
+        del self._completing[job_id]
+
+    def _open(self, job_id: int, packed: bytes) -> None:
+        """Open the audit of a disputed job unless someone did; forget the job once nothing is left."""
+        if self.market.get_job(job_id).status != JobStatus.DISPUTED:
+            del self._disputed[job_id]
+            return
+        if self.market.get_audit(job_id).status != AuditStatus.NONE:
+            del self._disputed[job_id]
+            return
+        if open_audit_if_ready(self.market, self.sender, job_id, packed) is not None:
+            del self._disputed[job_id]
 
     # ------------------------------------------------------------------ judging
 
@@ -233,10 +300,25 @@ class Verifier:
     # ------------------------------------------------------------------ voting
 
     def vote(self, job_id: int, position: int, node: str) -> None:
+        """Judge and commit a sealed vote with the bond. Drawn verifiers that never commit are slashed a
+        bond, so if judging keeps failing the fallback verdict is committed instead of nothing."""
         audit = self.market.get_audit(job_id)
-        if audit.status != AuditStatus.OPEN or self._now() > audit.commit_deadline:
+        if audit.status != AuditStatus.OPEN:
             return
-        judgement = self.judge(job_id, position, node)
+        if self._now() > audit.commit_deadline:
+            logger.warning(
+                "audit of job %d position %d: drawn, but the commit phase closed before this node could "
+                "vote; the court slashes one verifier bond from its stake (keep the node running and its "
+                "RPC reachable while audits are open)",
+                job_id,
+                position,
+            )
+            self.votes.add(job_id, position, FALLBACK_VERDICT, b"", "missed the commit phase")
+            self.votes.mark(job_id, position, "expired")
+            return
+        judgement = self._judge_or_fallback(job_id, position, node, audit.commit_deadline)
+        if judgement is None:
+            return  # retry on a later pass
         verdict = judgement.verdict
         if self.lie:
             verdict = Verdict.HONEST if verdict == Verdict.FRAUD else Verdict.FRAUD
@@ -254,10 +336,51 @@ class Verifier:
             judgement.reason,
         )
 
+    def _judge_or_fallback(self, job_id: int, position: int, node: str, deadline: int) -> Judgement | None:
+        """The judgement; after repeated errors (or near the commit deadline) the fallback verdict; None
+        to wait before trying again."""
+        key = (job_id, position)
+        count, at = self._failures.get(key, (0, 0.0))
+        if count and time.monotonic() - at < JUDGE_RETRY_S and deadline - self._now() > 2 * JUDGE_RETRY_S:
+            return None
+        try:
+            judgement = self.judge(job_id, position, node)
+        except Exception as exc:  # any failure to judge must still end in a vote
+            count += 1
+            logger.debug("judging job %d position %d failed", job_id, position, exc_info=True)
+            if count < JUDGE_ATTEMPTS and deadline - self._now() > 2 * JUDGE_RETRY_S:
+                self._failures[key] = (count, time.monotonic())
+                logger.warning(
+                    "audit of job %d position %d: judging failed (%s); retrying in %g s",
+                    job_id,
+                    position,
+                    exc,
+                    JUDGE_RETRY_S,
+                )
+                return None
+            logger.warning(
+                "audit of job %d position %d: judging failed %d times (%s); committing the fallback "
+                "verdict %s so the bond is not slashed for silence; check the node's model files and logs",
+                job_id,
+                position,
+                count,
+                exc,
+                FALLBACK_VERDICT.name.lower(),
+            )
+            judgement = Judgement(FALLBACK_VERDICT, f"could not judge: {exc}")
+        self._failures.pop(key, None)
+        return judgement
+
     def reveal(self, job_id: int, position: int, verdict: Verdict, salt: bytes) -> None:
         audit = self.market.get_audit(job_id)
         now = self._now()
         if audit.status != AuditStatus.OPEN or now > audit.reveal_deadline:
+            logger.warning(
+                "audit of job %d position %d: the reveal window closed before this node revealed; its "
+                "bond is forfeited",
+                job_id,
+                position,
+            )
             self.votes.mark(job_id, position, "expired")
             return
         panel = audit.panels[position]
@@ -271,6 +394,22 @@ class Verifier:
                 raise
             return
         self.votes.mark(job_id, position, "revealed")
+
+    def resolve(self, job_id: int, position: int) -> None:
+        """Bonds and rewards are credited at resolve: resolve once the reveal window closed (anyone may;
+        the route nodes usually do first), then the credit is withdrawn."""
+        audit = self.market.get_audit(job_id)
+        if audit.status == AuditStatus.OPEN:
+            if self._now() <= audit.reveal_deadline:
+                return
+            try:
+                self.market.resolve_audit(self.sender, job_id, self.market.job_submitted(job_id).packed_terms)
+                logger.info("audit of job %d resolved", job_id)
+            except ContractRevert as exc:
+                if exc.name not in ("AuditNotOpen", "RevealPhaseOpen"):
+                    raise
+                return
+        self.votes.mark(job_id, position, "settled")
 
     def _withdraw(self) -> None:
         try:

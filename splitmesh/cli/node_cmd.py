@@ -57,6 +57,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--session-ttl", type=float, help="seconds an idle job session lives (default 120)")
     p.add_argument("--duty-interval", type=float, help="seconds between commit/claim passes (default 1)")
+    p.add_argument(
+        "--commit-margin",
+        type=float,
+        help="seconds before a job's commit deadline to stop serving it and commit "
+        "(default: 10%% of the chain's commit timeout, within 30-600 s)",
+    )
+    p.add_argument(
+        "--auto-topup-wei",
+        type=int,
+        help="wei the node may re-stake on its own, in total, to get back to --stake after a slash "
+        "(default 0: off; the node only warns that it left the matching pool)",
+    )
     p.add_argument("--no-transcripts", action="store_true", help="do not keep step frames for audits")
     p.add_argument("--ready-file", type=Path, help="write the ready JSON line here too (for supervisors)")
     p.add_argument("--no-verify", action="store_true", help="do not answer the AuditCourt as a verifier")
@@ -91,6 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         session_ttl=args.session_ttl,
         duty_interval=args.duty_interval,
+        commit_margin=args.commit_margin,
+        auto_topup_wei=args.auto_topup_wei,
         keep_transcripts=False if args.no_transcripts else None,
         verify=False if args.no_verify else None,
         cheat=args.cheat,

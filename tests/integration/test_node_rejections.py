@@ -76,7 +76,7 @@ class Rig:
         self.open_jobs: dict[int, SubmittedJob] = {}  # submitted by the running test and not ended yet
 
     def submit(self, first_shard: int = 1) -> SubmittedJob:
-        escrow = MAX_TOKENS * PRICE * 3
+        escrow = self.market.escrow_for(MAX_TOKENS, PRICE, hops=3)
         model_id = self.running.model_id
         job = self.market.submit_job(self.sender, model_id, first_shard, MAX_TOKENS, PRICE, escrow, b"{}")
         hops = [node.address for node in self.nodes[first_shard - 1 :]]

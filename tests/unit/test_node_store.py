@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -286,3 +287,97 @@ def test_metrics_render() -> None:
     assert 'splitmesh_node_errors_total{code="bad_signature"} 1.0' in text
     assert 'splitmesh_node_step_seconds_bucket{le="0.005"} 1.0' in text
     assert "splitmesh_node_steps_total 1.0" in second.render()[0].decode()
+
+
+def test_open_job_keeps_the_first_deadline(store: NodeStore) -> None:
+    assert store.open_job(1, 0, CLIENT, TERMS).deadline is None
+    assert store.open_job(1, 0, CLIENT, TERMS, deadline=500).deadline == 500  # a missing deadline is set
+    assert store.open_job(1, 0, CLIENT, TERMS, deadline=900).deadline == 500  # a known one stays
+
+
+def test_serving_due_selects_serving_jobs_by_deadline(store: NodeStore) -> None:
+    for job, deadline in ((1, 100), (2, 200), (3, 300), (4, 150)):
+        store.open_job(job, 0, CLIENT, TERMS, deadline=deadline)
+    store.open_job(5, 0, CLIENT, TERMS)  # no deadline known: never due by this rule
+    store.mark_ended(4)
+    assert store.serving_due(99) == []
+    assert store.serving_due(200) == [1, 2]
+
+
+def test_end_orphans_ends_served_and_undated_jobs_only(store: NodeStore) -> None:
+    store.open_job(1, 0, CLIENT, TERMS, deadline=100)
+    inp, out = serve(store, 1, 2)  # served, then the process died
+    store.open_job(2, 0, CLIENT, TERMS, deadline=100)  # waiting for its client's first step
+    store.open_job(3, 0, CLIENT, TERMS)  # opened by an older version: deadline unknown
+    store.open_job(4, 0, CLIENT, TERMS, deadline=100)
+    serve(store, 4, 1)
+    store.mark_ended(4)
+    assert store.end_orphans() == [1, 3]
+    phases = {j.job_id: j.phase for j in store.jobs()}
+    assert phases == {1: JobPhase.ENDED, 2: JobPhase.SERVING, 3: JobPhase.ENDED, 4: JobPhase.ENDED}
+    one = store.job(1)
+    assert one is not None and (one.steps, one.input_chain, one.output_chain) == (2, inp, out)
+    assert store.end_orphans() == []
+
+
+def test_hold_hides_a_job_until_its_time(store: NodeStore) -> None:
+    for job in (1, 2):
+        store.open_job(job, 0, CLIENT, TERMS)
+        store.mark_ended(job)
+        store.mark_committed(job, "0x")
+    store.hold(1, 1000)
+    committed = [JobPhase.COMMITTED]
+    assert [j.job_id for j in store.jobs(committed, due_at=999)] == [2]
+    assert [j.job_id for j in store.jobs(committed, due_at=1000)] == [1, 2]
+    assert [j.job_id for j in store.jobs(committed)] == [1, 2]
+    store.hold(1, None)
+    assert [j.job_id for j in store.jobs(committed, due_at=0)] == [1, 2]
+
+
+def test_meta_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with NodeStore(path) as s:
+        assert s.meta("scan_cursor") is None
+        s.set_meta("scan_cursor", "41")
+        s.set_meta("scan_cursor", "42")
+    with NodeStore(path) as s:
+        assert s.meta("scan_cursor") == "42"
+
+
+def test_a_v1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(f"BEGIN; {V1_SCHEMA} PRAGMA user_version = 1; COMMIT;")
+    conn.execute(
+        "INSERT INTO jobs (job_id, position, client, packed_terms, phase, steps, input_chain, output_chain, "
+        "created_at, updated_at) VALUES ('7', 1, ?, ?, 'serving', 3, ?, ?, 1.0, 1.0)",
+        (CLIENT, TERMS, b"i" * 32, b"o" * 32),
+    )
+    conn.commit()
+    conn.close()
+    with NodeStore(path) as s:
+        old = s.job(7)
+        assert old is not None and (old.steps, old.deadline, old.hold_until) == (3, None, None)
+        assert s.end_orphans() == [7]  # a v1 job in flight has no deadline: it is committed at start
+        s.set_meta("k", "v")
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY, position INTEGER NOT NULL, client TEXT NOT NULL, packed_terms BLOB NOT NULL,
+    phase TEXT NOT NULL, steps INTEGER NOT NULL DEFAULT 0, last_step INTEGER,
+    tokens INTEGER NOT NULL DEFAULT 0, input_chain BLOB NOT NULL, output_chain BLOB NOT NULL,
+    receipt_step INTEGER, receipt_tokens INTEGER,
+    receipt_hash BLOB, receipt_sig BLOB, commit_tx TEXT, claim_tx TEXT, error TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX jobs_phase ON jobs (phase);
+CREATE TABLE steps (
+    job_id TEXT NOT NULL, step INTEGER NOT NULL, start INTEGER NOT NULL, tokens INTEGER NOT NULL,
+    input_digest BLOB NOT NULL, output_digest BLOB NOT NULL, input_frame BLOB NOT NULL,
+    output_frame BLOB NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (job_id, step)
+);
+"""

@@ -2,6 +2,7 @@
 
 from client_sdk.client import Client, GenerateOptions, Generation, TokenEvent
 from client_sdk.errors import (
+    ChallengeRefused,
     ClientError,
     CommitmentMismatch,
     EscrowTooSmall,
@@ -14,6 +15,7 @@ from client_sdk.errors import (
 from client_sdk.receipts import GenerationReceipt, HopInfo, Settlement
 
 __all__ = [
+    "ChallengeRefused",
     "Client",
     "ClientError",
     "CommitmentMismatch",

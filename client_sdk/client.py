@@ -25,14 +25,21 @@ from typing import Any
 import torch
 from web3 import Web3
 
-from client_sdk.errors import ClientError, CommitmentMismatch, EscrowTooSmall, NoRoute, NotSettled
+from client_sdk.errors import (
+    ChallengeRefused,
+    ClientError,
+    CommitmentMismatch,
+    EscrowTooSmall,
+    NoRoute,
+    NotSettled,
+)
 from client_sdk.link import RouteLink
 from client_sdk.privacy import Budget, Privatizer, calibrate_clip, compose
 from client_sdk.receipts import GenerationReceipt, HopInfo, Settlement, StepStats
 from client_sdk.sampling import sample_token
 from client_sdk.train import TrainingReport, TrainingSession, TrainOptions, TrainStep
 from client_sdk.training import AdapterConfig, ClientTrainer, TrainingBatch, TrainingError, make_batch
-from splitmesh.chain import JobStatus, Marketplace, ModelInfo, Sender, find_deployment
+from splitmesh.chain import JobStatus, Marketplace, ModelInfo, Sender, find_deployment, hints_from_pools
 from splitmesh.chain.deploy import deployment_from_market
 from splitmesh.errors import ConfigError, ContractRevert
 from splitmesh.model.client import ClientModel
@@ -93,7 +100,9 @@ class GenerateOptions:
     seed: int | None = None  # seeds the DP noise and sampling
     chat: bool | None = None  # apply the chat template; None = when the tokenizer has one
     max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
-    escrow_wei: int | None = None  # escrow sent with the job; None = max tokens x max price x hops
+    escrow_wei: int | None = (
+        None  # escrow sent with the job; None = (max tokens x max price + hop fee) x hops
+    )
 
 
 class Client:
@@ -328,13 +337,17 @@ class Client:
     ) -> tuple[Any, list[HopInfo], int]:
         info = prepared.info
         shards = range(prepared.first_shard, info.num_shards)
+        pools = [self.market.pool(info.model_id, s) for s in shards]
         max_price = opts.max_price_per_token
         if max_price is None:
-            prices = [hop.price_per_token for s in shards for hop in self.market.pool(info.model_id, s)]
+            prices = [hop.price_per_token for pool in pools for hop in pool]
             if not prices:
                 raise NoRoute(f"no active node serves model {info.model_id} shards {list(shards)}")
             max_price = max(prices)
-        escrow = max_tokens * max_price * len(shards) if opts.escrow_wei is None else opts.escrow_wei
+        if opts.escrow_wei is None:
+            escrow = self.market.escrow_for(max_tokens, max_price, len(shards))
+        else:
+            escrow = opts.escrow_wei
         metadata = json.dumps(
             {
                 "epsilon": "inf" if math.isinf(opts.epsilon) else opts.epsilon,
@@ -349,7 +362,14 @@ class Client:
         ).encode()
         try:
             job = self.market.submit_job(
-                self.sender, info.model_id, prepared.first_shard, max_tokens, max_price, escrow, metadata
+                self.sender,
+                info.model_id,
+                prepared.first_shard,
+                max_tokens,
+                max_price,
+                escrow,
+                metadata,
+                hints=hints_from_pools(pools, max_price),
             )
         except ContractRevert as exc:
             if exc.name == "NoEligibleNode":
@@ -361,7 +381,8 @@ class Client:
                 required = exc.args_by_name.get("required")
                 raise EscrowTooSmall(
                     f"escrow {escrow} wei does not cover {max_tokens} tokens at the matched route's prices "
-                    f"(needs {required} wei); send more or lower max_new_tokens"
+                    f"plus the hop fee of {self.market.hop_fee()} wei per hop (needs {required} wei); send "
+                    "more or lower max_new_tokens"
                 ) from exc
             raise
         hops = []
@@ -473,6 +494,31 @@ class Client:
                     raise
         return self.settlement(job_id, tx.tx_hash if tx else None, tx.gas_used if tx else None)
 
+    def challenge(self, job_id: int) -> str:
+        """Dispute a committed job whose output you doubt, inside its challenge window, by posting the
+        deployment's challenge bond (`self.market.challenge_bond()` wei). The AuditCourt then draws a
+        panel of staked verifiers that re-execute every route position. Fraud: the bond comes back with the
+        cheater's slash (less the verifiers' reward), and the cheater is not paid. Honest: the bond is lost,
+        half to the verifiers, half to the route's nodes. Returns the transaction hash; ChallengeRefused if
+        the job is not committed, its window closed, or the deployment disables challenges."""
+        job = self.market.job_submitted(job_id)
+        try:
+            tx = self.market.challenge(self.sender, job_id, job.packed_terms)
+        except ContractRevert as exc:
+            if exc.name in ("WrongJobStatus", "ChallengeWindowClosed", "ChallengesDisabled"):
+                raise ChallengeRefused(
+                    f"job {job_id} cannot be challenged ({exc.name}): only a committed job, inside its "
+                    "challenge window, on a deployment with a challenge bond"
+                ) from exc
+            raise
+        logger.info(
+            "challenged job %d with a bond of %d wei (tx %s)",
+            job_id,
+            self.market.challenge_bond(),
+            tx.tx_hash,
+        )
+        return tx.tx_hash
+
     def settlement(self, job_id: int, tx_hash: str | None = None, gas: int | None = None) -> Settlement:
         """What a settled job paid each node and refunded, read from the chain."""
         job = self.market.job_submitted(job_id)
@@ -487,8 +533,9 @@ class Client:
         resolved = self.market.events("DisputeResolved", jobId=job_id)
         unpaid = int(resolved[-1]["args"]["fraudMask"]) if resolved else 0
         unpaid |= ~state.committed_mask & ((1 << len(job.terms.route)) - 1)
+        fee = self.market.hop_fee()
         paid = {
-            hop.node: 0 if unpaid >> i & 1 else hop.price_per_token * state.billed_tokens
+            hop.node: 0 if unpaid >> i & 1 else hop.price_per_token * state.billed_tokens + fee
             for i, hop in enumerate(job.terms.route)
         }
         return Settlement(

@@ -14,7 +14,7 @@ class NoRoute(ClientError, LookupError):
 
 
 class EscrowTooSmall(ClientError, ValueError):
-    """The escrow does not cover max tokens times the matched route's prices."""
+    """The escrow does not cover max tokens times the matched route's prices plus the hop fees."""
 
 
 class NodeUnavailable(ClientError, ConnectionError):
@@ -44,3 +44,7 @@ class CommitmentMismatch(ClientError, ValueError):
 
 class NotSettled(ClientError, RuntimeError):
     """The job cannot be finalized yet (commits missing or the challenge window is still open)."""
+
+
+class ChallengeRefused(ClientError, RuntimeError):
+    """The job cannot be challenged (not committed, challenge window closed, or challenges disabled)."""

@@ -141,7 +141,7 @@ class Settlement:
     job_id: int
     status: str
     billed_tokens: int
-    paid_wei: dict[str, int]  # node -> price x billed tokens
+    paid_wei: dict[str, int]  # node -> price x billed tokens + the hop fee (0 if unpaid)
     total_paid_wei: int
     refund_wei: int
     escrow_wei: int

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from splitmesh.chain import JobStatus, Marketplace
+from splitmesh.chain import JobState, JobStatus, Marketplace
 from splitmesh.chain.launcher import advance_time
 from splitmesh.chain.market import AuditStatus
 from splitmesh.cli.output import Output, eth, short
@@ -22,6 +22,29 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise SplitmeshError(f"timed out after {timeout:g} s waiting for {what}; see the node logs")
+        time.sleep(0.25)
+
+
+def await_sampling(market: Marketplace, job_id: int, out: Output, timeout: float = 60) -> JobState:
+    """A completed job's audit draw is read from the hash of its completing block, after that block: if
+    the deployment samples, wait until the draw is known and, when it selected the job, until a node
+    called sampleAudit. Returns the job's state then (Committed, or Disputed)."""
+    if market.audit_rate_bps() == 0:
+        return market.get_job(job_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        state = market.get_job(job_id)
+        if state.status != JobStatus.COMMITTED:
+            return state
+        available, sampled = market.audit_draw(job_id)
+        if available and not sampled:
+            out.info(f"    job {job_id} was not drawn for a sampled audit")
+            return state
+        if time.monotonic() > deadline:
+            raise SplitmeshError(
+                f"job {job_id} was drawn for an audit but no node called sampleAudit within {timeout:g} s; "
+                "see the node logs (the verifier role samples its model's jobs)"
+            )
         time.sleep(0.25)
 
 
@@ -88,8 +111,8 @@ def follow_audit(
     slashed = int(args["slashed"])
     if slashed:
         out.info(
-            f"    slashed {eth(slashed)}: {eth(int(args['rewarded']))} to the verifiers who voted fraud, "
-            f"{eth(int(args['toClient']))} to the client"
+            f"    slashed {eth(slashed)}: {eth(int(args['rewarded']))} to the verifiers who voted with the "
+            f"majority, {eth(int(args['toClient']))} to the client"
         )
     else:
         out.info("    nothing slashed")

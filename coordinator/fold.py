@@ -3,7 +3,8 @@
 Every handler mirrors what the contract did when it emitted the event, so the read model equals the
 contracts' state: a node's stake, unbonding and earnings balance; a job's status, masks and payments.
 Folding the same logs always gives the same tables, which is what lets the indexer heal a reorg by
-deleting logs past the fork and folding again.
+deleting logs past the fork and folding again. The one input besides the logs is the JobMarket's hop fee
+(immutable; the indexer stores it in `meta` when it creates the index).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator import schema
 from splitmesh.chain.terms import JobTerms
 
 logger = logging.getLogger(__name__)
@@ -124,17 +126,25 @@ def _slashes_in_tx(conn: sqlite3.Connection, tx_hash: str) -> dict[str, int]:
     return out
 
 
+def hop_fee(conn: sqlite3.Connection) -> int:
+    """The JobMarket's hop fee, wei per paid hop (stored by the indexer; immutable on-chain)."""
+    return int(schema.get_meta(conn, "hop_fee") or 0)
+
+
+def _hops(conn: sqlite3.Connection, job_id: int | None) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM hops WHERE job_id = ? ORDER BY position", (job_id,)).fetchall()
+
+
 def _settle(conn: sqlite3.Connection, log: LogRecord, paid_mask: int, billed: int, slash_mask: int) -> int:
-    """Credit each paid hop price x billed (as NodeRegistry.creditEarnings does) and attribute this
-    transaction's slashes to the hops in slash_mask. Returns the total credited."""
+    """Credit each paid hop price x billed + the hop fee (as NodeRegistry.creditEarnings does) and
+    attribute this transaction's slashes to the hops in slash_mask. Returns the total credited."""
     total = 0
+    fee = hop_fee(conn)
     slashes = _slashes_in_tx(conn, log.tx_hash) if slash_mask else {}
-    for hop in conn.execute(
-        "SELECT * FROM hops WHERE job_id = ? ORDER BY position", (log.job_id,)
-    ).fetchall():
+    for hop in _hops(conn, log.job_id):
         bit = 1 << hop["position"]
         if paid_mask & bit:
-            amount = _wei(hop["price"]) * billed
+            amount = _wei(hop["price"]) * billed + fee
             total += amount
             conn.execute(
                 "UPDATE hops SET paid = ? WHERE job_id = ? AND position = ?",
@@ -314,9 +324,20 @@ def _committed(conn: sqlite3.Connection, log: LogRecord) -> None:
 
 @_on("JobMarket", "JobDisputed")
 def _disputed(conn: sqlite3.Connection, log: LogRecord) -> None:
+    # Emitted on every move into dispute (the reason follows in the same transaction) and again when the
+    # audit opens: that restarts the dispute timeout but keeps the dispute block.
     job = _job(conn, int(log.args["jobId"]))
-    if job is not None:
-        _touch_job(conn, log, status="disputed", timestamp=log.block_time, dispute=job["dispute"] or "held")
+    if job is None:
+        return
+    again = job["status"] == "disputed"
+    _touch_job(
+        conn,
+        log,
+        status="disputed",
+        timestamp=log.block_time,
+        dispute=job["dispute"] or "held",
+        dispute_block=job["dispute_block"] if again else log.block,
+    )
 
 
 @_on("JobMarket", "CommitmentsMismatched")
@@ -329,6 +350,74 @@ def _mismatched(conn: sqlite3.Connection, log: LogRecord) -> None:
 def _sampled(conn: sqlite3.Connection, log: LogRecord) -> None:
     if _job(conn, int(log.args["jobId"])) is not None:
         _touch_job(conn, log, dispute="sampled")
+
+
+@_on("JobMarket", "ReceiptCheckpointed")
+def _checkpointed(conn: sqlite3.Connection, log: LogRecord) -> None:
+    if _job(conn, int(log.args["jobId"])) is not None:
+        _touch_job(conn, log, billed_tokens=int(log.args["billedTokens"]))
+
+
+@_on("JobMarket", "JobChallenged")
+def _challenged(conn: sqlite3.Connection, log: LogRecord) -> None:
+    if _job(conn, int(log.args["jobId"])) is None:
+        return
+    _touch_job(conn, log, dispute="challenged")
+    conn.execute(
+        "INSERT OR REPLACE INTO challenges (job_id, challenger, bond, status, block, tx_hash) "
+        "VALUES (?, ?, ?, 'open', ?, ?)",
+        (log.job_id, log.args["challenger"], str(_wei(log.args["bond"])), log.block, log.tx_hash),
+    )
+
+
+@_on("JobMarket", "ChallengeSettled")
+def _challenge_settled(conn: sqlite3.Connection, log: LogRecord) -> None:
+    # Emitted before the JobFinalized of the same transaction, after DisputeResolved (if a verdict came):
+    # the lost bond's node share is credited to every hop the settlement pays.
+    job = _job(conn, int(log.args["jobId"]))
+    if job is None:
+        return
+    a = log.args
+    returned, per_node = _wei(a["toChallenger"]), _wei(a["perNode"])
+    conn.execute(
+        "UPDATE challenges SET status = ?, to_challenger = ?, per_node = ?, to_auditor = ?, "
+        "settled_block = ?, settled_tx = ? WHERE job_id = ?",
+        (
+            "returned" if returned else "forfeited",
+            str(returned),
+            str(per_node),
+            str(_wei(a["toAuditor"])),
+            log.block,
+            log.tx_hash,
+            log.job_id,
+        ),
+    )
+    if per_node == 0:
+        return
+    paid_mask = job["committed_mask"] & ~job["fraud_mask"]
+    for hop in _hops(conn, log.job_id):
+        if paid_mask >> hop["position"] & 1:
+            conn.execute(
+                "UPDATE hops SET bonus = ? WHERE job_id = ? AND position = ?",
+                (str(per_node), log.job_id, hop["position"]),
+            )
+            _add(conn, "nodes", "earned", per_node, "address = ?", (hop["node"],))
+
+
+@_on("JobMarket", "VerifierPenalized")
+def _penalized(conn: sqlite3.Connection, log: LogRecord) -> None:
+    # Sent by the court's resolve (the registry's Slashed event came just before); the event names no job,
+    # the court's PositionJudged events of the same transaction do.
+    row = conn.execute(
+        "SELECT job_id FROM logs WHERE tx_hash = ? AND event = 'PositionJudged' LIMIT 1", (log.tx_hash,)
+    ).fetchone()
+    if row is None:
+        return
+    conn.execute(
+        "UPDATE votes SET status = 'penalized', penalty = ? "
+        "WHERE job_id = ? AND verifier = ? AND status = 'drawn'",
+        (str(_wei(log.args["amount"])), row[0], log.args["verifier"]),
+    )
 
 
 @_on("JobMarket", "DisputeResolved")
@@ -375,8 +464,13 @@ def _cancelled(conn: sqlite3.Connection, log: LogRecord) -> None:
     job = _job(conn, int(log.args["jobId"]))
     if job is None:
         return
+    # The missing hops' slash (JobCancelled.slashed) is burned, not refunded: paid + refund == escrow.
     missing = int(log.args["missingMask"])
-    _settle(conn, log, job["committed_mask"], job["billed_tokens"], missing)
+    total = _settle(conn, log, job["committed_mask"], job["billed_tokens"], missing)
+    if total != _wei(log.args["paid"]):
+        logger.warning(
+            "job %d: hops credited %d wei, JobCancelled says %s", log.job_id, total, log.args["paid"]
+        )
     _touch_job(
         conn,
         log,
@@ -391,6 +485,12 @@ def _cancelled(conn: sqlite3.Connection, log: LogRecord) -> None:
 
 
 # ------------------------------------------------------------------ AuditCourt
+
+
+@_on("AuditCourt", "AuditAnchored")
+def _anchored(conn: sqlite3.Connection, log: LogRecord) -> None:
+    if _job(conn, int(log.args["jobId"])) is not None:
+        _touch_job(conn, log, audit_anchor=int(log.args["blockNumber"]))
 
 
 @_on("AuditCourt", "AuditOpened")
@@ -441,7 +541,7 @@ def _judged(conn: sqlite3.Connection, log: LogRecord) -> None:
 @_on("AuditCourt", "VerifierRewarded")
 def _rewarded(conn: sqlite3.Connection, log: LogRecord) -> None:
     a = log.args
-    _add(
+    _add(  # the verifier's own bond back plus its share of the pool
         conn,
         "votes",
         "reward",
@@ -454,14 +554,21 @@ def _rewarded(conn: sqlite3.Connection, log: LogRecord) -> None:
 @_on("AuditCourt", "AuditResolved")
 def _audit_resolved(conn: sqlite3.Connection, log: LogRecord) -> None:
     a = log.args
+    job = _job(conn, int(a["jobId"]))
+    # The court pays the challenger when the verdict settled an open challenge (in this transaction).
+    challenge = conn.execute(
+        "SELECT challenger FROM challenges WHERE job_id = ? AND settled_tx = ?", (log.job_id, log.tx_hash)
+    ).fetchone()
+    paid_to = challenge[0] if challenge is not None else (job["client"] if job is not None else None)
     conn.execute(
         "UPDATE audits SET status = 'resolved', fraud_mask = ?, slashed = ?, rewarded = ?, to_client = ?, "
-        "resolved_block = ?, resolved_tx = ? WHERE job_id = ?",
+        "paid_to = ?, resolved_block = ?, resolved_tx = ? WHERE job_id = ?",
         (
             a["fraudMask"],
             str(a["slashed"]),
             str(a["rewarded"]),
             str(a["toClient"]),
+            paid_to,
             log.block,
             log.tx_hash,
             log.job_id,

@@ -102,6 +102,8 @@ class Indexer:
             "market": d.market,
             "registry": d.registry,
             "court": d.court,
+            # Immutable, and the one input of the fold besides the logs (every paid hop earns it).
+            "hop_fee": str(self.marketplace.hop_fee()),
         }
         stored = {k: schema.get_meta(self.conn, k) for k in expected}
         if all(v is None for v in stored.values()):

@@ -157,6 +157,8 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any]:
     out["committed_mask"] = row["committed_mask"]
     out["missing_mask"] = row["missing_mask"]
     out["timestamp"] = row["timestamp"]
+    out["dispute_block"] = row["dispute_block"]
+    out["audit_anchor"] = row["audit_anchor"]
     out["hops"] = [
         {
             "position": h["position"],
@@ -168,6 +170,7 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any]:
             "output_commitment": h["output_commitment"],
             "commit_tx": h["commit_tx"],
             "paid_wei": h["paid"],
+            "bonus_wei": h["bonus"],
             "slashed_wei": h["slashed"],
             "fraud": None if h["fraud"] is None else bool(h["fraud"]),
         }
@@ -180,6 +183,7 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any]:
         else a["output_commitment"] == b["input_commitment"]
         for a, b in itertools.pairwise(hops)
     ]
+    out["challenge"] = _challenge(conn, job_id)
     out["audit"] = _audit(conn, job_id)
     out["transactions"] = [
         {"event": e["event"], "contract": e["contract"], "block": e["block"], "time": e["block_time"],
@@ -189,6 +193,22 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any]:
     return out
 
 
+def _challenge(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
+    c = conn.execute("SELECT * FROM challenges WHERE job_id = ?", (job_id,)).fetchone()
+    if c is None:
+        return None
+    return {
+        "challenger": c["challenger"],
+        "bond_wei": c["bond"],
+        "status": c["status"],
+        "to_challenger_wei": c["to_challenger"],
+        "per_node_wei": c["per_node"],
+        "to_auditor_wei": c["to_auditor"],
+        "tx_hash": c["tx_hash"],
+        "settled_tx": c["settled_tx"],
+    }
+
+
 def _audit(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
     audit = conn.execute("SELECT * FROM audits WHERE job_id = ?", (job_id,)).fetchone()
     if audit is None:
@@ -196,7 +216,8 @@ def _audit(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
     panels = []
     for p in conn.execute("SELECT * FROM panels WHERE job_id = ? ORDER BY position", (job_id,)):
         votes = conn.execute(
-            "SELECT verifier, status, reward FROM votes WHERE job_id = ? AND position = ? ORDER BY verifier",
+            "SELECT verifier, status, reward, penalty FROM votes WHERE job_id = ? AND position = ? "
+            "ORDER BY verifier",
             (job_id, p["position"]),
         ).fetchall()
         panels.append(
@@ -208,7 +229,13 @@ def _audit(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
                 "fraud_votes": p["fraud_votes"],
                 "forfeited_wei": p["forfeited"],
                 "votes": [
-                    {"verifier": v["verifier"], "vote": v["status"], "reward_wei": v["reward"]} for v in votes
+                    {
+                        "verifier": v["verifier"],
+                        "vote": v["status"],
+                        "reward_wei": v["reward"],
+                        "penalty_wei": v["penalty"],
+                    }
+                    for v in votes
                 ],
             }
         )
@@ -218,6 +245,7 @@ def _audit(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
         "slashed_wei": audit["slashed"],
         "rewarded_wei": audit["rewarded"],
         "to_client_wei": audit["to_client"],
+        "paid_to": audit["paid_to"],
         "settled_before_verdict": bool(audit["settled_before_verdict"]),
         "opened_tx": audit["opened_tx"],
         "resolved_tx": audit["resolved_tx"],

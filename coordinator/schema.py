@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: hop fees, challenges, dispute blocks, verifier penalties
 
 LOGS = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +34,7 @@ CREATE INDEX IF NOT EXISTS logs_by_tx ON logs (tx_hash);
 CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
-READ_MODEL_TABLES = ("models", "nodes", "jobs", "hops", "audits", "panels", "votes")
+READ_MODEL_TABLES = ("models", "nodes", "jobs", "hops", "challenges", "audits", "panels", "votes")
 
 READ_MODEL = """
 CREATE TABLE IF NOT EXISTS models (
@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     stake TEXT NOT NULL DEFAULT '0',
     unbonding TEXT NOT NULL DEFAULT '0',
     unlock_at INTEGER NOT NULL DEFAULT 0,
-    earned TEXT NOT NULL DEFAULT '0',      -- credited by settled jobs
+    earned TEXT NOT NULL DEFAULT '0',      -- credited by settled jobs (price x billed + hop fee + bonus)
     withdrawn TEXT NOT NULL DEFAULT '0',   -- earnings withdrawn
     slashed TEXT NOT NULL DEFAULT '0',
     slash_count INTEGER NOT NULL DEFAULT 0,
@@ -76,10 +76,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     terms TEXT NOT NULL,           -- packed terms, 0x-hex (what finalize/cancel/openAudit take)
     metadata TEXT NOT NULL,        -- what the client declared, 0x-hex
     status TEXT NOT NULL,          -- open | committed | disputed | finalized | cancelled
-    timestamp INTEGER NOT NULL,    -- as on-chain: open: submitted; committed: last commit; disputed: held
+    timestamp INTEGER NOT NULL,    -- as on-chain: open: submitted; committed: last commit; disputed:
+                                   -- disputed, or its audit opened (the dispute timeout restarts)
     committed_mask INTEGER NOT NULL DEFAULT 0,
     billed_tokens INTEGER NOT NULL DEFAULT 0,
-    dispute TEXT,                  -- mismatch | sampled | held
+    dispute TEXT,                  -- mismatch | sampled | challenged | held
+    dispute_block INTEGER,         -- block the job entered dispute in (its hash seeds the audit panels)
+    audit_anchor INTEGER,          -- fallback seed block the court recorded (dispute block over 256 old)
     fraud_mask INTEGER NOT NULL DEFAULT 0,
     missing_mask INTEGER NOT NULL DEFAULT 0,
     paid TEXT NOT NULL DEFAULT '0',
@@ -104,19 +107,34 @@ CREATE TABLE IF NOT EXISTS hops (
     output_commitment TEXT,
     commit_block INTEGER,
     commit_tx TEXT,
-    paid TEXT NOT NULL DEFAULT '0',
+    paid TEXT NOT NULL DEFAULT '0',        -- from the escrow: price x billed + the hop fee
+    bonus TEXT NOT NULL DEFAULT '0',       -- share of a lost challenge bond
     slashed TEXT NOT NULL DEFAULT '0',
     fraud INTEGER,                 -- NULL: never judged; 0 honest; 1 fraud
     PRIMARY KEY (job_id, position)
 );
 CREATE INDEX IF NOT EXISTS hops_by_node ON hops (node);
+CREATE TABLE IF NOT EXISTS challenges (
+    job_id INTEGER PRIMARY KEY,
+    challenger TEXT NOT NULL,
+    bond TEXT NOT NULL,
+    status TEXT NOT NULL,          -- open | returned (fraud found) | forfeited (no fraud found)
+    to_challenger TEXT NOT NULL DEFAULT '0',
+    per_node TEXT NOT NULL DEFAULT '0',    -- credited to every paid hop
+    to_auditor TEXT NOT NULL DEFAULT '0',  -- for the honest verifiers
+    block INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL,
+    settled_block INTEGER,
+    settled_tx TEXT
+);
 CREATE TABLE IF NOT EXISTS audits (
     job_id INTEGER PRIMARY KEY,
     status TEXT NOT NULL,          -- open | resolved
     fraud_mask INTEGER NOT NULL DEFAULT 0,
     slashed TEXT NOT NULL DEFAULT '0',
     rewarded TEXT NOT NULL DEFAULT '0',
-    to_client TEXT NOT NULL DEFAULT '0',
+    to_client TEXT NOT NULL DEFAULT '0',   -- paid to paid_to: the rest of the slash, an unwon pool, dust
+    paid_to TEXT,                  -- the challenger of a challenged job, else the client
     settled_before_verdict INTEGER NOT NULL DEFAULT 0,
     opened_block INTEGER NOT NULL,
     opened_tx TEXT NOT NULL,
@@ -137,8 +155,9 @@ CREATE TABLE IF NOT EXISTS votes (
     job_id INTEGER NOT NULL,
     position INTEGER NOT NULL,
     verifier TEXT NOT NULL,
-    status TEXT NOT NULL,          -- drawn | committed | honest | fraud
-    reward TEXT NOT NULL DEFAULT '0',
+    status TEXT NOT NULL,          -- drawn | committed | honest | fraud | penalized (never committed)
+    reward TEXT NOT NULL DEFAULT '0',      -- credited on the verdict's side: its own bond back + a share
+    penalty TEXT NOT NULL DEFAULT '0',     -- slashed from its stake for never committing
     PRIMARY KEY (job_id, position, verifier)
 );
 """

@@ -1,7 +1,8 @@
 """Random marketplace activity on a real chain, for the coordinator's tests.
 
-A seeded driver that stakes and registers nodes, submits jobs, commits (linked, lying, or only part of
-the route), finalizes, cancels, audits disputed jobs through the AuditCourt (votes committed and revealed),
+A seeded driver that stakes and registers nodes, submits jobs, checkpoints receipts, commits (linked,
+lying, or only part of the route), challenges and samples committed jobs, finalizes, cancels, audits
+disputed jobs through the AuditCourt (votes committed and revealed, or never committed and penalized),
 unbonds, withdraws and changes prices, with time travel in between. It only sends transactions: what the
 index must show is read back from the contracts' views, never predicted here.
 """
@@ -26,6 +27,7 @@ from splitmesh.chain import (
 )
 from splitmesh.chain.deploy import ZERO_ADDRESS
 from splitmesh.chain.launcher import advance_time, dev_key
+from splitmesh.chain.sampling import DRAW_HORIZON_BLOCKS, sample_if_drawn
 from splitmesh.chain.terms import JobTerms
 from splitmesh.errors import ContractRevert
 from splitmesh.signing import EnvelopeSigner
@@ -107,7 +109,8 @@ class Activity:
         client = self.rng.choice(CLIENT_ACCOUNTS)
         tokens = self.rng.randint(4, 40)
         meta = json.dumps({"epsilon": self.rng.choice([1.0, 8.0, "inf"]), "delta": 1e-5, "split": 2})
-        args = (self.model_id, 1, tokens, 10 * GWEI, tokens * 10 * GWEI * 2, meta.encode())
+        escrow = self.market.escrow_for(tokens, 10 * GWEI, 2)
+        args = (self.model_id, 1, tokens, 10 * GWEI, escrow, meta.encode(), [])
         try:
             job = self.market.submit_job(self.senders[client], *args)
         except ContractRevert as exc:
@@ -119,8 +122,14 @@ class Activity:
         self.jobs.append((job.job_id, job.terms, job.packed_terms))
         self.log.append(f"submit {job.job_id}")
 
+    def _jobs_in(self, status: JobStatus) -> list[tuple[int, JobTerms, bytes]]:
+        return [j for j in self.jobs if self.market.get_job(j[0]).status == status]
+
     def _open_jobs(self) -> list[tuple[int, JobTerms, bytes]]:
-        return [j for j in self.jobs if self.market.get_job(j[0]).status == JobStatus.OPEN]
+        return self._jobs_in(JobStatus.OPEN)
+
+    def _client_of(self, terms: JobTerms) -> int:
+        return next(i for i in CLIENT_ACCOUNTS if self.senders[i].address == terms.client)
 
     def resync(self) -> None:
         """Forget cached nonces (after an evm_revert)."""
@@ -139,7 +148,7 @@ class Activity:
         between two hops, which disputes the job at its last commit."""
         job_id, terms, packed = job
         state = self.market.get_job(job_id)
-        client = next(i for i in CLIENT_ACCOUNTS if self.senders[i].address == terms.client)
+        client = self._client_of(terms)
         tokens = self.rng.randint(1, terms.max_tokens)
         receipt = self.signers[client].sign(job_id, tokens, tokens, keccak(b"frame")).as_receipt()
         liar = self.rng.randrange(len(terms.route) - 1) if lie and len(terms.route) > 1 else None
@@ -155,6 +164,64 @@ class Activity:
                 break
         self.log.append(f"commit {job_id} lie={lie} partial={partial}")
 
+    def checkpoint(self) -> None:
+        """Anyone records a newer client receipt of an Open job on-chain (the billed count only rises)."""
+        jobs = self._open_jobs()
+        if not jobs:
+            return
+        job_id, terms, packed = self.rng.choice(jobs)
+        billed = self.market.get_job(job_id).billed_tokens
+        if billed >= terms.max_tokens:
+            return
+        tokens = self.rng.randint(billed + 1, terms.max_tokens)
+        receipt = self.signers[self._client_of(terms)].sign(job_id, tokens, tokens, keccak(b"frame"))
+        self.market.checkpoint_receipt(self.senders[KEEPER_ACCOUNT], job_id, packed, receipt.as_receipt())
+        self.log.append(f"checkpoint {job_id} {tokens}")
+
+    def challenge(self) -> None:
+        """A client, a node or a watcher posts the challenge bond against a committed job in its window."""
+        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        jobs = [
+            j
+            for j in self._jobs_in(JobStatus.COMMITTED)
+            if now + 1 < self.market.get_job(j[0]).timestamp + PARAMS.challenge_window
+        ]
+        if not jobs:
+            return
+        job_id, _terms, packed = self.rng.choice(jobs)
+        who = self.rng.choice((*CLIENT_ACCOUNTS, KEEPER_ACCOUNT, *NODE_ACCOUNTS))
+        self.market.challenge(self.senders[who], job_id, packed)
+        self.log.append(f"challenge {job_id} by {who}")
+
+    def sample(self) -> None:
+        """Someone calls sampleAudit on every committed job whose draw selected it."""
+        anyone = self.senders[KEEPER_ACCOUNT]
+        for job_id, _terms, packed in self._jobs_in(JobStatus.COMMITTED):
+            if sample_if_drawn(self.market, anyone, job_id, packed):
+                self.log.append(f"sampled {job_id}")
+
+    def challenged_audit(self, vote: int) -> int:
+        """A committed job challenged and audited, every verifier voting `vote` (0: none votes, so the
+        challenge is lost and the verifiers penalized). Returns the job id."""
+        self.submit()
+        job = self.jobs[-1]
+        self.commit_job(job)
+        if self.market.get_job(job[0]).status == JobStatus.COMMITTED:  # not drawn by sampling meanwhile
+            self.market.challenge(self.senders[self.rng.choice(CLIENT_ACCOUNTS)], job[0], job[2])
+        self._audit_step(job[0], job[2], vote)
+        return job[0]
+
+    def anchored_audit(self) -> int:
+        """A job disputed more than 256 blocks before its audit opens: the first openAudit only anchors a
+        later block (AuditAnchored), the next one draws the panels. Returns the job id."""
+        self.submit()
+        job = self.jobs[-1]
+        self.commit_job(job, lie=True)
+        assert self.market.get_job(job[0]).status == JobStatus.DISPUTED
+        self.w3.provider.make_request("hardhat_mine", [hex(DRAW_HORIZON_BLOCKS + 1)])  # type: ignore[arg-type]
+        self._audit_step(job[0], job[2])
+        return job[0]
+
     def travel(self) -> None:
         seconds = self.rng.choice((PARAMS.challenge_window + 1, PARAMS.commit_timeout + 1, 30))
         advance_time(self.w3, seconds)
@@ -167,6 +234,9 @@ class Activity:
             status = self.market.get_job(job_id).status
             try:
                 if status == JobStatus.COMMITTED:
+                    if sample_if_drawn(self.market, anyone, job_id, packed):
+                        self.log.append(f"sampled {job_id}")
+                        continue
                     self.market.finalize(anyone, job_id, packed)
                 elif status == JobStatus.OPEN:
                     self.market.cancel(anyone, job_id, packed)
@@ -178,25 +248,39 @@ class Activity:
             except ContractRevert:
                 pass  # not due yet
 
-    def _audit_step(self, job_id: int, packed: bytes) -> None:
+    def _audit_step(self, job_id: int, packed: bytes, vote: int | None = None) -> None:
+        """Open the audit and vote (every verifier votes `vote`; 0: none commits; None: at random, some
+        never commit or never reveal), or resolve it."""
         audit = self.market.get_audit(job_id)
         anyone = self.senders[KEEPER_ACCOUNT]
         if audit.status == AuditStatus.NONE:
-            self.market.open_audit(anyone, job_id, packed)
+            if not self.market.audit_opened(self.market.open_audit(anyone, job_id, packed)):
+                # The dispute block's hash was gone: that call anchored this block; the next one opens.
+                self.market.open_audit(anyone, job_id, packed)
             audit = self.market.get_audit(job_id)
             for panel in audit.panels:
                 for verifier in panel.verifiers:
-                    verdict = self.rng.choice((1, 2))
+                    if vote == 0 or (vote is None and self.rng.random() < 0.1):  # penalized at resolve
+                        continue
+                    verdict = vote or self.rng.choice((1, 2))
                     salt = keccak(text=f"salt {job_id} {panel.position} {verifier}")
                     commitment = Marketplace.vote_commitment(job_id, panel.position, verdict, salt, verifier)
                     self.market.commit_vote(self.by_address[verifier], job_id, panel.position, commitment)
                     self.salts[(job_id, panel.position, verifier)] = (verdict, salt)
             advance_time(self.w3, PARAMS.audit_commit_window + 1)
             for (j, position, verifier), (verdict, salt) in list(self.salts.items()):
-                if j == job_id and self.rng.random() < 0.9:  # some never reveal and forfeit
+                if j == job_id and (vote or self.rng.random() < 0.9):  # some never reveal and forfeit
                     self.market.reveal_vote(self.by_address[verifier], job_id, position, verdict, salt)
         elif audit.status == AuditStatus.OPEN:
             self.market.resolve_audit(anyone, job_id, packed)
+
+    def cash_out(self) -> None:
+        """The node with the most earnings withdraws them."""
+        infos = [self.market.get_node(self.senders[i].address) for i in NODE_ACCOUNTS]
+        richest = max(infos, key=lambda info: info.earnings)
+        if richest.earnings:
+            self.market.withdraw_earnings(self.by_address[richest.address])
+            self.log.append(f"cash out {richest.address}")
 
     def node_chores(self) -> None:
         i = self.rng.choice(list(NODE_ACCOUNTS))
@@ -222,8 +306,19 @@ class Activity:
 
     def step(self) -> None:
         action = self.rng.choices(
-            ["submit", "commit", "lie", "partial", "travel", "settle", "node"],
-            weights=[4, 4, 1, 1, 2, 2, 2],
+            [
+                "submit",
+                "commit",
+                "lie",
+                "partial",
+                "travel",
+                "settle",
+                "node",
+                "checkpoint",
+                "challenge",
+                "sample",
+            ],
+            weights=[4, 4, 1, 1, 2, 2, 2, 1, 2, 1],
         )[0]
         try:
             if action == "submit":
@@ -234,8 +329,15 @@ class Activity:
                 self.travel()
             elif action == "settle":
                 self.settle()
+            elif action == "checkpoint":
+                self.checkpoint()
+            elif action == "challenge":
+                self.challenge()
+            elif action == "sample":
+                self.sample()
             else:
                 self.node_chores()
         except ContractRevert as exc:
-            # Random actions may come too late (CommitDeadlinePassed) or find no node (NoEligibleNode).
+            # Random actions may come too late (CommitDeadlinePassed, ChallengeWindowClosed) or find no node
+            # (NoEligibleNode).
             self.log.append(f"{action} reverted {exc.name}")

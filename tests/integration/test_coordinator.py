@@ -25,7 +25,7 @@ from coordinator import queries, schema
 from coordinator.errors import ReorgTooDeep
 from coordinator.indexer import Indexer, IndexerConfig
 from coordinator.keeper import Keeper
-from splitmesh.chain import AuditStatus, JobStatus, LocalChain, Marketplace, NodeStatus
+from splitmesh.chain import AuditStatus, JobStatus, LocalChain, Marketplace, NodeStatus, Verdict
 from splitmesh.chain.launcher import advance_time, dev_key, free_port
 from tests.integration.chain_activity import PARAMS, Activity, deploy_court_market
 
@@ -75,6 +75,12 @@ def assert_matches_contracts(conn: sqlite3.Connection, market: Marketplace) -> N
         assert int(row["stake"]) == info.stake, row["address"]
         assert int(row["unbonding"]) == info.unbonding, row["address"]
         assert int(row["earned"]) - int(row["withdrawn"]) == info.earnings, row["address"]
+        # Every credited wei is a hop's payment (price x billed + hop fee) or its share of a lost challenge.
+        credited = sum(
+            int(h["paid"]) + int(h["bonus"])
+            for h in conn.execute("SELECT paid, bonus FROM hops WHERE node = ?", (row["address"],))
+        )
+        assert int(row["earned"]) == credited, row["address"]
         if info.status != NodeStatus.NONE:
             assert (int(row["price"]), row["endpoint"]) == (info.price_per_token, info.endpoint)
     for row in conn.execute("SELECT * FROM jobs"):
@@ -84,14 +90,29 @@ def assert_matches_contracts(conn: sqlite3.Connection, market: Marketplace) -> N
         assert row["billed_tokens"] == state.billed_tokens, row["job_id"]
         if state.status in (JobStatus.OPEN, JobStatus.COMMITTED, JobStatus.DISPUTED):
             assert row["timestamp"] == state.timestamp, row["job_id"]
+        if state.status == JobStatus.DISPUTED:
+            assert row["dispute_block"] == market.dispute_block_of(row["job_id"]), row["job_id"]
         if row["status"] in ("finalized", "cancelled"):
             hops_paid = sum(
                 int(h[0]) for h in conn.execute("SELECT paid FROM hops WHERE job_id = ?", (row[0],))
             )
             assert hops_paid == int(row["paid"]), row["job_id"]
-            assert int(row["paid"]) + int(row["refund"]) == int(row["escrow"]) + int(
-                row["slashed"] if row["status"] == "cancelled" else 0
-            )
+            # A cancel's miss-slash is burned: the escrow splits into payments and the refund, nothing more.
+            assert int(row["paid"]) + int(row["refund"]) == int(row["escrow"]), row["job_id"]
+    for row in conn.execute("SELECT * FROM challenges"):
+        challenge = market.challenge_of(row["job_id"])
+        assert (row["status"] == "open") == challenge.open, row["job_id"]
+        if challenge.open:
+            assert (row["challenger"], int(row["bond"])) == (challenge.challenger, challenge.bond)
+        else:
+            settled = int(row["to_challenger"]) + int(row["to_auditor"])
+            hops = conn.execute(
+                "SELECT COUNT(*) FROM hops WHERE job_id = ? AND bonus != '0'", (row["job_id"],)
+            ).fetchone()[0]
+            # Returned, or split between the auditor and the paid hops; without a verdict the rounding
+            # dust (less than a wei per hop) is burned.
+            burned = int(row["bond"]) - settled - hops * int(row["per_node"])
+            assert 0 <= burned < max(hops, 1), row["job_id"]
     for row in conn.execute("SELECT * FROM audits"):
         audit = market.get_audit(row["job_id"])
         assert row["status"] == audit.status.name.lower()
@@ -123,7 +144,26 @@ def test_index_equals_direct_scan_and_contract_state(
     assert {"finalized", "cancelled"} <= statuses, statuses
     assert indexer.conn.execute("SELECT COUNT(*) FROM audits").fetchone()[0] > 0
     assert indexer.conn.execute("SELECT COUNT(*) FROM nodes WHERE slash_count > 0").fetchone()[0] > 0
+    # The new economics too: challenges won and lost, sampled audits, checkpoints, penalties, anchors. Random
+    # activity reaches most of them; these make sure of each.
+    anchored = activity.anchored_audit()
+    for vote in (0, Verdict.HONEST, Verdict.FRAUD):
+        activity.challenged_audit(vote)
+    advance_time(market.w3, PARAMS.audit_commit_window + PARAMS.audit_reveal_window)
+    activity.settle()
+    advance_time(market.w3, PARAMS.dispute_timeout)
+    activity.settle()
+    activity.cash_out()
+    indexer.sync()
     assert indexer.conn.execute("SELECT COUNT(*) FROM nodes WHERE withdrawn != '0'").fetchone()[0] > 0
+    challenges = {r[0] for r in indexer.conn.execute("SELECT DISTINCT status FROM challenges")}
+    assert {"returned", "forfeited"} <= challenges, challenges
+    events = {r[0] for r in indexer.conn.execute("SELECT DISTINCT event FROM logs")}
+    assert {"AuditSampled", "ReceiptCheckpointed", "VerifierPenalized", "AuditAnchored"} <= events, events
+    assert indexer.conn.execute("SELECT COUNT(*) FROM votes WHERE status = 'penalized'").fetchone()[0] > 0
+    assert indexer.conn.execute("SELECT COUNT(*) FROM hops WHERE bonus != '0'").fetchone()[0] > 0
+    job = indexer.conn.execute("SELECT * FROM jobs WHERE job_id = ?", (anchored,)).fetchone()
+    assert job["audit_anchor"] > job["dispute_block"] + 256
 
     direct = scan(market)
     assert dump(indexer.conn) == dump(direct)
@@ -498,6 +538,7 @@ def quiet_world(local_chain: LocalChain) -> tuple[Marketplace, Activity]:
 
 
 def _job(activity: Activity, commit: str | None) -> int:
+    activity.resync()  # the deployments on this chain share the dev accounts: nonces move under each other
     activity.submit()
     job = activity.jobs[-1]
     if commit is not None:
@@ -533,6 +574,47 @@ def test_keeper_finalizes_cancels_and_runs_audits(
     assert keeper.tick() == []  # nothing left to do
     for action in keeper.actions:
         assert market.w3.eth.get_transaction(action.tx_hash)["from"] == keeper_sender.address
+
+
+@pytest.fixture(scope="module")
+def sampling_world(local_chain: LocalChain) -> tuple[Marketplace, Activity]:
+    """A third deployment that draws every completed job for a sampled audit."""
+    w3 = Web3(Web3.HTTPProvider(local_chain.rpc_url, request_kwargs={"timeout": 60}))
+    market, model_id = deploy_court_market(w3, replace(PARAMS, audit_rate_bps=10_000))
+    activity = Activity(market, model_id, seed=7)
+    activity.register_nodes()
+    return market, activity
+
+
+def test_keeper_samples_drawn_jobs_and_reopens_anchored_audits(
+    sampling_world: tuple[Marketplace, Activity], tmp_path: Path
+) -> None:
+    market, activity = sampling_world
+    w3 = market.w3
+    indexer = Indexer.open(market, tmp_path / "index.sqlite")
+    keeper = Keeper(market, market.sender(dev_key(19)), indexer.conn)
+    drawn = _job(activity, "honest")
+    assert market.audit_draw(drawn) == (True, True)
+    indexer.sync()
+    assert [(a.job_id, a.action, a.error) for a in keeper.tick()] == [(drawn, "sample_audit", None)]
+    assert market.get_job(drawn).status == JobStatus.DISPUTED
+    # Another drawn job the keeper does not see within 256 blocks: its draw is lost, it is finalized later.
+    lost = _job(activity, "honest")
+    rpc(w3, "hardhat_mine", [hex(257)])  # the dispute block of `drawn` is out of blockhash's reach too
+    indexer.sync()
+    done = [(a.job_id, a.action, a.error) for a in keeper.tick()]
+    assert done == [(drawn, "anchor_audit", None), (drawn, "open_audit", None)]
+    assert market.get_audit(drawn).status == AuditStatus.OPEN
+    assert market.get_job(lost).status == JobStatus.COMMITTED and lost in keeper.drawn
+    advance_time(w3, PARAMS.challenge_window)
+    indexer.sync()
+    assert [(a.job_id, a.action) for a in keeper.tick()] == [(lost, "finalize")]
+    advance_time(w3, PARAMS.audit_commit_window + PARAMS.audit_reveal_window)
+    indexer.sync()
+    assert [(a.job_id, a.action) for a in keeper.tick()] == [(drawn, "resolve_audit")]
+    assert market.get_job(drawn).status == JobStatus.FINALIZED
+    indexer.sync()
+    assert keeper.tick() == []
 
 
 def test_coordinator_daemon_keeper_finalizes_due_jobs(

@@ -1,22 +1,36 @@
 """Property-based test of the marketplace on a real local chain.
 
 A hypothesis RuleBasedStateMachine drives random sequences of marketplace actions (staking, node
-registration, unbonding, jobs, commits, overbilling attempts, finalization, cancellation, audits,
-withdrawals, time travel) from several accounts against the session's hardhat node, keeps an exact Python
-model of both contracts next to it, and after every step checks:
+registration, unbonding, jobs, receipt checkpoints, commits, overbilling attempts, challenges, sampled
+audits, finalization, cancellation, audits, withdrawals, time travel, block mining) from several accounts
+against the session's hardhat node, keeps an exact Python model of both contracts next to it, and after
+every step checks:
 
 1. NodeRegistry balance == sum over node accounts of stake + unbonding (exact);
-2. JobMarket balance == escrow of unsettled jobs + totalCredits() + node earnings (exact);
+2. JobMarket balance == escrow of unsettled jobs + totalCredits() + node earnings + open challenge bonds
+   (exact);
 3. job statuses only move forward (Open -> Committed -> (Disputed ->) Finalized, or Open -> Cancelled);
-4. nobody is paid twice: each job settles at most once, earnings grow by exactly price x billedTokens per
-   paid position, and the refund in JobFinalized/JobCancelled is escrow - paid (+ slashed on cancel);
+4. nobody is paid twice: each job settles at most once, earnings grow by exactly price x billedTokens + the
+   hop fee (+ a lost challenge bond's share) per paid position, and the refund in JobFinalized/JobCancelled
+   is escrow - paid (a cancel's miss-slash is burned, never refunded);
+6. protocol-following parties never lose to the market: one node (PROTOCOL_NODE) follows the protocol:
+   it commits every job it is matched to as soon as it is submitted (client or no client) with its true
+   commitments, and when drawn as a verifier commits its true verdict at once and reveals it at the first
+   chance. Its bond (stake + unbonding) never falls below what it put in and took out itself, and no
+   client ever gets more wei from the JobMarket (refunds, pushed or credited; returned challenge bonds)
+   than it paid in (escrows, challenge bonds). Under the old rules, where cancel added the miss-slash to
+   the refund, the first cancel of a job with a missing hop broke the client half. The node half assumes
+   what every court assumes, an honest majority: fewer than half of the verifiers drawn for the protocol
+   node's position ever vote fraud (the others vote at random or abstain), and the EOA auditor (the
+   MarketMachine's stand-in for the court) never names its positions;
 
 plus the model itself (every node's stake, unbonding, unlock time, earnings, pool membership; every job's
-status, commit mask, billed tokens, timestamp, commitment-link accumulator; credits) and the balance change
-of every account a transaction pays. Commits mostly link up (node p's output commitment is node p+1's
-input commitment); some lie, and the model predicts which last commits dispute their job. A transaction
-either succeeds where the model says it must, or reverts with exactly the custom error the model predicts
-(ambiguous only where matching is random; see submit_job).
+status, commit mask, billed tokens, timestamp, per-job word (link accumulator, completing or dispute
+block), challenge; credits) and the balance change of every account a transaction pays, the burn address
+included. Commits mostly link up (node p's output commitment is node p+1's input commitment); some lie,
+and the model predicts which last commits dispute their job. A transaction either succeeds where the model
+says it must, or reverts with exactly the custom error the model predicts (ambiguous only where matching is
+random; see submit_job).
 
 Block timestamps are pinned (evm_setNextBlockTimestamp), so the model knows block.timestamp exactly. Time-
 gated actions can be aimed 1 s before, on or 1 s after their window's edge, and every time-gated action,
@@ -35,9 +49,12 @@ every verdict, slash, reward share and payout, and its invariant adds:
 
 5. AuditCourt balance == bonds held + credits (exact), each equal to the model's.
 
-Sampling and the verifier draw depend on prevrandao: the model reads it back from the mined block
-(`mixHash`) and checks the chain's choice against keccak(prevrandao, ...), and the drawn panel against
-NodeRegistry.samplePool. SPLITMESH_AUDIT_PROPERTY_EXAMPLES overrides its number of examples (20).
+Sampling is drawn from the hash of the block a job completed in (sampleAudit, a separate call within 256
+blocks), panels from the hash of the dispute block (or of an anchor block the court records when that hash
+is out of reach): the model reads those hashes back from the chain and predicts the draw, and checks each
+drawn panel's properties (distinct, pooled on the position's shard, never the audited node, the whole pool
+when it is small) and that it is NodeRegistry.samplePool's stake-weighted draw for that seed.
+SPLITMESH_AUDIT_PROPERTY_EXAMPLES overrides its number of examples (20).
 """
 
 from __future__ import annotations
@@ -88,6 +105,11 @@ from tests.conftest import AUDITOR_KEY, TEST_PARAMS, increase_time, tx_cost
 
 ETHER = 10**18
 GWEI = 10**9
+HOP_FEE = TEST_PARAMS.hop_fee
+CHALLENGE_BOND = TEST_PARAMS.challenge_bond
+CHALLENGE_VERIFIER_BPS = 5_000  # JobMarket.CHALLENGE_VERIFIER_BPS
+BURN = to_checksum_address("0x000000000000000000000000000000000000dead")  # JobMarket.BURN_ADDRESS
+DRAW_HORIZON = 256  # blocks blockhash() reaches back
 MIN_STAKE = TEST_PARAMS.min_stake
 UNBONDING_DELAY = TEST_PARAMS.unbonding_delay
 COMMIT_TIMEOUT = TEST_PARAMS.commit_timeout
@@ -102,6 +124,8 @@ NUM_SHARDS = len(PLAN) - 1
 PRICES = (2 * GWEI, 3 * GWEI, 5 * GWEI)  # few distinct prices: exact escrow is often predictable
 MAX_PRICES = (2 * GWEI, 3 * GWEI, 5 * GWEI, 2**64 - 1)
 NODE_KEYS = HARDHAT_DEV_KEYS[1:7]
+# The node that follows the protocol (invariant 6): it joins after the set-up jobs, so it is on none of them.
+PROTOCOL_NODE = 5
 CLIENT_KEYS = HARDHAT_DEV_KEYS[7:9]
 AUDITOR = to_checksum_address(TEST_PARAMS.auditor)
 # Advances chosen to land exactly on and next to every window boundary (each transaction adds 1 s).
@@ -161,12 +185,14 @@ def link_term(job_id: int, boundary: int, commitment: bytes) -> int:
     return int.from_bytes(keccak(abi_encode(["uint256", "uint8", "bytes32"], [job_id, boundary, commitment])))
 
 
-def is_sampled(prevrandao: bytes, job_id: int, rate_bps: int) -> bool:
-    """JobMarket's audit draw at a job's last commit."""
-    if rate_bps == 0:
-        return False
-    draw = keccak(abi_encode(["uint256", "uint256", "string"], [int.from_bytes(prevrandao), job_id, "audit"]))
+def is_sampled(block_hash: bytes, job_id: int, rate_bps: int) -> bool:
+    """JobMarket's audit draw: keccak256(abi.encode(blockhash(completing block), jobId, "audit"))."""
+    draw = keccak(abi_encode(["bytes32", "uint256", "string"], [block_hash, job_id, "audit"]))
     return int.from_bytes(draw) % BPS < rate_bps
+
+
+def popcount(mask: int) -> int:
+    return bin(mask).count("1")
 
 
 class BatchReader:
@@ -222,9 +248,12 @@ class NodeModel:
     def pooled(self) -> bool:
         return self.status == NodeStatus.ACTIVE and self.stake >= MIN_STAKE
 
-    def slash(self, bps: int) -> int:
-        """What NodeRegistry.slash takes for a slash of bps of the bond: stake first, then unbonding."""
-        amount = (self.stake + self.unbonding) * bps // BPS
+    @property
+    def bond(self) -> int:
+        return self.stake + self.unbonding
+
+    def slash(self, amount: int) -> int:
+        """What NodeRegistry.slash takes: at most `amount`, from the stake first, then from unbonding."""
         from_stake = min(amount, self.stake)
         from_unbonding = min(amount - from_stake, self.unbonding)
         self.stake -= from_stake
@@ -243,6 +272,14 @@ class JobModel:
     timestamp: int
     settled_events: int = 0  # JobFinalized + JobCancelled events seen for this job
     commitments: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # position: (input, output)
+    # The per-job word once complete (linksOf): the completing block (sampling on) or the dispute block.
+    word: int = 0
+    challenger: str | None = None  # of the open challenge
+    challenge_bond: int = 0
+
+    def lied(self, position: int) -> bool:
+        """The node at `position` committed a false input commitment (the truth a verifier votes on)."""
+        return self.commitments.get(position, (b"",))[0] == LIE
 
     @property
     def hops(self) -> int:
@@ -296,6 +333,14 @@ class AuditModel:
 
 
 @dataclass
+class ClientLedger:
+    """What a client paid into the JobMarket and what the JobMarket paid (or credited) it (invariant 6)."""
+
+    paid_in: int = 0  # escrows and challenge bonds
+    paid_out: int = 0  # refunds pushed or credited, challenge bonds returned
+
+
+@dataclass
 class Env:
     """What the module fixture set up once; every example starts from this chain state."""
 
@@ -306,6 +351,7 @@ class Env:
     nodes: list[NodeModel]
     jobs: list[JobModel]
     credits: dict[str, int]  # JobMarket credit of each client
+    clients: dict[str, ClientLedger]  # what the set-up jobs took from and gave back to each client
     start_time: int  # block.timestamp of the latest block at the examples' starting state
 
 
@@ -348,13 +394,12 @@ def _build_env(w3: Web3, deployment: Deployment, node_keys: tuple[str, ...]) -> 
     nodes = [Sender(w3, key, chain_id) for key in node_keys]
     clients = [Sender(w3, key, chain_id) for key in CLIENT_KEYS]
     auditor = Sender(w3, AUDITOR_KEY, chain_id)
-    rate = deployment.params.audit_rate_bps
     model_id, _ = m.register_model(
         nodes[0], "props-model", keccak(text="props-model weights"), PLAN[-1], PLAN
     )
     # (shard, price, stake): two nodes in the pool of shard 1, three in that of shard 2 (so that leaving
-    # exercises the pool's swap-and-pop from the middle), node 6 unregistered; the court deployment's two
-    # extra nodes join shards 1 and 2, so audits have panels to draw.
+    # exercises the pool's swap-and-pop from the middle); the court deployment's two extra nodes join shards
+    # 1 and 2, so audits have panels to draw. Node 6 (PROTOCOL_NODE) joins shard 2 after the set-up jobs.
     configs: list[tuple[int, int, int] | None] = [
         (1, PRICES[0], 2 * ETHER),
         (1, PRICES[1], ETHER),
@@ -372,9 +417,8 @@ def _build_env(w3: Web3, deployment: Deployment, node_keys: tuple[str, ...]) -> 
     signers = [EnvelopeSigner(c.account.key, chain_id, deployment.market) for c in clients]
 
     def submit(client: int, first_shard: int, max_tokens: int) -> tuple[int, JobTerms, bytes]:
-        job = m.submit_job(
-            clients[client], model_id, first_shard, max_tokens, 2**64 - 1, max_tokens * 10 * GWEI
-        )
+        escrow = max_tokens * 10 * GWEI + 2 * HOP_FEE
+        job = m.submit_job(clients[client], model_id, first_shard, max_tokens, 2**64 - 1, escrow, hints=[])
         return job.job_id, job.terms, job.packed_terms
 
     def commit(
@@ -383,11 +427,6 @@ def _build_env(w3: Web3, deployment: Deployment, node_keys: tuple[str, ...]) -> 
         job_id, terms, packed = job
         by = next(x for x in nodes if x.address == terms.route[position].node)
         receipt = signers[client].sign(job_id, tokens, tokens, keccak(b"frame")).as_receipt()
-        # Pin a prevrandao the audit draw passes over: the set-up jobs must land in the planned status.
-        randao = next(
-            r.to_bytes(32) for r in itertools.count(1) if not is_sampled(r.to_bytes(32), job_id, rate)
-        )
-        rpc(w3, "hardhat_setPrevRandao", ["0x" + randao.hex()])
         given = LIE if lie else link(job_id, position)
         m.commit(by, job_id, packed, position, given, link(job_id, position + 1), receipt)
 
@@ -420,6 +459,8 @@ def _build_env(w3: Web3, deployment: Deployment, node_keys: tuple[str, ...]) -> 
     # reach into its unbonding (stake first, then unbonding).
     heavy = next(x for x in nodes if x.address == held[1].route[0].node)
     m.unbond(heavy, m.get_node(heavy.address).stake * 19 // 20)
+    protocol = nodes[PROTOCOL_NODE]
+    m.register_node(protocol, model_id, 2, f"http://{protocol.address[:10]}.test", PRICES[1], stake=2 * ETHER)
 
     jobs = []
     for job_id in range(1, m.job_count() + 1):
@@ -442,6 +483,7 @@ def _build_env(w3: Web3, deployment: Deployment, node_keys: tuple[str, ...]) -> 
                 state.timestamp,
                 int(state.status in SETTLED),
                 commitments,
+                word=0 if state.status == JobStatus.OPEN else int.from_bytes(m.links_of(job_id)),
             )
         )
     assert [j.status for j in jobs] == [
@@ -459,8 +501,21 @@ def _build_env(w3: Web3, deployment: Deployment, node_keys: tuple[str, ...]) -> 
         nodes=[_read_node(m, x.address)[0] for x in nodes],
         jobs=jobs,
         credits={c.address: m.credit_of(c.address) for c in clients},
+        clients=_client_ledgers(m, jobs, [c.address for c in clients]),
         start_time=int(w3.eth.get_block("latest")["timestamp"]),
     )
+
+
+def _client_ledgers(m: Marketplace, jobs: list[JobModel], clients: list[str]) -> dict[str, ClientLedger]:
+    """Escrows the set-up jobs took and refunds they gave, per client (no challenges in the set-up)."""
+    ledgers = {c: ClientLedger() for c in clients}
+    for job in jobs:
+        ledgers[job.terms.client].paid_in += job.terms.escrow
+    for name in ("JobFinalized", "JobCancelled"):
+        for event in m.events(name):
+            job = jobs[int(event["args"]["jobId"]) - 1]
+            ledgers[job.terms.client].paid_out += int(event["args"]["refund"])
+    return ledgers
 
 
 @pytest.fixture(scope="module")
@@ -487,6 +542,8 @@ def court_env(w3: Web3, deployment: Deployment) -> Iterator[Env]:
 job_pick = st.integers(min_value=0, max_value=2**16)
 # When an action happens: now, or just before / on / just after the deadline or window end it depends on.
 when = st.sampled_from(["now", "before", "on", "after"])
+# For the newer rules: mostly now (their window edges are dry-run from both sides every time anyway).
+mostly_now = st.sampled_from(["now"] * 4 + ["before", "on", "after"])
 node_pick = st.integers(min_value=0, max_value=2**16)
 
 
@@ -517,15 +574,29 @@ class MarketMachine(RuleBasedStateMachine):
         self.jobs = copy.deepcopy(env.jobs)
         self.last_status = {j.job_id: j.status for j in self.jobs}
         self.credits = dict(env.credits)
+        self.challenge_bonds = 0  # wei the JobMarket holds for open challenges
+        self.clients = copy.deepcopy(env.clients)
+        self.protocol = self.nodes[PROTOCOL_NODE]
+        # The protocol node's bond it put in and took out itself: it must never hold less (invariant 6).
+        self.protocol_floor = self.protocol.bond
+        self.duties_running = False
+        self.attempts = 0  # transactions tried in this example
+        self.randao_seed = b"splitmesh property randao"
         self.rejecting: set[str] = set()
         self.now = env.start_time
         self.pools_dirty = True
         self.audit_rate_bps = env.deployment.params.audit_rate_bps
         # The AuditCourt's ledger (AuditMachine only): bonds held and credits per account.
         self.audits: dict[int, AuditModel] = {}
+        self.anchors: dict[int, int] = {}  # AuditCourt's fallback seed block per job
         self.bonds_held = 0
         self.court_credits: dict[str, int] = {}
         self.stats.examples += 1
+
+    @initialize(seed=st.integers(0, 2**32))
+    def seed_randao(self, seed: int) -> None:
+        """Each example its own prevrandao sequence (so its own routes), the same on every replay."""
+        self.randao_seed = seed.to_bytes(8, "big")
 
     def teardown(self) -> None:
         assert rpc(self.w3, "evm_revert", [self.snapshot]) is True
@@ -533,10 +604,25 @@ class MarketMachine(RuleBasedStateMachine):
     # ----------------------------------------------------------------- helpers
 
     def _tick(self) -> int:
-        """Pin the next block (the next transaction) at one second after the model's clock."""
+        """Pin the next block (the next transaction) at one second after the model's clock, after the
+        protocol node did what is due by then."""
+        self._protocol_duties(self.now + 1)
         self.now += 1
         rpc(self.w3, "evm_setNextBlockTimestamp", [self.now])
         return self.now
+
+    def _advance_to(self, target: int) -> None:
+        """Move the clock to `target` (never back); the protocol node acts on what the jump would skip."""
+        if target > self.now:
+            self._protocol_duties(target)
+            self.now = max(self.now, target)
+
+    def _protocol_duties(self, until: int) -> None:
+        """What the protocol node must do before the clock passes `until` (the AuditMachine's votes)."""
+
+    def _next_block(self) -> int:
+        """Number of the block the next transaction (or a pending-block dry run) lands in."""
+        return int(self.w3.eth.block_number) + 1
 
     def _attempt(
         self,
@@ -548,10 +634,12 @@ class MarketMachine(RuleBasedStateMachine):
     ) -> Outcome | None:
         """Send a transaction; it must succeed iff `expect` is None, else revert with (one of) `expect`."""
         self.stats.steps += 1
-        # Pin the block's prevrandao too (hardhat draws a fresh one per block): it picks routes, samples
-        # audits and draws verifiers, so without this the same derandomized examples take other paths in
-        # another run (a CI run once missed a required path that way).
-        randao = keccak(b"splitmesh property randao" + self.stats.steps.to_bytes(8, "big"))
+        self.attempts += 1
+        # Pin the block's prevrandao too (hardhat draws a fresh one per block): it picks routes, so without
+        # this the same derandomized examples take other paths in another run (a CI run once missed a
+        # required path that way). Counted per example: a replayed example (hypothesis re-runs them) draws
+        # the same routes, so the protocol node's immediate commits and the preconditions come out the same.
+        randao = keccak(self.randao_seed + self.attempts.to_bytes(8, "big"))
         rpc(self.w3, "hardhat_setPrevRandao", ["0x" + randao.hex()])
         self.last_revert: ContractRevert | None = None
         watched = tuple(dict.fromkeys((*watch, sender.address)))
@@ -591,7 +679,7 @@ class MarketMachine(RuleBasedStateMachine):
         self._probe(label, sender, fn, expect_at, edge, value)
         if when != "now":
             target = edge + {"before": -1, "on": 0, "after": 1}[when]
-            self.now = max(self.now, target - 1)
+            self._advance_to(target - 1)
 
     def _probe(
         self,
@@ -686,9 +774,11 @@ class MarketMachine(RuleBasedStateMachine):
         """A push payment by the JobMarket's _refund: sent, or credited when the account refuses it."""
         if amount == 0:
             return
+        if address in self.clients:
+            self.clients[address].paid_out += amount
         if address in self.rejecting:
             self.stats.outcomes["(refund credited)"] += 1
-            self.credits[address] += amount
+            self.credits[address] = self.credits.get(address, 0) + amount
             assert {"account": address, "amount": amount} in out.named("RefundCredited")
         else:
             expected[address] = expected.get(address, 0) + amount
@@ -699,15 +789,59 @@ class MarketMachine(RuleBasedStateMachine):
                 f"{rule_name}: balance of {address} changed by {delta}, expected {expected.get(address, 0)}"
             )
 
-    def _credit_earnings(self, job: JobModel, paid_mask: int) -> int:
-        """Node earnings the settlement must add: price x billed per paid position (invariant 4)."""
+    def _credit_earnings(self, job: JobModel, paid_mask: int, bonus: int = 0) -> int:
+        """Node earnings the settlement must add: price x billed + the hop fee per paid position, plus a lost
+        challenge bond's share (invariant 4). Returns what the escrow pays (the bonus is not escrow)."""
         paid = 0
         for i, hop in enumerate(job.terms.route):
             if paid_mask >> i & 1:
-                amount = hop.price_per_token * job.billed
-                self.node_by_address[hop.node].earnings += amount
+                amount = hop.price_per_token * job.billed + HOP_FEE
+                self.node_by_address[hop.node].earnings += amount + bonus
                 paid += amount
         return paid
+
+    def _settle_challenge(
+        self,
+        job: JobModel,
+        paid_mask: int,
+        fraud: bool,
+        verdict: bool,
+        out: Outcome,
+        expected: dict[str, int],
+    ) -> tuple[int, int]:
+        """JobMarket._settleChallenge: the bond back on fraud, else half (with a verdict) to the auditor for
+        the honest verifiers and the rest to the paid hops, rounding dust burned without a verdict. Returns
+        (per paid node, to the auditor)."""
+        if job.challenger is None:
+            assert out.named("ChallengeSettled") == []
+            return 0, 0
+        challenger, bond = job.challenger, job.challenge_bond
+        job.challenger, job.challenge_bond = None, 0
+        self.challenge_bonds -= bond
+        paid_hops = popcount(paid_mask & job.full_mask)
+        returned = per_node = to_auditor = 0
+        if fraud or paid_hops == 0:
+            returned = bond
+            self._payout(challenger, bond, out, expected)
+            self.stats.outcomes["(challenge bond returned)"] += 1
+        else:
+            for_verifiers = bond * CHALLENGE_VERIFIER_BPS // BPS if verdict else 0
+            per_node = (bond - for_verifiers) // paid_hops
+            dust = bond - for_verifiers - per_node * paid_hops
+            to_auditor = for_verifiers + dust if verdict else 0
+            if not verdict and dust:
+                expected[BURN] = expected.get(BURN, 0) + dust
+            self.stats.outcomes[f"(challenge bond to the nodes{'' if verdict else ', no verdict'})"] += 1
+        assert out.named("ChallengeSettled") == [
+            {
+                "jobId": job.job_id,
+                "challenger": challenger,
+                "toChallenger": returned,
+                "perNode": per_node,
+                "toAuditor": to_auditor,
+            }
+        ]
+        return per_node, to_auditor
 
     def _settled(self, job: JobModel, out: Outcome, status: JobStatus) -> None:
         settlements = out.named("JobFinalized") + out.named("JobCancelled")
@@ -716,23 +850,41 @@ class MarketMachine(RuleBasedStateMachine):
         job.settled_events += 1
         job.status = status
 
-    def _slash(self, job: JobModel, mask: int, bps: int, out: Outcome) -> int:
-        """Slash the route positions in mask as JobMarket._slashPositions does; check the Slashed events."""
-        total, expected_events = 0, []
+    def _slash_node(self, address: str, amount: int, events: list[dict[str, Any]]) -> int:
+        """NodeRegistry.slash of at most `amount`; appends the Slashed event it emits (none for nothing)."""
+        node = self.node_by_address[address]
+        unbonding = node.unbonding
+        taken = node.slash(amount)
+        if node.unbonding < unbonding:
+            self.stats.outcomes["(slash reached into unbonding)"] += 1
+        if taken:
+            events.append({"node": address, "amount": taken})
+            self.pools_dirty = True
+        return taken
+
+    def _slash_fraud(self, job: JobModel, mask: int, events: list[dict[str, Any]]) -> int:
+        """JobMarket._slashPositions at fraudSlashBps of each position's bond."""
+        total = 0
         for i, hop in enumerate(job.terms.route):
             if mask >> i & 1:
-                node = self.node_by_address[hop.node]
-                unbonding = node.unbonding
-                amount = node.slash(bps)
-                if node.unbonding < unbonding:
-                    self.stats.outcomes["(slash reached into unbonding)"] += 1
-                if amount:
-                    expected_events.append({"node": hop.node, "amount": amount})
-                total += amount
-        assert out.named("Slashed") == expected_events
-        if expected_events:
-            self.stats.outcomes[f"(slashed at {bps} bps)"] += 1
-            self.pools_dirty = True
+                bond = self.node_by_address[hop.node].bond
+                total += self._slash_node(hop.node, bond * FRAUD_SLASH_BPS // BPS, events)
+        if total:
+            self.stats.outcomes[f"(slashed at {FRAUD_SLASH_BPS} bps)"] += 1
+        return total
+
+    def _slash_missing(self, job: JobModel, mask: int, events: list[dict[str, Any]]) -> int:
+        """JobMarket._slashMissing: missSlashBps of the bond, capped at what the job offered the hop."""
+        total = 0
+        for i, hop in enumerate(job.terms.route):
+            if mask >> i & 1:
+                amount = self.node_by_address[hop.node].bond * MISS_SLASH_BPS // BPS
+                cap = hop.price_per_token * job.terms.max_tokens + HOP_FEE
+                if amount > cap:
+                    self.stats.outcomes["(miss slash capped at the job's offer)"] += 1
+                total += self._slash_node(hop.node, min(amount, cap), events)
+        if total:
+            self.stats.outcomes["(miss slash burned)"] += 1
         return total
 
     # ----------------------------------------------------------------- registry rules
@@ -746,6 +898,8 @@ class MarketMachine(RuleBasedStateMachine):
         )
         if out:
             n.stake += amount
+            if n is self.protocol:
+                self.protocol_floor += amount
             assert out.named("Staked") == [{"node": n.address, "amount": amount, "stake": n.stake}]
             self._check_deltas("stake", out, {n.address: -amount})
             self.pools_dirty = True
@@ -771,6 +925,8 @@ class MarketMachine(RuleBasedStateMachine):
         )
         if out:
             n.status, n.shard, n.price, n.stake = NodeStatus.ACTIVE, shard, price, n.stake + amount
+            if n is self.protocol:
+                self.protocol_floor += amount
             self._check_deltas("register_node", out, {n.address: -amount})
             self.pools_dirty = True
 
@@ -829,6 +985,8 @@ class MarketMachine(RuleBasedStateMachine):
         out = self._attempt("withdraw_unbonded", sender, lambda: self.m.withdraw_unbonded(sender), expect)
         if out:
             self._check_deltas("withdraw_unbonded", out, {n.address: n.unbonding})
+            if n is self.protocol:
+                self.protocol_floor -= n.unbonding
             n.unbonding = 0
 
     # ----------------------------------------------------------------- clock and accounts
@@ -836,7 +994,7 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from(TIME_STEPS))
     def advance_time(self, seconds: int) -> None:
         # The next transaction's block is pinned at now + 1, so no block needs mining here.
-        self.now += seconds
+        self._advance_to(self.now + seconds)
 
     def _boundaries(self) -> list[int]:
         """Every live deadline: unbonding unlocks and the window edges of unsettled jobs."""
@@ -857,7 +1015,7 @@ class MarketMachine(RuleBasedStateMachine):
         boundaries = self._boundaries()
         future = sorted(b + offset - 1 for b in boundaries if b + offset - 1 >= self.now)
         if future:
-            self.now = future[k % len(future)]
+            self._advance_to(future[k % len(future)])
 
     @rule(who=st.integers(0, 11))
     def toggle_rejecting(self, who: int) -> None:
@@ -877,6 +1035,7 @@ class MarketMachine(RuleBasedStateMachine):
         max_price=st.sampled_from(MAX_PRICES + MAX_PRICES[-2:] * 2),
         escrow_mode=st.sampled_from(["exact_max", "exact_max", "exact_min", "plus", "plus", "short"]),
         metadata_length=st.sampled_from([0, 0, 0, 32, 32, 257]),
+        hints=st.sampled_from(["none"] * 4 + ["hinted", "too_many"]),
     )
     def submit_job(
         self,
@@ -886,8 +1045,15 @@ class MarketMachine(RuleBasedStateMachine):
         max_price: int,
         escrow_mode: str,
         metadata_length: int,
+        hints: str = "none",
     ) -> None:
+        """Submit a job; the protocol node, if matched, commits it at once (it learns of the job from the
+        JobSubmitted event, whether or not the client ever sends it a frame)."""
         sender = self.client_senders[client]
+        hops = NUM_SHARDS - first_shard
+        # Hints (1 + a pool index per shard) only count when the seeded probes find nobody; pools here are
+        # smaller than MAX_PROBES, so they never change the route.
+        hint_list = {"none": [], "hinted": [1] * hops, "too_many": [1] * (hops + 1)}[hints]
         # Who matching may pick per shard: pooled, on the shard, within the price limit (pools here are
         # smaller than MAX_PROBES, so every entry is probed).
         candidates = [
@@ -897,22 +1063,25 @@ class MarketMachine(RuleBasedStateMachine):
         empty_shard = next((first_shard + i for i, c in enumerate(candidates) if not c), None)
         min_sum = sum(c[0] for c in candidates if c)
         max_sum = sum(c[-1] for c in candidates if c)
+        fees = hops * HOP_FEE  # the escrow also covers every hop's fee
         escrow = {
-            "exact_max": max_tokens * max_sum,
-            "exact_min": max_tokens * min_sum,
-            "plus": max_tokens * max_sum + 12_345,
-            "short": max(max_tokens * min_sum - 1, 0),
+            "exact_max": max_tokens * max_sum + fees,
+            "exact_min": max_tokens * min_sum + fees,
+            "plus": max_tokens * max_sum + fees + 12_345,
+            "short": max(max_tokens * min_sum + fees - 1, 0),
         }[escrow_mode]
         expect: str | set[str | None] | None
         if max_tokens == 0:
             expect = "ZeroMaxTokens"
         elif metadata_length > 256:
             expect = "MetadataTooLong"
+        elif len(hint_list) > hops:
+            expect = "TooManyHints"
         elif empty_shard is not None:
             expect = "NoEligibleNode"
-        elif escrow < max_tokens * min_sum:
+        elif escrow < max_tokens * min_sum + fees:
             expect = "EscrowTooSmall"
-        elif escrow >= max_tokens * max_sum:
+        elif escrow >= max_tokens * max_sum + fees:
             expect = None
         else:  # enough for some routes only: which route matching picks depends on prevrandao
             expect = {None, "EscrowTooSmall"}
@@ -921,7 +1090,14 @@ class MarketMachine(RuleBasedStateMachine):
 
         def call() -> TxResult:
             job = self.m.submit_job(
-                sender, self.model_id, first_shard, max_tokens, max_price, escrow, b"\x5a" * metadata_length
+                sender,
+                self.model_id,
+                first_shard,
+                max_tokens,
+                max_price,
+                escrow,
+                b"\x5a" * metadata_length,
+                hints=hint_list,
             )
             submitted.append(job)
             assert job.tx is not None
@@ -935,7 +1111,9 @@ class MarketMachine(RuleBasedStateMachine):
             if self.last_revert and self.last_revert.name == "EscrowTooSmall":
                 route_sums = {sum(prices) for prices in itertools.product(*candidates)}
                 assert args["provided"] == escrow < cast(int, args["required"]), args
-                assert args["required"] in {max_tokens * route_sum for route_sum in route_sums}, args
+                assert args["required"] in {max_tokens * route_sum + fees for route_sum in route_sums}, args
+            if self.last_revert and self.last_revert.name == "TooManyHints":
+                assert args == {"hints": hops + 1, "shards": hops}, args
             return
         job = submitted[0]
         terms: JobTerms = job.terms
@@ -951,12 +1129,22 @@ class MarketMachine(RuleBasedStateMachine):
             n = self.node_by_address.get(hop.node)
             assert n is not None and n.pooled and n.shard == first_shard + i, f"matched ineligible node {hop}"
             assert hop.price_per_token == n.price <= max_price
-        assert escrow >= max_tokens * sum(h.price_per_token for h in terms.route)
+        assert escrow >= max_tokens * sum(h.price_per_token for h in terms.route) + fees
         assert job.job_id == len(self.jobs) + 1
         self.jobs.append(JobModel(job.job_id, terms, job.packed_terms, JobStatus.OPEN, 0, 0, t))
         self.last_status[job.job_id] = JobStatus.OPEN
+        self.clients[sender.address].paid_in += escrow
         self._probe_windows(self.jobs[-1])
         self._check_deltas("submit_job", out, {sender.address: -escrow})
+        self._protocol_commits(self.jobs[-1])
+
+    def _protocol_commits(self, job: JobModel) -> None:
+        """The protocol node commits its positions of a new job with its true commitments and no receipt:
+        a job whose client never shows up still costs that client the hop fee, never the node its stake."""
+        protocol = self.node_senders[PROTOCOL_NODE]
+        for position, hop in enumerate(job.terms.route):
+            if hop.node == protocol.address:
+                assert self._commit("protocol_commit", job, position, protocol, 0, False, "now", probe=False)
 
     def _commit_expectation(self, job: JobModel, t: int, position: int, by: str) -> str | None:
         if job.status != JobStatus.OPEN:
@@ -981,6 +1169,7 @@ class MarketMachine(RuleBasedStateMachine):
         signed: bool,
         at: str,
         lie: bool = False,
+        probe: bool = True,
     ) -> bool:
         """One commit; the node's input commitment links to the previous output unless it lies."""
         client = [s.address for s in self.client_senders].index(job.terms.client)
@@ -993,14 +1182,15 @@ class MarketMachine(RuleBasedStateMachine):
         )
         given, sent = (LIE if lie else link(job.job_id, position)), link(job.job_id, position + 1)
         fn = self.m.market.functions.commit(job.job_id, job.packed, position, given, sent, receipt)
-        self._probe_and_jump(
-            rule_name,
-            by,
-            fn,
-            lambda ts: self._commit_expectation(job, ts, position, by.address),
-            self._window_edge(job),
-            at,
-        )
+        if probe:
+            self._probe_and_jump(
+                rule_name,
+                by,
+                fn,
+                lambda ts: self._commit_expectation(job, ts, position, by.address),
+                self._window_edge(job),
+                at,
+            )
         t = self._tick()
         expect = self._commit_expectation(job, t, position, by.address)
         out = self._attempt(
@@ -1017,16 +1207,15 @@ class MarketMachine(RuleBasedStateMachine):
         job.commitments[position] = (given, sent)
         disputes: list[str] = []
         if job.mask == job.full_mask:
-            # The last commit decides: mismatched links, else the audit draw on this block's prevrandao.
-            randao = bytes(self.w3.eth.get_block(out.tx.block_number)["mixHash"])
+            # The last commit decides only the links; an audit draw comes later, from this block's hash
+            # (sampleAudit), which nobody knew when sending this commit.
             if job.mismatched():
                 disputes = ["JobDisputed", "CommitmentsMismatched"]
                 self.stats.outcomes["(commitments mismatched)"] += 1
-            elif is_sampled(randao, job.job_id, self.audit_rate_bps):
-                disputes = ["JobDisputed", "AuditSampled"]
-                self.stats.outcomes["(job sampled)"] += 1
             job.status = JobStatus.DISPUTED if disputes else JobStatus.COMMITTED
             job.timestamp = t
+            if disputes or self.audit_rate_bps:
+                job.word = out.tx.block_number  # the completing block: the draw's or the panels' seed
             self._probe_windows(job)
         events = out.named("JobCommitted")
         assert (
@@ -1151,23 +1340,32 @@ class MarketMachine(RuleBasedStateMachine):
         out = self._attempt(name, sender, lambda: send(sender, job.job_id, job.packed), expect_at(t), watch)
         return out, t
 
+    def _watch(self, job: JobModel) -> tuple[str, ...]:
+        """Who a settlement of the job may pay: its client, its challenger, the burn address."""
+        return (job.terms.client, BURN, *([job.challenger] if job.challenger else []))
+
     def _finalize(self, job: JobModel, caller: int, at: str) -> None:
         expect_at = lambda t: self._finalize_expect(job, t)  # noqa: E731
+        watch = self._watch(job)
         out, _ = self._timed_job_call(
-            "finalize", "finalize", job, self.everyone[caller], expect_at, at, (job.terms.client,)
+            "finalize", "finalize", job, self.everyone[caller], expect_at, at, watch
         )
         if not out:
             return
+        expected: dict[str, int] = {}
+        per_node = 0
         if job.status == JobStatus.DISPUTED:
             self.stats.outcomes["(finalized after the dispute timeout)"] += 1
-        paid = self._credit_earnings(job, job.mask)
+            # No verdict came: an open challenge's bond goes to the nodes.
+            per_node, _ = self._settle_challenge(job, job.mask, False, False, out, expected)
+        paid = self._credit_earnings(job, job.mask, per_node)
         refund = job.terms.escrow - paid
         assert out.named("JobFinalized") == [
             {"jobId": job.job_id, "billedTokens": job.billed, "paid": paid, "refund": refund}
         ]
-        expected: dict[str, int] = {}
         self._payout(job.terms.client, refund, out, expected)
         self._settled(job, out, JobStatus.FINALIZED)
+        job.word = 0
         self._check_deltas("finalize", out, expected)
 
     @rule(k=job_pick, caller=st.integers(0, 9), at=when)
@@ -1185,31 +1383,36 @@ class MarketMachine(RuleBasedStateMachine):
     def _cancel(self, job: JobModel, caller: int, at: str) -> None:
         expect_at = lambda t: self._cancel_expect(job, t)  # noqa: E731
         out, _ = self._timed_job_call(
-            "cancel", "cancel", job, self.everyone[caller], expect_at, at, (job.terms.client,)
+            "cancel", "cancel", job, self.everyone[caller], expect_at, at, self._watch(job)
         )
         if not out:
             return
         missing = job.full_mask & ~job.mask
-        slashed = self._slash(job, missing, MISS_SLASH_BPS, out)
+        slashes: list[dict[str, Any]] = []
+        slashed = self._slash_missing(job, missing, slashes)
+        assert out.named("Slashed") == slashes
         paid = self._credit_earnings(job, job.mask)
-        refund = job.terms.escrow - paid + slashed
+        refund = job.terms.escrow - paid  # the slash is burned: no client profits from a missed commit
         assert out.named("JobCancelled") == [
             {"jobId": job.job_id, "missingMask": missing, "paid": paid, "slashed": slashed, "refund": refund}
         ]
-        expected: dict[str, int] = {}
+        expected: dict[str, int] = {BURN: slashed}
         self._payout(job.terms.client, refund, out, expected)
         self._settled(job, out, JobStatus.CANCELLED)
         self._check_deltas("cancel", out, expected)
 
     @rule(k=job_pick, as_auditor=st.sampled_from([True, True, True, False]), at=when)
-    @precondition(lambda self: self._live(JobStatus.COMMITTED))
+    @precondition(lambda self: self._live(JobStatus.COMMITTED, JobStatus.DISPUTED))
     def hold_for_audit(self, k: int, as_auditor: bool, at: str) -> None:
-        jobs = self._live(JobStatus.COMMITTED)
+        """Hold a committed job, or restart a disputed job's dispute timeout (what opening an audit does)."""
+        jobs = self._live(JobStatus.COMMITTED, JobStatus.DISPUTED)
         self._hold_for_audit(jobs[k % len(jobs)], as_auditor, at)
 
     def _hold_expect(self, job: JobModel, t: int, as_auditor: bool) -> str | None:
         if not as_auditor or not self.eoa_auditor:
             return "NotAuditor"
+        if job.status == JobStatus.DISPUTED:
+            return None
         if job.status != JobStatus.COMMITTED:
             return "WrongJobStatus"
         return "ChallengeWindowClosed" if t >= job.timestamp + CHALLENGE_WINDOW else None
@@ -1219,7 +1422,11 @@ class MarketMachine(RuleBasedStateMachine):
         expect_at = lambda t: self._hold_expect(job, t, as_auditor)  # noqa: E731
         out, t = self._timed_job_call("hold_for_audit", "holdForAudit", job, sender, expect_at, at)
         if out:
-            job.status, job.timestamp = JobStatus.DISPUTED, t
+            if job.status == JobStatus.DISPUTED:
+                self.stats.outcomes["(dispute timeout restarted)"] += 1  # the dispute block stays
+            else:
+                job.status, job.word = JobStatus.DISPUTED, out.tx.block_number
+            job.timestamp = t
             assert out.named("JobDisputed") == [{"jobId": job.job_id}]
             self._probe_windows(job)
             self._check_deltas("hold_for_audit", out, {})
@@ -1228,10 +1435,15 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._live(JobStatus.DISPUTED))
     def resolve_dispute(self, k: int, fraud_mask: int, as_auditor: bool) -> None:
         jobs = self._live(JobStatus.DISPUTED)
-        self._resolve_dispute(jobs[k % len(jobs)], fraud_mask, as_auditor)
+        challenged = [j for j in jobs if j.challenger]  # half the time one of those, if any
+        jobs = challenged if challenged and k % 2 else jobs
+        # Mixed with k: derandomized draws of a small integers() range keep coming back to 0.
+        self._resolve_dispute(jobs[(k // 2) % len(jobs)], (fraud_mask + k // 2) % 4, as_auditor)
 
     def _resolve_dispute(self, job: JobModel, fraud_mask: int, as_auditor: bool) -> None:
         sender = self.auditor if as_auditor else self.node_senders[0]
+        # The EOA auditor stands in for an honest court: it never finds the protocol node's position fraud.
+        fraud_mask &= ~self._protocol_mask(job)
         self._tick()
         expect: str | None
         if not as_auditor or not self.eoa_auditor:
@@ -1245,34 +1457,234 @@ class MarketMachine(RuleBasedStateMachine):
             sender,
             lambda: self.m.resolve_dispute(sender, job.job_id, job.packed, fraud_mask),
             expect,
-            (job.terms.client,),
+            self._watch(job),
         )
         if not out:
             return
-        slashed = self._slash(job, fraud_mask, FRAUD_SLASH_BPS, out)
+        expected: dict[str, int] = {}
+        slashes: list[dict[str, Any]] = []
+        slashed, share = self._settle_dispute(job, fraud_mask, out, expected, slashes)
+        assert out.named("Slashed") == slashes
+        expected[AUDITOR] = slashed + share
+        self._check_deltas("resolve_dispute", out, expected)
+
+    def _settle_dispute(
+        self,
+        job: JobModel,
+        fraud_mask: int,
+        out: Outcome,
+        expected: dict[str, int],
+        slashes: list[dict[str, Any]],
+    ) -> tuple[int, int]:
+        """JobMarket.resolveDispute's effects: slash the fraud, settle the challenge, pay the rest, refund.
+        Returns (slashed, the challenge bond's share for the auditor), both sent to the auditor."""
+        slashed = self._slash_fraud(job, fraud_mask, slashes)
         assert out.named("DisputeResolved") == [
             {"jobId": job.job_id, "fraudMask": fraud_mask, "slashed": slashed}
         ]
-        paid = self._credit_earnings(job, job.mask & ~fraud_mask)
+        paid_mask = job.mask & ~fraud_mask
+        per_node, share = self._settle_challenge(job, paid_mask, fraud_mask != 0, True, out, expected)
+        paid = self._credit_earnings(job, paid_mask, per_node)
         refund = job.terms.escrow - paid
         assert out.named("JobFinalized") == [
             {"jobId": job.job_id, "billedTokens": job.billed, "paid": paid, "refund": refund}
         ]
-        expected: dict[str, int] = {AUDITOR: slashed}
         self._payout(job.terms.client, refund, out, expected)
         self._settled(job, out, JobStatus.FINALIZED)
-        self._check_deltas("resolve_dispute", out, expected)
+        job.word = 0
+        return slashed, share
+
+    def _protocol_mask(self, job: JobModel) -> int:
+        """Route positions of the job that the protocol node holds."""
+        return sum(1 << i for i, hop in enumerate(job.terms.route) if hop.node == self.protocol.address)
+
+    # ----------------------------------------------------------------- checkpoints, challenges, sampling
+
+    CHECKPOINTS = ("raise", "raise", "raise", "stale", "over_max", "stranger", "other_job")
+
+    @rule(k=job_pick, who=st.integers(0, 2**16), at=mostly_now)
+    @precondition(lambda self: self._live(JobStatus.OPEN))
+    def checkpoint_receipt(self, k: int, who: int, at: str) -> None:
+        """Anyone records a client receipt of an Open job early; only a newer, genuine one counts (the
+        receipt's kind comes from an integer: derandomized sampled_from favoured one kind heavily)."""
+        jobs = self._committable() if k % 4 != 3 else []
+        jobs = jobs or self._live(JobStatus.OPEN)
+        mode = self.CHECKPOINTS[who % len(self.CHECKPOINTS)]
+        self._checkpoint(jobs[(k // 4) % len(jobs)], mode, who, at)
+
+    @staticmethod
+    def _checkpoint_expect(job: JobModel, t: int, tokens: int, forged: bool) -> str | None:
+        if job.status != JobStatus.OPEN:
+            return "WrongJobStatus"
+        if t > job.timestamp + COMMIT_TIMEOUT:
+            return "CommitDeadlinePassed"
+        if tokens <= job.billed:
+            return "ReceiptNotNewer"
+        if tokens > job.terms.max_tokens:
+            return "TokensExceedMax"
+        return "InvalidReceiptSignature" if forged else None
+
+    def _checkpoint(self, job: JobModel, mode: str, who: int, at: str) -> None:
+        sender = self.everyone[who % len(self.everyone)]
+        max_tokens, billed = job.terms.max_tokens, job.billed
+        tokens = {
+            "stale": billed,
+            "over_max": max_tokens + 1,
+        }.get(mode, billed + 1 + who % max(max_tokens - billed, 1))
+        client = [c.address for c in self.client_senders].index(job.terms.client)
+        signer = self.strangers[who % len(self.strangers)] if mode == "stranger" else self.signers[client]
+        signed_job = job.job_id + 1 + who % 7 if mode == "other_job" else job.job_id
+        receipt = signer.sign(signed_job, tokens, tokens, keccak(b"checkpoint")).as_receipt()
+        forged = mode in ("stranger", "other_job")
+        expect_at = lambda t: self._checkpoint_expect(job, t, tokens, forged)  # noqa: E731
+        fn = self.m.market.functions.checkpointReceipt(job.job_id, job.packed, receipt)
+        self._probe_and_jump("checkpoint_receipt", sender, fn, expect_at, self._window_edge(job), at)
+        t = self._tick()
+        out = self._attempt(
+            "checkpoint_receipt",
+            sender,
+            lambda: self.m.checkpoint_receipt(sender, job.job_id, job.packed, receipt),
+            expect_at(t),
+        )
+        if out:
+            job.billed = tokens
+            assert out.named("ReceiptCheckpointed") == [{"jobId": job.job_id, "billedTokens": tokens}]
+            self._check_deltas("checkpoint_receipt", out, {})
 
     @rule(
         k=job_pick,
-        action=st.sampled_from(["commit", "finalize", "cancel", "hold_for_audit", "resolve_dispute"]),
+        who=st.integers(0, 2**16),
+        bond=st.sampled_from(["exact"] * 6 + ["less", "more"]),
+        at=mostly_now,
+    )
+    @precondition(lambda self: self._live(JobStatus.COMMITTED))
+    def challenge(self, k: int, who: int, bond: str, at: str) -> None:
+        """The job's client (mostly), the other client or a node posts the challenge bond."""
+        jobs = self._live(JobStatus.COMMITTED)
+        in_window = [j for j in jobs if self.now + 1 < j.timestamp + CHALLENGE_WINDOW]
+        jobs = in_window if in_window and k % 4 != 3 else jobs
+        self._challenge(jobs[(k // 4) % len(jobs)], who, bond, at)
+
+    @rule(client=st.integers(0, 1), tokens=st.integers(1, 40), fraud_mask=st.integers(0, 2**16))
+    def challenged_job(self, client: int, tokens: int, fraud_mask: int) -> None:
+        """A whole challenge: a two-hop job committed with linked commitments, challenged by its client,
+        then (EOA auditor) resolved with a verdict; on the court deployment its audit rules judge it."""
+        count = len(self.jobs)
+        self.submit_job(client, 1, 40, MAX_PRICES[-1], "exact_max", 0)
+        if len(self.jobs) == count:
+            return  # nothing to match
+        job = self.jobs[-1]
+        for position in range(job.hops):
+            if not job.mask >> position & 1:
+                by = self._sender_of(job.terms.route[position].node)
+                self._commit("commit_all", job, position, by, tokens, True, "now", probe=False)
+        if job.status == JobStatus.COMMITTED:
+            self._challenge(job, 0, "exact", "now")
+        if job.challenger and self.eoa_auditor:
+            self._resolve_dispute(job, fraud_mask % 4, True)
+
+    @staticmethod
+    def _challenge_expect(job: JobModel, t: int, value: int) -> str | None:
+        if CHALLENGE_BOND == 0:
+            return "ChallengesDisabled"
+        if value != CHALLENGE_BOND:
+            return "WrongChallengeBond"
+        if job.status != JobStatus.COMMITTED:
+            return "WrongJobStatus"
+        return "ChallengeWindowClosed" if t >= job.timestamp + CHALLENGE_WINDOW else None
+
+    def _challenge(self, job: JobModel, who: int, bond: str, at: str) -> None:
+        own = self._sender_of(job.terms.client)
+        challengers = [own] * 4 + [*self.client_senders, *self.node_senders]
+        sender = challengers[who % len(challengers)]
+        value = CHALLENGE_BOND + {"exact": 0, "less": -1, "more": 1}[bond]
+        expect_at = lambda t: self._challenge_expect(job, t, value)  # noqa: E731
+        fn = self.m.market.functions.challenge(job.job_id, job.packed)
+        edge = self._window_edge(job) if job.status == JobStatus.COMMITTED else None
+        self._probe_and_jump(f"challenge {job.status.name}", sender, fn, expect_at, edge, at, value)
+        t = self._tick()
+        out = self._attempt(
+            "challenge",
+            sender,
+            lambda: self.m.challenge(sender, job.job_id, job.packed, bond=value),
+            expect_at(t),
+        )
+        if not out:
+            return
+        job.status, job.timestamp, job.word = JobStatus.DISPUTED, t, out.tx.block_number
+        job.challenger, job.challenge_bond = sender.address, value
+        self.challenge_bonds += value
+        if sender.address in self.clients:
+            self.clients[sender.address].paid_in += value
+        assert [name for name, _ in out.events] == ["JobDisputed", "JobChallenged"]
+        assert out.named("JobChallenged") == [
+            {"jobId": job.job_id, "challenger": sender.address, "bond": value}
+        ]
+        self._probe_windows(job)
+        self._check_deltas("challenge", out, {sender.address: -value})
+
+    @rule(k=job_pick, caller=st.integers(0, 9), at=when)
+    @precondition(lambda self: self._live(JobStatus.COMMITTED))
+    def sample_audit(self, k: int, caller: int, at: str) -> None:
+        jobs = self._live(JobStatus.COMMITTED)
+        self._sample_audit(jobs[k % len(jobs)], caller, at)
+
+    def _block_hash(self, number: int) -> bytes:
+        return bytes(self.w3.eth.get_block(number)["hash"])
+
+    def _sample_expect(self, job: JobModel, t: int, block: int) -> str | None:
+        if self.audit_rate_bps == 0:
+            return "SamplingDisabled"
+        if job.status != JobStatus.COMMITTED:
+            return "WrongJobStatus"
+        if t >= job.timestamp + CHALLENGE_WINDOW:
+            return "ChallengeWindowClosed"
+        if not job.word < block <= job.word + DRAW_HORIZON:  # blockhash of the completing block
+            return "DrawUnavailable"
+        return (
+            None if is_sampled(self._block_hash(job.word), job.job_id, self.audit_rate_bps) else "NotSampled"
+        )
+
+    def _sample_audit(self, job: JobModel, caller: int, at: str) -> None:
+        """Anyone disputes a committed job the audit draw selected (from its completing block's hash)."""
+        sender = self.everyone[caller % len(self.everyone)]
+        # Every dry run and the transaction land in the next block; only the clock moves between them.
+        expect_at = lambda t: self._sample_expect(job, t, self._next_block())  # noqa: E731
+        out, t = self._timed_job_call("sample_audit", "sampleAudit", job, sender, expect_at, at)
+        if not out:
+            return
+        job.status, job.timestamp, job.word = JobStatus.DISPUTED, t, out.tx.block_number
+        assert [name for name, _ in out.events] == ["JobDisputed", "AuditSampled"]
+        assert out.named("AuditSampled") == [{"jobId": job.job_id}]
+        self.stats.outcomes["(job sampled)"] += 1
+        self._probe_windows(job)
+        self._check_deltas("sample_audit", out, {})
+
+    @rule()
+    def mine_past_the_draw_horizon(self) -> None:
+        """257 empty blocks, one a second: completing and dispute blocks fall out of blockhash's reach."""
+        self._protocol_duties(self.now + DRAW_HORIZON + 1)
+        rpc(self.w3, "evm_setNextBlockTimestamp", [self.now + 1])
+        rpc(self.w3, "hardhat_mine", [hex(DRAW_HORIZON + 1), hex(1)])
+        self.now += DRAW_HORIZON + 1
+        assert int(self.w3.eth.get_block("latest")["timestamp"]) == self.now
+
+    @rule(
+        k=job_pick,
+        action=st.sampled_from(
+            ["commit", "finalize", "cancel", "hold_for_audit", "resolve_dispute", "challenge", "sample_audit"]
+        ),
         caller=st.integers(0, 9),
         at=when,
     )
     def act_on_any_job(self, k: int, action: str, caller: int, at: str) -> None:
         """The same actions on any job, settled ones included: the wrong-status and wrong-time paths."""
         job = self.jobs[k % len(self.jobs)]
-        if action == "commit":
+        if action == "challenge":
+            self._challenge(job, caller, "exact", at)
+        elif action == "sample_audit":
+            self._sample_audit(job, caller, at)
+        elif action == "commit":
             by = self._sender_of(job.terms.route[0].node)
             self._commit("commit", job, 0, by, 0, False, at)  # position 0's input is no link
         elif action == "finalize":
@@ -1323,6 +1735,21 @@ class MarketMachine(RuleBasedStateMachine):
 
     # ----------------------------------------------------------------- invariants
 
+    def _check_protocol_parties(self, protocol: NodeModel) -> None:
+        """(6) Whoever follows the protocol never loses to the market. The protocol node's bond (read from
+        the chain) is at least what it staked minus what it withdrew itself: no slash ever reached it. No
+        client got more from the JobMarket than it paid in: under the old cancel, which refunded the
+        miss-slash, the first cancel with a missing hop broke this."""
+        assert protocol.bond >= self.protocol_floor, (
+            f"the protocol node {protocol.address} holds {protocol.bond} wei of bond, less than the "
+            f"{self.protocol_floor} it put in and took out itself: it lost stake while following the protocol"
+        )
+        for address, ledger in self.clients.items():
+            assert ledger.paid_out <= ledger.paid_in, (
+                f"client {address} got {ledger.paid_out} wei from the JobMarket, more than the "
+                f"{ledger.paid_in} it paid in: it gained from a node's stake"
+            )
+
     @invariant()
     def ledgers_balance(self) -> None:
         m, reg, mkt = self.m, self.m.registry.functions, self.m.market.functions
@@ -1333,6 +1760,9 @@ class MarketMachine(RuleBasedStateMachine):
         job_count = batch.call(mkt.jobCount())
         job_reads = [batch.call(mkt.getJob(j.job_id)) for j in self.jobs]
         link_reads = [batch.call(mkt.linksOf(j.job_id)) for j in self.jobs]
+        challenge_reads = {
+            j.job_id: batch.call(mkt.challengeOf(j.job_id)) for j in self._live(JobStatus.DISPUTED)
+        }
         total_credits_read = batch.call(mkt.totalCredits())
         credit_reads = {a: batch.call(mkt.creditOf(a)) for a in self.credits}
         pool_sizes = (
@@ -1395,11 +1825,17 @@ class MarketMachine(RuleBasedStateMachine):
             )
             # (4) a job settles (JobFinalized or JobCancelled) at most once; once settled, exactly once.
             assert job.settled_events == (1 if status in SETTLED else 0), f"job {job.job_id} settlements"
-            # The link accumulator: the XOR of the committed terms while Open, freed afterwards.
+            # The per-job word: the XOR of the committed link terms while Open; then the completing block
+            # (sampling on) or the dispute block; freed once settled.
             links = int.from_bytes(r[li][0])
-            assert links == (job.links() if status == JobStatus.OPEN else 0), f"job {job.job_id} links"
+            assert links == (job.links() if status == JobStatus.OPEN else job.word), f"job {job.job_id} word"
             if status not in SETTLED:
                 escrowed += job.terms.escrow
+        for job_id, i in challenge_reads.items():
+            job = self.jobs[job_id - 1]
+            challenger, bond = r[i]
+            open_challenge = (job.challenger or ZERO_ADDRESS, job.challenge_bond)
+            assert (to_checksum_address(challenger), bond) == open_challenge, f"challenge of job {job_id}"
 
         # (2) the market holds exactly: escrow of unsettled jobs + credits + node earnings.
         total_credits = r[total_credits_read][0]
@@ -1407,10 +1843,12 @@ class MarketMachine(RuleBasedStateMachine):
         for address, i in credit_reads.items():
             assert r[i][0] == self.credits[address], f"credit of {address}"
         earnings = sum(n.earnings for n in chain_nodes)
-        assert r[market_balance] == escrowed + total_credits + earnings, (
+        bonds = self.challenge_bonds
+        assert r[market_balance] == escrowed + total_credits + earnings + bonds, (
             f"JobMarket balance {r[market_balance]} != escrow {escrowed} + credits {total_credits} "
-            f"+ earnings {earnings}"
+            f"+ earnings {earnings} + challenge bonds {bonds}"
         )
+        self._check_protocol_parties(chain_nodes[PROTOCOL_NODE])
 
         if court is None:
             return
@@ -1469,6 +1907,25 @@ class AuditMachine(MarketMachine):
 
     # ----------------------------------------------------------------- openAudit
 
+    def _protocol_duties(self, until: int) -> None:
+        """The protocol node reveals each vote at its first chance (the commit deadline passed, or its
+        whole panel committed) and never lets the clock pass a reveal deadline first."""
+        if self.duties_running:  # the reveal below ticks the clock itself
+            return
+        self.duties_running = True
+        try:
+            for audit in list(self.audits.values()):
+                for (p, verifier), vote in list(audit.votes.items()):
+                    if audit.resolved or verifier != self.protocol.address or vote.revealed:
+                        continue
+                    opens = self.now + 1 if audit.all_committed(p) else audit.commit_deadline + 1
+                    if max(opens, self.now + 1) <= min(until, audit.reveal_deadline):
+                        self.now = max(self.now, opens - 1)
+                        self._reveal_vote(audit, p, verifier, vote.verdict, vote.salt, "now")
+                        assert vote.revealed, "the protocol node could not reveal its vote"
+        finally:
+            self.duties_running = False
+
     @staticmethod
     def _latest_open(job: JobModel) -> int:
         return job.timestamp + DISPUTE_TIMEOUT - AUDIT_COMMIT - AUDIT_REVEAL - 2
@@ -1487,7 +1944,9 @@ class AuditMachine(MarketMachine):
         self._open_audit(jobs[k % len(jobs)], at)
 
     def _open_audit(self, job: JobModel, at: str) -> AuditModel | None:
-        sender = self.deployer  # anyone may open an audit
+        """Open the audit (anyone may). The panels are drawn from the hash of the dispute block, or, when
+        that is over 256 blocks old, of an anchor block the first call records (then nothing opens)."""
+        sender = self.deployer
         edge = (
             self._latest_open(job)
             if job.status == JobStatus.DISPUTED and job.job_id not in self.audits
@@ -1496,11 +1955,6 @@ class AuditMachine(MarketMachine):
         fn = self.court.functions.openAudit(job.job_id, job.packed)
         self._probe_and_jump("open_audit", sender, fn, lambda t: self._open_expect(job, t), edge, at)
         t = self._tick()
-        # Whom the draw may pick: pooled nodes of the position's shard (the call changes no membership).
-        pools = [
-            [n.address for n in self.nodes if n.pooled and n.shard == job.terms.first_shard + p]
-            for p in range(job.hops)
-        ]
         out = self._attempt(
             "open_audit",
             sender,
@@ -1509,36 +1963,88 @@ class AuditMachine(MarketMachine):
         )
         if not out:
             return None
-        randao = int.from_bytes(bytes(self.w3.eth.get_block(out.tx.block_number)["mixHash"]))
+        self._check_deltas("open_audit", out, {})
+        block = out.tx.block_number
+        anchor = self._anchor_hash(job, block)
+        if anchor is None:
+            assert [name for name, _ in out.events] == ["AuditAnchored"]
+            assert out.named("AuditAnchored") == [{"jobId": job.job_id, "blockNumber": block}]
+            self.stats.outcomes["(audit anchored: dispute block out of reach)"] += 1
+            return None
         opened = out.named("AuditOpened")
         assert [e["position"] for e in opened] == list(range(job.hops))
         panels = []
         for p, event in enumerate(opened):
-            node = job.terms.route[p].node
-            verifiers = [to_checksum_address(v) for v in event["verifiers"]]
-            others = [a for a in pools[p] if a != node]
-            assert event["node"] == node
-            assert len(set(verifiers)) == len(verifiers) and set(verifiers) <= set(others), (
-                verifiers,
-                others,
-            )
-            if len(pools[p]) <= VERIFIERS + 1:  # taken whole
-                assert len(verifiers) == min(VERIFIERS, len(others))
-            else:  # random probes: at least one of the many others, at most k
-                assert 1 <= len(verifiers) <= VERIFIERS
-            seed = int.from_bytes(
-                keccak(abi_encode(["uint256", "uint256", "uint256"], [randao, job.job_id, p]))
-            )
-            sample = self.m.registry.functions.samplePool(
-                self.model_id, job.terms.first_shard + p, node, VERIFIERS, seed
-            )
-            assert [to_checksum_address(v) for v in call_view(sample)] == verifiers
+            assert event["node"] == job.terms.route[p].node
+            verifiers = [str(to_checksum_address(v)) for v in event["verifiers"]]
+            seed_bytes = keccak(abi_encode(["bytes32", "uint256", "uint256"], [anchor, job.job_id, p]))
+            seed = int.from_bytes(seed_bytes)
+            self._check_panel(job, p, seed, verifiers)
             self.stats.outcomes["(unverifiable position)" if not verifiers else "(panel drawn)"] += 1
             panels.append(verifiers)
+        # Opening restarts the dispute timeout (holdForAudit): resolving always has its whole window.
+        assert out.named("JobDisputed") == [{"jobId": job.job_id}]
+        job.timestamp = t
         audit = AuditModel(job, t, panels)
         self.audits[job.job_id] = audit
-        self._check_deltas("open_audit", out, {})
+        for p, panel in enumerate(panels):  # the protocol node commits its true verdict at once
+            if self.protocol.address in panel:
+                self._commit_vote(audit, p, self.protocol.address, self._truth(job, p), BOND, "now")
         return audit
+
+    def _anchor_hash(self, job: JobModel, block: int) -> bytes | None:
+        """AuditCourt._anchorHash for an openAudit in `block`: the dispute block's hash while blockhash
+        reaches it, else an anchor block's (recorded by the first call; None: this call recorded one)."""
+        if block - job.word <= DRAW_HORIZON:
+            return self._block_hash(job.word)
+        own = self.anchors.get(job.job_id, 0)
+        if own and block - own <= DRAW_HORIZON:  # an anchor is always from an earlier block here
+            self.stats.outcomes["(audit opened from its anchor block)"] += 1
+            return self._block_hash(own)
+        self.anchors[job.job_id] = block
+        return None
+
+    def _check_panel(self, job: JobModel, position: int, seed: int, verifiers: list[str]) -> None:
+        """A drawn panel: distinct pooled nodes of the position's shard, never the audited node; the whole
+        pool when it is small (at most k + 1 entries); else NodeRegistry's stake-weighted draw for the seed,
+        replayed here from the pool's order and stakes."""
+        shard, node = job.terms.first_shard + position, job.terms.route[position].node
+        reg = self.m.registry.functions
+        size = call_view(reg.poolSize(self.model_id, shard))
+        pool = [to_checksum_address(call_view(reg.poolAt(self.model_id, shard, i))[0]) for i in range(size)]
+        others = [a for a in pool if a != node]
+        assert len(set(verifiers)) == len(verifiers) and set(verifiers) <= set(others), (verifiers, others)
+        assert set(pool) == {n.address for n in self.nodes if n.pooled and n.shard == shard}
+        if size <= VERIFIERS + 1:  # taken whole, from a seeded start
+            start = seed % size if size else 0
+            assert verifiers == [a for a in pool[start:] + pool[:start] if a != node][:VERIFIERS]
+            return
+        self.stats.outcomes["(panel drawn by stake)"] += 1
+        wanted = VERIFIERS * 4  # SAMPLE_PROBES_PER_NODE x count distinct uniform candidates
+        candidates: list[str] = []
+        for i in range(2 * wanted):
+            if len(candidates) == wanted:
+                break
+            pick = pool[int.from_bytes(keccak(abi_encode(["uint256", "uint256"], [seed, i]))) % size]
+            if pick != node and pick not in candidates:
+                candidates.append(pick)
+        weights: list[int] = [self.node_by_address[a].stake for a in candidates]
+        drawn: list[str] = []
+        while len(drawn) < VERIFIERS and sum(weights) > 0:
+            r = int.from_bytes(
+                keccak(abi_encode(["uint256", "string", "uint256"], [seed, "stake", len(drawn)]))
+            )
+            r %= sum(weights)
+            k = 0
+            while r >= weights[k]:
+                r -= weights[k]
+                k += 1
+            drawn.append(candidates[k])
+            weights[k] = 0
+        assert verifiers == drawn, (verifiers, drawn)
+
+    def _truth(self, job: JobModel, position: int) -> int:
+        return FRAUD if job.lied(position) else HONEST
 
     # ----------------------------------------------------------------- commitVote
 
@@ -1583,7 +2089,8 @@ class AuditMachine(MarketMachine):
     ) -> None:
         job_id = audit.job.job_id
         sender = self._sender_of(verifier)
-        salt = keccak(text=f"salt {job_id} {position} {verifier} {self.stats.steps}")
+        verdict = self._vote_of(audit, position, verifier, verdict)
+        salt = keccak(text=f"salt {job_id} {position} {verifier} {self.attempts}")
         commitment = Marketplace.vote_commitment(job_id, position, verdict, salt, verifier)
         expect_at = lambda t: self._commit_vote_expect(audit, t, position, verifier, value)  # noqa: E731
         fn = self.court.functions.commitVote(job_id, position, commitment)
@@ -1604,6 +2111,21 @@ class AuditMachine(MarketMachine):
         audit.votes[(position, verifier)] = VoteModel(verdict, salt)
         self.bonds_held += BOND
         self._check_deltas("commit_vote", out, {verifier: -BOND})
+
+    def _vote_of(self, audit: AuditModel, position: int, verifier: str, verdict: int) -> int:
+        """The verdict a verifier commits: the protocol node only ever the truth; on the protocol node's own
+        position a fraud vote only while fraud voters stay under half of the panel (an honest majority)."""
+        job = audit.job
+        if position >= job.hops:
+            return verdict
+        if verifier == self.protocol.address:
+            return self._truth(job, position)
+        if job.terms.route[position].node == self.protocol.address and verdict == FRAUD:
+            frauds = sum(1 for (q, _), v in audit.votes.items() if q == position and v.verdict == FRAUD)
+            if 2 * (frauds + 1) > len(audit.panels[position]):
+                return HONEST
+            self.stats.outcomes["(minority fraud vote on the protocol node)"] += 1
+        return verdict
 
     # ----------------------------------------------------------------- revealVote
 
@@ -1627,7 +2149,7 @@ class AuditMachine(MarketMachine):
             return "InvalidVerdict"
         if (verdict, salt) != (vote.verdict, vote.salt):
             return "CommitmentMismatch"
-        return "TransferFailed" if verifier in self.rejecting else None
+        return None  # the bond stays held: nothing is sent, so a verifier refusing payments reveals too
 
     @rule(
         k=job_pick,
@@ -1681,8 +2203,8 @@ class AuditMachine(MarketMachine):
         audit.votes[(position, verifier)].revealed = True
         if t <= audit.commit_deadline:
             self.stats.outcomes["(early reveal: whole panel committed)"] += 1
-        self.bonds_held -= BOND
-        self._check_deltas("reveal_vote", out, {verifier: BOND})
+        # The bond stays held until resolve: back with a reward on the verdict's side, forfeited otherwise.
+        self._check_deltas("reveal_vote", out, {})
 
     # ----------------------------------------------------------------- resolve
 
@@ -1714,91 +2236,113 @@ class AuditMachine(MarketMachine):
             sender,
             lambda: self.m.resolve_audit(sender, job.job_id, packed),
             expect_at(t),
-            (job.terms.client,),
+            self._watch(job),
         )
         if not out:
             return
-        # The verdicts: a strict majority of the revealed votes; bonds of unrevealed votes are forfeited.
+        fraud_mask, winners, forfeited = self._judge(audit, out)
+        slashes: list[dict[str, Any]] = []
+        penalties = self._penalize_abstainers(audit, out, slashes)
+        expected: dict[str, int] = {}
+        slashed = share = 0
+        payee = job.challenger or job.terms.client  # read before the settlement clears the challenge
+        if job.status == JobStatus.DISPUTED:
+            slashed, share = self._settle_dispute(job, fraud_mask, out, expected, slashes)
+            if payee != job.terms.client:
+                self.stats.outcomes["(challenger paid by the court)"] += 1
+        else:  # the dispute timed out and someone finalized the job first: verdicts only
+            assert job.status == JobStatus.FINALIZED
+            assert out.named("JobSettledBeforeVerdict") == [{"jobId": job.job_id}]
+            assert out.named("DisputeResolved") == []
+            self.stats.outcomes["(audit resolved after the job settled)"] += 1
+        assert out.named("Slashed") == slashes
+        # The reward pool: the verifiers' part of the slash, forfeited bonds, penalties, a lost challenge's
+        # share. Every verifier on its position's verdict gets its bond back and an equal share.
+        pool = slashed * REWARD_BPS // BPS + forfeited + penalties + share
+        each = pool // winners if winners else 0
+        rewards = []
+        for p in range(job.hops):
+            verdict = FRAUD if fraud_mask >> p & 1 else HONEST
+            for verifier in audit.panels[p]:
+                vote = audit.votes.get((p, verifier))
+                if vote is not None and vote.revealed and vote.verdict == verdict:
+                    rewards.append(
+                        {"jobId": job.job_id, "position": p, "verifier": verifier, "amount": BOND + each}
+                    )
+                    self.court_credits[verifier] = self.court_credits.get(verifier, 0) + BOND + each
+        assert out.named("VerifierRewarded") == rewards and len(rewards) == winners
+        to_client = slashed + forfeited + penalties + share - each * winners
+        assert out.named("AuditResolved") == [
+            {
+                "jobId": job.job_id,
+                "fraudMask": fraud_mask,
+                "slashed": slashed,
+                "rewarded": each * winners,
+                "toClient": to_client,
+            }
+        ]
+        if to_client and payee in self.rejecting:
+            self.court_credits[payee] = self.court_credits.get(payee, 0) + to_client
+            assert out.named("PaymentCredited") == [{"account": payee, "amount": to_client}]
+            self.stats.outcomes["(court payment credited)"] += 1
+        elif to_client:
+            expected[payee] = expected.get(payee, 0) + to_client
+        audit.resolved = True
+        self.stats.outcomes["(audit found fraud)" if fraud_mask else "(audit honest)"] += 1
+        if rewards:
+            self.stats.outcomes["(verifiers rewarded)"] += 1
+        self._check_deltas("resolve_audit", out, expected)
+
+    def _judge(self, audit: AuditModel, out: Outcome) -> tuple[int, int, int]:
+        """AuditCourt._judge: a position is fraud iff more than half of its DRAWN verifiers revealed fraud
+        (abstainers never help a minority); the winners revealed the verdict, every other committed bond
+        is forfeited. Returns (fraud mask, winners, forfeited wei); releases the held bonds."""
+        job = audit.job
         fraud_mask, winners, forfeited, judged = 0, 0, 0, []
         for p in range(job.hops):
             votes = [v for (q, _), v in audit.votes.items() if q == p]
             honest = sum(1 for v in votes if v.revealed and v.verdict == HONEST)
             fraud = sum(1 for v in votes if v.revealed and v.verdict == FRAUD)
-            lost = sum(1 for v in votes if not v.revealed) * BOND
+            found = 2 * fraud > len(audit.panels[p])
+            if not found and fraud > honest:  # the old rule (a majority of the revealed) would have slashed
+                self.stats.outcomes["(fraud minority of the panel: honest)"] += 1
+            won = fraud if found else honest
+            lost = (len(votes) - won) * BOND
+            if lost and any(v.revealed for v in votes if v.verdict != (FRAUD if found else HONEST)):
+                self.stats.outcomes["(minority bond forfeited)"] += 1
+            fraud_mask |= found << p
+            winners += won
             forfeited += lost
-            if fraud > honest:
-                fraud_mask |= 1 << p
-                winners += fraud
-            elif fraud == honest and fraud:
-                self.stats.outcomes["(tie: honest)"] += 1
+            self.bonds_held -= len(votes) * BOND
             judged.append(
                 {
                     "jobId": job.job_id,
                     "position": p,
-                    "fraud": fraud > honest,
+                    "fraud": found,
                     "honestVotes": honest,
                     "fraudVotes": fraud,
                     "forfeited": lost,
                 }
             )
         assert out.named("PositionJudged") == judged
-        self.bonds_held -= forfeited
-        expected: dict[str, int] = {}
-        slashed = 0
-        if job.status == JobStatus.DISPUTED:
-            slashed = self._slash(job, fraud_mask, FRAUD_SLASH_BPS, out)
-            assert out.named("DisputeResolved") == [
-                {"jobId": job.job_id, "fraudMask": fraud_mask, "slashed": slashed}
-            ]
-            paid = self._credit_earnings(job, job.mask & ~fraud_mask)
-            refund = job.terms.escrow - paid
-            assert out.named("JobFinalized") == [
-                {"jobId": job.job_id, "billedTokens": job.billed, "paid": paid, "refund": refund}
-            ]
-            self._payout(job.terms.client, refund, out, expected)
-            self._settled(job, out, JobStatus.FINALIZED)
-        else:  # the dispute timed out and someone finalized the job first: verdicts only
-            assert job.status == JobStatus.FINALIZED
-            assert out.named("JobSettledBeforeVerdict") == [{"jobId": job.job_id}]
-            assert out.named("DisputeResolved") == [] and out.named("Slashed") == []
-            self.stats.outcomes["(audit resolved after the job settled)"] += 1
-        pool = slashed * REWARD_BPS // BPS + forfeited
-        share = pool // winners if winners else 0
-        rewards = []
-        for p in range(job.hops):
-            if fraud_mask >> p & 1 and share:
-                for verifier in audit.panels[p]:
-                    vote = audit.votes.get((p, verifier))
-                    if vote is not None and vote.revealed and vote.verdict == FRAUD:
-                        rewards.append(
-                            {"jobId": job.job_id, "position": p, "verifier": verifier, "amount": share}
-                        )
-                        self.court_credits[verifier] = self.court_credits.get(verifier, 0) + share
-        assert out.named("VerifierRewarded") == rewards
-        to_client = slashed + forfeited - share * winners
-        assert out.named("AuditResolved") == [
-            {
-                "jobId": job.job_id,
-                "fraudMask": fraud_mask,
-                "slashed": slashed,
-                "rewarded": share * winners,
-                "toClient": to_client,
-            }
-        ]
-        client = job.terms.client
-        if to_client and client in self.rejecting:
-            self.court_credits[client] = self.court_credits.get(client, 0) + to_client
-            assert out.named("PaymentCredited") == [{"account": client, "amount": to_client}]
-            self.stats.outcomes["(court payment credited)"] += 1
-        elif to_client:
-            expected[client] = expected.get(client, 0) + to_client
-        audit.resolved = True
-        self.stats.outcomes["(audit found fraud)" if fraud_mask else "(audit honest)"] += 1
         if forfeited:
             self.stats.outcomes["(bond forfeited)"] += 1
-        if rewards:
-            self.stats.outcomes["(verifiers rewarded)"] += 1
-        self._check_deltas("resolve_audit", out, expected)
+        return fraud_mask, winners, forfeited
+
+    def _penalize_abstainers(self, audit: AuditModel, out: Outcome, slashes: list[dict[str, Any]]) -> int:
+        """AuditCourt._penalizeAbstainers: every drawn verifier that never committed loses one verifier bond
+        of its stake (JobMarket.penalizeVerifier; the proceeds go to the court). Returns the total."""
+        total, events = 0, []
+        for p, panel in enumerate(audit.panels):
+            for verifier in panel:
+                if (p, verifier) in audit.votes:
+                    continue
+                taken = self._slash_node(verifier, BOND, slashes)
+                events.append({"verifier": verifier, "amount": taken})
+                total += taken
+                self.stats.outcomes["(verifier penalized)"] += 1
+        assert out.named("VerifierPenalized") == events
+        return total
 
     # ----------------------------------------------------------------- a whole round, and withdrawals
 
@@ -1810,15 +2354,18 @@ class AuditMachine(MarketMachine):
     )
     def disputed_job(self, client: int, first_shard: int, tokens: int, liar: int | None) -> None:
         """Submit a job and commit every position, the `liar`'s input not linking up: most such jobs end
-        Disputed (a one-hop job has no link to break; linked ones may be sampled)."""
+        Disputed (a one-hop job has no link to break; linked ones may be drawn by sampleAudit)."""
         count = len(self.jobs)
         self.submit_job(client, first_shard, 40, MAX_PRICES[-1], "exact_max", 0)
         if len(self.jobs) == count:
             return  # nothing to match
         job = self.jobs[-1]
         for position in range(job.hops):
-            by = self._sender_of(job.terms.route[position].node)
-            self._commit("commit_all", job, position, by, tokens, True, "now", position == liar)
+            if not job.mask >> position & 1:  # the protocol node committed its position already
+                by = self._sender_of(job.terms.route[position].node)
+                self._commit("commit_all", job, position, by, tokens, True, "now", position == liar)
+        if job.status == JobStatus.COMMITTED:
+            self._sample_audit(job, client, "now")
 
     @initialize(
         k=job_pick,
@@ -1844,18 +2391,24 @@ class AuditMachine(MarketMachine):
         reveals (the single-step rules carry on), or go on to the winners' withdrawals: each step checked as
         on its own."""
         jobs = [j for j in self._live(JobStatus.DISPUTED) if j.job_id not in self.audits]
-        audit = self._open_audit(jobs[k % len(jobs)], "now")
+        job = jobs[k % len(jobs)]
+        audit = self._open_audit(job, "now")
+        if audit is None and job.job_id in self.anchors:  # that call anchored a block: now it opens
+            audit = self._open_audit(job, "now")
         if audit is None:  # opened too late
             return
         seats = [(p, v) for p, panel in enumerate(audit.panels) for v in panel]
-        choices = {seat: plan[i % len(plan)] for i, seat in enumerate(seats)}
+        # The protocol node's seats vote by its own duty (at once, the truth), not by the plan.
+        choices = {
+            seat: plan[i % len(plan)] for i, seat in enumerate(seats) if seat[1] != self.protocol.address
+        }
         for (p, v), choice in choices.items():
             if choice is not None:
                 self._commit_vote(audit, p, v, FRAUD if choice == "silent" else choice, BOND, "now")
         if stop == "commit":
             return
         # Close to each deadline, so the first reveal and the resolution probe both sides of their edge.
-        self.now = max(self.now, audit.commit_deadline - 2)
+        self._advance_to(audit.commit_deadline - 2)
         at = "after"
         # Panels that did not all commit first: their reveals stay closed until the commit deadline.
         for (p, v), choice in sorted(choices.items(), key=lambda item: audit.all_committed(item[0][0])):
@@ -1865,7 +2418,7 @@ class AuditMachine(MarketMachine):
                 at = "now"
         if stop == "reveal":
             return
-        self.now = max(self.now, audit.reveal_deadline - 2)
+        self._advance_to(audit.reveal_deadline - 2)
         self._resolve_audit(audit, k % 10, False, "after")
         if stop == "withdraw":
             for _, v in seats:
@@ -1947,8 +2500,21 @@ def test_marketplace_properties(market_env: Env) -> None:
         "withdraw_credit:ok",
         "overbill:InvalidReceiptSignature",
         "overbill:TokensExceedMax",
-        "(slashed at 1000 bps)",
+        "protocol_commit:ok",
+        "checkpoint_receipt:ok",
+        "checkpoint_receipt:ReceiptNotNewer",
+        "checkpoint_receipt:InvalidReceiptSignature",
+        "challenge:ok",
+        "challenge:WrongChallengeBond",
+        "sample_audit:SamplingDisabled",
+        "submit_job:TooManyHints",
+        "(miss slash burned)",
+        "(miss slash capped at the job's offer)",
         "(slashed at 5000 bps)",
+        "(challenge bond returned)",
+        "(challenge bond to the nodes)",
+        "(challenge bond to the nodes, no verdict)",
+        "(dispute timeout restarted)",
         "(slash reached into unbonding)",
         "(refund credited)",
         # and both sides of every time window's edge
@@ -1962,6 +2528,8 @@ def test_marketplace_properties(market_env: Env) -> None:
         "(probe hold_for_audit COMMITTED at edge+0: ChallengeWindowClosed)",
         "(probe finalize DISPUTED at edge-1: ChallengeWindowOpen)",
         "(probe finalize DISPUTED at edge+0: ok)",
+        "(probe challenge COMMITTED at edge-1: ok)",
+        "(probe challenge COMMITTED at edge+0: ChallengeWindowClosed)",
         "(probe withdraw_unbonded at edge+0: UnbondingLocked)",
         "(probe withdraw_unbonded at edge+1: ok)",
     ):
@@ -1988,11 +2556,19 @@ def test_audit_court_properties(court_env: Env) -> None:
         "withdraw_court_credit:ok",
         "(commitments mismatched)",
         "(job sampled)",
+        "sample_audit:NotSampled",
+        "sample_audit:DrawUnavailable",
+        "(audit anchored: dispute block out of reach)",
         "(panel drawn)",
+        "(panel drawn by stake)",
         "(audit found fraud)",
         "(audit honest)",
         "(bond forfeited)",
+        "(minority bond forfeited)",
+        "(verifier penalized)",
         "(verifiers rewarded)",
+        "(challenger paid by the court)",
+        "(minority fraud vote on the protocol node)",
         "(slashed at 5000 bps)",
         "hold_for_audit:NotAuditor",
         "resolve_dispute:NotAuditor",

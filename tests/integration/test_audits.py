@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -81,9 +81,10 @@ class AuditMarket:
         )
 
 
-@pytest.fixture(scope="module")
-def audit_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditMarket]:
-    tmp = tmp_path_factory.mktemp("audits")
+def _start_market(
+    tmp: Path, params: DeployParams, verifier_keys: dict[int, list[str]], liar: str | None
+) -> Iterator[AuditMarket]:
+    """A chain, a deployment with a court, the tiny model registered, verifier nodes started."""
     model = save_random_model(tiny_llama_config(vocab_size=49152, num_hidden_layers=6), tmp / "tiny")
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(models_dir() / "SmolLM2-135M-Instruct" / name, model / name)
@@ -91,14 +92,14 @@ def audit_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditMark
     try:
         w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
         deployer = Sender(w3, HARDHAT_DEV_KEYS[0])
-        market = Marketplace(w3, deploy(w3, deployer, PARAMS))
+        market = Marketplace(w3, deploy(w3, deployer, params))
         described = describe_model(str(model))
         model_id, _ = market.register_model(deployer, described.name, described.weights_hash, 6, [0, 2, 4, 6])
         running = AuditMarket(chain, w3, market, model, model_id, tmp, [])
-        liar = {"SPLITMESH_NODE_VERIFIER_LIES": "1"}
+        lies = {"SPLITMESH_NODE_VERIFIER_LIES": "1"}
         specs = [
-            running.spec(s, k, 2 * PRICE, env=liar if k == LIAR_KEY else None)
-            for s, keys in VERIFIER_KEYS.items()
+            running.spec(s, k, 2 * PRICE, env=lies if k == liar else None)
+            for s, keys in verifier_keys.items()
             for k in keys
         ]
         running.verifiers = start_nodes(specs, tmp / "logs")
@@ -106,6 +107,19 @@ def audit_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditMark
         stop_nodes(running.verifiers, timeout=40)
     finally:
         chain.stop()
+
+
+@pytest.fixture(scope="module")
+def audit_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditMarket]:
+    yield from _start_market(tmp_path_factory.mktemp("audits"), PARAMS, VERIFIER_KEYS, LIAR_KEY)
+
+
+@pytest.fixture(scope="module")
+def challenge_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditMarket]:
+    """No sampling: a job is audited only when someone challenges it. One verifier per shard."""
+    keys = {shard: keys[:1] for shard, keys in VERIFIER_KEYS.items()}
+    params = replace(PARAMS, audit_rate_bps=0)
+    yield from _start_market(tmp_path_factory.mktemp("challenges"), params, keys, None)
 
 
 def _serve(audit_market: AuditMarket, cheats: dict[int, str]) -> list[NodeProcess]:
@@ -181,11 +195,24 @@ def test_an_honest_job_is_audited_and_nobody_is_slashed(audit_market: AuditMarke
     result = _run_audited_job(audit_market, {})
     assert result["fraud_mask"] == 0 and result["slashed"] == 0
     assert result["status"] == JobStatus.FINALIZED
+    market = audit_market.market
     liar = Sender(audit_market.w3, LIAR_KEY).address
+    winners = []
     for panel in result["panels"]:  # type: ignore[attr-defined]
         assert len(panel.verifiers) == 3
         lies = int(liar in panel.verifiers)
         assert (panel.honest_votes, panel.fraud_votes) == (3 - lies, lies)
+        winners += [v for v in panel.verifiers if v != liar]
+    # The liar's bond (the minority) is shared by the honest winners, who get their own bonds back with
+    # it; each verifier node withdraws its credit by itself once the audit resolved.
+    job_id = result["job_id"]
+    rewarded = {
+        e["args"]["verifier"]: e["args"]["amount"] for e in market.events("VerifierRewarded", jobId=job_id)
+    }
+    bond = PARAMS.verifier_bond
+    forfeited = bond if any(liar in p.verifiers for p in result["panels"]) else 0  # type: ignore[attr-defined]
+    assert rewarded == dict.fromkeys(winners, bond + forfeited // len(winners))
+    _wait(lambda: all(market.court_credit_of(v) == 0 for v in winners), 30, "the verifiers to withdraw")
 
 
 @pytest.mark.parametrize(
@@ -236,3 +263,104 @@ def test_training_jobs_are_audited_forward_and_backward(
         lies = int(liar in panel.verifiers)
         honest = 3 - lies if not fraud else lies
         assert (panel.honest_votes, panel.fraud_votes) == (honest, 3 - honest), (position, panel)
+
+
+def _challenged_job(challenge_market: AuditMarket, cheats: dict[int, str]) -> dict[str, object]:
+    """Serve one generation, have its client challenge it once committed, follow the audit to the end.
+    Returns the settlement events and the client's balance change from the challenge to the verdict."""
+    market = challenge_market.market
+    serving = _serve(challenge_market, cheats)
+    try:
+        client = Client(
+            challenge_market.chain.rpc_url,
+            CLIENT_KEY,
+            str(challenge_market.model),
+            market=market.deployment.market,
+        )
+        out = client.generate("Tell me about the sea.", 6, split=2, max_price_per_token=PRICE)
+        job_id = out.receipt.job_id
+        _wait(lambda: market.get_job(job_id).status == JobStatus.COMMITTED, 60, "the job to be committed")
+        client.challenge(job_id)
+        after_challenge = market.balance(client.address)
+        assert market.get_job(job_id).status == JobStatus.DISPUTED
+        # Nobody is told: the verifier nodes see the dispute on-chain, open the audit and vote.
+        _wait(lambda: market.get_audit(job_id).status == AuditStatus.OPEN, 60, "the audit to open")
+        audit = market.get_audit(job_id)
+        _wait(
+            lambda: all(
+                p.honest_votes + p.fraud_votes == len(p.verifiers) for p in market.get_audit(job_id).panels
+            ),
+            120,
+            "every verifier to reveal",
+        )
+        advance_time(
+            challenge_market.w3,
+            audit.reveal_deadline - int(challenge_market.w3.eth.get_block("latest")["timestamp"]) + 1,
+        )
+        _wait(lambda: market.get_audit(job_id).status == AuditStatus.RESOLVED, 60, "the audit to be resolved")
+        settled = market.events("ChallengeSettled", jobId=job_id)[-1]["args"]
+        resolved = market.events("AuditResolved", jobId=job_id)[-1]["args"]
+        finalized = market.events("JobFinalized", jobId=job_id)[-1]["args"]
+        return {
+            "job_id": job_id,
+            "route": [h.node for h in out.receipt.route],
+            "prices": [h.price_per_token for h in out.receipt.route],
+            "billed": out.receipt.billed_tokens,
+            "settled": settled,
+            "resolved": resolved,
+            "refund": int(finalized["refund"]),
+            "client_gain": market.balance(client.address) - after_challenge,
+            "panels": market.get_audit(job_id).panels,
+        }
+    finally:
+        stop_nodes(serving, timeout=40)
+
+
+def test_a_challenged_honest_job_costs_the_challenger_its_bond(challenge_market: AuditMarket) -> None:
+    market = challenge_market.market
+    earned_before = {
+        a: sum(e["args"]["amount"] for e in market.events("EarningsWithdrawn", node=a))
+        for a in (Sender(challenge_market.w3, k).address for k in SERVING_KEYS)
+    }
+    result = _challenged_job(challenge_market, {})
+    bond = market.challenge_bond()
+    per_node = (bond - bond // 2) // 2
+    to_court = bond - 2 * per_node
+    settled, resolved = result["settled"], result["resolved"]
+    assert (settled["toChallenger"], settled["perNode"], settled["toAuditor"]) == (0, per_node, to_court)
+    assert (resolved["fraudMask"], resolved["slashed"]) == (0, 0)
+    # Half the bond pays the honest verifiers (one per position here), the other half the route's nodes.
+    verifiers = [v for p in result["panels"] for v in p.verifiers]  # type: ignore[attr-defined]
+    assert len(verifiers) == 2
+    share = to_court // 2
+    rewarded = {
+        e["args"]["verifier"]: e["args"]["amount"]
+        for e in market.events("VerifierRewarded", jobId=result["job_id"])
+    }
+    assert rewarded == dict.fromkeys(verifiers, PARAMS.verifier_bond + share)
+    assert resolved["rewarded"] == 2 * share
+    # The client lost its bond but for the rounding dust; the escrow's refund came back as usual.
+    assert result["client_gain"] == result["refund"] + resolved["toClient"]
+    fee = market.hop_fee()
+    # Each route node was credited its pay, the hop fee and its part of the bond (withdrawn or not yet:
+    # the serving nodes are stopped now, so the two reads cannot race a withdrawal).
+    for node, price in zip(result["route"], result["prices"], strict=True):  # type: ignore[call-overload]
+        withdrawn = sum(e["args"]["amount"] for e in market.events("EarningsWithdrawn", node=node))
+        credited = withdrawn + market.get_node(node).earnings - earned_before[node]
+        assert credited == price * result["billed"] + fee + per_node  # type: ignore[operator]
+    _wait(lambda: all(market.court_credit_of(v) == 0 for v in verifiers), 30, "the verifiers to withdraw")
+
+
+def test_a_challenged_garbage_job_refunds_and_pays_the_challenger(challenge_market: AuditMarket) -> None:
+    market = challenge_market.market
+    cheater = Sender(challenge_market.w3, SERVING_KEYS[0]).address
+    stake_before = market.get_node(cheater).stake
+    result = _challenged_job(challenge_market, {1: "garbage"})
+    bond = market.challenge_bond()
+    settled, resolved = result["settled"], result["resolved"]
+    assert settled["toChallenger"] == bond and settled["perNode"] == 0
+    assert resolved["fraudMask"] == 0b01 and resolved["slashed"] > 0
+    assert market.get_node(cheater).stake == stake_before - resolved["slashed"]
+    # The bond back, the cheater's unpaid share of the escrow, and the slash less the verifiers' reward.
+    assert result["client_gain"] == bond + result["refund"] + resolved["toClient"]
+    assert resolved["toClient"] == resolved["slashed"] - resolved["rewarded"] > 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from splitmesh.chain import LocalChain, Marketplace, NodeStatus, free_port, rpc_chain_id
+from splitmesh.chain import DeployParams, LocalChain, Marketplace, NodeStatus, free_port, rpc_chain_id
 from splitmesh.chain.deploy import deployment_from_market
 from splitmesh.errors import ChainUnavailable, ConfigError
 from splitmesh.paths import models_dir
@@ -53,10 +53,13 @@ def test_demo_against_a_running_chain_leaves_it_running(chain: LocalChain, w3: W
     data = json.loads(result.stdout)
     assert data["status"] == "finalized"
     assert data["text"] and data["tokens"] == len(data["token_ids"]) > 0
-    # Every node was paid price x billed tokens, withdrew it, and the rest went back to the client.
+    # Every node was paid price x billed tokens plus the hop fee, withdrew it, and the rest went back to
+    # the client.
+    fee = Marketplace(w3, deployment_from_market(w3, data["chain"]["market"])).hop_fee()
+    assert fee == DeployParams().hop_fee
     assert sum(p["paid_wei"] for p in data["payments"]) + data["refund_wei"] == data["escrow_wei"]
     for p in data["payments"]:
-        assert p["paid_wei"] == p["withdrawn_wei"] == p["price_per_token"] * data["billed_tokens"]
+        assert p["paid_wei"] == p["withdrawn_wei"] == p["price_per_token"] * data["billed_tokens"] + fee
     assert [hop["shard"] for hop in data["route"]] == [1, 2, 3]
     assert data["model"]["plan"] == [0, 4, 13, 22, 30]
     # What the demo printed is what the chain holds.
@@ -161,9 +164,12 @@ def test_demo_with_audits_shows_the_verdict_the_slash_and_the_refund(
         stake = 2 * 10**18  # --stake default; fraudSlashBps default 5000
         assert data["slashed_wei"] == stake // 2
         assert data["payments"][0]["paid_wei"] == 0  # the cheater is not paid
-        # The client gets back the cheater's share of the escrow plus its part of the slash.
+        # The client gets back the cheater's share of the escrow plus its part of the slash; every
+        # verifier revealed the majority verdict, so nothing was forfeited or penalized: the winners'
+        # reward and the client's part make up the slash.
         assert data["refund_wei"] == data["escrow_wei"] - paid + audit["slash_to_client_wei"]
         assert audit["verifier_reward_wei"] + audit["slash_to_client_wei"] == data["slashed_wei"]
+        assert audit["reason"] == "sampled"
     else:
         assert data["slashed_wei"] == 0
         assert data["refund_wei"] == data["escrow_wei"] - paid

@@ -10,11 +10,19 @@ import pytest
 import torch
 from aiohttp import web
 
-from client_sdk import Client, EscrowTooSmall, MalformedReply, NodeUnavailable, NoRoute, StepFailed
+from client_sdk import (
+    ChallengeRefused,
+    Client,
+    EscrowTooSmall,
+    MalformedReply,
+    NodeUnavailable,
+    NoRoute,
+    StepFailed,
+)
 from client_sdk.link import RouteLink
-from splitmesh.chain import HARDHAT_DEV_KEYS, Sender
-from splitmesh.chain.launcher import free_port
-from splitmesh.cli.localnet import CLIENT_KEY, SPLIT, RunningMarket
+from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, Sender
+from splitmesh.chain.launcher import advance_time, free_port
+from splitmesh.cli.localnet import CLIENT_KEY, PARAMS, SPLIT, RunningMarket
 from splitmesh.model_files import describe_model
 from splitmesh.wire import encode_frame
 
@@ -43,9 +51,19 @@ def test_a_plan_without_nodes_is_no_route(running_market: RunningMarket, client:
 
 def test_escrow_below_the_route_price_is_refused_on_chain(client: Client) -> None:
     jobs_before = client.market.job_count()
-    with pytest.raises(EscrowTooSmall, match="does not cover"):
+    with pytest.raises(EscrowTooSmall, match=r"does not cover .* plus the hop fee of 10+ wei per hop"):
         client.generate(PROMPT, 2, split=SPLIT, escrow_wei=1)
     assert client.market.job_count() == jobs_before  # the reverted submission left nothing behind
+
+
+def test_a_challenge_after_the_window_is_refused(running_market: RunningMarket, client: Client) -> None:
+    job_id = client.generate(PROMPT, 1, split=SPLIT).receipt.job_id
+    running_market.wait_status(job_id, JobStatus.COMMITTED)
+    advance_time(running_market.w3, PARAMS.challenge_window)
+    balance = client.market.balance(client.address)
+    with pytest.raises(ChallengeRefused, match="only a committed job, inside its challenge window"):
+        client.challenge(job_id)
+    assert client.market.balance(client.address) == balance  # refused at the estimate: no bond, no gas
 
 
 def test_first_node_down_is_node_unavailable(running_market: RunningMarket, client: Client) -> None:

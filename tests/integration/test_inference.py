@@ -69,13 +69,14 @@ def test_payments_and_refund_add_up_to_the_escrow(running_market: RunningMarket,
     out = client.generate(PROMPT, 6, split=SPLIT)
     job_id = out.receipt.job_id
     escrow = out.receipt.escrow_wei
-    assert escrow == out.receipt.max_tokens * PRICE * 3
+    fee = PARAMS.hop_fee  # each committed hop earns it per job, on top of price x tokens
+    assert escrow == (out.receipt.max_tokens * PRICE + fee) * 3
     settlement = _settle(running_market, client, job_id)
     billed = out.receipt.billed_tokens
     assert market.get_job(job_id).status == JobStatus.FINALIZED
     assert settlement.billed_tokens == billed
-    assert settlement.paid_wei == {n.address: PRICE * billed for n in running_market.nodes}
-    assert settlement.total_paid_wei == 3 * PRICE * billed
+    assert settlement.paid_wei == {n.address: PRICE * billed + fee for n in running_market.nodes}
+    assert settlement.total_paid_wei == 3 * (PRICE * billed + fee)
     assert settlement.total_paid_wei + settlement.refund_wei == escrow
     # The refund reached the client (minus gas if the client's finalize won the race with the nodes'),
     # in the settling transaction's own block: other jobs of this shared client may settle meanwhile.
@@ -93,7 +94,7 @@ def test_payments_and_refund_add_up_to_the_escrow(running_market: RunningMarket,
             time.sleep(0.1)
         withdrawn = market.events("EarningsWithdrawn", node=node.address)
         # Earlier jobs may be swept by the same withdrawal; this job's pay is in the total.
-        assert sum(e["args"]["amount"] for e in withdrawn) >= PRICE * billed
+        assert sum(e["args"]["amount"] for e in withdrawn) >= PRICE * billed + fee
 
 
 def test_noise_at_finite_epsilon_has_the_expected_scale(

@@ -124,7 +124,8 @@ def test_fine_tuning_over_the_marketplace_lowers_the_loss_and_teaches_the_patter
     assert state.billed_tokens == report.tokens
     advance_time(running_market.w3, running_market.market.parameters()["challenge_window"] + 1)
     settlement = client.finalize(report.job_id)
-    assert set(settlement.paid_wei.values()) == {PRICE * report.tokens}
+    fee = running_market.market.hop_fee()  # each committed hop's flat pay per job
+    assert set(settlement.paid_wei.values()) == {PRICE * report.tokens + fee}
     assert settlement.total_paid_wei + settlement.refund_wei == settlement.escrow_wei
     submitted = running_market.market.job_submitted(report.job_id)
     declared = json.loads(submitted.metadata)
@@ -155,7 +156,13 @@ class TrainRig:
         self.signer = EnvelopeSigner(CLIENT_KEY, self.market.chain_id, running.deployment.market)
         self.stranger = EnvelopeSigner(OTHER_KEY, self.market.chain_id, running.deployment.market)
         self.job: SubmittedJob = self.market.submit_job(
-            self.sender, running.model_id, 1, 200, PRICE, 200 * PRICE * 3, b'{"kind":"train"}'
+            self.sender,
+            running.model_id,
+            1,
+            200,
+            PRICE,
+            self.market.escrow_for(200, PRICE, 3),
+            b'{"kind":"train"}',
         )
         self.first = running.nodes[0]
         self.billed = 0

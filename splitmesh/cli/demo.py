@@ -68,7 +68,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--clip", type=float, help="L2 clip per token vector (default: median norm on public text)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the DP noise and sampling (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of sampling with --temperature (default: fresh); the DP noise is never seeded",
+    )
     p.add_argument(
         "--price-gwei",
         type=float,

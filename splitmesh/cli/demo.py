@@ -297,6 +297,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"over {privacy['tokens']} released vectors: epsilon {privacy['composed_epsilon']} at delta "
             f"{privacy['composed_delta']} ({privacy['method']})"
         )
+        from client_sdk.disclosure import sentence
+
+        out.info(f"    leakage: {sentence(privacy.get('leakage', {}))}")
+        out.info(f"    the last node sees: {privacy['exposure']['last_node']}")
         stats = receipt.steps.summary()
         out.info(
             f"    decode {receipt.tokens_per_s or 0:.1f} tokens/s; "

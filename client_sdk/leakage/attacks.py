@@ -26,6 +26,7 @@ import torch
 from client_sdk.leakage.features import SplitFeatures, SplitModel
 from client_sdk.leakage.mechanism import Mechanism
 
+
 @dataclass
 class Candidates:
     """What the attacker precomputes once per split (noise-independent)."""
@@ -72,10 +73,14 @@ def nearest(released: torch.Tensor, cand: Candidates, mech: Mechanism) -> torch.
 def learned_scores(released: torch.Tensor, cand: Candidates, mech: Mechanism) -> torch.Tensor:
     """released [N, hidden] -> log-posterior scores [N, C] of the Gaussian linear classifier."""
     clipped = mech.clip_vectors(cand.train_z).double()  # E[Z'] of each training vector
-    sums = torch.zeros(len(cand.ids), clipped.shape[1], dtype=torch.float64).index_add_(0, cand.labels, clipped)
+    sums = torch.zeros(len(cand.ids), clipped.shape[1], dtype=torch.float64).index_add_(
+        0, cand.labels, clipped
+    )
     seen = cand.counts > 0
     means = torch.where(
-        seen[:, None], sums / cand.counts.double().clamp(min=1)[:, None], mech.clip_vectors(cand.table).double()
+        seen[:, None],
+        sums / cand.counts.double().clamp(min=1)[:, None],
+        mech.clip_vectors(cand.table).double(),
     )
     variance = float((clipped - means[cand.labels]).pow(2).mean()) + mech.std**2 + 1e-12
     prior = torch.log(cand.counts + 0.5)  # add-half smoothing keeps unseen tokens possible

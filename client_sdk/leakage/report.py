@@ -13,15 +13,17 @@ from typing import Any
 
 import torch
 
+import splitmesh
 from client_sdk.leakage import attacks, utility
 from client_sdk.leakage.corpus import Corpus
 from client_sdk.leakage.features import SplitFeatures, chunk_tokens, load_tokenizer, reference_logits
 from client_sdk.leakage.mechanism import Mechanism, generator
+from splitmesh.leakage_table import TABLE_FORMAT, TABLE_RESOURCE
 from splitmesh.model.identity import weights_identity
 from splitmesh.model.loader import ModelSpec
 
-TABLE_FILE = Path(__file__).resolve().parent.parent / "data" / "leakage_table.json"
-TABLE_FORMAT = 1
+# Where splitmesh.leakage_table (the receipts' and the coordinator's reader) looks for the shipped table.
+TABLE_FILE = Path(splitmesh.__file__).resolve().parent / TABLE_RESOURCE
 ATTACKS = ("nearest", "learned", "optimization")
 DEFAULT_SPLITS = (2, 4)
 DEFAULT_EPSILONS = (math.inf, 1000.0, 300.0, 100.0, 30.0, 10.0)
@@ -39,14 +41,14 @@ class ReportConfig:
     train_tokens: int = 15500  # the attacker's training positions
     frequent: int = 4096  # lowest token ids in the attacker's candidate table (split > 0)
     opt_rows: int = 2  # eval rows the optimization attack inverts (it is the slow one)
-    opt_steps: int = 30  # Adam steps per epsilon
+    opt_steps: int = 20  # Adam steps per epsilon
     opt_topk: int = 32  # candidates per position the optimization chooses among
     gen_tokens: int = 8  # greedy tokens per fixed prompt
     texts: list[Path] = field(default_factory=list)  # user eval text files (replace the shipped eval text)
     command: str = "splitmesh privacy"  # recorded as generated_by
 
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # one line about the stage starting
 
 
 def _eval_texts(cfg: ReportConfig, corpus: Corpus) -> list[str]:
@@ -59,7 +61,9 @@ def _json_epsilon(epsilon: float) -> float | str:
     return "inf" if math.isinf(epsilon) else float(epsilon)
 
 
-def run_report(cfg: ReportConfig, progress: Progress = lambda _: None) -> dict[str, Any]:
+def run_report(
+    cfg: ReportConfig, progress: Progress = lambda _: None, cell_done: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
     """The report object: the table's fields, plus `details` (per cell extras) and `seconds`."""
     started = time.monotonic()
     torch.manual_seed(cfg.seed)  # nothing should draw from the global generator; pin it anyway
@@ -69,7 +73,9 @@ def run_report(cfg: ReportConfig, progress: Progress = lambda _: None) -> dict[s
     corpus = Corpus.load()
     train_ids = chunk_tokens(tokenizer, corpus.train, cfg.seq_len, cfg.train_tokens, bos)
     eval_ids = chunk_tokens(tokenizer, _eval_texts(cfg, corpus), cfg.seq_len, cfg.eval_tokens, bos)
-    progress(f"model {spec.source.name}: {train_ids[:, 1:].numel()} train, {eval_ids[:, 1:].numel()} eval tokens")
+    progress(
+        f"model {spec.source.name}: {train_ids[:, 1:].numel()} train, {eval_ids[:, 1:].numel()} eval tokens"
+    )
     reference = utility.Reference.from_logits(reference_logits(spec, eval_ids), eval_ids)
     prompts = utility.prompt_ids(tokenizer, bos)
     entries: list[dict[str, Any]] = []
@@ -85,6 +91,7 @@ def run_report(cfg: ReportConfig, progress: Progress = lambda _: None) -> dict[s
             entry, detail = _cell(cfg, features, cand, reference, prompts, clean, epsilon, bos)
             entries.append(entry)
             details.append(detail)
+            cell_done()
     return {
         "format": TABLE_FORMAT,
         "generated_by": cfg.command,
@@ -113,10 +120,15 @@ def _cell(
     split = features.model.split
     mech = Mechanism(epsilon, cfg.delta, features.clip)
     tf = utility.teacher_forced(
-        features, mech, reference, generator(cfg.seed, "utility", split, epsilon),
+        features,
+        mech,
+        reference,
+        generator(cfg.seed, "utility", split, epsilon),
         generator(cfg.seed, "sample", split, epsilon),
     )
-    run = utility.generate(features, mech, prompts, cfg.gen_tokens, generator(cfg.seed, "generate", split, epsilon))
+    run = utility.generate(
+        features, mech, prompts, cfg.gen_tokens, generator(cfg.seed, "generate", split, epsilon)
+    )
 
     # The attacker's own noised copy of the eval rows: independent of the utility noise above.
     released = mech.release(features.eval_z, generator(cfg.seed, "attack", split, epsilon))
@@ -127,7 +139,9 @@ def _cell(
         "nearest": _rate(attacks.nearest(flat, cand, mech), truth),
         "learned": _rate(attacks.learned(flat, cand, mech), truth),
         "optimization": _rate(
-            attacks.optimization(features.model, rows, cand, mech, bos, steps=cfg.opt_steps, topk=cfg.opt_topk),
+            attacks.optimization(
+                features.model, rows, cand, mech, bos, steps=cfg.opt_steps, topk=cfg.opt_topk
+            ),
             truth[: rows.shape[0] * (rows.shape[1] - 1)],
         ),
     }
@@ -159,8 +173,17 @@ def _rate(guess: torch.Tensor, truth: torch.Tensor) -> float:
     return float((guess == truth).double().mean())
 
 
-TABLE_KEYS = ("format", "generated_by", "generated_at", "model", "weights_hash", "delta", "seed", "eval_tokens",
-              "entries")
+TABLE_KEYS = (
+    "format",
+    "generated_by",
+    "generated_at",
+    "model",
+    "weights_hash",
+    "delta",
+    "seed",
+    "eval_tokens",
+    "entries",
+)
 
 
 def table_of(report: dict[str, Any]) -> dict[str, Any]:

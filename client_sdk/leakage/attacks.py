@@ -107,7 +107,7 @@ def optimization(
     target = released[:, 1:]  # [S, T - 1, hidden]
     prior = learned_scores(target.reshape(-1, hidden), cand, mech)  # [N, C]
     top_scores, top = prior.topk(min(topk, prior.shape[1]), dim=-1)  # [N, k]
-    embed = model.client.embeddings[model.client.spec.arch.embed[0]].weight  # [vocab, hidden]
+    embed: torch.Tensor = model.client.embeddings[model.client.spec.arch.embed[0]].weight  # type: ignore[assignment]
     options = embed[cand.ids[top]].detach()  # [N, k, hidden]
     logits = torch.log_softmax(top_scores, -1).view(rows, length - 1, -1).clone().requires_grad_(True)
     positions = torch.arange(length).expand(rows, -1)

@@ -195,7 +195,7 @@ def build_corpus(path: Path = CORPUS_FILE) -> Corpus:
     from client_sdk.privacy import DEFAULT_CALIBRATION_TEXTS
 
     with contextlib.redirect_stdout(io.StringIO()):  # `import this` prints the Zen
-        from this import s as zen_rot13  # type: ignore[import-not-found]
+        from this import s as zen_rot13
 
     train: list[str] = [*_instructions("instructions.jsonl"), *DEFAULT_CALIBRATION_TEXTS]
     evaluation: list[str] = [*_instructions("instructions_heldout.jsonl")]

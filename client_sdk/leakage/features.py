@@ -44,7 +44,7 @@ def load_tokenizer(spec: ModelSpec) -> Tokenizer:
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(spec.source.path))  # type: ignore[no-any-return]
+        return AutoTokenizer.from_pretrained(str(spec.source.path))
     except (OSError, ValueError, TypeError):
         logger.warning("%s has no tokenizer; using bytes as tokens", spec.source.path)
         return ByteTokenizer(int(spec.config.vocab_size), getattr(spec.config, "bos_token_id", None))

@@ -21,6 +21,7 @@ from splitmesh.cli.main import main
 from splitmesh.leakage_table import LeakageTable, load_table
 from splitmesh.model.identity import weights_identity
 from splitmesh.model.loader import ModelSpec
+from splitmesh.model.source import ModelSource
 from tests.model_fixtures import save_random_model, tiny_llama_config
 
 DELTA = 1e-5
@@ -170,3 +171,30 @@ def test_cli_refuses_to_ship_a_table_from_private_text(tiny_dir: Path, tmp_path:
     text = tmp_path / "mine.txt"
     text.write_text("my own text\n")
     assert main(["privacy", "--model", str(tiny_dir), "--text", str(text), "--write-table"]) == 2
+
+
+@pytest.fixture(scope="module")
+def smollm2_spec() -> ModelSpec:
+    return ModelSpec.open(str(ModelSource.resolve(None).path))
+
+
+def test_smollm2_attacks_invert_embeddings_and_lose_ground_to_noise(smollm2_spec: ModelSpec) -> None:
+    """The real tokenizer and weights, shipped text, small sizes (split 2 features on ~1.5k tokens)."""
+    tokenizer = load_tokenizer(smollm2_spec)
+    corpus = Corpus.load()
+    train = chunk_tokens(tokenizer, corpus.train, 32, 1550, 1)
+    evaluation = chunk_tokens(tokenizer, corpus.eval, 32, 124, 1)
+    truth = evaluation[:, 1:].reshape(-1)
+    rates: dict[tuple[int, float], float] = {}
+    for split in (0, 2):
+        features = SplitFeatures.compute(smollm2_spec, split, tokenizer, train, evaluation)
+        cand = attacks.build_candidates(features, frequent=1024, bos=1)
+        for epsilon in (math.inf, 10.0):
+            mech = Mechanism(epsilon, DELTA, features.clip)
+            flat = attacks.private_vectors(mech.release(features.eval_z, torch.Generator().manual_seed(0)))
+            rates[split, epsilon] = float((attacks.learned(flat, cand, mech) == truth).double().mean())
+            if split == 0 and math.isinf(epsilon):
+                assert float((attacks.nearest(flat, cand, mech) == truth).double().mean()) > 0.99
+    assert rates[0, math.inf] > 0.99
+    assert rates[2, math.inf] > rates[2, 10.0]
+    assert rates[0, math.inf] > rates[0, 10.0]

@@ -7,7 +7,8 @@ the `frequent` lowest token ids (BPE merge order roughly follows frequency) plus
 training text, each as the token right after BOS. Eval tokens outside that set count as misses.
 
 - nearest: the table row nearest in L2 to Z' after clipping the rows like the mechanism does (the
-  maximum-likelihood token under Gaussian noise, ignoring context).
+  maximum-likelihood token under Gaussian noise, ignoring context). At epsilon inf nothing is clipped
+  or noised; the attacker then clips Z itself (norms vary with context, directions carry the token).
 - learned: a linear softmax classifier fitted on the attacker's public text: per-token means of the
   clipped in-context features (the table row for tokens it never saw), pooled within-token variance plus
   the known noise variance s^2, and the token frequencies as a prior (Gaussian discriminant analysis:
@@ -63,8 +64,15 @@ def private_vectors(z: torch.Tensor) -> torch.Tensor:
     return z[:, 1:].reshape(-1, z.shape[-1])
 
 
+def observed(released: torch.Tensor, mech: Mechanism) -> torch.Tensor:
+    """What the attacker compares: the released vectors, clipped by the attacker itself at epsilon inf
+    (their norms vary with the context, their direction carries the token; all sides get the same clip)."""
+    return released if mech.noised else mech.clip_vectors(released)
+
+
 def nearest(released: torch.Tensor, cand: Candidates, mech: Mechanism) -> torch.Tensor:
     """released [N, hidden] -> token ids [N]."""
+    released = observed(released, mech)
     rows = mech.clip_vectors(cand.table)
     scores = 2 * released @ rows.T - (rows * rows).sum(-1)  # -||z - row||^2 up to a per-row constant
     return cand.ids[scores.argmax(-1)]
@@ -72,6 +80,7 @@ def nearest(released: torch.Tensor, cand: Candidates, mech: Mechanism) -> torch.
 
 def learned_scores(released: torch.Tensor, cand: Candidates, mech: Mechanism) -> torch.Tensor:
     """released [N, hidden] -> log-posterior scores [N, C] of the Gaussian linear classifier."""
+    released = observed(released, mech)
     clipped = mech.clip_vectors(cand.train_z).double()  # E[Z'] of each training vector
     sums = torch.zeros(len(cand.ids), clipped.shape[1], dtype=torch.float64).index_add_(
         0, cand.labels, clipped
@@ -104,7 +113,7 @@ def optimization(
 ) -> torch.Tensor:
     """released [S, T, hidden] (a few rows) -> token ids [S * (T - 1)]."""
     rows, length, hidden = released.shape
-    target = released[:, 1:]  # [S, T - 1, hidden]
+    target = observed(released[:, 1:], mech)  # [S, T - 1, hidden]
     prior = learned_scores(target.reshape(-1, hidden), cand, mech)  # [N, C]
     top_scores, top = prior.topk(min(topk, prior.shape[1]), dim=-1)  # [N, k]
     embed: torch.Tensor = model.client.embeddings[model.client.spec.arch.embed[0]].weight  # type: ignore[assignment]

@@ -44,9 +44,8 @@ class Mechanism:
         return not math.isinf(self.epsilon)
 
     def clip_vectors(self, z: torch.Tensor) -> torch.Tensor:
-        """What the mechanism does before the noise: z [..., hidden] scaled down to norm <= C."""
-        if not self.noised:
-            return z
+        """What the mechanism does before the noise: z [..., hidden] scaled down to norm <= C (release()
+        skips it at epsilon inf; an attacker may still apply it to what it sees)."""
         norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
         return z * (self.clip / norm.clamp(min=self.clip))
 

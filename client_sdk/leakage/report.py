@@ -39,8 +39,8 @@ class ReportConfig:
     seq_len: int = 32  # tokens per row, BOS included
     eval_tokens: int = 496  # private eval positions (rounded down to whole rows)
     train_tokens: int = 15500  # the attacker's training positions
-    frequent: int = 4096  # lowest token ids in the attacker's candidate table (split > 0)
-    opt_rows: int = 2  # eval rows the optimization attack inverts (it is the slow one)
+    frequent: int = 8192  # lowest token ids in the attacker's candidate table (split > 0)
+    opt_rows: int = 4  # eval rows the optimization attack inverts (it is the slow one)
     opt_steps: int = 20  # Adam steps per epsilon
     opt_topk: int = 32  # candidates per position the optimization chooses among
     gen_tokens: int = 8  # greedy tokens per fixed prompt

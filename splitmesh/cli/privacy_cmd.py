@@ -17,11 +17,17 @@ s, the split and the open weights):
   learned  a linear (Gaussian discriminant) classifier fitted on public text, noise-aware per epsilon
   optim    soft tokens optimized so that the client layers reproduce the observed noised vectors
   best     the best of the three: the headline prompt_recovery
+  At split k > 0 the attacker's candidates are the 8192 lowest token ids plus every token of its training
+  text; eval tokens outside them count as misses (the JSON `details` give this coverage). optim runs on
+  the first 4 eval rows (124 tokens) only: it is the slow one, and the noisiest estimate.
 
 output leakage (the last node applies the public final norm + LM head to its own output):
   out/g    share of the client's greedy tokens the last node reads exactly (always 1.0: the noise on Z
            does not hide the output)
   out/s    share of tokens a client samples (temperature 1, top-p 0.9) equal to the node's argmax guess
+
+The JSON object is the table (format, model, weights_hash, entries, ...) plus `details` per cell (noise
+std, candidate count and coverage, tokens the optimization attack saw) and `seconds`.
 
 The noise here is a seeded test-only stream (--seed): the same seed gives the same report. Production
 noise comes from the OS CSPRNG and is never seeded. --write-table stores the result where the SDK's
@@ -56,7 +62,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
     p.add_argument(
-        "--split", type=int, nargs="+", default=[2, 4], metavar="K", help="client layer counts (default 2 4)"
+        "--split",
+        type=int,
+        nargs="+",
+        default=[2, 4],
+        metavar="K",
+        help="client layer counts (default 2 4; 0 = the client sends embeddings)",
     )
     p.add_argument(
         "--epsilons",

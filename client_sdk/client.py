@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from web3 import Web3
 
+from client_sdk.disclosure import exposure
+from client_sdk.disclosure import lookup as lookup_leakage
 from client_sdk.errors import (
     ChallengeRefused,
     ClientError,
@@ -97,7 +99,7 @@ class GenerateOptions:
     split: int | None = None  # layers the client runs; None = the smallest registered split
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
-    seed: int | None = None  # seeds the DP noise and sampling
+    seed: int | None = None  # seeds sampling only (temperature > 0); the DP noise is never seeded
     chat: bool | None = None  # apply the chat template; None = when the tokenizer has one
     max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
     escrow_wei: int | None = (
@@ -231,10 +233,11 @@ class Client:
                 prepared.clip = calibrate_clip(model, self.tokenizer)
             clip = prepared.clip
         bos = getattr(model.config, "bos_token_id", None)
-        public_prefix = 1 if bos is not None and prompt_ids[0] == bos else 0
-        privatizer = Privatizer(
-            opts.epsilon, opts.delta, clip or 1.0, seed=opts.seed, public_prefix=public_prefix
-        )
+        # A public BOS through public weights is the same vector for everyone: sent as is. Once the
+        # client's layers carry a private adapter, the BOS vector identifies the client: noised too.
+        private_layers = prepared.trainer is not None
+        public_prefix = 1 if bos is not None and prompt_ids[0] == bos and not private_layers else 0
+        privatizer = Privatizer(opts.epsilon, opts.delta, clip or 1.0, public_prefix=public_prefix)
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
 
         # Nodes process the prompt and every generated token except the last one.
@@ -322,6 +325,13 @@ class Client:
         receipt.privacy = compose(opts.epsilon, opts.delta, privatizer.released).to_json()
         receipt.privacy["clip"] = clip if math.isfinite(opts.epsilon) else None
         receipt.privacy["public_prefix"] = public_prefix
+        receipt.privacy["leakage"] = lookup_leakage(self._weights_hash, model.split, opts.epsilon)
+        receipt.privacy["exposure"] = exposure(
+            epsilon=opts.epsilon,
+            public_bos=public_prefix > 0,
+            greedy=opts.temperature == 0,
+            split=model.split,
+        )
         receipt.status = "ended"
         yield Generation(text, generated, list(prompt_ids), receipt)
 

@@ -9,7 +9,6 @@ adjacency, so the sensitivity is 2C). Over a job the per-token guarantees compos
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
 import os
@@ -89,15 +88,36 @@ class PrivacyParams:
         return self
 
 
-def _noise_seed(seed: int | None) -> int:
-    """Generator seed: fresh OS entropy, or derived from `seed` so it never equals another stream's seed.
+NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> float64 N(0, 1) samples
 
-    A caller may reuse one seed for sampling too; hashing with a tag keeps the two streams unrelated.
+
+def csprng_normal(shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal float64 samples from the OS CSPRNG (`os.urandom`), by the Box-Muller transform.
+
+    torch's CPU generator is a Mersenne Twister: a party that sees enough outputs (the noise on a public
+    prefix is exactly known) could recover its state and subtract the rest of the noise. os.urandom is
+    the kernel's ChaCha20 CSPRNG, re-seeded from hardware entropy; nothing a node sees predicts it.
     """
-    if seed is None:
-        return int.from_bytes(os.urandom(8), "little") >> 1
-    digest = hashlib.sha256(b"splitmesh.privacy.noise:" + str(int(seed)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    count = math.prod(shape)
+    pairs = (count + 1) // 2
+    words = torch.frombuffer(bytearray(os.urandom(16 * pairs)), dtype=torch.int64).view(2, pairs)
+    # 53 random bits per uniform: u1 in (0, 1] keeps log(u1) finite, u2 in [0, 1).
+    u = ((words >> 11) & (2**53 - 1)).to(torch.float64) * 2.0**-53  # the mask undoes the sign extension
+    u1, u2 = 1.0 - u[0], u[1]
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    angle = 2.0 * math.pi * u2
+    normal = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])
+    return normal[:count].view(shape)
+
+
+def seeded_normal(seed: int) -> NoiseSource:
+    """A reproducible noise source FOR TESTS ONLY: anyone who knows the seed can remove the noise."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, dtype=torch.float64, generator=generator)
+
+    return draw
 
 
 class Privatizer:
@@ -105,7 +125,9 @@ class Privatizer:
 
     Call it on each chunk Z [1, q, hidden] (positions start..start+q-1) in order. Positions below
     `public_prefix` (a public BOS token, whose norm is several times the median) pass unchanged: noising
-    them costs quality and protects nothing.
+    them costs quality and protects nothing, as long as the client's layers hold only public weights
+    (with a private adapter the BOS vector identifies the client: pass 0). The noise comes from the OS
+    CSPRNG and cannot be seeded.
     """
 
     def __init__(
@@ -114,8 +136,8 @@ class Privatizer:
         delta: float,
         clip: float | None,
         *,
-        seed: int | None = None,
         public_prefix: int = 0,
+        noise_source: NoiseSource = csprng_normal,  # tests only may pass seeded_normal(...)
     ):
         _check_epsilon_delta(epsilon, delta)
         if public_prefix < 0:
@@ -131,8 +153,7 @@ class Privatizer:
         self.clip = clip
         self.std = noise_std(epsilon, delta, clip) if self.enabled and clip is not None else 0.0
         self.released = 0  # noised token vectors so far: what the budget composes over
-        # Private stream: the global torch RNG may be seeded or read by other code.
-        self._generator = torch.Generator().manual_seed(_noise_seed(seed))
+        self._noise_source = noise_source
 
     def __call__(self, z: torch.Tensor, start: int) -> torch.Tensor:
         """z [batch, q, hidden] at positions start..start+q-1 -> a new tensor, same shape and dtype."""
@@ -153,7 +174,7 @@ class Privatizer:
         x = private.to(work)
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # [batch, q - skip, 1]
         scale = self.clip / norm.clamp(min=self.clip)  # <= 1: scale down only; a zero vector stays zero
-        noise = torch.empty(x.shape, dtype=work).normal_(0.0, self.std, generator=self._generator)
+        noise = self._noise_source(tuple(x.shape)).to(work) * self.std
         # Out of place so the input is untouched and autograd (training through the split) still works.
         out = torch.addcmul(noise.to(z.device), x, scale).to(z.dtype)
         self.released += out.shape[0] * out.shape[1]

@@ -56,7 +56,7 @@ class TrainOptions:
     delta: float = 1e-5
     clip: float | None = None  # L2 bound per token vector; None = median norm on public text
     split: int | None = None  # layers the client runs; None = the smallest registered split
-    seed: int = 0  # adapter init, data order, DP noise
+    seed: int | None = None  # adapter init and data order (None = fresh); the DP noise is never seeded
     max_length: int = 256  # tokens per training sequence (the completion is cut beyond it)
     max_grad_norm: float | None = 1.0  # clip of the adapters' gradient norm; None = no clipping
     chat: bool | None = None  # chat template; None = when the tokenizer has one
@@ -128,7 +128,7 @@ class TrainingSession:
             clip = prepared.clip
         self.clip = clip
         # No public prefix: with LoRA the first position's output depends on private parameters too.
-        self.privatizer = Privatizer(opts.epsilon, opts.delta, clip or 1.0, seed=opts.seed, public_prefix=0)
+        self.privatizer = Privatizer(opts.epsilon, opts.delta, clip or 1.0, public_prefix=0)
         self.optimizer = trainer.optimizer(opts.lr)
         self.job, self.hops, submit_gas = client._submit(
             prepared,
@@ -259,6 +259,14 @@ class TrainingSession:
             raise TrainingError("no training step ran")
         privacy = compose(self.opts.epsilon, self.opts.delta, self.privatizer.released).to_json()
         privacy["clip"] = self.clip if math.isfinite(self.opts.epsilon) else None
+        privacy["exposure"] = {
+            "every_route_node": (
+                "the noised activations of every position (BOS included) and, on the way back, the "
+                "un-noised gradient of the loss with respect to its own output; the sequence lengths"
+            ),
+            "last_node": "the gradient of the loss with respect to the final hidden state",
+            "chain": "the client address, model, split, epsilon, token budget, prices and escrow of the job",
+        }
         seconds = time.perf_counter() - self.started
         return TrainingReport(
             job_id=self.job_id,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -123,7 +124,9 @@ class ClientTrainer:
     `head_forward`. The soft prompt is this object's parameter and is not seen by `ClientModel.head`.
     """
 
-    def __init__(self, model: ClientModel, config: AdapterConfig, *, seed: int = 0):
+    def __init__(self, model: ClientModel, config: AdapterConfig, *, seed: int | None = None):
+        if seed is None:  # fresh initial values: an adapter's start is nobody else's business
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
         self.model = model
         self.config = config.validate()
         self.family = model.spec.arch.family

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from eth_utils import is_address, to_checksum_address
 
 from coordinator import schema
 from coordinator.errors import BadQuery, NotFound
+from splitmesh.leakage_table import lookup as lookup_leakage
 
 JOB_STATUSES = ("open", "committed", "disputed", "finalized", "cancelled")
 NODE_STATUSES = ("staked", "active", "inactive")
@@ -74,6 +76,21 @@ def _declared(metadata_hex: str) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def job_leakage(conn: sqlite3.Connection, model_id: int, declared: dict[str, Any] | None) -> dict[str, Any]:
+    """The shipped leakage measurement for the job's declared (split, epsilon) on its model, or why not."""
+    if not declared or "split" not in declared or "epsilon" not in declared:
+        return {"source": "not measured", "why": "the client declared no split and epsilon"}
+    model = conn.execute("SELECT weights_hash FROM models WHERE model_id = ?", (model_id,)).fetchone()
+    try:
+        epsilon = math.inf if declared["epsilon"] in ("inf", None) else float(declared["epsilon"])
+        split = int(declared["split"])
+    except (TypeError, ValueError):
+        return {"source": "not measured", "why": "the declared split or epsilon is not a number"}
+    if model is None or not epsilon > 0:
+        return {"source": "not measured", "why": "unknown model or epsilon out of range"}
+    return lookup_leakage(model["weights_hash"], split, epsilon)
 
 
 # ------------------------------------------------------------------ jobs
@@ -153,6 +170,7 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any]:
     out = _job_summary(row, [h["node"] for h in hops])
     out["terms"] = row["terms"]
     out["declared"] = _declared(row["metadata"])
+    out["leakage"] = job_leakage(conn, row["model_id"], out["declared"])
     out["metadata"] = row["metadata"]
     out["committed_mask"] = row["committed_mask"]
     out["missing_mask"] = row["missing_mask"]

@@ -610,7 +610,11 @@
     const known = ["epsilon", "delta", "clip", "split"];
     const rows = known.map((k) => [k === "epsilon" ? "epsilon (ε)" : k === "delta" ? "delta (δ)" : k, fmtParam(d[k]), { data: { param: k } }]);
     for (const [k, v] of Object.entries(d)) if (!known.includes(k)) rows.push([k, typeof v === "object" ? JSON.stringify(v) : fmtParam(v)]);
-    return card("Declared privacy", [dl(rows), h("p", { class: "note" }, "Declared by the client in the job's metadata; not enforced on chain.")]);
+    const leak = job.leakage || {};
+    const measured = leak.source === "measured"
+      ? h("p", { "data-leakage": "measured" }, `Measured at this setting (epsilon ${leak.measured_at_epsilon}, split ${leak.split}): the best known attack (${leak.best_attack}) recovered ${Math.round(leak.prompt_recovery * 100)}% of prompt tokens; the last node reads ${Math.round(leak.output_recovery_greedy * 100)}% of greedy answer tokens; next-token agreement with the noiseless model ${Math.round(leak.next_token_agreement * 100)}%.`)
+      : h("p", { class: "muted", "data-leakage": "not-measured" }, `Leakage not measured: ${leak.why || "no table"}.`);
+    return card("Declared privacy", [dl(rows), measured, h("p", { class: "note" }, "Declared by the client in the job's metadata; not enforced on chain. Leakage from the shipped table (splitmesh privacy).")]);
   }
 
   function stats(items) {

@@ -68,7 +68,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--clip", type=float, help="L2 clip per token vector (default: median norm on public text)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the DP noise and sampling (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of sampling with --temperature (default: fresh); the DP noise is never seeded",
+    )
     p.add_argument(
         "--price-gwei",
         type=float,
@@ -293,6 +297,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"over {privacy['tokens']} released vectors: epsilon {privacy['composed_epsilon']} at delta "
             f"{privacy['composed_delta']} ({privacy['method']})"
         )
+        from client_sdk.disclosure import sentence
+
+        out.info(f"    leakage: {sentence(privacy.get('leakage', {}))}")
+        out.info(f"    the last node sees: {privacy['exposure']['last_node']}")
         stats = receipt.steps.summary()
         out.info(
             f"    decode {receipt.tokens_per_s or 0:.1f} tokens/s; "

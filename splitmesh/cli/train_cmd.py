@@ -42,7 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--delta", type=float, default=1e-5, help="DP delta per released vector (default 1e-5)")
     p.add_argument("--clip", type=float, help="L2 clip per vector (default: median norm on public text)")
-    p.add_argument("--seed", type=int, default=0, help="adapter init, data order and noise (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="adapter init and data order (default: fresh); the DP noise is never seeded",
+    )
     p.add_argument("--save-adapter", type=Path, help="write the trained adapter to this directory")
     p.add_argument(
         "--eval",

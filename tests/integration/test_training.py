@@ -142,6 +142,15 @@ def test_adapter_saved_and_loaded_generates_the_same(client: Client, tmp_path: P
     other.load_adapter(path)
     assert other.generate("Name a primary colour.", max_new_tokens=5, seed=0).text == text
 
+    # With a private adapter in the client's layers the BOS vector identifies the client: it is noised
+    # (and counted) like every other position, while a client on the public weights sends BOS as is.
+    prompt = "Name a primary colour."
+    private = other.generate(prompt, max_new_tokens=1, epsilon=1000.0).receipt
+    plain = Client(client.w3.provider.endpoint_uri, CLIENT_KEY, None, market=client.market.deployment.market)  # type: ignore[attr-defined]
+    public = plain.generate(prompt, max_new_tokens=1, epsilon=1000.0).receipt
+    assert public.privacy["public_prefix"] == 1 and public.privacy["tokens"] == public.prompt_tokens - 1
+    assert private.privacy["public_prefix"] == 0 and private.privacy["tokens"] == private.prompt_tokens
+
 
 # ---------------------------------------------------------------------- rejections
 

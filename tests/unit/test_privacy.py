@@ -17,8 +17,10 @@ from client_sdk.privacy import (
     Privatizer,
     calibrate_clip,
     compose,
+    csprng_normal,
     noise_multiplier,
     noise_std,
+    seeded_normal,
 )
 from splitmesh.errors import SplitmeshError
 from splitmesh.model.client import ClientModel
@@ -106,7 +108,7 @@ def test_noise_has_the_calibrated_std() -> None:
     torch.manual_seed(0)
     z = torch.randn(1, 4096, 64)  # norms ~8, far below the clip: no clipping
     epsilon, clip = 8.0, 1000.0
-    out = Privatizer(epsilon, DELTA, clip, seed=1)(z, 0)
+    out = Privatizer(epsilon, DELTA, clip)(z, 0)
     noise = (out - z).double()
     expected = classical_std(epsilon, DELTA, clip)
     assert noise.std().item() == pytest.approx(expected, rel=0.03)
@@ -119,7 +121,7 @@ def test_vectors_are_clipped_to_the_bound_and_keep_their_direction() -> None:
     direction = torch.nn.functional.normalize(torch.randn(1, 200, 32), dim=-1)
     norms = torch.logspace(-1, 1, 200).reshape(1, 200, 1) * clip  # 0.1 C .. 10 C
     z = direction * norms
-    out = Privatizer(1e9, DELTA, clip, seed=0)(z, 0)  # epsilon so large that noise is ~1e-8 C
+    out = Privatizer(1e9, DELTA, clip)(z, 0)  # epsilon so large that noise is ~1e-8 C
     out_norms = torch.linalg.vector_norm(out, dim=-1)[0]
     assert (out_norms <= clip * (1 + 1e-5)).all()
     large = norms[0, :, 0] > clip
@@ -133,25 +135,62 @@ def test_input_is_not_modified() -> None:
     with torch.inference_mode():  # the client noises inference tensors outside inference mode
         z = torch.randn(1, 6, 16) * 10
     before = z.clone()
-    out = Privatizer(4.0, DELTA, 1.0, seed=3, public_prefix=1)(z, 0)
+    out = Privatizer(4.0, DELTA, 1.0, public_prefix=1)(z, 0)
     assert torch.equal(z, before)
     assert not torch.equal(out, z)
 
 
-def test_seed_makes_noise_reproducible() -> None:
+def test_noise_cannot_be_seeded_and_the_test_hook_can() -> None:
     z = torch.randn(1, 8, 16)
-    a = Privatizer(8.0, DELTA, 1.0, seed=7)(z, 0)
-    b = Privatizer(8.0, DELTA, 1.0, seed=7)(z, 0)
-    c = Privatizer(8.0, DELTA, 1.0, seed=8)(z, 0)
     d, e = (Privatizer(8.0, DELTA, 1.0)(z, 0) for _ in range(2))
+    assert not torch.equal(d, e)  # same parameters, fresh noise
+    a = Privatizer(8.0, DELTA, 1.0, noise_source=seeded_normal(7))(z, 0)
+    b = Privatizer(8.0, DELTA, 1.0, noise_source=seeded_normal(7))(z, 0)
     assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-    assert not torch.equal(d, e)
+    with pytest.raises(TypeError):
+        Privatizer(8.0, DELTA, 1.0, seed=0)  # type: ignore[call-arg]
+
+
+def test_a_node_cannot_regenerate_the_noise_from_any_seed() -> None:
+    """The attack that worked before: the noise stream was a Mersenne Twister seeded from the user's seed
+    (default 0), so a node regenerated it and subtracted it, recovering clip(Z) to 4e-6. Now the noise
+    comes from os.urandom: every seeded torch stream (global, a private generator, the old derivation)
+    leaves a residual at the full noise scale."""
+    import hashlib
+
+    std = noise_std(1.0, DELTA, 1.0)
+    z = torch.zeros(1, 6, 64)  # below the clip: what the node receives is exactly the noise
+    observed = Privatizer(1.0, DELTA, 1.0)(z, 0).double()
+    guesses = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        guesses.append(torch.randn(1, 6, 64, dtype=torch.float64) * std)
+        guesses.append(
+            torch.randn(1, 6, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * std
+        )
+        old = hashlib.sha256(b"splitmesh.privacy.noise:" + str(seed).encode()).digest()
+        old_seed = int.from_bytes(old[:8], "little") >> 1
+        old_noise = torch.empty(1, 6, 64).normal_(0.0, std, generator=torch.Generator().manual_seed(old_seed))
+        guesses.append(old_noise.double())
+    for guess in guesses:
+        residual = (observed - guess).std().item()
+        assert residual > 0.5 * std  # nothing removed (subtracting the right stream would leave ~0)
+
+
+def test_csprng_normal_is_standard_normal() -> None:
+    samples = csprng_normal((200_001,))  # odd: the Box-Muller pairs are cut to the requested count
+    assert samples.shape == (200_001,) and samples.dtype == torch.float64
+    assert abs(samples.mean().item()) < 0.02
+    assert samples.std().item() == pytest.approx(1.0, abs=0.01)
+    assert torch.isfinite(samples).all()
+    # Tails: about 0.27% beyond 3 sigma, as for a normal.
+    assert 0.0015 < (samples.abs() > 3).double().mean().item() < 0.004
+    assert not torch.equal(csprng_normal((64,)), csprng_normal((64,)))
 
 
 def test_noise_stream_does_not_copy_the_global_rng() -> None:
     z = torch.zeros(1, 4, 16)
-    out = Privatizer(1.0, DELTA, 1.0, seed=5)(z, 0)
+    out = Privatizer(1.0, DELTA, 1.0)(z, 0)
     std = noise_std(1.0, DELTA, 1.0)
     torch.manual_seed(5)
     assert not torch.allclose(out, torch.randn(1, 4, 16) * std)
@@ -159,7 +198,7 @@ def test_noise_stream_does_not_copy_the_global_rng() -> None:
 
 def test_public_prefix_passes_unchanged_and_is_not_counted() -> None:
     torch.manual_seed(0)
-    privatizer = Privatizer(8.0, DELTA, 1.0, seed=0, public_prefix=3)
+    privatizer = Privatizer(8.0, DELTA, 1.0, public_prefix=3)
     z = torch.randn(1, 5, 16) * 20  # norms far above the clip
     out = privatizer(z, 1)  # positions 1..5: 1 and 2 are public
     assert torch.equal(out[:, :2], z[:, :2])
@@ -172,7 +211,7 @@ def test_public_prefix_passes_unchanged_and_is_not_counted() -> None:
 
 
 def test_infinite_epsilon_returns_the_input_values() -> None:
-    privatizer = Privatizer(math.inf, DELTA, 1.0, seed=0)
+    privatizer = Privatizer(math.inf, DELTA, 1.0)
     z = torch.randn(1, 3, 16) * 50  # would be clipped if clipping ran
     assert torch.equal(privatizer(z, 0), z)
     assert torch.equal(Privatizer(math.inf, DELTA, None)(z, 0), z)
@@ -181,13 +220,13 @@ def test_infinite_epsilon_returns_the_input_values() -> None:
 
 def test_bfloat16_in_bfloat16_out() -> None:
     z = torch.randn(1, 4, 32, dtype=torch.bfloat16)
-    out = Privatizer(8.0, DELTA, 1.0, seed=0)(z, 0)
+    out = Privatizer(8.0, DELTA, 1.0)(z, 0)
     assert out.dtype == torch.bfloat16
     assert out.shape == z.shape
 
 
 def test_released_counts_noised_vectors_across_calls() -> None:
-    privatizer = Privatizer(8.0, DELTA, 1.0, seed=0)
+    privatizer = Privatizer(8.0, DELTA, 1.0)
     privatizer(torch.randn(1, 7, 8), 0)
     for position in range(7, 10):
         privatizer(torch.randn(1, 1, 8), position)
@@ -196,7 +235,7 @@ def test_released_counts_noised_vectors_across_calls() -> None:
 
 def test_gradient_flows_through_the_privatizer() -> None:
     z = (torch.randn(1, 4, 8) * 0.01).requires_grad_()  # below the clip: the map is z + noise
-    Privatizer(8.0, DELTA, 1.0, seed=0)(z, 0).sum().backward()
+    Privatizer(8.0, DELTA, 1.0)(z, 0).sum().backward()
     assert z.grad is not None
     assert torch.allclose(z.grad, torch.ones_like(z))
 

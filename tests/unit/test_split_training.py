@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from client_sdk.privacy import Privatizer
+from client_sdk.privacy import Privatizer, seeded_normal
 from client_sdk.training import (
     DEFAULT_LORA_TARGETS,
     IGNORE_INDEX,
@@ -218,7 +218,9 @@ def test_split_gradients_equal_unsplit_autograd(
         with torch.no_grad():  # clip at the median norm: some vectors are clipped, some pass unchanged
             z = trainer.head_forward(batch.input_ids).z
         clip = float(torch.linalg.vector_norm(z, dim=-1).median())
-        return Privatizer(500.0, 1e-5, clip, seed=7, public_prefix=1)  # same seed: same noise in both runs
+        return Privatizer(
+            500.0, 1e-5, clip, public_prefix=1, noise_source=seeded_normal(7)
+        )  # same noise in both runs
 
     loss, grad_z, grads = split_gradients(trainer, shards, batch, privatizer(), step=0)
     ref_loss, ref_grad_z, ref_grads = reference_gradients(model_dir, trainer, batch, privatizer())

@@ -15,6 +15,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from client_sdk.privacy import calibrate_clip
+from splitmesh.errors import ConfigError
 from splitmesh.model.client import ClientModel
 from splitmesh.model.loader import ModelSpec
 from splitmesh.model.stack import LayerStack
@@ -74,7 +75,7 @@ def chunk_tokens(
     if max_tokens is not None:
         rows = min(rows, max_tokens // per_row)
     if rows == 0:
-        raise ValueError(f"the text gives fewer than {per_row} tokens; pass more text")
+        raise ConfigError(f"the text gives fewer than {per_row} tokens (one row); pass a longer --text file")
     body = torch.tensor(stream[: rows * per_row]).view(rows, per_row)
     return torch.cat([torch.full((rows, 1), bos), body], dim=1)  # [S, seq_len]
 

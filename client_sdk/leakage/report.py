@@ -205,13 +205,15 @@ def plot(report: dict[str, Any], path: Path, splits: Iterable[int] | None = None
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     wanted = sorted({e["split"] for e in report["entries"]} if splits is None else set(splits))
-    for split in wanted:
+    for row, split in enumerate(wanted):
         cells = [e for e in report["entries"] if e["split"] == split]
         xs = [e["prompt_recovery"]["best"] for e in cells]
         ys = [e["next_token_agreement"] for e in cells]
         ax.plot(xs, ys, marker="o", label=f"split {split}")
         for e, x, y in zip(cells, xs, ys, strict=True):
-            ax.annotate(f"ε={e['epsilon']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            label = "ε=inf" if e["epsilon"] == "inf" else f"ε={e['epsilon']:g}"
+            offset = (6, 4 - 12 * (row % 2))  # alternate sides so two curves' labels do not overlap
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=f"C{row}")
     ax.set_xlabel("prompt leakage: best attack's token recovery")
     ax.set_ylabel("utility: next-token agreement with the noiseless model")
     ax.set_xlim(-0.02, 1.02)

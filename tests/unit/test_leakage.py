@@ -198,3 +198,12 @@ def test_smollm2_attacks_invert_embeddings_and_lose_ground_to_noise(smollm2_spec
     assert rates[0, math.inf] > 0.99
     assert rates[2, math.inf] > rates[2, 10.0]
     assert rates[0, math.inf] > rates[0, 10.0]
+
+
+def test_cli_says_when_the_eval_text_is_too_short(tiny_dir: Path, tmp_path: Path) -> None:
+    text = tmp_path / "short.txt"
+    text.write_text("too short\n")
+    assert (
+        main(["privacy", "--model", str(tiny_dir), "--split", "0", "--epsilons", "inf", "--text", str(text)])
+        == 2
+    )

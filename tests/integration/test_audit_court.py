@@ -432,14 +432,20 @@ def _judge_all(w3: Web3, court: Marketplace, cast: Cast, job: SubmittedJob, verd
     return court.resolve_audit(cast.client, job.job_id, job.packed_terms)
 
 
-def test_a_challenge_found_honest_costs_the_challenger_its_bond(
-    w3: Web3, court: Marketplace, cast: Cast
-) -> None:
+def _challenged_job(court: Marketplace, cast: Cast):  # type: ignore[no-untyped-def]
+    """An honest, committed job that a bystander (`cast.other`) has challenged: (job, bond, challenger)."""
     model_id = setup_pools(court, cast)
     job = run_job(court, cast, model_id, mismatch=False)
     bond = court.challenge_bond()
     challenger = cast.other
     court.challenge(challenger, job.job_id, job.packed_terms)
+    return job, bond, challenger
+
+
+def test_a_challenge_found_honest_costs_the_challenger_its_bond(
+    w3: Web3, court: Marketplace, cast: Cast
+) -> None:
+    job, bond, challenger = _challenged_job(court, cast)
     assert_ledgers(court, cast, escrowed=ESCROW, challenged=bond)
     before = court.balance(challenger.address)
     tx = _judge_all(w3, court, cast, job, {0: Verdict.HONEST, 1: Verdict.HONEST})
@@ -473,11 +479,7 @@ def test_a_challenge_found_honest_costs_the_challenger_its_bond(
 def test_a_challenge_found_fraud_refunds_and_pays_the_challenger(
     w3: Web3, court: Marketplace, cast: Cast
 ) -> None:
-    model_id = setup_pools(court, cast)
-    job = run_job(court, cast, model_id, mismatch=False)
-    bond = court.challenge_bond()
-    challenger = cast.other
-    court.challenge(challenger, job.job_id, job.packed_terms)
+    job, bond, challenger = _challenged_job(court, cast)
     before = court.balance(challenger.address)
     tx = _judge_all(w3, court, cast, job, {0: Verdict.HONEST, 1: Verdict.FRAUD})
     named = dict(court.decode_receipt_events(tx.receipt))

@@ -365,6 +365,8 @@ def test_a_v1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.close()
 
 
+# The v1 schema verbatim, frozen on purpose: the migration test must keep opening a v1 file even after
+# node/store.py's schema changes again.
 V1_SCHEMA = """
 CREATE TABLE jobs (
     job_id TEXT PRIMARY KEY, position INTEGER NOT NULL, client TEXT NOT NULL, packed_terms BLOB NOT NULL,

@@ -36,7 +36,7 @@ from client_sdk.errors import (
     NotSettled,
 )
 from client_sdk.link import RouteLink
-from client_sdk.privacy import Budget, Privatizer, calibrate_clip, compose
+from client_sdk.privacy import DEFAULT_EPSILON, Budget, Privatizer, calibrate_clip, compose
 from client_sdk.receipts import GenerationReceipt, HopInfo, Settlement, StepStats
 from client_sdk.sampling import sample_token
 from client_sdk.train import TrainingReport, TrainingSession, TrainOptions, TrainStep
@@ -93,7 +93,7 @@ class _Prepared:
 @dataclass
 class GenerateOptions:
     max_new_tokens: int = 64
-    epsilon: float = math.inf  # per token vector; inf = no noise
+    epsilon: float = DEFAULT_EPSILON  # per token vector; inf = no noise (chosen from measurements)
     delta: float = 1e-5
     clip: float | None = None  # L2 bound per token vector; None = median norm on public text
     split: int | None = None  # layers the client runs; None = the smallest registered split

@@ -27,7 +27,7 @@ import torch
 
 from client_sdk.errors import CommitmentMismatch
 from client_sdk.link import RouteLink
-from client_sdk.privacy import Privatizer, calibrate_clip, compose
+from client_sdk.privacy import DEFAULT_EPSILON, Privatizer, calibrate_clip, compose
 from client_sdk.training import AdapterConfig, ClientTrainer, TrainingBatch, TrainingError, make_batch
 from splitmesh.protocol import (
     END_PAYLOAD,
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TrainOptions:
     lr: float = 2e-3  # AdamW learning rate of the client's adapters
-    epsilon: float = math.inf  # DP epsilon per released token vector; inf = no noise
+    epsilon: float = DEFAULT_EPSILON  # DP epsilon per released token vector; inf = no noise
     delta: float = 1e-5
     clip: float | None = None  # L2 bound per token vector; None = median norm on public text
     split: int | None = None  # layers the client runs; None = the smallest registered split

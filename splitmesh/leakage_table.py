@@ -19,6 +19,9 @@ from typing import Any
 
 TABLE_RESOURCE = "data/leakage_table.json"
 TABLE_FORMAT = 1
+# Below this next-token agreement with the noiseless model an answer is not usable: the bar the privacy
+# work set itself (70% agreement), and the one the SDK's default privacy setting is chosen against.
+USABLE_AGREEMENT = 0.7
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ def _epsilon(value: Any) -> float:
 class LeakageTable:
     weights_hash: str  # 0x-hex weights identity of the model it was measured on
     model: str
+    eval_tokens: int  # private eval positions every recovery rate was measured on
     entries: tuple[LeakageEntry, ...]
 
     @classmethod
@@ -83,7 +87,9 @@ class LeakageTable:
             )
             for e in data["entries"]
         )
-        return cls(str(data["weights_hash"]).lower(), str(data.get("model", "")), entries)
+        return cls(
+            str(data["weights_hash"]).lower(), str(data.get("model", "")), int(data["eval_tokens"]), entries
+        )
 
     def lookup(self, split: int, epsilon: float, mechanism: str = "plain") -> LeakageEntry | None:
         """The entry at the smallest measured epsilon >= `epsilon` for this split and mechanism."""
@@ -91,6 +97,18 @@ class LeakageTable:
             e for e in self.entries if e.split == split and e.mechanism == mechanism and e.epsilon >= epsilon
         ]
         return min(candidates, key=lambda e: e.epsilon) if candidates else None
+
+    def recommended(self, split: int, min_agreement: float = USABLE_AGREEMENT) -> LeakageEntry | None:
+        """The measured setting for `split` that leaks the least among those that keep the answer usable
+        (agreement >= min_agreement). Recoveries closer than two standard errors of their estimate on
+        the table's eval tokens are not told apart; among those the more useful setting wins."""
+        usable = [e for e in self.entries if e.split == split and e.next_token_agreement >= min_agreement]
+        if not usable:
+            return None
+        least = min(e.prompt_recovery for e in usable)
+        stderr = math.sqrt(max(least * (1 - least), 1e-4) / self.eval_tokens)
+        tied = [e for e in usable if e.prompt_recovery <= least + 2 * stderr]
+        return max(tied, key=lambda e: (e.next_token_agreement, e.epsilon))
 
 
 @functools.lru_cache(maxsize=4)

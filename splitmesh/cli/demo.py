@@ -62,7 +62,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--epsilon",
         type=float,
         default=math.inf,
-        help="DP epsilon per token vector (default inf = no noise; try 1000 or 200 to see the cost)",
+        help=(
+            "DP epsilon per token vector (default inf = no noise: no setting that keeps the answer usable "
+            "hides measurably more of the prompt, see README 'Privacy'; try 1000 or 100 to see the cost)"
+        ),
     )
     p.add_argument("--delta", type=float, default=1e-5, help="DP delta per token vector (default 1e-5)")
     p.add_argument(

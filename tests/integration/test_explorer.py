@@ -3,13 +3,15 @@
 A seeded activity driver fills a hardhat chain with jobs (finalized, cancelled, audited), a coordinator
 process indexes it and serves the page, and the browser checks what the page shows against the JSON API
 it is built from: the jobs table (and a job submitted while the page is open appearing without a reload),
-the filters, a job's route with its commitments, payments and audit votes, and the nodes. Screenshots of
-three pages go to pytest's tmp dir and to .splitmesh/screenshots/ for a human to look at.
+the filters, a job's route with its commitments, payments and audit votes, the declared privacy with its
+leakage (measured or not), and the nodes. Screenshots of three pages go to pytest's tmp dir and to
+.splitmesh/screenshots/ for a human to look at.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -30,7 +32,7 @@ from web3 import Web3
 
 from splitmesh.chain import AuditStatus, JobStatus, LocalChain, Marketplace
 from splitmesh.paths import project_root
-from tests.integration.chain_activity import Activity, deploy_court_market
+from tests.integration.chain_activity import CLIENT_ACCOUNTS, ETHER, GWEI, Activity, deploy_court_market
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -54,6 +56,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = project_root() / ".splitmesh" / "screenshots"  # git-ignored
+# Read directly, not through splitmesh.leakage_table: the page's numbers are checked against the file.
+LEAKAGE_TABLE = json.loads((project_root() / "splitmesh" / "data" / "leakage_table.json").read_text())
+MEASURED_SPLIT, MEASURED_EPSILON = 4, 30.0  # a point the shipped table measured exactly
+MEASURED_NODE_ACCOUNT = 10  # dev account serving the table's model (the activity uses 1..9)
 
 
 # ------------------------------------------------------------------ the coordinator process
@@ -145,6 +151,30 @@ class World:
     market: Marketplace
     activity: Activity
     coordinator: Coordinator
+    measured_job: int  # on the leakage table's model, at a measured (split, epsilon); not in activity.jobs
+
+
+def submit_measured_job(activity: Activity) -> int:
+    """A job whose declared setting the shipped leakage table measured: the activity's model has made-up
+    weights, so the table's model is registered (same weights hash, one remote shard after the client's
+    layers) with one node, and a client submits a job on it. Sends from the activity's senders, which
+    cache nonces. Returns the job id."""
+    market, senders = activity.market, activity.senders
+    layers = 30  # SmolLM2-135M's decoder layers; the client runs the first MEASURED_SPLIT
+    model_id, _ = market.register_model(
+        senders[0],
+        LEAKAGE_TABLE["model"],
+        bytes.fromhex(LEAKAGE_TABLE["weights_hash"].removeprefix("0x")),
+        layers,
+        [0, MEASURED_SPLIT, layers],
+    )
+    node = senders[MEASURED_NODE_ACCOUNT]
+    market.register_node(node, model_id, 1, "http://127.0.0.1:9010", 3 * GWEI, stake=2 * ETHER)
+    meta = json.dumps({"epsilon": MEASURED_EPSILON, "delta": 1e-5, "split": MEASURED_SPLIT}).encode()
+    tokens, max_price = 8, 10 * GWEI
+    escrow = market.escrow_for(tokens, max_price, 1)
+    job = market.submit_job(senders[CLIENT_ACCOUNTS[0]], model_id, 1, tokens, max_price, escrow, meta)
+    return job.job_id
 
 
 def _has_every_kind(activity: Activity) -> bool:
@@ -168,10 +198,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 break
         else:
             pytest.fail(f"seed {SEED}: no finalized, cancelled and audited job after {MAX_STEPS} steps")
+        measured_job = submit_measured_job(activity)
         coordinator = start_coordinator(chain.rpc_url, market.deployment.market, home)
         try:
             coordinator.wait_synced(w3.eth.block_number)
-            yield World(w3, market, activity, coordinator)
+            yield World(w3, market, activity, coordinator, measured_job)
         finally:
             coordinator.stop()
 
@@ -232,12 +263,46 @@ def job_rows(page: Page, table: str = "#jobs-table") -> Locator:
     return page.locator(f"{table} tbody tr[data-job-id]")
 
 
+def table_entry(split: int, epsilon: float) -> dict[str, Any]:
+    """The shipped table's entry measured at exactly this split and epsilon."""
+    (entry,) = [
+        e
+        for e in LEAKAGE_TABLE["entries"]
+        if e["split"] == split and e["mechanism"] == "plain" and float(e["epsilon"]) == epsilon
+    ]
+    return entry
+
+
+def percent(fraction: float) -> int:
+    """A fraction as the page rounds it (JavaScript's Math.round: halves go up, unlike Python's round)."""
+    return math.floor(100 * fraction + 0.5)
+
+
+def check_leakage(page: Page, job: dict[str, Any]) -> str:
+    """The job page's leakage paragraph says what the API's `leakage` says; returns its data-leakage."""
+    leak = job["leakage"]
+    paragraph = page.locator("[data-leakage]")
+    expect(paragraph).to_have_count(1)
+    kind = {"measured": "measured", "not measured": "not-measured"}[leak["source"]]
+    expect(paragraph).to_have_attribute("data-leakage", kind)
+    if kind == "not-measured":
+        expect(paragraph).to_have_text(f"Leakage not measured: {leak['why']}.")
+        return kind
+    shown = [leak["prompt_recovery"], leak["output_recovery_greedy"], leak["next_token_agreement"]]
+    epsilon = leak["measured_at_epsilon"]  # a number, or "inf"
+    epsilon = f"{epsilon:g}" if isinstance(epsilon, float) else str(epsilon)
+    expect(paragraph).to_contain_text(f"(epsilon {epsilon}, split {leak['split']})")
+    expect(paragraph).to_contain_text(f"({leak['best_attack']})")
+    assert [int(p) for p in re.findall(r"(\d+)%", paragraph.inner_text())] == [percent(x) for x in shown]
+    return kind
+
+
 # ------------------------------------------------------------------ tests
 
 
 def test_the_index_holds_every_kind_of_job(world: World) -> None:
     c = world.coordinator
-    assert c.get("/api/status")["jobs"] == len(world.activity.jobs)
+    assert c.get("/api/status")["jobs"] == len(world.activity.jobs) + 1  # and the measured job
     for status in ("finalized", "cancelled"):
         assert c.get(f"/api/jobs?status={status}")["total"] >= 1, status
     audits = [audit for j in c.all_jobs() if (audit := c.job(j["job_id"])["audit"])]
@@ -336,9 +401,32 @@ def test_job_page_draws_the_route_with_commitments_payments_and_votes(
     if epsilon is not None:  # JSON numbers print as JavaScript prints them: 8.0 -> "8"
         text = f"{epsilon:g}" if isinstance(epsilon, float) else str(epsilon)
         expect(page.locator('[data-param="epsilon"]')).to_have_text(text)
+    # The activity's model has made-up weights: no table measured it, and the page says so and why.
+    assert job["leakage"]["source"] == "not measured"
+    assert job["leakage"]["why"].startswith("no leakage table for this model")
+    assert check_leakage(page, job) == "not-measured"
     expect(page.locator("#audit")).to_be_visible()
     expect(page.locator("#tx-table tbody tr")).to_have_count(len(job["transactions"]))
     screenshot(page, tmp_path, "job-audited")
+
+
+def test_job_page_shows_the_measured_leakage_from_the_shipped_table(world: World, page: Page) -> None:
+    job = world.coordinator.job(world.measured_job)
+    assert job["declared"] == {"epsilon": MEASURED_EPSILON, "delta": 1e-5, "split": MEASURED_SPLIT}
+    entry = table_entry(MEASURED_SPLIT, MEASURED_EPSILON)
+    leak = job["leakage"]
+    assert leak["source"] == "measured"
+    assert (leak["split"], leak["measured_at_epsilon"]) == (MEASURED_SPLIT, MEASURED_EPSILON)
+    assert (leak["prompt_recovery"], leak["best_attack"]) == (
+        entry["prompt_recovery"]["best"],
+        entry["prompt_recovery"]["best_attack"],
+    )
+    assert leak["output_recovery_greedy"] == entry["output_recovery_greedy"]
+    assert leak["next_token_agreement"] == entry["next_token_agreement"]
+
+    page.goto(world.coordinator.url + f"/#/jobs/{world.measured_job}")
+    expect(page.locator('[data-param="split"]')).to_have_text(str(MEASURED_SPLIT))
+    assert check_leakage(page, job) == "measured"
 
 
 def test_nodes_page_lists_every_node(world: World, page: Page, tmp_path: Path) -> None:

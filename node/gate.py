@@ -162,7 +162,9 @@ class StepGate:
             input_digest = keccak(encode_frame(tensor))
             signed = kind.signed_tensor(meta, context.position)
             if signed is not None and input_digest != signed:
-                raise bad_request("payload_mismatch", "the frame is not the tensor the client signed")
+                raise bad_request(
+                    "payload_mismatch", "the frame is not the tensor whose payload hash the client signed"
+                )
             if context.position == 0:
                 if meta.relay is not None:
                     raise bad_request("unexpected_relay", "the first hop takes frames from the client only")

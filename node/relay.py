@@ -55,19 +55,18 @@ class Downstream:
 
     async def receive(self) -> bytes:
         """The next node's result frame for the step sent last, or its error."""
-        message = await self._exchange(None, None)
+        message = await self._exchange()
         if message.type != aiohttp.WSMsgType.BINARY:
             raise StepRejected(
                 502, "bad_downstream_reply", f"next node at {self.url} answered a step with text"
             )
         return bytes(message.data)
 
-    async def _exchange(self, send_bytes: bytes | None, send_text: str | None) -> aiohttp.WSMessage:
+    async def _exchange(self, send_text: str | None = None) -> aiohttp.WSMessage:
+        """Send `send_text` (if any) and return the next message; the next node's errors raise."""
         ws = await self._connect()
         try:
-            if send_bytes is not None:
-                await ws.send_bytes(send_bytes)
-            elif send_text is not None:
+            if send_text is not None:
                 await ws.send_str(send_text)
             message = await ws.receive(self.timeout)
         except TimeoutError as exc:
@@ -91,17 +90,8 @@ class Downstream:
             )
         return message
 
-    async def exchange(self, frame: bytes) -> bytes:
-        """Send one step frame; return the next node's result frame or raise its error."""
-        message = await self._exchange(frame, None)
-        if message.type != aiohttp.WSMsgType.BINARY:
-            raise StepRejected(
-                502, "bad_downstream_reply", f"next node at {self.url} answered a step with text"
-            )
-        return bytes(message.data)
-
     async def end(self, meta: EndMeta) -> EndResult:
-        message = await self._exchange(None, meta.model_dump_json())
+        message = await self._exchange(meta.model_dump_json())
         try:
             return EndResult.model_validate_json(message.data)
         except (ValidationError, TypeError) as exc:

@@ -1,0 +1,97 @@
+"""Inference steps on a node: run the shard's layers over new tokens with the job's KV cache.
+
+The gate (node.gate) has checked the step; this adds the compute: the token count must end where the
+frame's positions end, the first hop's frame must be the tensor the client signed, and the output goes
+on to the next hop or, from the last hop, back to the client (all positions or the last).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import ClassVar
+
+import torch
+from eth_utils import keccak
+
+from node.cheats import Cheat, garbage_like, tamper
+from node.errors import StepRejected, bad_request, conflict
+from node.gate import Step, StepGate
+from node.sessions import JobSession
+from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull
+from splitmesh.model.runner import ShardRunner
+from splitmesh.protocol import StepMeta, unhex
+from splitmesh.wire import encode_frame
+
+INLINE_TOKENS = 8  # steps this small run on the event loop: a thread handoff costs more than it saves
+
+
+class InferenceStep:
+    """One inference step through a shard runner (the skip-layers cheat's half runner, if set)."""
+
+    mode: ClassVar[str] = "infer"
+
+    def __init__(self, gate: StepGate, runner: ShardRunner, cheat: Cheat | None):
+        self.gate = gate
+        self.runner = runner
+        self.cheat = cheat
+
+    def signed_payload(self, meta: StepMeta) -> bytes:
+        return unhex(meta.payload_hash)
+
+    def check_tokens(self, session: JobSession, meta: StepMeta, q: int) -> None:
+        if meta.tokens != meta.start + q:
+            raise bad_request(
+                "bad_tokens", f"envelope counts {meta.tokens} tokens but the frame ends at {meta.start + q}"
+            )
+
+    def signed_tensor(self, meta: StepMeta, position: int) -> bytes | None:
+        return unhex(meta.payload_hash) if position == 0 else None
+
+    async def compute(self, step: Step) -> bytes:
+        meta, hidden = step.meta, step.tensor  # [1, q, hidden]
+        q = int(hidden.shape[1])
+        started = time.perf_counter()
+        output = await self._forward(str(meta.job), hidden, torch.arange(meta.start, meta.start + q))
+        if self.cheat == Cheat.GARBAGE:
+            output = garbage_like(output)
+        compute_ms = (time.perf_counter() - started) * 1e3
+        if step.context.is_last:
+            sent = output[:, -1:] if meta.want == "last" else output
+            reply = self.gate.reply(step, sent, compute_ms)
+            # Hash and persist off the critical path: once the reply is on the wire (the loop's next
+            # turn), and before the next step (which runs the session's pending bookkeeping first).
+            step.session.pending = partial(self._record_sent, step, sent, compute_ms)
+            asyncio.get_running_loop().call_soon(step.session.finish)
+            return reply
+        # (If the link breaks after the next hop took the step but before its answer came back, the
+        # next hop keeps a step this node drops; the two chains then differ by that one step.)
+        output_frame = encode_frame(output)
+        output_digest = keccak(output_frame)
+        forwarded = tamper(output) if self.cheat == Cheat.TAMPER_RELAY else output
+        # The relay signature covers exactly the tensor sent on (a tampering node must sign its lie).
+        relayed = await self.gate.relay(step, forwarded, output_digest if forwarded is output else None)
+        self._record(step, output_frame, output_digest, compute_ms)
+        return self.gate.reply(step, relayed.tensor, compute_ms, relayed)
+
+    def _record(self, step: Step, output_frame: bytes, output_digest: bytes, compute_ms: float) -> None:
+        self.gate.record(step, step.data, step.input_digest, output_frame, output_digest)
+        self.gate.metrics.tokens_total.inc(int(step.tensor.shape[1]))
+        self.gate.metrics.step_seconds.observe(compute_ms / 1e3)
+
+    def _record_sent(self, step: Step, sent: torch.Tensor, compute_ms: float) -> None:
+        output_frame = encode_frame(sent)
+        self._record(step, output_frame, keccak(output_frame), compute_ms)
+
+    async def _forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        try:
+            if hidden.shape[1] <= INLINE_TOKENS:
+                return self.runner.forward(session_id, hidden, positions)
+            return await asyncio.to_thread(self.runner.forward, session_id, hidden, positions)
+        except BadPositions as exc:
+            raise conflict("bad_positions", str(exc)) from exc
+        except BadHiddenStates as exc:
+            raise bad_request("bad_shape", str(exc)) from exc
+        except CacheFull as exc:
+            raise StepRejected(503, "busy", str(exc)) from exc

@@ -67,8 +67,8 @@ test-python: $(VENV_STAMP) $(ARTIFACT) $(MODEL_STAMP) $(CHROMIUM)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
-	$(VENV)/bin/ruff check splitmesh node client_sdk coordinator tests bench
-	$(VENV)/bin/ruff format --check splitmesh node client_sdk coordinator tests bench
+	$(VENV)/bin/ruff check splitmesh splitmesh_cli node client_sdk coordinator tests bench
+	$(VENV)/bin/ruff format --check splitmesh splitmesh_cli node client_sdk coordinator tests bench
 	$(VENV)/bin/mypy
 
 clean:

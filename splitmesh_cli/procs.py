@@ -64,7 +64,7 @@ class NodeProcess:
 
     def command(self) -> list[str]:
         s = self.spec
-        cmd = [sys.executable, "-m", "splitmesh.cli.main", "node", "run"]
+        cmd = [sys.executable, "-m", "splitmesh_cli.main", "node", "run"]
         cmd += ["--shard", str(s.shard), "--rpc-url", s.rpc_url, "--market", s.market]
         cmd += ["--stake", repr(s.stake_eth), "--price", str(s.price_wei), "--port", str(s.port)]
         cmd += ["--dtype", s.dtype, "--duty-interval", repr(s.duty_interval), "--threads", str(s.threads)]

@@ -29,7 +29,7 @@ class CoordinatorProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "splitmesh.cli.main", "coordinator", "run", "--rpc-url", rpc_url,
+            sys.executable, "-m", "splitmesh_cli.main", "coordinator", "run", "--rpc-url", rpc_url,
             "--market", market, "--db", str(db), "--port", str(self.port), "--poll", "0.25", "--no-keeper",
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)

@@ -13,8 +13,8 @@ from typing import Any
 from splitmesh.chain import JobState, JobStatus, Marketplace
 from splitmesh.chain.launcher import advance_time
 from splitmesh.chain.market import AuditStatus
-from splitmesh.cli.output import Output, eth, short
 from splitmesh.errors import SplitmeshError
+from splitmesh_cli.output import Output, eth, short
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:

@@ -21,7 +21,11 @@ from typing import Any
 
 from splitmesh.chain import JobStatus, Marketplace, Sender
 from splitmesh.chain.launcher import HARDHAT_ACCOUNTS, advance_time, dev_key
-from splitmesh.cli.common import (
+from splitmesh.errors import ConfigError, SplitmeshError
+from splitmesh.model_files import describe_model
+from splitmesh.paths import state_dir
+from splitmesh.plan import client_split_plan
+from splitmesh_cli.common import (
     add_chain_args,
     add_deploy_args,
     attach_deployment,
@@ -29,15 +33,11 @@ from splitmesh.cli.common import (
     open_session,
     settings_from,
 )
-from splitmesh.cli.demo_audit import await_sampling, follow_audit
-from splitmesh.cli.demo_explorer import CoordinatorProcess
-from splitmesh.cli.output import Output, eth, short
-from splitmesh.cli.procs import NodeSpec, start_nodes, stop_nodes
-from splitmesh.cli.query_cmd import print_job
-from splitmesh.errors import ConfigError, SplitmeshError
-from splitmesh.model_files import describe_model
-from splitmesh.paths import state_dir
-from splitmesh.plan import client_split_plan
+from splitmesh_cli.demo_audit import await_sampling, follow_audit
+from splitmesh_cli.demo_explorer import CoordinatorProcess
+from splitmesh_cli.output import Output, eth, short
+from splitmesh_cli.procs import NodeSpec, start_nodes, stop_nodes
+from splitmesh_cli.query_cmd import print_job
 
 GWEI = 10**9
 CHEATS = ("garbage", "skip-layers", "tamper-relay", "overbill", "withhold")  # node.cheats.CHEATS

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from splitmesh.cli.output import Output, eth, short
 from splitmesh.errors import ConfigError
+from splitmesh_cli.output import Output, eth, short
 
 HELD_OUT = "instructions_heldout.jsonl"
 
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from client_sdk import Client
     from client_sdk.training import load_examples, shipped_dataset
-    from splitmesh.cli.common import settings_from
+    from splitmesh_cli.common import settings_from
 
     out = Output(args.json)
     if args.epochs < 1 or (args.limit is not None and args.limit < 1):
@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         local = None
         if settings.rpc_url is None:
-            from splitmesh.cli.localnet import CLIENT_KEY, start_market, stop_market
+            from splitmesh_cli.localnet import CLIENT_KEY, start_market, stop_market
 
             out.step(f"starting a local marketplace: hardhat node, deployment, {args.nodes} node processes")
             home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitmesh-train-")))
@@ -170,8 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _dev_client_key(rpc_url: str) -> str:
     from splitmesh.chain import rpc_chain_id
-    from splitmesh.cli.common import DEV_CHAIN_IDS
-    from splitmesh.cli.localnet import CLIENT_KEY
+    from splitmesh_cli.common import DEV_CHAIN_IDS
+    from splitmesh_cli.localnet import CLIENT_KEY
 
     if rpc_chain_id(rpc_url) in DEV_CHAIN_IDS:
         return CLIENT_KEY

@@ -19,9 +19,9 @@ from splitmesh.chain import (
     Sender,
     deploy,
 )
-from splitmesh.cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
 from splitmesh.model_files import describe_model
 from splitmesh.plan import client_split_plan
+from splitmesh_cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
 
 SPLIT = 4
 NODE_KEYS = list(HARDHAT_DEV_KEYS[1:7])

@@ -3,7 +3,6 @@ a model registered with a client split plan, and one real `splitmesh node run` p
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +18,10 @@ from splitmesh.chain import (
     Sender,
     deploy,
 )
-from splitmesh.model_files import describe_model
+from splitmesh.model_files import ModelDescription, describe_model
 from splitmesh.plan import client_split_plan
 from splitmesh_cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
+from splitmesh_cli.wait import wait_until
 
 SPLIT = 4
 NODE_KEYS = list(HARDHAT_DEV_KEYS[1:7])
@@ -40,35 +40,49 @@ PARAMS = DeployParams(
 
 @dataclass
 class RunningMarket:
-    chain: LocalChain
+    """A deployed marketplace with a model's shard plan on-chain, and the node processes serving it."""
+
     w3: Web3
-    deployment: Deployment
+    rpc_url: str
     market: Marketplace
     model_id: int
     plan: list[int]
-    state_dir: Path
+    state_dir: Path  # where the nodes keep their state
     log_dir: Path
+    chain: LocalChain | None = None  # the local chain started for it, stopped with it
     model: str | None = None  # local model directory; None = SmolLM2
     nodes: list[NodeProcess] = field(default_factory=list)
     threads: int = 1  # torch threads per node process
+    duty_interval: float = 0.2  # seconds between a node's duty rounds
+    registration_gas: int | None = None  # gas of registerModel, if opening the market registered the plan
 
     @property
-    def rpc_url(self) -> str:
-        return self.chain.rpc_url
+    def deployment(self) -> Deployment:
+        return self.market.deployment
 
-    def spec(self, shard: int) -> NodeSpec:
+    def spec(
+        self, shard: int, key: str | None = None, price: int = PRICE, stake_eth: float = 1.0, *extra: str
+    ) -> NodeSpec:
+        """A node for `shard` (by default the harness's key for it), `extra` its further CLI flags."""
         return NodeSpec(
             shard=shard,
-            key=NODE_KEYS[shard - 1],
+            key=key or NODE_KEYS[shard - 1],
             model=self.model,
             rpc_url=self.rpc_url,
             market=self.deployment.market,
             model_id=self.model_id,
-            price_wei=PRICE,
+            stake_eth=stake_eth,
+            price_wei=price,
             state_dir=self.state_dir,
-            duty_interval=0.2,
+            duty_interval=self.duty_interval,
             threads=self.threads,
+            extra_args=list(extra),
         )
+
+    def start_nodes(self, specs: list[NodeSpec]) -> list[NodeProcess]:
+        """Start the node processes (in parallel; each stakes and registers itself) and keep them."""
+        self.nodes = start_nodes(specs, self.log_dir)
+        return self.nodes
 
     def restart(self, shard: int) -> NodeProcess:
         """Stop (SIGTERM) and start the node of a shard again with the same key and state."""
@@ -79,14 +93,52 @@ class RunningMarket:
         return new
 
     def wait_status(self, job_id: int, wanted: JobStatus, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.market.get_job(job_id).status != wanted:
-            if time.monotonic() > deadline:
-                state = self.market.get_job(job_id)
-                raise AssertionError(
-                    f"job {job_id} is {state.status.name}, waited {timeout} s for {wanted.name}"
-                )
-            time.sleep(0.1)
+        wait_until(
+            lambda: self.market.get_job(job_id).status == wanted,
+            timeout=timeout,
+            interval=0.1,
+            message=lambda: (
+                f"job {job_id} is {self.market.get_job(job_id).status.name}, "
+                f"waited {timeout} s for {wanted.name}"
+            ),
+            error=AssertionError,  # the tests' fixtures wait with it: a plain test failure
+        )
+
+
+def open_market(
+    market: Marketplace,
+    deployer: Sender,
+    described: ModelDescription,
+    plan: list[int],
+    *,
+    rpc_url: str,
+    home: Path,
+    log_dir: Path,
+    model: str | None = None,
+    chain: LocalChain | None = None,
+    threads: int = 1,
+) -> RunningMarket:
+    """The marketplace with `described`'s shard plan registered (found, or registered now); no nodes yet."""
+    model_id = market.find_model(described.weights_hash, plan)
+    gas = None
+    if model_id is None:
+        model_id, tx = market.register_model(
+            deployer, described.name, described.weights_hash, described.num_layers, plan
+        )
+        gas = tx.gas_used
+    return RunningMarket(
+        market.w3,
+        rpc_url,
+        market,
+        model_id,
+        plan,
+        home,
+        log_dir,
+        chain=chain,
+        model=model,
+        threads=threads,
+        registration_gas=gas,
+    )
 
 
 def start_market(
@@ -98,26 +150,22 @@ def start_market(
     try:
         w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
         deployer = Sender(w3, HARDHAT_DEV_KEYS[0])
-        deployment = deploy(w3, deployer, PARAMS)
-        market = Marketplace(w3, deployment)
+        market = Marketplace(w3, deploy(w3, deployer, PARAMS))
         described = describe_model(model)
         plan = client_split_plan(described.num_layers, split, nodes)
-        model_id, _ = market.register_model(
-            deployer, described.name, described.weights_hash, described.num_layers, plan
-        )
-        running = RunningMarket(
-            chain,
-            w3,
-            deployment,
+        running = open_market(
             market,
-            model_id,
+            deployer,
+            described,
             plan,
-            tmp / "nodes",
-            tmp / "logs",
+            rpc_url=chain.rpc_url,
+            home=tmp / "nodes",
+            log_dir=tmp / "logs",
             model=model,
+            chain=chain,
             threads=threads,
         )
-        running.nodes = start_nodes([running.spec(s) for s in range(1, nodes + 1)], running.log_dir)
+        running.start_nodes([running.spec(s) for s in range(1, nodes + 1)])
         return running
     except BaseException:
         chain.stop()
@@ -127,4 +175,5 @@ def start_market(
 def stop_market(running: RunningMarket) -> None:
     # In parallel, and longer than a node's drain timeout, so each one can commit what it served.
     stop_nodes(running.nodes, timeout=40)
-    running.chain.stop()
+    if running.chain is not None:
+        running.chain.stop()

@@ -21,7 +21,7 @@ help:
 	@echo "make test            the whole test suite: Hardhat contract tests and pytest"
 	@echo "make test-contracts  only the Hardhat contract tests"
 	@echo "make test-python     only pytest (unit + integration)"
-	@echo "make lint            ruff and mypy"
+	@echo "make lint            ruff, mypy and the import contracts (lint-imports)"
 	@echo "make setup           create .venv, npm ci, compile contracts (make test also installs chromium)"
 	@echo "make clean           remove build outputs (keeps .venv and node_modules)"
 
@@ -67,9 +67,10 @@ test-python: $(VENV_STAMP) $(ARTIFACT) $(MODEL_STAMP) $(CHROMIUM)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
-	$(VENV)/bin/ruff check splitmesh node client_sdk coordinator tests bench
-	$(VENV)/bin/ruff format --check splitmesh node client_sdk coordinator tests bench
+	$(VENV)/bin/ruff check splitmesh splitmesh_cli node client_sdk coordinator tests bench
+	$(VENV)/bin/ruff format --check splitmesh splitmesh_cli node client_sdk coordinator tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf artifacts cache .pytest_cache .ruff_cache .mypy_cache .hypothesis

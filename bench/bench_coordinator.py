@@ -27,7 +27,7 @@ from coordinator.indexer import Indexer
 from coordinator.queries import JobFilter, NodeFilter
 from coordinator.sources import ApiSource, IndexSource
 from splitmesh.chain import LocalChain
-from splitmesh.cli.demo_explorer import CoordinatorProcess
+from splitmesh_cli.demo_explorer import CoordinatorProcess
 from tests.integration.chain_activity import Activity, deploy_court_market
 
 

@@ -29,8 +29,8 @@ from typing import Any
 from client_sdk import Client
 from splitmesh.chain import JobStatus
 from splitmesh.chain.launcher import advance_time
-from splitmesh.cli.localnet import CLIENT_KEY, PARAMS, SPLIT, start_market, stop_market
 from splitmesh.model.reference import reference_generate
+from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, SPLIT, start_market, stop_market
 
 PROMPTS = [
     "Explain in three sentences why the sky is blue.",

@@ -32,7 +32,7 @@ import torch
 from client_sdk import Client
 from client_sdk.train import TrainingSession, TrainOptions, batches
 from client_sdk.training import DEFAULT_LORA_TARGETS, SOFT_PROMPT_KEY, load_examples
-from splitmesh.cli.localnet import CLIENT_KEY, SPLIT, start_market, stop_market
+from splitmesh_cli.localnet import CLIENT_KEY, SPLIT, start_market, stop_market
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def running_market(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Three SmolLM2 node processes on their own local chain, one per test module: no module depends on
     what another did to a shared marketplace (stake, pools, chain time)."""
-    from splitmesh.cli.localnet import start_market, stop_market
+    from splitmesh_cli.localnet import start_market, stop_market
 
     running = start_market(tmp_path_factory.mktemp("market"))
     yield running

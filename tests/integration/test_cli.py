@@ -22,7 +22,7 @@ from tests.model_fixtures import save_random_model, tiny_llama_config
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "splitmesh.cli.main", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "splitmesh_cli.main", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -203,7 +203,7 @@ def test_demo_serve_keeps_the_explorer_up_until_sigterm_then_stops_everything(ti
 
     port = free_port()
     args = ["--model", str(tiny_model), "--nodes", "2", "--split", "2", "--max-new-tokens", "3"]
-    cmd = [sys.executable, "-m", "splitmesh.cli.main", "demo", "--serve", "--no-reference", *args]
+    cmd = [sys.executable, "-m", "splitmesh_cli.main", "demo", "--serve", "--no-reference", *args]
     proc = subprocess.Popen(
         [*cmd, "--explorer-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -22,9 +22,9 @@ from client_sdk import (
 from client_sdk.link import RouteLink
 from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, Sender
 from splitmesh.chain.launcher import advance_time, free_port
-from splitmesh.cli.localnet import CLIENT_KEY, PARAMS, SPLIT, RunningMarket
 from splitmesh.model_files import describe_model
 from splitmesh.wire import encode_frame
+from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, SPLIT, RunningMarket
 
 PROMPT = "Say hello."
 

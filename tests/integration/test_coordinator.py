@@ -236,7 +236,7 @@ def _start_coordinator(
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = port or free_port()
     cmd = [
-        sys.executable, "-m", "splitmesh.cli.main", "coordinator", "run", "--rpc-url", rpc_url,
+        sys.executable, "-m", "splitmesh_cli.main", "coordinator", "run", "--rpc-url", rpc_url,
         "--market", market.deployment.market, "--db", str(db), "--port", str(port), "--poll", "0.2", *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -482,7 +482,7 @@ def test_api_rejects_bad_queries(coordinator_url: str, path: str, status: int, n
 
 def splitmesh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "splitmesh.cli.main", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "splitmesh_cli.main", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -101,7 +101,7 @@ class Coordinator:
 
 def start_coordinator(rpc_url: str, market: str, home: Path, timeout: float = 60.0) -> Coordinator:
     """Start the daemon on a free port (--port 0) and wait until its API answers."""
-    cmd = [sys.executable, "-m", "splitmesh.cli.main", "coordinator", "run", "--rpc-url", rpc_url]
+    cmd = [sys.executable, "-m", "splitmesh_cli.main", "coordinator", "run", "--rpc-url", rpc_url]
     cmd += ["--market", market, "--db", str(home / "index.sqlite"), "--host", "127.0.0.1", "--port", "0"]
     cmd += ["--no-keeper", "--poll", "0.3"]
     process = subprocess.Popen(

@@ -14,9 +14,9 @@ from client_sdk import Client, Generation, NotSettled, TokenEvent
 from client_sdk.privacy import noise_std
 from splitmesh.chain import JobStatus
 from splitmesh.chain.launcher import advance_time
-from splitmesh.cli.localnet import CLIENT_KEY, PARAMS, PRICE, SPLIT, RunningMarket
 from splitmesh.model.reference import reference_generate
 from splitmesh.wire import decode_frame
+from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, PRICE, SPLIT, RunningMarket
 
 PROMPT = "Name three colors of the rainbow."
 

@@ -24,7 +24,10 @@ from client_sdk import StepFailed
 from client_sdk.link import RouteLink
 from splitmesh.chain import JobStatus, Sender, SubmittedJob
 from splitmesh.chain.launcher import advance_time
-from splitmesh.cli.localnet import (
+from splitmesh.protocol import ZERO_CHAIN, StepMeta, extend_chain, hex32, tensor_digest
+from splitmesh.signing import EnvelopeSigner
+from splitmesh.wire import encode_frame
+from splitmesh_cli.localnet import (
     CLIENT_KEY,
     NODE_KEYS,
     PARAMS,
@@ -33,10 +36,7 @@ from splitmesh.cli.localnet import (
     start_market,
     stop_market,
 )
-from splitmesh.cli.procs import NodeProcess
-from splitmesh.protocol import ZERO_CHAIN, StepMeta, extend_chain, hex32, tensor_digest
-from splitmesh.signing import EnvelopeSigner
-from splitmesh.wire import encode_frame
+from splitmesh_cli.procs import NodeProcess
 
 HIDDEN = 576  # SmolLM2-135M hidden size
 MAX_TOKENS = 16

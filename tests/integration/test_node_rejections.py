@@ -27,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import ClientConnection, connect
 
 from splitmesh.chain import SubmittedJob
-from splitmesh.cli.localnet import CLIENT_KEY, NODE_KEYS, OTHER_KEY, PRICE, RunningMarket
 from splitmesh.protocol import (
     END_PATH,
     END_PAYLOAD,
@@ -45,6 +44,7 @@ from splitmesh.protocol import (
 )
 from splitmesh.signing import EnvelopeSigner, RelaySigner
 from splitmesh.wire import decode_frame, encode_frame
+from splitmesh_cli.localnet import CLIENT_KEY, NODE_KEYS, OTHER_KEY, PRICE, RunningMarket
 
 HIDDEN = 576  # SmolLM2-135M hidden size
 PROMPT = 3  # tokens of every test job's first step

@@ -24,7 +24,6 @@ from client_sdk.train import TrainingSession, TrainOptions
 from client_sdk.training import load_examples, make_batch, shipped_dataset
 from splitmesh.chain import JobStatus, SubmittedJob
 from splitmesh.chain.launcher import advance_time
-from splitmesh.cli.localnet import CLIENT_KEY, OTHER_KEY, PRICE, RunningMarket
 from splitmesh.model.loader import ModelSpec
 from splitmesh.protocol import (
     END_PATH,
@@ -41,6 +40,7 @@ from splitmesh.protocol import (
 )
 from splitmesh.signing import EnvelopeSigner
 from splitmesh.wire import decode_frame, encode_frame
+from splitmesh_cli.localnet import CLIENT_KEY, OTHER_KEY, PRICE, RunningMarket
 
 HIDDEN = 576
 

@@ -14,8 +14,8 @@ from splitmesh.audit.transcript import (
     fetch_transcript,
 )
 from splitmesh.chain import JobStatus
-from splitmesh.cli.localnet import CLIENT_KEY, OTHER_KEY, SPLIT, RunningMarket
 from splitmesh.wire import decode_frame, encode_frame
+from splitmesh_cli.localnet import CLIENT_KEY, OTHER_KEY, SPLIT, RunningMarket
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from client_sdk.leakage.features import SplitFeatures, chunk_tokens, load_tokeni
 from client_sdk.leakage.mechanism import Mechanism
 from client_sdk.leakage.report import ReportConfig, run_report, table_of, write_table
 from client_sdk.privacy import Privatizer, seeded_normal
-from splitmesh.cli.main import main
 from splitmesh.leakage_table import LeakageTable, load_table
 from splitmesh.model.identity import weights_identity
 from splitmesh.model.loader import ModelSpec
 from splitmesh.model.source import ModelSource
+from splitmesh_cli.main import main
 from tests.model_fixtures import save_random_model, tiny_llama_config
 
 DELTA = 1e-5

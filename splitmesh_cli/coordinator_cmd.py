@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from coordinator.daemon import CoordinatorConfig, default_db_path, serve
     from coordinator.indexer import IndexerConfig
-    from splitmesh.cli.common import KEEPER_DEV_KEY, attach_deployment, open_session, settings_from
     from splitmesh.errors import ConfigError
+    from splitmesh_cli.common import KEEPER_DEV_KEY, attach_deployment, open_session, settings_from
 
     if args.reorg_depth < 1 or args.batch_blocks < 1 or args.poll <= 0:
         raise ConfigError("--reorg-depth and --batch-blocks must be >= 1 and --poll > 0")

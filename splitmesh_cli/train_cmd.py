@@ -13,10 +13,14 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from splitmesh.cli.output import Output, eth, short
 from splitmesh.errors import ConfigError
+from splitmesh_cli.output import Output, eth, short
+
+if TYPE_CHECKING:
+    from client_sdk import Client
+    from splitmesh_cli.localnet import RunningMarket
 
 HELD_OUT = "instructions_heldout.jsonl"
 
@@ -69,37 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from client_sdk import Client
-    from client_sdk.training import load_examples, shipped_dataset
-    from splitmesh.cli.common import settings_from
-
     out = Output(args.json)
-    if args.epochs < 1 or (args.limit is not None and args.limit < 1):
-        raise ConfigError("--epochs and --limit must be at least 1")
-    examples = load_examples(args.data)[: args.limit]
-    eval_prompts = args.eval
-    if args.no_eval:
-        eval_prompts = []
-    elif eval_prompts is None and args.data is None:
-        eval_prompts = [e["prompt"] for e in load_examples(shipped_dataset(HELD_OUT))]
-    out.step(f"{len(examples)} examples from {args.data or shipped_dataset()}, {args.epochs} epoch(s)")
-    settings = settings_from(args)
+    examples, eval_prompts = _load_data(args, out)
     with contextlib.ExitStack() as stack:
-        local = None
-        if settings.rpc_url is None:
-            from splitmesh.cli.localnet import CLIENT_KEY, start_market, stop_market
-
-            out.step(f"starting a local marketplace: hardhat node, deployment, {args.nodes} node processes")
-            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitmesh-train-")))
-            local = start_market(home, args.model, args.split, args.nodes)
-            stack.callback(stop_market, local)
-            rpc_url, key = local.rpc_url, CLIENT_KEY
-            market: str | None = local.deployment.market
-            out.info(f"    chain {rpc_url}; nodes: " + ", ".join(short(n.address) for n in local.nodes))
-        else:
-            rpc_url, market = str(settings.rpc_url), settings.market
-            key = settings.private_key or _dev_client_key(rpc_url)
-        client = Client(rpc_url, key, args.model, market=market)
+        client, local = _connect(args, out, stack)
         before = _generate(client, eval_prompts, args.split, out, "before")
 
         eps = "inf (no noise)" if math.isinf(args.epsilon) else f"{args.epsilon:g}"
@@ -168,10 +145,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_data(args: argparse.Namespace, out: Output) -> tuple[list[dict[str, str]], list[str] | None]:
+    """The training examples and the prompts to generate before and after training."""
+    from client_sdk.training import load_examples, shipped_dataset
+
+    if args.epochs < 1 or (args.limit is not None and args.limit < 1):
+        raise ConfigError("--epochs and --limit must be at least 1")
+    examples = load_examples(args.data)[: args.limit]
+    eval_prompts = args.eval
+    if args.no_eval:
+        eval_prompts = []
+    elif eval_prompts is None and args.data is None:
+        eval_prompts = [e["prompt"] for e in load_examples(shipped_dataset(HELD_OUT))]
+    out.step(f"{len(examples)} examples from {args.data or shipped_dataset()}, {args.epochs} epoch(s)")
+    return examples, eval_prompts
+
+
+def _connect(
+    args: argparse.Namespace, out: Output, stack: contextlib.ExitStack
+) -> tuple[Client, RunningMarket | None]:
+    """The client on --rpc-url's marketplace, or on a local one started (and stopped with `stack`);
+    (client, the local marketplace or None)."""
+    from client_sdk import Client
+    from splitmesh_cli.common import settings_from
+
+    settings = settings_from(args)
+    local = None
+    if settings.rpc_url is None:
+        from splitmesh_cli.localnet import CLIENT_KEY, start_market, stop_market
+
+        out.step(f"starting a local marketplace: hardhat node, deployment, {args.nodes} node processes")
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitmesh-train-")))
+        local = start_market(home, args.model, args.split, args.nodes)
+        stack.callback(stop_market, local)
+        rpc_url, key = local.rpc_url, CLIENT_KEY
+        market: str | None = local.deployment.market
+        out.info(f"    chain {rpc_url}; nodes: " + ", ".join(short(n.address) for n in local.nodes))
+    else:
+        rpc_url, market = str(settings.rpc_url), settings.market
+        key = settings.private_key or _dev_client_key(rpc_url)
+    return Client(rpc_url, key, args.model, market=market), local
+
+
 def _dev_client_key(rpc_url: str) -> str:
     from splitmesh.chain import rpc_chain_id
-    from splitmesh.cli.common import DEV_CHAIN_IDS
-    from splitmesh.cli.localnet import CLIENT_KEY
+    from splitmesh_cli.common import DEV_CHAIN_IDS
+    from splitmesh_cli.localnet import CLIENT_KEY
 
     if rpc_chain_id(rpc_url) in DEV_CHAIN_IDS:
         return CLIENT_KEY

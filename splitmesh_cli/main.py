@@ -18,7 +18,7 @@ run the remaining shards; nodes commit on-chain and are paid after a challenge w
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitmesh.cli import chain_cmd, coordinator_cmd, demo, node_cmd, privacy_cmd, query_cmd, train_cmd
+    from splitmesh_cli import chain_cmd, coordinator_cmd, demo, node_cmd, privacy_cmd, query_cmd, train_cmd
 
     parser = argparse.ArgumentParser(
         prog="splitmesh", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter

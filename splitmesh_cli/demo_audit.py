@@ -7,22 +7,22 @@ the chain and, on a local dev chain, moves the clock past the reveal window.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any
 
 from splitmesh.chain import JobState, JobStatus, Marketplace
 from splitmesh.chain.launcher import advance_time
 from splitmesh.chain.market import AuditStatus
-from splitmesh.cli.output import Output, eth, short
-from splitmesh.errors import SplitmeshError
+from splitmesh_cli.output import Output, eth, short
+from splitmesh_cli.wait import wait_until
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SplitmeshError(f"timed out after {timeout:g} s waiting for {what}; see the node logs")
-        time.sleep(0.25)
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    wait_until(
+        predicate,
+        timeout=timeout,
+        message=f"timed out after {timeout:g} s waiting for {what}; see the node logs",
+    )
 
 
 def await_sampling(market: Marketplace, job_id: int, out: Output, timeout: float = 60) -> JobState:
@@ -31,8 +31,8 @@ def await_sampling(market: Marketplace, job_id: int, out: Output, timeout: float
     called sampleAudit. Returns the job's state then (Committed, or Disputed)."""
     if market.audit_rate_bps() == 0:
         return market.get_job(job_id)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def settled() -> JobState | None:
         state = market.get_job(job_id)
         if state.status != JobStatus.COMMITTED:
             return state
@@ -40,12 +40,14 @@ def await_sampling(market: Marketplace, job_id: int, out: Output, timeout: float
         if available and not sampled:
             out.info(f"    job {job_id} was not drawn for a sampled audit")
             return state
-        if time.monotonic() > deadline:
-            raise SplitmeshError(
-                f"job {job_id} was drawn for an audit but no node called sampleAudit within {timeout:g} s; "
-                "see the node logs (the verifier role samples its model's jobs)"
-            )
-        time.sleep(0.25)
+        return None
+
+    return wait_until(
+        settled,
+        timeout=timeout,
+        message=f"job {job_id} was drawn for an audit but no node called sampleAudit within {timeout:g} s; "
+        "see the node logs (the verifier role samples its model's jobs)",
+    )
 
 
 def follow_audit(

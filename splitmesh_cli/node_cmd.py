@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from splitmesh.cli.common import settings_from
 from splitmesh.errors import ConfigError
+from splitmesh_cli.common import settings_from
 
 ETHER = 10**18
 

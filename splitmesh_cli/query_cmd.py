@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any
 
-from splitmesh.cli.output import eth, short
 from splitmesh.errors import ConfigError
+from splitmesh_cli.output import eth, short
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,7 +95,7 @@ def _open_source(args: argparse.Namespace) -> Any:
         return ApiSource(coordinator)
     if args.db:
         return IndexSource.file(args.db)
-    from splitmesh.cli.common import attach_deployment, open_session, settings_from
+    from splitmesh_cli.common import attach_deployment, open_session, settings_from
 
     settings = settings_from(args)
     if settings.rpc_url is None:

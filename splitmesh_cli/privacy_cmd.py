@@ -42,8 +42,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from splitmesh.cli.output import Output
 from splitmesh.errors import ConfigError
+from splitmesh_cli.output import Output
 
 
 def _epsilon(text: str) -> float:

@@ -7,7 +7,7 @@ import signal
 import threading
 
 from splitmesh.chain import HARDHAT_DEV_KEYS, Deployment, Sender, deploy, save_deployment
-from splitmesh.cli.common import (
+from splitmesh_cli.common import (
     add_chain_args,
     add_deploy_args,
     attach_deployment,
@@ -15,7 +15,7 @@ from splitmesh.cli.common import (
     open_session,
     settings_from,
 )
-from splitmesh.cli.output import Output, eth
+from splitmesh_cli.output import Output, eth
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

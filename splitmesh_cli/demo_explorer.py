@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from splitmesh.chain.launcher import free_port, port_is_free
 from splitmesh.errors import SplitmeshError
+from splitmesh_cli.wait import wait_until
 
 
 class CoordinatorFailed(SplitmeshError, RuntimeError):
@@ -29,7 +29,7 @@ class CoordinatorProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "splitmesh.cli.main", "coordinator", "run", "--rpc-url", rpc_url,
+            sys.executable, "-m", "splitmesh_cli.main", "coordinator", "run", "--rpc-url", rpc_url,
             "--market", market, "--db", str(db), "--port", str(self.port), "--poll", "0.25", "--no-keeper",
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
@@ -40,21 +40,25 @@ class CoordinatorProcess:
 
     def wait_synced(self, block: int, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until the index covers `block`; returns /api/status."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def synced() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
                 raise CoordinatorFailed(
                     f"the coordinator exited ({self.proc.returncode}); see {self.log_path}"
                 )
             try:
                 status = self.get("/api/status")
-                if (status.get("synced_block") or -1) >= block:
-                    return status
             except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise CoordinatorFailed(f"the coordinator did not index block {block} in {timeout:g} s")
-            time.sleep(0.2)
+                return None
+            return status if (status.get("synced_block") or -1) >= block else None
+
+        return wait_until(
+            synced,
+            timeout=timeout,
+            interval=0.2,
+            message=f"the coordinator did not index block {block} in {timeout:g} s",
+            error=CoordinatorFailed,
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:

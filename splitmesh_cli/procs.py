@@ -13,16 +13,20 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from splitmesh.errors import SplitmeshError
+from splitmesh_cli.wait import WaitTimedOut, wait_until
 
 
 class NodeStartFailed(SplitmeshError, RuntimeError):
     """A node process exited or stayed silent before it was ready; its log says why."""
+
+
+class _Exited(Exception):
+    """The node process closed its stdout (it exited) before it printed "ready"."""
 
 
 @dataclass
@@ -64,7 +68,7 @@ class NodeProcess:
 
     def command(self) -> list[str]:
         s = self.spec
-        cmd = [sys.executable, "-m", "splitmesh.cli.main", "node", "run"]
+        cmd = [sys.executable, "-m", "splitmesh_cli.main", "node", "run"]
         cmd += ["--shard", str(s.shard), "--rpc-url", s.rpc_url, "--market", s.market]
         cmd += ["--stake", repr(s.stake_eth), "--price", str(s.price_wei), "--port", str(s.port)]
         cmd += ["--dtype", s.dtype, "--duty-interval", repr(s.duty_interval), "--threads", str(s.threads)]
@@ -85,23 +89,26 @@ class NodeProcess:
         )
         log.close()
         threading.Thread(target=self._pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            event = _json_line(line)
-            if event.get("event") == "ready":
-                self.info = event
-                return self
-        self.stop()
-        raise NodeStartFailed(
-            f"node for shard {self.spec.shard} did not become ready within {timeout:g} s; "
-            f"log {self.log_path}:\n{self.log_tail()}"
-        )
+        try:
+            self.info = wait_until(self._ready_event, timeout=timeout, interval=0, message="not ready")
+            return self
+        except (WaitTimedOut, _Exited):
+            self.stop()
+            raise NodeStartFailed(
+                f"node for shard {self.spec.shard} did not become ready within {timeout:g} s; "
+                f"log {self.log_path}:\n{self.log_tail()}"
+            ) from None
+
+    def _ready_event(self) -> dict[str, Any] | None:
+        """The "ready" line if the child printed it within a moment; raises _Exited once stdout closed."""
+        try:
+            line = self._lines.get(timeout=0.2)
+        except queue.Empty:
+            return None
+        if line is None:
+            raise _Exited
+        event = _json_line(line)
+        return event if event.get("event") == "ready" else None
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

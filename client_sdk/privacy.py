@@ -22,6 +22,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from splitmesh.errors import SplitmeshError
+from splitmesh.jobmeta import epsilon_to_json
 
 if TYPE_CHECKING:
     from splitmesh.model.client import ClientModel
@@ -215,19 +216,15 @@ class Budget:
     def to_json(self) -> dict[str, Any]:
         """A fresh JSON-ready dict; infinities become the string "inf"."""
         return {
-            "per_token_epsilon": _json_float(self.per_token_epsilon),
+            "per_token_epsilon": epsilon_to_json(self.per_token_epsilon),
             "per_token_delta": self.per_token_delta,
             "tokens": self.tokens,
-            "composed_epsilon": _json_float(self.composed_epsilon),
+            "composed_epsilon": epsilon_to_json(self.composed_epsilon),
             "composed_delta": self.composed_delta,
             "method": self.method,
-            "basic_epsilon": _json_float(self.basic_epsilon),
-            "per_token_epsilon_actual": _json_float(self.per_token_epsilon_actual),
+            "basic_epsilon": epsilon_to_json(self.basic_epsilon),
+            "per_token_epsilon_actual": epsilon_to_json(self.per_token_epsilon_actual),
         }
-
-
-def _json_float(value: float) -> float | str:
-    return "inf" if math.isinf(value) else value
 
 
 @functools.lru_cache(maxsize=256)  # pure; a UI may show the budget after every token

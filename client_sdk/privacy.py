@@ -82,15 +82,16 @@ def noise_std(epsilon: float, delta: float, clip: float) -> float:
     return 2.0 * clip * noise_multiplier(epsilon, delta)
 
 
-@dataclass(frozen=True)
-class PrivacyParams:
-    """What a user chooses; validated before any noise is drawn."""
+@dataclass
+class PrivacySettings:
+    """What a user chooses for a job's noise (GenerateOptions and TrainOptions carry it); validated before
+    any noise is drawn."""
 
-    epsilon: float = DEFAULT_EPSILON  # per token vector; inf = no noise
-    delta: float = 1e-5  # per token vector; failure probability of the epsilon guarantee
-    clip: float | None = None  # L2 norm bound C; None = calibrated per model/split
+    epsilon: float = DEFAULT_EPSILON  # per released token vector; inf = no noise (chosen from measurements)
+    delta: float = 1e-5  # per released token vector; failure probability of the epsilon guarantee
+    clip: float | None = None  # L2 bound per token vector; None = median norm on public text
 
-    def validate(self) -> PrivacyParams:
+    def validate(self) -> PrivacySettings:
         _check_epsilon_delta(self.epsilon, self.delta)
         if self.clip is not None:
             _check_clip(self.clip)

@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from client_sdk import Client
-    from client_sdk.training import load_examples, shipped_dataset
+    from client_sdk.dataset import load_examples, shipped_dataset
     from splitmesh.cli.common import settings_from
 
     out = Output(args.json)

@@ -30,8 +30,10 @@ from typing import Any
 import torch
 
 from client_sdk import Client
-from client_sdk.train import TrainingSession, TrainOptions, batches
-from client_sdk.training import DEFAULT_LORA_TARGETS, SOFT_PROMPT_KEY, load_examples
+from client_sdk.adapters import DEFAULT_LORA_TARGETS, SOFT_PROMPT_KEY
+from client_sdk.dataset import load_examples
+from client_sdk.finetune import TrainingSession, batches
+from client_sdk.options import TrainOptions
 from splitmesh_cli.localnet import CLIENT_KEY, SPLIT, start_market, stop_market
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +123,8 @@ def main() -> int:
     running = start_market(tmp, threads=args.node_threads)
     try:
         client = Client(running.rpc_url, CLIENT_KEY, market=running.deployment.market)
-        prepared, trainer = client._trainer(opts)
+        prepared = client.prepare(opts.split)
+        trainer = prepared.adapters_for(opts)
         initial = {k: v.clone() for k, v in trainer.adapter_state_dict().items()}
         plan = batches(examples, client.tokenizer, opts, args.epochs)
         budget = sum(2 * int(b.attention_mask.sum()) for epoch in plan for b in epoch)

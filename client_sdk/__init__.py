@@ -1,6 +1,6 @@
 """splitmesh client SDK: private generation over the marketplace (see client_sdk.client)."""
 
-from client_sdk.client import Client, GenerateOptions, Generation, TokenEvent
+from client_sdk.client import Client, Generation, TokenEvent
 from client_sdk.errors import (
     ChallengeRefused,
     ClientError,
@@ -11,7 +11,9 @@ from client_sdk.errors import (
     NoRoute,
     NotSettled,
     StepFailed,
+    TrainingError,
 )
+from client_sdk.options import GenerateOptions, PrivacySettings, TrainOptions
 from client_sdk.receipts import GenerationReceipt, HopInfo, Settlement
 
 __all__ = [
@@ -28,7 +30,10 @@ __all__ = [
     "NoRoute",
     "NodeUnavailable",
     "NotSettled",
+    "PrivacySettings",
     "Settlement",
     "StepFailed",
     "TokenEvent",
+    "TrainOptions",
+    "TrainingError",
 ]

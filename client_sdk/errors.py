@@ -48,3 +48,7 @@ class NotSettled(ClientError, RuntimeError):
 
 class ChallengeRefused(ClientError, RuntimeError):
     """The job cannot be challenged (not committed, challenge window closed, or challenges disabled)."""
+
+
+class TrainingError(ClientError, ValueError):
+    """A training setting, example or tensor does not fit (no trainable part, wrong shapes, bad file)."""

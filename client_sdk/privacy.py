@@ -22,6 +22,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from splitmesh.errors import SplitmeshError
+from splitmesh.jobmeta import epsilon_to_json
 
 if TYPE_CHECKING:
     from splitmesh.model.client import ClientModel
@@ -81,15 +82,16 @@ def noise_std(epsilon: float, delta: float, clip: float) -> float:
     return 2.0 * clip * noise_multiplier(epsilon, delta)
 
 
-@dataclass(frozen=True)
-class PrivacyParams:
-    """What a user chooses; validated before any noise is drawn."""
+@dataclass
+class PrivacySettings:
+    """What a user chooses for a job's noise (GenerateOptions and TrainOptions carry it); validated before
+    any noise is drawn."""
 
-    epsilon: float = DEFAULT_EPSILON  # per token vector; inf = no noise
-    delta: float = 1e-5  # per token vector; failure probability of the epsilon guarantee
-    clip: float | None = None  # L2 norm bound C; None = calibrated per model/split
+    epsilon: float = DEFAULT_EPSILON  # per released token vector; inf = no noise (chosen from measurements)
+    delta: float = 1e-5  # per released token vector; failure probability of the epsilon guarantee
+    clip: float | None = None  # L2 bound per token vector; None = median norm on public text
 
-    def validate(self) -> PrivacyParams:
+    def validate(self) -> PrivacySettings:
         _check_epsilon_delta(self.epsilon, self.delta)
         if self.clip is not None:
             _check_clip(self.clip)
@@ -215,19 +217,15 @@ class Budget:
     def to_json(self) -> dict[str, Any]:
         """A fresh JSON-ready dict; infinities become the string "inf"."""
         return {
-            "per_token_epsilon": _json_float(self.per_token_epsilon),
+            "per_token_epsilon": epsilon_to_json(self.per_token_epsilon),
             "per_token_delta": self.per_token_delta,
             "tokens": self.tokens,
-            "composed_epsilon": _json_float(self.composed_epsilon),
+            "composed_epsilon": epsilon_to_json(self.composed_epsilon),
             "composed_delta": self.composed_delta,
             "method": self.method,
-            "basic_epsilon": _json_float(self.basic_epsilon),
-            "per_token_epsilon_actual": _json_float(self.per_token_epsilon_actual),
+            "basic_epsilon": epsilon_to_json(self.basic_epsilon),
+            "per_token_epsilon_actual": epsilon_to_json(self.per_token_epsilon_actual),
         }
-
-
-def _json_float(value: float) -> float | str:
-    return "inf" if math.isinf(value) else value
 
 
 @functools.lru_cache(maxsize=256)  # pure; a UI may show the budget after every token

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from eth_utils import is_address, to_checksum_address
 
 from coordinator import schema
 from coordinator.errors import BadQuery, NotFound
+from splitmesh.jobmeta import JobMeta, epsilon_to_json
 from splitmesh.leakage_table import lookup as lookup_leakage
 
 JOB_STATUSES = ("open", "committed", "disputed", "finalized", "cancelled")
@@ -70,7 +70,7 @@ def _page(items: list[dict[str, Any]], total: int, limit: int, offset: int) -> d
 
 
 def _declared(metadata_hex: str) -> dict[str, Any] | None:
-    """The client's declared parameters (privacy budget...), if it declared JSON; opaque otherwise."""
+    """Whatever JSON object the client declared, shown as is; None when the metadata is not one (opaque)."""
     try:
         value = json.loads(bytes.fromhex(metadata_hex[2:]).decode())
     except (ValueError, UnicodeDecodeError):
@@ -78,26 +78,29 @@ def _declared(metadata_hex: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def job_leakage(conn: sqlite3.Connection, model_id: int, declared: dict[str, Any] | None) -> dict[str, Any]:
+def job_meta(metadata_hex: str) -> JobMeta | None:
+    """The job's declared setting when the metadata follows the SDK's format (`JobMeta`); None otherwise."""
+    try:
+        return JobMeta.from_json(bytes.fromhex(metadata_hex[2:]))
+    except ValueError:  # not hex, or InvalidJobMeta
+        return None
+
+
+def job_leakage(conn: sqlite3.Connection, model_id: int, meta: JobMeta | None) -> dict[str, Any]:
     """The shipped leakage measurement for the job's declared (split, epsilon) on its model, or why not."""
-    if not declared or "split" not in declared or "epsilon" not in declared:
+    if meta is None:
         return {"source": "not measured", "why": "the client declared no split and epsilon"}
     model = conn.execute("SELECT weights_hash FROM models WHERE model_id = ?", (model_id,)).fetchone()
-    try:
-        epsilon = math.inf if declared["epsilon"] in ("inf", None) else float(declared["epsilon"])
-        split = int(declared["split"])
-    except (TypeError, ValueError):
-        return {"source": "not measured", "why": "the declared split or epsilon is not a number"}
-    if model is None or not epsilon > 0:
-        return {"source": "not measured", "why": "unknown model or epsilon out of range"}
-    return lookup_leakage(model["weights_hash"], split, epsilon)
+    if model is None:
+        return {"source": "not measured", "why": "unknown model"}
+    return lookup_leakage(model["weights_hash"], meta.split, meta.epsilon)
 
 
 # ------------------------------------------------------------------ jobs
 
 
 def _job_summary(row: sqlite3.Row, route: list[str]) -> dict[str, Any]:
-    declared = _declared(row["metadata"]) or {}
+    meta = job_meta(row["metadata"])
     return {
         "job_id": row["job_id"],
         "status": row["status"],
@@ -113,7 +116,7 @@ def _job_summary(row: sqlite3.Row, route: list[str]) -> dict[str, Any]:
         "slashed_wei": row["slashed"],
         "dispute": row["dispute"],
         "fraud_mask": row["fraud_mask"],
-        "epsilon": declared.get("epsilon"),
+        "epsilon": epsilon_to_json(meta.epsilon) if meta else None,
         "submitted_block": row["submitted_block"],
         "submitted_time": row["submitted_time"],
         "updated_block": row["updated_block"],
@@ -170,7 +173,7 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any]:
     out = _job_summary(row, [h["node"] for h in hops])
     out["terms"] = row["terms"]
     out["declared"] = _declared(row["metadata"])
-    out["leakage"] = job_leakage(conn, row["model_id"], out["declared"])
+    out["leakage"] = job_leakage(conn, row["model_id"], job_meta(row["metadata"]))
     out["metadata"] = row["metadata"]
     out["committed_mask"] = row["committed_mask"]
     out["missing_mask"] = row["missing_mask"]

@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from splitmesh.jobmeta import epsilon_from_json, epsilon_to_json
+
 TABLE_RESOURCE = "data/leakage_table.json"
 TABLE_FORMAT = 1
 # Below this next-token agreement with the noiseless model an answer is not usable: the bar the privacy
@@ -41,8 +43,8 @@ class LeakageEntry:
     def to_json(self, requested_epsilon: float) -> dict[str, Any]:
         return {
             "source": "measured",
-            "measured_at_epsilon": _json_float(self.epsilon),
-            "requested_epsilon": _json_float(requested_epsilon),
+            "measured_at_epsilon": epsilon_to_json(self.epsilon),
+            "requested_epsilon": epsilon_to_json(requested_epsilon),
             "split": self.split,
             "mechanism": self.mechanism,
             "prompt_recovery": self.prompt_recovery,
@@ -52,14 +54,6 @@ class LeakageEntry:
             "next_token_agreement": self.next_token_agreement,
             "perplexity_ratio": self.perplexity_ratio,
         }
-
-
-def _json_float(value: float) -> float | str:
-    return "inf" if math.isinf(value) else value
-
-
-def _epsilon(value: Any) -> float:
-    return math.inf if value == "inf" else float(value)
 
 
 @dataclass(frozen=True)
@@ -77,7 +71,7 @@ class LeakageTable:
             LeakageEntry(
                 split=int(e["split"]),
                 mechanism=str(e["mechanism"]),
-                epsilon=_epsilon(e["epsilon"]),
+                epsilon=epsilon_from_json(e["epsilon"]),
                 next_token_agreement=float(e["next_token_agreement"]),
                 perplexity_ratio=float(e["perplexity_ratio"]),
                 prompt_recovery=float(e["prompt_recovery"]["best"]),

@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_data(args: argparse.Namespace, out: Output) -> tuple[list[dict[str, str]], list[str] | None]:
     """The training examples and the prompts to generate before and after training."""
-    from client_sdk.training import load_examples, shipped_dataset
+    from client_sdk.dataset import load_examples, shipped_dataset
 
     if args.epochs < 1 or (args.limit is not None and args.limit < 1):
         raise ConfigError("--epochs and --limit must be at least 1")

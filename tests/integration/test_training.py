@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from client_sdk import Client
-from client_sdk.train import TrainingSession, TrainOptions
-from client_sdk.training import load_examples, make_batch, shipped_dataset
+from client_sdk.dataset import load_examples, make_batch, shipped_dataset
+from client_sdk.finetune import TrainingSession
+from client_sdk.options import TrainOptions
 from splitmesh.chain import JobStatus, SubmittedJob
 from splitmesh.chain.launcher import advance_time
 from splitmesh.model.loader import ModelSpec
@@ -55,7 +56,8 @@ def test_gradients_through_the_route_equal_autograd_through_the_unsplit_model(
 ) -> None:
     client = Client(running_market.rpc_url, CLIENT_KEY, None, market=running_market.deployment.market)
     opts = TrainOptions(lr=0.0, lora_rank=4, max_grad_norm=None, seed=3)
-    prepared, trainer = client._trainer(opts)
+    prepared = client.prepare(opts.split)
+    trainer = prepared.adapters_for(opts)
     # LoRA starts with B = 0, which makes every gradient of A zero: start from a trained-looking adapter.
     with torch.no_grad():
         for name, param in trainer.trainable_parameters().items():
@@ -67,9 +69,9 @@ def test_gradients_through_the_route_equal_autograd_through_the_unsplit_model(
     with TrainingSession(client, prepared, trainer, opts, max_tokens=4 * ids.shape[1]) as session:
         head = trainer.head_forward(ids)
         z = head.z.detach().contiguous()
-        hidden, _ = session._send(z, "train", None)
+        hidden, _ = session.send(z, "train", None)
         loss, grad = trainer.loss_from_hidden(hidden, labels)
-        grad_z, _ = session._send(grad.contiguous(), "backward", 0)
+        grad_z, _ = session.send(grad.contiguous(), "backward", 0)
         trainer.backward_head(head, grad_z)
         route_grads = {n: p.grad.clone() for n, p in trainer.trainable_parameters().items()}  # type: ignore[union-attr]
 

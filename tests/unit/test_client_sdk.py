@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client_sdk.client import _check_commitments
 from client_sdk.errors import CommitmentMismatch
 from client_sdk.receipts import GenerationReceipt, StepStats
+from client_sdk.route_job import check_commitments
 from client_sdk.sampling import sample_token
 from splitmesh.protocol import HopTiming, NodeCommitment, extend_chain
 
@@ -41,15 +41,15 @@ def _commitment(position: int, inp: bytes, out: bytes) -> NodeCommitment:
 def test_commitment_check_catches_each_kind_of_mismatch() -> None:
     c0, c1, c2, c3 = (extend_chain(b"\0" * 32, 0, bytes([i]) * 32) for i in range(4))
     good = [_commitment(0, c0, c1), _commitment(1, c1, c2), _commitment(2, c2, c3)]
-    _check_commitments(good, c0, c3, 3)
+    check_commitments(good, c0, c3, 3)
     with pytest.raises(CommitmentMismatch, match="differs from what we sent"):
-        _check_commitments(good, c1, c3, 3)
+        check_commitments(good, c1, c3, 3)
     with pytest.raises(CommitmentMismatch, match="differs from what we got"):
-        _check_commitments(good, c0, c2, 3)
+        check_commitments(good, c0, c2, 3)
     with pytest.raises(CommitmentMismatch, match="disagree"):
-        _check_commitments([good[0], _commitment(1, c3, c2), good[2]], c0, c3, 3)
+        check_commitments([good[0], _commitment(1, c3, c2), good[2]], c0, c3, 3)
     with pytest.raises(CommitmentMismatch, match="expected 3 commitments"):
-        _check_commitments(good[:2], c0, c2, 3)
+        check_commitments(good[:2], c0, c2, 3)
 
 
 def _hop(position: int, compute: float, handle: float, relay: float) -> HopTiming:

@@ -13,7 +13,7 @@ import torch
 from client_sdk.privacy import (
     DEFAULT_CALIBRATION_TEXTS,
     PrivacyError,
-    PrivacyParams,
+    PrivacySettings,
     Privatizer,
     calibrate_clip,
     compose,
@@ -44,7 +44,7 @@ def gaussian_delta(mu: float, epsilon: float) -> float:
     return phi(mu / 2 - epsilon / mu) - math.exp(epsilon) * phi(-mu / 2 - epsilon / mu)
 
 
-# ---- noise_std / noise_multiplier / PrivacyParams ----
+# ---- noise_std / noise_multiplier / PrivacySettings ----
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_invalid_parameters_raise(epsilon: float, delta: float, clip: float) -> 
     with pytest.raises(PrivacyError):
         noise_std(epsilon, delta, clip)
     with pytest.raises(PrivacyError):
-        PrivacyParams(epsilon, delta, clip).validate()
+        PrivacySettings(epsilon, delta, clip).validate()
     with pytest.raises(PrivacyError):
         Privatizer(epsilon, delta, clip)
 
@@ -95,10 +95,10 @@ def test_privacy_error_is_a_splitmesh_value_error() -> None:
 
 
 def test_params_defaults_are_valid_and_noiseless() -> None:
-    params = PrivacyParams().validate()
+    params = PrivacySettings().validate()
     assert math.isinf(params.epsilon)
     assert params.clip is None
-    assert PrivacyParams(8.0, 1e-6, 2.0).validate().clip == 2.0
+    assert PrivacySettings(8.0, 1e-6, 2.0).validate().clip == 2.0
 
 
 # ---- Privatizer ----

@@ -9,9 +9,8 @@ from importlib import resources
 
 import pytest
 
-from client_sdk.client import GenerateOptions
-from client_sdk.privacy import DEFAULT_EPSILON, PrivacyParams
-from client_sdk.train import TrainOptions
+from client_sdk.options import GenerateOptions, TrainOptions
+from client_sdk.privacy import DEFAULT_EPSILON, PrivacySettings
 from splitmesh.leakage_table import USABLE_AGREEMENT, LeakageTable
 
 DEMO_SPLIT = 4  # `splitmesh demo --split` default: the client runs 4 layers
@@ -28,7 +27,7 @@ def _epsilon(value: float | str) -> float:
 def test_every_entry_point_defaults_to_the_same_epsilon() -> None:
     assert GenerateOptions().epsilon == DEFAULT_EPSILON
     assert TrainOptions().epsilon == DEFAULT_EPSILON
-    assert PrivacyParams().epsilon == DEFAULT_EPSILON
+    assert PrivacySettings().epsilon == DEFAULT_EPSILON
 
 
 def test_the_default_is_the_best_usable_point_of_the_shipped_table() -> None:

@@ -13,22 +13,24 @@ import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from client_sdk.privacy import Privatizer, seeded_normal
-from client_sdk.training import (
+from client_sdk.adapters import (
     DEFAULT_LORA_TARGETS,
-    IGNORE_INDEX,
-    SHIPPED_HELDOUT,
     SOFT_PROMPT_KEY,
     AdapterConfig,
     ClientTrainer,
+    split_train_step,
+)
+from client_sdk.dataset import (
+    IGNORE_INDEX,
+    SHIPPED_HELDOUT,
     TrainingBatch,
-    TrainingError,
     encode_example,
     load_examples,
     make_batch,
     shipped_dataset,
-    split_train_step,
 )
+from client_sdk.errors import TrainingError
+from client_sdk.privacy import Privatizer, seeded_normal
 from splitmesh.model.client import ClientModel
 from splitmesh.model.errors import BadHiddenStates, BadPositions, ModelError
 from splitmesh.model.runner import ShardRunner

@@ -16,54 +16,33 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-from client_sdk.errors import CommitmentMismatch
-from client_sdk.link import RouteLink
-from client_sdk.privacy import DEFAULT_EPSILON, Privatizer, calibrate_clip, compose
-from client_sdk.training import AdapterConfig, ClientTrainer, TrainingBatch, TrainingError, make_batch
-from splitmesh.protocol import (
-    END_PAYLOAD,
-    END_STEP,
-    UINT32,
-    ZERO_CHAIN,
-    EndMeta,
-    StepMeta,
-    extend_chain,
-    hex32,
-    tensor_digest,
-    training_payload,
-)
-from splitmesh.wire import encode_frame
-
-if TYPE_CHECKING:
-    from client_sdk.client import Client, _Prepared
+from client_sdk.adapters import ClientTrainer
+from client_sdk.dataset import TrainingBatch, load_examples, make_batch
+from client_sdk.errors import TrainingError
+from client_sdk.local_split import JobPrivacy, LocalSplit
+from client_sdk.options import TrainOptions
+from client_sdk.route_job import JobOwner, Mode, RouteJob
+from splitmesh.jobmeta import AdapterMeta, JobMeta, epsilon_to_json
+from splitmesh.protocol import UINT32
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainOptions:
-    lr: float = 2e-3  # AdamW learning rate of the client's adapters
-    epsilon: float = DEFAULT_EPSILON  # DP epsilon per released token vector; inf = no noise
-    delta: float = 1e-5
-    clip: float | None = None  # L2 bound per token vector; None = median norm on public text
-    split: int | None = None  # layers the client runs; None = the smallest registered split
-    seed: int | None = None  # adapter init and data order (None = fresh); the DP noise is never seeded
-    max_length: int = 256  # tokens per training sequence (the completion is cut beyond it)
-    max_grad_norm: float | None = 1.0  # clip of the adapters' gradient norm; None = no clipping
-    chat: bool | None = None  # chat template; None = when the tokenizer has one
-    max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    soft_prompt_tokens: int = 0  # trainable prompt vectors (used in training only, not by generate)
+class Trainee(JobOwner, Protocol):
+    """What a training run needs of the client (a `Client` is one)."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def prepare(self, split: int | None = None) -> LocalSplit: ...
 
 
 @dataclass
@@ -101,59 +80,38 @@ class TrainingReport:
 
 
 class TrainingSession:
-    """One on-chain training job: a route, a link to its first node, the client's optimizer and budget.
+    """One on-chain training job: a route job, the client's optimizer and the job's token budget.
 
     Use as a context manager (or call `end()`): ending signs the billed tokens so the nodes commit.
     """
 
     def __init__(
-        self,
-        client: Client,
-        prepared: _Prepared,
-        trainer: ClientTrainer,
-        opts: TrainOptions,
-        max_tokens: int,
+        self, owner: Trainee, local: LocalSplit, trainer: ClientTrainer, opts: TrainOptions, max_tokens: int
     ):
         if not 1 <= max_tokens <= UINT32:
             raise TrainingError(f"a training job's token budget must be within 1..{UINT32}, got {max_tokens}")
-        self.client = client
         self.trainer = trainer
         self.opts = opts
-        model = prepared.model
-        self.dtype_name = str(model.dtype).removeprefix("torch.")
-        clip = opts.clip
-        if math.isfinite(opts.epsilon) and clip is None:
-            if prepared.clip is None:
-                prepared.clip = calibrate_clip(model, client.tokenizer)
-            clip = prepared.clip
-        self.clip = clip
         # No public prefix: with LoRA the first position's output depends on private parameters too.
-        self.privatizer = Privatizer(opts.epsilon, opts.delta, clip or 1.0, public_prefix=0)
+        self.privacy = JobPrivacy.open(local, opts, owner.tokenizer)
         self.optimizer = trainer.optimizer(opts.lr)
-        self.job, self.hops, submit_gas = client._submit(
-            prepared,
-            max_tokens,
-            _generate_options(opts),
-            clip,
+        adapter = AdapterMeta(lora_rank=opts.lora_rank, soft_prompt_tokens=opts.soft_prompt_tokens)
+        meta = JobMeta(
+            epsilon=opts.epsilon,
+            delta=opts.delta,
+            clip=self.privacy.clip,
+            split=local.split,
             kind="train",
-            extra={"adapter": {"lora_rank": opts.lora_rank, "soft_prompt_tokens": opts.soft_prompt_tokens}},
+            adapter=adapter,
         )
+        self.route = RouteJob.submit(owner, local, opts, meta, max_tokens)
         self.max_tokens = max_tokens
-        self.gas_used = {"submitJob": submit_gas}
-        self.link = RouteLink(
-            self.hops[0].endpoint, self.job.job_id, self.hops[0].node, timeout=client.step_timeout
-        )
-        self.next_step = 0  # wire step number: 2 per training step (train, backward)
-        self.billed = 0
-        self.sent_chain = self.received_chain = ZERO_CHAIN  # node 0's input chain, last node's output chain
         self.history: list[TrainStep] = []
         self.started = time.perf_counter()
-        self.ended: Any = None
-        self.commitment_problem: str | None = None
 
     @property
     def job_id(self) -> int:
-        return self.job.job_id
+        return self.route.job_id
 
     def __enter__(self) -> TrainingSession:
         return self
@@ -161,50 +119,25 @@ class TrainingSession:
     def __exit__(self, *exc: object) -> None:
         self.end()
 
-    def _send(self, tensor: torch.Tensor, mode: str, of_step: int | None) -> tuple[torch.Tensor, float]:
-        n = int(tensor.shape[1])
-        tokens = self.billed + n
+    def send(self, tensor: torch.Tensor, mode: Mode, of_step: int | None) -> tuple[torch.Tensor, float]:
+        """One "train" or "backward" step through the route: the reply and the seconds it took."""
+        tokens = self.route.billed + int(tensor.shape[1])
         if tokens > self.max_tokens:
             raise TrainingError(
                 f"this step would bring job {self.job_id} to {tokens} tokens, over its budget of "
                 f"{self.max_tokens}; end the session and start a new one"
             )
-        digest = tensor_digest(tensor)
-        payload = training_payload(mode, of_step, digest)
-        step = self.next_step
-        envelope = self.client.signer.sign(self.job_id, step, tokens, payload)
-        meta = StepMeta(
-            job=self.job_id,
-            step=step,
-            tokens=tokens,
-            start=0,
-            payload_hash=hex32(payload),
-            signature=hex32(envelope.signature),
-            terms=hex32(self.job.packed_terms) if step == 0 else None,
-            mode=mode,  # type: ignore[arg-type]
-            of_step=of_step,
-            tensor_hash=hex32(digest),
-        )
+        out = self.route.prepare(tensor, tokens=tokens, mode=mode, of_step=of_step)
         started = time.perf_counter()
-        reply, _result = self.link.step(encode_frame(tensor, meta.model_dump()), self.dtype_name)
+        reply, _result = self.route.send(out)
         elapsed = time.perf_counter() - started
         if reply.shape != tensor.shape:
             raise TrainingError(f"the route returned {list(reply.shape)} for a {list(tensor.shape)} step")
-        # Node 0's input chain: what crosses the client-node 0 boundary (Z up, d loss/dZ back); the last
-        # node's output chain: what crosses the last node-client boundary (its output, our gradient).
-        if mode == "train":
-            self.sent_chain = extend_chain(self.sent_chain, step, digest)
-            self.received_chain = extend_chain(self.received_chain, step, tensor_digest(reply))
-        else:
-            self.sent_chain = extend_chain(self.sent_chain, step, tensor_digest(reply))
-            self.received_chain = extend_chain(self.received_chain, step, digest)
-        self.next_step += 1
-        self.billed = tokens
         return reply, elapsed
 
     def step(self, batch: TrainingBatch) -> TrainStep:
         """One optimizer step on one sequence (a batch of one row; padding is dropped)."""
-        if self.ended is not None:
+        if self.route.ended is not None:
             raise TrainingError(f"training job {self.job_id} has ended; start a new session")
         if batch.input_ids.shape[0] != 1:
             raise TrainingError("the route carries one sequence per step: pass batches of one example")
@@ -212,11 +145,11 @@ class TrainingSession:
         input_ids, labels = batch.input_ids[:, :length], batch.labels[:, :length]
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        head = self.trainer.head_forward(input_ids, self.privatizer)
+        head = self.trainer.head_forward(input_ids, self.privacy.privatizer)
         z = head.z.detach().contiguous()  # [1, virtual + seq, hidden]
-        hidden, forward_s = self._send(z, "train", None)
+        hidden, forward_s = self.send(z, "train", None)
         loss, grad = self.trainer.loss_from_hidden(hidden, labels)
-        grad_z, backward_s = self._send(grad.contiguous(), "backward", self.next_step - 1)
+        grad_z, backward_s = self.send(grad.contiguous(), "backward", self.route.next_step - 1)
         self.trainer.backward_head(head, grad_z)
         grad_norm = None
         if self.opts.max_grad_norm is not None:
@@ -236,29 +169,13 @@ class TrainingSession:
 
     def end(self) -> None:
         """Sign the billed tokens and close the job on every node (they commit on-chain)."""
-        if self.ended is not None:
-            return
-        try:
-            signature = self.client.signer.sign(self.job_id, END_STEP, self.billed, END_PAYLOAD).signature
-            self.ended = self.link.end(
-                EndMeta(job=self.job_id, tokens=self.billed, signature=hex32(signature))
-            )
-        finally:
-            self.link.close()
-        from client_sdk.client import _check_commitments
-
-        try:
-            _check_commitments(self.ended.commitments, self.sent_chain, self.received_chain, len(self.hops))
-        except CommitmentMismatch as exc:
-            logger.warning("training job %d: %s; the job goes to audit", self.job_id, exc)
-            self.commitment_problem = str(exc)
+        self.route.end()
 
     def report(self, epochs: int = 1) -> TrainingReport:
         losses = [s.loss for s in self.history]
         if not losses:
             raise TrainingError("no training step ran")
-        privacy = compose(self.opts.epsilon, self.opts.delta, self.privatizer.released).to_json()
-        privacy["clip"] = self.clip if math.isfinite(self.opts.epsilon) else None
+        privacy = self.privacy.receipt()
         privacy["exposure"] = {
             "every_route_node": (
                 "the noised activations of every position (BOS included) and, on the way back, the "
@@ -267,44 +184,30 @@ class TrainingSession:
             "last_node": "the gradient of the loss with respect to the final hidden state",
             "chain": "the client address, model, split, epsilon, token budget, prices and escrow of the job",
         }
-        seconds = time.perf_counter() - self.started
+        route = self.route
         return TrainingReport(
             job_id=self.job_id,
             steps=len(losses),
             epochs=epochs,
-            tokens=self.billed,
+            tokens=route.billed,
             losses=losses,
             loss_first=losses[0],
             loss_last=losses[-1],
-            epsilon="inf" if math.isinf(self.opts.epsilon) else self.opts.epsilon,
+            epsilon=epsilon_to_json(self.opts.epsilon),
             privacy=privacy,
-            seconds=seconds,
+            seconds=time.perf_counter() - self.started,
             seconds_per_step=sum(s.seconds for s in self.history) / len(self.history),
-            route=[asdict(h) for h in self.hops],
-            commitments=[c.model_dump() for c in self.ended.commitments] if self.ended else [],
-            commitment_problem=self.commitment_problem,
+            route=[asdict(h) for h in route.hops],
+            commitments=route.commitments,
+            commitment_problem=route.commitment_problem,
             max_tokens=self.max_tokens,
-            escrow_wei=self.job.terms.escrow,
-            gas_used=self.gas_used,
+            escrow_wei=route.job.terms.escrow,
+            gas_used={"submitJob": route.submit_gas},
         )
-
-
-def _generate_options(opts: TrainOptions) -> Any:
-    from client_sdk.client import GenerateOptions
-
-    return GenerateOptions(
-        epsilon=opts.epsilon,
-        delta=opts.delta,
-        clip=opts.clip,
-        split=opts.split,
-        max_price_per_token=opts.max_price_per_token,
-    )
 
 
 def examples_from(data: str | Path | list[dict[str, str]] | None) -> list[dict[str, str]]:
     """A JSONL path, a list of {"prompt", "completion"} dicts, or None for the shipped dataset."""
-    from client_sdk.training import load_examples
-
     if isinstance(data, list):
         return data
     return load_examples(data)
@@ -325,7 +228,7 @@ def batches(
 
 
 def run_training(
-    client: Client,
+    owner: Trainee,
     data: str | Path | list[dict[str, str]] | None,
     epochs: int,
     opts: TrainOptions,
@@ -338,14 +241,15 @@ def run_training(
     examples = examples_from(data)
     if not examples:
         raise TrainingError("the dataset has no examples")
-    prepared, trainer = client._trainer(opts)
-    plan = batches(examples, client.tokenizer, opts, epochs)
+    local = owner.prepare(opts.split)
+    trainer = local.adapters_for(opts)
+    plan = batches(examples, owner.tokenizer, opts, epochs)
     virtual = trainer.virtual_tokens
     max_tokens = sum(2 * (virtual + int(b.attention_mask.sum())) for epoch in plan for b in epoch)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(len(e) for e in plan), desc="training", unit="step", disable=not progress)
-    with TrainingSession(client, prepared, trainer, opts, max_tokens) as session:
+    with TrainingSession(owner, local, trainer, opts, max_tokens) as session:
         for epoch, epoch_batches in enumerate(plan):
             for batch in epoch_batches:
                 result = session.step(batch)
@@ -359,4 +263,4 @@ def save_json(report: TrainingReport, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report.to_json(), indent=2))
 
 
-__all__ = ["AdapterConfig", "TrainOptions", "TrainStep", "TrainingReport", "TrainingSession", "run_training"]
+__all__ = ["TrainStep", "TrainingReport", "TrainingSession", "run_training"]

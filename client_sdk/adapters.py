@@ -1,7 +1,7 @@
 """The client's half of split fine-tuning: trainable adapters on its own layers, the loss, the chain rule.
 
     trainer = ClientTrainer(ClientModel.load(model_dir, split=4), AdapterConfig(lora_rank=8))
-    batch = make_batch(load_examples()[:1], tokenizer)
+    batch = make_batch(load_examples()[:1], tokenizer)  # client_sdk.dataset
     out = trainer.head_forward(batch.input_ids, privatizer)  # Z' (graph kept) + position ids to send
     # Z' -> node 1 -> ... -> node m (each keeps its step's input)
     loss, grad = trainer.loss_from_hidden(hidden_last, batch.labels)
@@ -20,9 +20,7 @@ With a soft prompt the virtual tokens take positions 0..n-1 and a public BOS mov
 Privatizer's `public_prefix` (counted from position 0) should stay 0: the virtual tokens' hidden states
 are derived from a prompt learned on private data and are noised like the rest.
 
-Batches are right-padded rows with plain causal attention, which is exact for every real token: a token
-only attends to earlier positions of its own row, and padding only ever comes after the real tokens.
-Nodes need no attention mask, and pad positions get zero gradient because they carry no labels.
+`split_train_step` runs a whole step in this process: the reference the networked pipeline must match.
 """
 
 from __future__ import annotations
@@ -30,9 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +37,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from client_sdk.errors import ClientError
+from client_sdk.dataset import IGNORE_INDEX, TrainingBatch
+from client_sdk.errors import TrainingError
 from client_sdk.privacy import Privatizer
 from splitmesh.model.client import ClientModel
 from splitmesh.model.training import ShardTrainer
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # label of positions without loss (prompt, padding, soft prompt)
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 _ADAPTER_FORMAT = "splitmesh-adapter"
@@ -58,12 +55,6 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "gpt2": ("c_attn", "c_proj", "c_fc"),
 }
-SHIPPED_INSTRUCTIONS = "instructions.jsonl"  # splitmesh/data: every completion opens with "Ahoy!"
-SHIPPED_HELDOUT = "instructions_heldout.jsonl"  # prompts absent from the training file, same format
-
-
-class TrainingError(ClientError, ValueError):
-    """A training setting, example or tensor does not fit (no trainable part, wrong shapes, bad file)."""
 
 
 @dataclass(frozen=True)
@@ -104,18 +95,6 @@ class HeadOutput:
 
     z: torch.Tensor  # [batch, virtual + seq, hidden] after layers [0, split) (and the privatizer)
     position_ids: torch.Tensor  # [batch, virtual + seq] to send with z
-
-
-@dataclass(frozen=True)
-class TrainingBatch:
-    input_ids: torch.Tensor  # [batch, seq] right-padded
-    labels: torch.Tensor  # [batch, seq] IGNORE_INDEX on prompt and padding tokens
-    attention_mask: torch.Tensor  # [batch, seq] 1 = real token, 0 = padding (informational: see module doc)
-
-    @property
-    def label_tokens(self) -> int:
-        """Tokens the loss is computed on (after the causal shift)."""
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 class ClientTrainer:
@@ -377,98 +356,11 @@ class ClientTrainer:
                 param.copy_(loaded[key])
 
 
-# ---------------------------------------------------------------------- data
-
-
-def shipped_dataset(name: str = SHIPPED_INSTRUCTIONS) -> Path:
-    """Path of a dataset shipped in splitmesh/data."""
-    return Path(str(resources.files("splitmesh") / "data" / name))
-
-
-def load_examples(path: str | Path | None = None) -> list[dict[str, str]]:
-    """{"prompt", "completion"} objects, one JSON per line (None = the shipped instruction set)."""
-    source = Path(path) if path is not None else shipped_dataset()
-    examples: list[dict[str, str]] = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrainingError(f"{source}:{number} is not JSON: {exc}") from exc
-        if not (
-            isinstance(row, dict)
-            and isinstance(row.get("prompt"), str)
-            and isinstance(row.get("completion"), str)
-        ):
-            raise TrainingError(f'{source}:{number} needs string fields "prompt" and "completion"')
-        examples.append({"prompt": row["prompt"], "completion": row["completion"]})
-    return examples
-
-
-def encode_example(
-    tokenizer: Any, prompt: str, completion: str, chat: bool | None = None
-) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids). With a chat template the prompt ends with the assistant header and
-    the completion carries the end-of-turn tokens, tokenized exactly as `Client.encode_prompt` does."""
-    use_chat = getattr(tokenizer, "chat_template", None) is not None if chat is None else chat
-    if use_chat:
-        user = [{"role": "user", "content": prompt}]
-        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(
-            [*user, {"role": "assistant", "content": completion}], tokenize=False
-        )
-        if not full.startswith(head):
-            raise TrainingError(
-                "the chat template renders the prompt differently with an answer; pass chat=False"
-            )
-        prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-        completion_ids = tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
-    else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            completion_ids = [*completion_ids, int(tokenizer.eos_token_id)]  # learn to stop
-    return [int(t) for t in prompt_ids], [int(t) for t in completion_ids]
-
-
-def make_batch(
-    examples: Iterable[Mapping[str, str]], tokenizer: Any, *, max_length: int = 512, chat: bool | None = None
-) -> TrainingBatch:
-    """Tokenize {"prompt", "completion"} pairs into one right-padded batch; loss on completions only.
-
-    A sequence longer than `max_length` loses the end of its completion; one whose prompt alone fills
-    `max_length` is refused.
-    """
-    rows: list[tuple[list[int], list[int]]] = []
-    for index, example in enumerate(examples):
-        prompt_ids, completion_ids = encode_example(tokenizer, example["prompt"], example["completion"], chat)
-        if len(prompt_ids) >= max_length:
-            raise TrainingError(
-                f"example {index}: the prompt is {len(prompt_ids)} tokens, max_length {max_length}"
-            )
-        rows.append((prompt_ids, completion_ids[: max_length - len(prompt_ids)]))
-    if not rows:
-        raise TrainingError("no examples to batch")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad = int(pad or 0)  # any id: padded positions are never attended to by real tokens nor labelled
-    width = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, (prompt_ids, completion_ids) in enumerate(rows):
-        ids = prompt_ids + completion_ids
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, len(prompt_ids) : len(ids)] = torch.tensor(completion_ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
-    return TrainingBatch(input_ids, labels, mask)
-
-
 # ---------------------------------------------------------------------- in-process pipeline
 
 
 @dataclass
-class StepResult:
+class LocalTrainStep:
     loss: float
     label_tokens: int
     grad_norm: float | None = None  # of the trainable parameters before the optimizer step
@@ -484,7 +376,7 @@ def split_train_step(
     optimizer: torch.optim.Optimizer | None = None,
     privatizer: Privatizer | None = None,
     max_grad_norm: float | None = None,
-) -> StepResult:
+) -> LocalTrainStep:
     """One training step through head -> shards -> tail -> shards reversed -> head, all in this process:
     the reference the networked pipeline must match. Steps the optimizer when one is given."""
     if optimizer is not None:
@@ -497,7 +389,7 @@ def split_train_step(
     for shard in reversed(shards):
         grad = shard.backward(job_key, step, grad)
     trainer.backward_head(head, grad)
-    result = StepResult(float(loss), batch.label_tokens)
+    result = LocalTrainStep(float(loss), batch.label_tokens)
     params = list(trainer.trainable_parameters().values())
     if max_grad_norm is not None:
         result.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))

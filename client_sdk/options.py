@@ -1,0 +1,41 @@
+"""What a caller chooses for a job: the privacy setting, the route, and what generation or training adds.
+
+`GenerateOptions` (client.generate/stream) and `TrainOptions` (client.train/train_step) share
+`RouteSettings`, which extends the one `PrivacySettings` (client_sdk.privacy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from client_sdk.privacy import PrivacySettings
+
+
+@dataclass(kw_only=True)
+class RouteSettings(PrivacySettings):
+    """Where a job runs and what it may pay, besides its privacy."""
+
+    split: int | None = None  # layers the client runs; None = the smallest registered split
+    chat: bool | None = None  # apply the chat template; None = when the tokenizer has one
+    max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
+
+
+@dataclass(kw_only=True)
+class GenerateOptions(RouteSettings):
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None  # seeds sampling only (temperature > 0); the DP noise is never seeded
+    # escrow sent with the job; None = (max tokens x max price + hop fee) x hops
+    escrow_wei: int | None = None
+
+
+@dataclass(kw_only=True)
+class TrainOptions(RouteSettings):
+    lr: float = 2e-3  # AdamW learning rate of the client's adapters
+    seed: int | None = None  # adapter init and data order (None = fresh); the DP noise is never seeded
+    max_length: int = 256  # tokens per training sequence (the completion is cut beyond it)
+    max_grad_norm: float | None = 1.0  # clip of the adapters' gradient norm; None = no clipping
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    soft_prompt_tokens: int = 0  # trainable prompt vectors (used in training only, not by generate)

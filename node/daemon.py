@@ -32,9 +32,9 @@ from node.verifier import Verifier, VoteBook
 from splitmesh.chain import Marketplace, ModelInfo, Sender, find_deployment
 from splitmesh.chain.deploy import deployment_from_market
 from splitmesh.errors import ChainError
+from splitmesh.model.identity import describe_model
 from splitmesh.model.runner import RunnerLimits, ShardRunner
 from splitmesh.model.training import ShardTrainer, TrainerLimits
-from splitmesh.model_files import describe_model
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
 from splitmesh.signing import RelaySigner

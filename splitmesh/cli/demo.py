@@ -35,7 +35,7 @@ from splitmesh.cli.output import Output, eth, short
 from splitmesh.cli.procs import NodeSpec, start_nodes, stop_nodes
 from splitmesh.cli.query_cmd import print_job
 from splitmesh.errors import ConfigError, SplitmeshError
-from splitmesh.model_files import describe_model
+from splitmesh.model.identity import describe_model
 from splitmesh.paths import state_dir
 from splitmesh.plan import client_split_plan
 

@@ -20,7 +20,7 @@ from splitmesh.chain import (
     deploy,
 )
 from splitmesh.cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
-from splitmesh.model_files import describe_model
+from splitmesh.model.identity import describe_model
 from splitmesh.plan import client_split_plan
 
 SPLIT = 4

@@ -22,7 +22,7 @@ from splitmesh.chain import HARDHAT_DEV_KEYS, DeployParams, JobStatus, LocalChai
 from splitmesh.chain.launcher import advance_time
 from splitmesh.chain.market import AuditStatus
 from splitmesh.cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
-from splitmesh.model_files import describe_model
+from splitmesh.model.identity import describe_model
 from splitmesh.paths import models_dir
 from tests.model_fixtures import save_random_model, tiny_llama_config
 

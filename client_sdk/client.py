@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from web3 import Web3
 
 from client_sdk.disclosure import exposure
 from client_sdk.disclosure import lookup as lookup_leakage
@@ -41,8 +40,7 @@ from client_sdk.receipts import GenerationReceipt, HopInfo, Settlement, StepStat
 from client_sdk.sampling import sample_token
 from client_sdk.train import TrainingReport, TrainingSession, TrainOptions, TrainStep
 from client_sdk.training import AdapterConfig, ClientTrainer, TrainingBatch, TrainingError, make_batch
-from splitmesh.chain import JobStatus, Marketplace, ModelInfo, Sender, find_deployment, hints_from_pools
-from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.chain import JobStatus, ModelInfo, Sender, connect, hints_from_pools
 from splitmesh.errors import ConfigError, ContractRevert
 from splitmesh.model.client import ClientModel
 from splitmesh.model.identity import weights_identity
@@ -121,16 +119,10 @@ class Client:
         tx_timeout: float = 120.0,
         step_timeout: float = 120.0,
     ):
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": tx_timeout}))
-        deployment = deployment_from_market(self.w3, market) if market else find_deployment(self.w3, rpc_url)
-        if deployment is None:
-            raise ConfigError(
-                f"no splitmesh deployment known for {rpc_url}; pass market=ADDRESS or run "
-                f"`splitmesh chain deploy --rpc-url {rpc_url}`"
-            )
-        self.market = Marketplace(self.w3, deployment)
+        self.market = connect(rpc_url, market, timeout=tx_timeout)
+        self.w3 = self.market.w3
         self.sender = Sender(self.w3, private_key, self.market.chain_id)
-        self.signer = EnvelopeSigner(private_key, self.market.chain_id, deployment.market)
+        self.signer = EnvelopeSigner(private_key, self.market.chain_id, self.market.deployment.market)
         self.address = self.sender.address
         self.source = ModelSource.resolve(model)
         self.model_dir = str(self.source.path)

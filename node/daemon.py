@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from aiohttp import web
-from web3 import Web3
 
 from node.cheats import Cheat
 from node.config import NodeConfig
@@ -29,8 +28,7 @@ from node.server import create_app
 from node.service import NodeService
 from node.store import NodeStore
 from node.verifier import Verifier, VoteBook
-from splitmesh.chain import Marketplace, ModelInfo, Sender, find_deployment
-from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.chain import Marketplace, ModelInfo, Sender, connect
 from splitmesh.errors import ChainError
 from splitmesh.model.identity import describe_model
 from splitmesh.model.runner import RunnerLimits, ShardRunner
@@ -42,21 +40,10 @@ from splitmesh.signing import RelaySigner
 logger = logging.getLogger(__name__)
 
 
-def connect(settings: ChainSettings) -> Marketplace:
+def connect_node(settings: ChainSettings) -> Marketplace:
     if settings.rpc_url is None:
         raise NodeSetupError("a node needs --rpc-url (or SPLITMESH_RPC_URL): the chain it serves")
-    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": settings.tx_timeout}))
-    if settings.market:
-        deployment = deployment_from_market(w3, settings.market)
-    else:
-        found = find_deployment(w3, settings.rpc_url)
-        if found is None:
-            raise NodeSetupError(
-                f"no splitmesh deployment known for {settings.rpc_url}; pass --market ADDRESS or run "
-                f"`splitmesh chain deploy --rpc-url {settings.rpc_url}`"
-            )
-        deployment = found
-    return Marketplace(w3, deployment)
+    return connect(settings.rpc_url, settings.market, timeout=settings.tx_timeout)
 
 
 def find_model(market: Marketplace, weights_hash: bytes, shard: int, model_id: int | None) -> ModelInfo:
@@ -113,7 +100,7 @@ async def serve(
     """Run a node until `stop` is set (or SIGTERM/SIGINT arrives)."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    market = await asyncio.to_thread(connect, settings)
+    market = await asyncio.to_thread(connect_node, settings)
     sender = Sender(market.w3, private_key, market.chain_id)
     description = await asyncio.to_thread(describe_model, config.model)
     model = await asyncio.to_thread(

@@ -741,7 +741,7 @@ def test_end_with_a_bad_signature_on_the_stream_is_unauthorized(rig: Rig) -> Non
         channel = WsChannel(connection)
         assert_result(channel.send(rig.frame(job, 0, 0)), job, 0, full_route(rig))
         connection.send(rig.end_meta(job, PROMPT, signer=rig.stranger).model_dump_json())
-        error = json.loads(connection.recv(timeout=HTTP_TIMEOUT))
+        error = json.loads(connection.receive(HTTP_TIMEOUT))
         assert_rejected(
             Reply(error["status"], error), 401, "bad_signature", node.address, rig.stranger.address
         )

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from web3 import Web3
 
 from client_sdk.adapters import AdapterConfig, ClientTrainer
 from client_sdk.dataset import TrainingBatch, make_batch
@@ -34,8 +33,12 @@ from client_sdk.privacy import Budget, Privatizer
 from client_sdk.receipts import GenerationReceipt, Settlement
 from client_sdk.route_job import RouteJob
 from client_sdk.sampling import sample_token
-from splitmesh.chain import JobStatus, Marketplace, ModelInfo, Sender, find_deployment
-from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.chain import (
+    JobStatus,
+    ModelInfo,
+    Sender,
+    connect,
+)
 from splitmesh.errors import ConfigError, ContractRevert
 from splitmesh.jobmeta import JobMeta
 from splitmesh.model.client import ClientModel
@@ -77,16 +80,10 @@ class Client:
         tx_timeout: float = 120.0,
         step_timeout: float = 120.0,
     ):
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": tx_timeout}))
-        deployment = deployment_from_market(self.w3, market) if market else find_deployment(self.w3, rpc_url)
-        if deployment is None:
-            raise ConfigError(
-                f"no splitmesh deployment known for {rpc_url}; pass market=ADDRESS or run "
-                f"`splitmesh chain deploy --rpc-url {rpc_url}`"
-            )
-        self.market = Marketplace(self.w3, deployment)
+        self.market = connect(rpc_url, market, timeout=tx_timeout)
+        self.w3 = self.market.w3
         self.sender = Sender(self.w3, private_key, self.market.chain_id)
-        self.signer = EnvelopeSigner(private_key, self.market.chain_id, deployment.market)
+        self.signer = EnvelopeSigner(private_key, self.market.chain_id, self.market.deployment.market)
         self.address = self.sender.address
         self.source = ModelSource.resolve(model)
         self.model_dir = str(self.source.path)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 
 import torch
 from pydantic import ValidationError
-from websockets.exceptions import WebSocketException
-from websockets.sync.client import ClientConnection, connect
 
 from client_sdk.errors import MalformedReply, NodeUnavailable, StepFailed
 from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply, StepResult
-from splitmesh.wire import FrameError, decode_frame
+from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_frame
+from splitmesh.wire.websocket import BlockingWebSocket
 
 logger = logging.getLogger(__name__)
-
-MAX_REPLY_BYTES = 256 * 1024 * 1024  # bytes of one result frame accepted from the route
 
 
 class RouteLink:
@@ -29,15 +25,8 @@ class RouteLink:
         self.node = node
         self.timeout = timeout
         try:
-            self._ws: ClientConnection = connect(
-                self.url,
-                max_size=MAX_REPLY_BYTES,
-                compression=None,
-                open_timeout=10.0,
-                close_timeout=2.0,
-                legacy=True,  # a plain connection object, owned and closed by this link
-            )
-        except (OSError, WebSocketException, TimeoutError) as exc:
+            self._ws = BlockingWebSocket(self.url, open_timeout=10.0, close_timeout=2.0)
+        except OSError as exc:  # refused, unreachable, handshake timed out
             raise NodeUnavailable(
                 f"first node {node} at {endpoint} is unreachable ({exc}); the job stays open and can be "
                 "cancelled for a refund after the commit timeout"
@@ -45,16 +34,16 @@ class RouteLink:
 
     def _receive(self) -> str | bytes:
         try:
-            return self._ws.recv(timeout=self.timeout)
+            return self._ws.receive(self.timeout)
         except TimeoutError as exc:
             raise NodeUnavailable(f"no reply from {self.url} within {self.timeout:g} s") from exc
-        except (OSError, WebSocketException) as exc:
+        except OSError as exc:
             raise NodeUnavailable(f"lost the link to node {self.node} at {self.url}: {exc}") from exc
 
     def _send(self, message: str | bytes) -> None:
         try:
             self._ws.send(message)
-        except (OSError, WebSocketException) as exc:
+        except OSError as exc:
             raise NodeUnavailable(f"lost the link to node {self.node} at {self.url}: {exc}") from exc
 
     def step(self, frame: bytes, dtype: str) -> tuple[torch.Tensor, StepResult]:
@@ -63,7 +52,7 @@ class RouteLink:
         if isinstance(reply, str):
             raise _failure(reply)
         try:
-            result = decode_frame(reply, max_bytes=MAX_REPLY_BYTES, allowed_dtypes={dtype})
+            result = decode_frame(reply, max_bytes=DEFAULT_MAX_FRAME_BYTES, allowed_dtypes={dtype})
             meta = StepResult.model_validate(result.meta)
         except (FrameError, ValidationError) as exc:
             raise MalformedReply(f"the route returned a malformed result frame: {exc}") from exc
@@ -80,8 +69,7 @@ class RouteLink:
             raise _failure(reply) from None
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, WebSocketException):
-            self._ws.close()
+        self._ws.close()
 
 
 def _failure(text: str) -> Exception:

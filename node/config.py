@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from splitmesh.protocol import MAX_STEP_FRAME_BYTES
+from pydantic_settings import SettingsConfigDict
+
+from splitmesh.settings import Settings
+from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES
 
 
-@dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(Settings):
+    model_config = SettingsConfigDict(env_prefix="SPLITMESH_NODE_")
+
     model: str | None = None  # local HF model directory; None = SmolLM2-135M-Instruct
     shard: int = 1  # shard index of the registered plan this node serves
     model_id: int | None = None  # on-chain model id; None = the one registered with this model's weights
@@ -21,7 +23,7 @@ class NodeConfig:
     stake_wei: int = 10**18  # stake to hold; topped up at start if lower
     price_wei: int = 10**9  # price per token
     state_dir: Path | None = None  # where the node's SQLite file lives; None = $SPLITMESH_HOME/nodes
-    max_frame_bytes: int = MAX_STEP_FRAME_BYTES  # bytes of one step frame accepted from a peer
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES  # bytes of one step frame accepted from a peer
     session_ttl: float = 120.0  # seconds a job session may stay idle before it is ended and committed
     max_sessions: int = 64  # concurrent job sessions
     max_cache_bytes: int = 1 << 30  # KV cache of all sessions together, bytes
@@ -40,25 +42,3 @@ class NodeConfig:
     verify: bool = True  # answer the AuditCourt when drawn as a verifier
     cheat: str | None = None  # demo/test only (node.cheats): misbehave so audits can be shown to work
     verifier_lies: bool = False  # test only: vote the opposite of the verifier's judgement
-
-    @classmethod
-    def from_env(cls, **overrides: object) -> NodeConfig:
-        """Defaults, then SPLITMESH_NODE_<FIELD> environment variables, then explicit overrides."""
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = os.environ.get(f"SPLITMESH_NODE_{f.name.upper()}")
-            if raw is None:
-                continue
-            default = getattr(cls(), f.name)
-            if isinstance(default, bool):
-                values[f.name] = raw.lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            elif f.name == "state_dir":
-                values[f.name] = Path(raw)
-            else:
-                values[f.name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **values)  # type: ignore[arg-type]

@@ -9,12 +9,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from aiohttp import web
-from web3 import Web3
 
 from node.cheats import Cheat
 from node.config import NodeConfig
@@ -29,34 +29,16 @@ from node.server import create_app
 from node.service import NodeService
 from node.store import NodeStore
 from node.verifier import Verifier, VoteBook
-from splitmesh.chain import Marketplace, ModelInfo, Sender, find_deployment
-from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.chain import Marketplace, ModelInfo, Sender, connect
 from splitmesh.errors import ChainError
+from splitmesh.model.identity import describe_model
 from splitmesh.model.runner import RunnerLimits, ShardRunner
 from splitmesh.model.training import ShardTrainer, TrainerLimits
-from splitmesh.model_files import describe_model
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
 from splitmesh.signing import RelaySigner
 
 logger = logging.getLogger(__name__)
-
-
-def connect(settings: ChainSettings) -> Marketplace:
-    if settings.rpc_url is None:
-        raise NodeSetupError("a node needs --rpc-url (or SPLITMESH_RPC_URL): the chain it serves")
-    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": settings.tx_timeout}))
-    if settings.market:
-        deployment = deployment_from_market(w3, settings.market)
-    else:
-        found = find_deployment(w3, settings.rpc_url)
-        if found is None:
-            raise NodeSetupError(
-                f"no splitmesh deployment known for {settings.rpc_url}; pass --market ADDRESS or run "
-                f"`splitmesh chain deploy --rpc-url {settings.rpc_url}`"
-            )
-        deployment = found
-    return Marketplace(w3, deployment)
 
 
 def find_model(market: Marketplace, weights_hash: bytes, shard: int, model_id: int | None) -> ModelInfo:
@@ -102,6 +84,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass
+class _Shard:
+    """The layers this node serves, loaded: what the registered plan says and the runners over them."""
+
+    name: str  # the model's name
+    model: ModelInfo
+    layers: range
+    runner: ShardRunner
+    cheat: Cheat | None
+    skip_runner: ShardRunner | None  # the half-shard a skip-layers cheat runs instead
+
+
 async def serve(
     config: NodeConfig,
     settings: ChainSettings,
@@ -113,8 +107,91 @@ async def serve(
     """Run a node until `stop` is set (or SIGTERM/SIGINT arrives)."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    market = await asyncio.to_thread(connect, settings)
+    if settings.rpc_url is None:
+        raise NodeSetupError("a node needs --rpc-url (or SPLITMESH_RPC_URL): the chain it serves")
+    market = await asyncio.to_thread(connect, settings.rpc_url, settings.market, timeout=settings.tx_timeout)
     sender = Sender(market.w3, private_key, market.chain_id)
+    shard = await _load_shard(config, market)
+    sock = _bind(config.host, config.port)
+    endpoint = config.public_url or f"http://{config.host}:{sock.getsockname()[1]}"
+    registration = await asyncio.to_thread(
+        ensure_registered,
+        market,
+        sender,
+        shard.model.model_id,
+        config.shard,
+        endpoint,
+        config.price_wei,
+        config.stake_wei,
+    )
+    for action in registration.actions:
+        logger.info("on-chain: %s", action)
+
+    home = Path(config.state_dir) if config.state_dir else state_dir() / "nodes"
+    # One file per (node, chain, market): job ids restart at 0 on every new deployment.
+    name = f"{sender.address.lower()}-{market.chain_id}-{market.deployment.market.lower()[:10]}.sqlite"
+    store = _open_store(home / name, config.keep_transcripts)
+    metrics = NodeMetrics()
+    deadlines = await asyncio.to_thread(job_deadlines, market, config)
+    service = _node_service(config, market, sender, private_key, shard, store, metrics, deadlines)
+    info = {
+        "model": shard.name,
+        "model_id": shard.model.model_id,
+        "shard": config.shard,
+        "layers": [shard.layers.start, shard.layers.stop],
+        "dtype": config.dtype,
+        "endpoint": endpoint,
+        "chain_id": market.chain_id,
+        "market": market.deployment.market,
+        "price_wei": registration.price_wei,
+        "stake_wei": registration.stake_wei,
+        "commit_margin_s": deadlines.margin,
+        "pooled": None,  # set by every duty pass (node.pool); None until the first one
+        "pool_reason": None,
+    }
+    app_runner = web.AppRunner(create_app(service, info), access_log=None, handle_signals=False)
+    await app_runner.setup()
+    await web.SockSite(app_runner, sock).start()
+    overbill_key = private_key if shard.cheat == Cheat.OVERBILL else None
+    duties = await asyncio.to_thread(
+        chain_duties, config, market, sender, store, metrics, deadlines, info, overbill_key
+    )
+    verifier = None
+    if config.verify and market.court is not None:
+        votes = VoteBook(home / f"votes-{name}")
+        verifier = Verifier(
+            market,
+            sender,
+            private_key,
+            shard.runner,
+            shard.model.model_id,
+            config.shard,
+            votes,
+            lie=config.verifier_lies,
+        )
+    tasks = _start_passes(config, service, shard.runner, duties, verifier)
+    logger.info("node %s serving shard %d at %s", sender.address, config.shard, endpoint)
+    if on_ready is not None:
+        on_ready({"event": "ready", "address": sender.address, **info})
+    try:
+        await _until_stopped(stop)
+    finally:
+        await _shut_down(config, service, tasks, duties, app_runner)
+        store.close()
+        logger.info("node %s stopped", sender.address)
+
+
+def _open_store(path: Path, keep_transcripts: bool) -> NodeStore:
+    store = NodeStore(path, keep_transcripts=keep_transcripts)
+    # Jobs a crash left serving cannot continue (their KV caches are gone): commit what they served.
+    orphans = store.end_orphans()
+    if orphans:
+        logger.warning("%d jobs were left serving by the last run; committing what they served", len(orphans))
+    return store
+
+
+async def _load_shard(config: NodeConfig, market: Marketplace) -> _Shard:
+    """Check the local weights against the registered plan and load this node's layers."""
     description = await asyncio.to_thread(describe_model, config.model)
     model = await asyncio.to_thread(
         find_model, market, description.weights_hash, config.shard, config.model_id
@@ -147,39 +224,26 @@ async def serve(
         runner.num_parameters(),
         time.monotonic() - started,
     )
-    sock = _bind(config.host, config.port)
-    port = sock.getsockname()[1]
-    endpoint = config.public_url or f"http://{config.host}:{port}"
-    registration = await asyncio.to_thread(
-        ensure_registered,
-        market,
-        sender,
-        model.model_id,
-        config.shard,
-        endpoint,
-        config.price_wei,
-        config.stake_wei,
-    )
-    for action in registration.actions:
-        logger.info("on-chain: %s", action)
+    return _Shard(description.name, model, layers, runner, cheat, skip_runner)
 
-    home = Path(config.state_dir) if config.state_dir else state_dir() / "nodes"
-    # One file per (node, chain, market): job ids restart at 0 on every new deployment.
-    name = f"{sender.address.lower()}-{market.chain_id}-{market.deployment.market.lower()[:10]}.sqlite"
-    store = NodeStore(home / name, keep_transcripts=config.keep_transcripts)
-    # Jobs a crash left serving cannot continue (their KV caches are gone): commit what they served.
-    orphans = store.end_orphans()
-    if orphans:
-        logger.warning("%d jobs were left serving by the last run; committing what they served", len(orphans))
-    metrics = NodeMetrics()
-    deadlines = await asyncio.to_thread(job_deadlines, market, config)
-    directory = JobDirectory(market, sender.address, model.model_id, config.shard)
+
+def _node_service(
+    config: NodeConfig,
+    market: Marketplace,
+    sender: Sender,
+    private_key: str,
+    shard: _Shard,
+    store: NodeStore,
+    metrics: NodeMetrics,
+    deadlines: JobDeadlines,
+) -> NodeService:
+    """The step service over the loaded shard, with training and the auditors' transcript access."""
     service = NodeService(
         address=sender.address,
         chain_id=market.chain_id,
         market_address=market.deployment.market,
-        runner=runner,
-        directory=directory,
+        runner=shard.runner,
+        directory=JobDirectory(market, sender.address, shard.model.model_id, config.shard),
         store=store,
         metrics=metrics,
         max_frame_bytes=config.max_frame_bytes,
@@ -187,81 +251,64 @@ async def serve(
         deadlines=deadlines,
         relay_timeout=config.relay_timeout,
     )
-    service.cheat = cheat
-    service.skip_runner = skip_runner
+    service.cheat = shard.cheat
+    service.skip_runner = shard.skip_runner
     # Training steps share the runner's frozen layers (no second copy of the weights).
-    service.trainer = ShardTrainer.from_runner(runner, TrainerLimits(step_ttl=config.session_ttl))
+    service.trainer = ShardTrainer.from_runner(shard.runner, TrainerLimits(step_ttl=config.session_ttl))
     if market.court is not None:
         service.transcript_policy = lambda job, _position, requester: _is_auditor(market, job, requester)
-    info = {
-        "model": description.name,
-        "model_id": model.model_id,
-        "shard": config.shard,
-        "layers": [layers.start, layers.stop],
-        "dtype": config.dtype,
-        "endpoint": endpoint,
-        "chain_id": market.chain_id,
-        "market": market.deployment.market,
-        "price_wei": registration.price_wei,
-        "stake_wei": registration.stake_wei,
-        "commit_margin_s": deadlines.margin,
-        "pooled": None,  # set by every duty pass (node.pool); None until the first one
-        "pool_reason": None,
-    }
-    app = create_app(service, info)
-    app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await app_runner.setup()
-    await web.SockSite(app_runner, sock).start()
-    overbill_key = private_key if cheat == Cheat.OVERBILL else None
-    duties = await asyncio.to_thread(
-        chain_duties, config, market, sender, store, metrics, deadlines, info, overbill_key
-    )
-    verifier = None
-    if config.verify and market.court is not None:
-        votes = VoteBook(home / f"votes-{name}")
-        verifier = Verifier(
-            market, sender, private_key, runner, model.model_id, config.shard, votes, lie=config.verifier_lies
-        )
+    return service
 
+
+def _start_passes(
+    config: NodeConfig,
+    service: NodeService,
+    runner: ShardRunner,
+    duties: ChainDuties,
+    verifier: Verifier | None,
+) -> list[asyncio.Task[None]]:
+    """The periodic passes: chain duties, session expiry, job deadlines and, if enabled, verification."""
+    passes: list[tuple[float, Callable[[], Any], str]] = [
+        (config.duty_interval, lambda: asyncio.to_thread(duties.run_once), "duties"),
+        (5.0, lambda: _expire(service, runner, config.session_ttl), "expiry"),
+        (config.duty_interval, service.end_due, "deadlines"),
+    ]
+    if verifier is not None:
+        passes.append((config.duty_interval, lambda: asyncio.to_thread(verifier.run_once), "verifier"))
+    return [asyncio.create_task(_every(interval, action, name)) for interval, action, name in passes]
+
+
+async def _until_stopped(stop: asyncio.Event | None) -> None:
+    """Wait for `stop`, or for SIGTERM/SIGINT where this loop can take signals."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    tasks = [
-        asyncio.create_task(
-            _every(config.duty_interval, lambda: asyncio.to_thread(duties.run_once), "duties")
-        ),
-        asyncio.create_task(_every(5.0, lambda: _expire(service, runner, config.session_ttl), "expiry")),
-        asyncio.create_task(_every(config.duty_interval, service.end_due, "deadlines")),
-    ]
-    if verifier is not None:
-        tasks.append(
-            asyncio.create_task(
-                _every(config.duty_interval, lambda: asyncio.to_thread(verifier.run_once), "verifier")
-            )
-        )
-    logger.info("node %s serving shard %d at %s", sender.address, config.shard, endpoint)
-    if on_ready is not None:
-        on_ready({"event": "ready", "address": sender.address, **info})
-    try:
-        await stop.wait()
-    finally:
-        logger.info("stopping: draining %d open sessions", len(service.sessions))
-        service.accepting = False
-        deadline = time.monotonic() + config.drain_timeout
-        while service.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        await service.close_all("node shutting down")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # Commit what ended; claims that must wait for the window resume at the next start.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.to_thread(duties.run_once), timeout=30.0)
-        await app_runner.cleanup()
-        store.close()
-        logger.info("node %s stopped", sender.address)
+    await stop.wait()
+
+
+async def _shut_down(
+    config: NodeConfig,
+    service: NodeService,
+    tasks: list[asyncio.Task[None]],
+    duties: ChainDuties,
+    app_runner: web.AppRunner,
+) -> None:
+    """Drain open sessions, stop the passes, commit what ended and close the server."""
+    logger.info("stopping: draining %d open sessions", len(service.sessions))
+    service.accepting = False
+    deadline = time.monotonic() + config.drain_timeout
+    while service.sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await service.close_all("node shutting down")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # Commit what ended; claims that must wait for the window resume at the next start.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.to_thread(duties.run_once), timeout=30.0)
+    await app_runner.cleanup()
 
 
 def job_deadlines(market: Marketplace, config: NodeConfig) -> JobDeadlines:

@@ -10,10 +10,9 @@ from pydantic import ValidationError
 
 from node.errors import StepRejected
 from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply
+from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
-
-MAX_REPLY_BYTES = 64 * 1024 * 1024  # bytes of one reply the next node may send back
 
 
 class Downstream:
@@ -32,7 +31,7 @@ class Downstream:
         self._http = self._http or aiohttp.ClientSession()
         try:
             self._ws = await self._http.ws_connect(
-                self.url, max_msg_size=MAX_REPLY_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
+                self.url, max_msg_size=DEFAULT_MAX_FRAME_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise StepRejected(

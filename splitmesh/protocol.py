@@ -49,7 +49,6 @@ PROTOCOL_VERSION = 1
 END_STEP = 2**32 - 1  # envelope step number that marks the end of a job
 END_PAYLOAD = keccak(b"splitmesh/end-of-job")
 ZERO_CHAIN = b"\0" * 32
-MAX_STEP_FRAME_BYTES = 32 * 1024 * 1024  # bytes of one step frame a node accepts by default
 
 STREAM_PATH = "/v1/jobs/{job}/stream"  # WebSocket: one session per job and hop
 STEP_PATH = "/v1/jobs/{job}/steps"  # HTTP POST: one step per request

@@ -13,19 +13,17 @@ from web3 import Web3
 
 from splitmesh.chain import (
     HARDHAT_DEV_KEYS,
-    Deployment,
     DeployParams,
     LocalChain,
     Marketplace,
     Sender,
     deploy,
-    find_deployment,
     rpc_chain_id,
     save_deployment,
 )
-from splitmesh.chain.deploy import deployment_from_market
+from splitmesh.chain.connect import deployment_not_found, locate_deployment, open_web3
 from splitmesh.chain.launcher import dev_key
-from splitmesh.errors import ConfigError, DeploymentNotFound
+from splitmesh.errors import ConfigError
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
 
@@ -143,7 +141,7 @@ def open_session(settings: ChainSettings, *, chain_log: Path | None = None) -> I
         rpc_url = settings.rpc_url
         rpc_chain_id(rpc_url)  # fail fast with a clear message if nothing answers
     try:
-        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": settings.tx_timeout}))
+        w3 = open_web3(rpc_url, settings.tx_timeout)
         key = signing_key(settings, int(w3.eth.chain_id), local is not None)
         yield Session(w3=w3, rpc_url=rpc_url, local=local, deployer_key=key)
     finally:
@@ -155,17 +153,13 @@ def attach_deployment(
     session: Session, settings: ChainSettings, *, deploy_if_missing: bool, params: DeployParams | None = None
 ) -> Marketplace:
     """Find the deployment (explicit --market, remembered for this RPC URL) or deploy one."""
-    deployment: Deployment | None = None
-    if settings.market:
-        deployment = deployment_from_market(session.w3, settings.market)
-    elif session.local is None:
-        deployment = find_deployment(session.w3, session.rpc_url)
+    # A chain this process just started holds no deployment yet: deploy rather than look one up.
+    deployment = locate_deployment(
+        session.w3, session.rpc_url, settings.market, remembered=session.local is None
+    )
     if deployment is None:
         if not deploy_if_missing:
-            raise DeploymentNotFound(
-                f"no splitmesh deployment known for {session.rpc_url}; pass --market ADDRESS or run "
-                f"`splitmesh chain deploy --rpc-url {session.rpc_url}`"
-            )
+            raise deployment_not_found(session.rpc_url)
         deployment = deploy(session.w3, Sender(session.w3, session.deployer_key), params)
         save_deployment(deployment, session.rpc_url)
         session.deployed_now = True

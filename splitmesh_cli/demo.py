@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from splitmesh.chain import Marketplace, Sender
 from splitmesh.chain.launcher import HARDHAT_ACCOUNTS, dev_key
 from splitmesh.errors import ConfigError
-from splitmesh.model_files import ModelDescription, describe_model
+from splitmesh.model.identity import ModelDescription, describe_model
 from splitmesh.paths import state_dir
 from splitmesh.plan import client_split_plan
 from splitmesh_cli.common import (

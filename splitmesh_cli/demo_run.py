@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from splitmesh.chain import Marketplace
-from splitmesh.model_files import ModelDescription
+from splitmesh.model.identity import ModelDescription
 from splitmesh_cli.common import Session
 from splitmesh_cli.output import Output
 

@@ -18,7 +18,7 @@ from splitmesh.chain import (
     Sender,
     deploy,
 )
-from splitmesh.model_files import ModelDescription, describe_model
+from splitmesh.model.identity import ModelDescription, describe_model
 from splitmesh.plan import client_split_plan
 from splitmesh_cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
 from splitmesh_cli.wait import wait_until

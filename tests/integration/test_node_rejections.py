@@ -24,14 +24,12 @@ from typing import Any
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.sync.client import ClientConnection, connect
 
 from splitmesh.chain import SubmittedJob
 from splitmesh.protocol import (
     END_PATH,
     END_PAYLOAD,
     END_STEP,
-    MAX_STEP_FRAME_BYTES,
     STEP_PATH,
     STREAM_PATH,
     EndMeta,
@@ -43,7 +41,8 @@ from splitmesh.protocol import (
     tensor_digest,
 )
 from splitmesh.signing import EnvelopeSigner, RelaySigner
-from splitmesh.wire import decode_frame, encode_frame
+from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, decode_frame, encode_frame
+from splitmesh.wire.websocket import BlockingWebSocket
 from splitmesh_cli.localnet import CLIENT_KEY, NODE_KEYS, OTHER_KEY, PRICE, RunningMarket
 
 HIDDEN = 576  # SmolLM2-135M hidden size
@@ -177,12 +176,12 @@ class HttpChannel:
 class WsChannel:
     """Binary step frames over one WebSocket session; errors come back as JSON text, the socket stays."""
 
-    def __init__(self, connection: ClientConnection):
+    def __init__(self, connection: BlockingWebSocket):
         self.connection = connection
 
     def send(self, frame: bytes) -> Reply:
         self.connection.send(frame)
-        message = self.connection.recv(timeout=HTTP_TIMEOUT)
+        message = self.connection.receive(HTTP_TIMEOUT)
         if isinstance(message, bytes):
             return Reply(200, body=message)
         error = json.loads(message)
@@ -225,10 +224,10 @@ def fresh_job(rig: Rig, open_channel: Any) -> tuple[SubmittedJob, Any, Any]:
     return job, node, open_channel(node.endpoint, job.job_id)
 
 
-def stream(endpoint: str, job_id: int) -> ClientConnection:
+def stream(endpoint: str, job_id: int) -> BlockingWebSocket:
     """A WebSocket session of one job on a node (use it as a context manager)."""
     url = endpoint.rstrip("/").replace("http://", "ws://", 1) + STREAM_PATH.format(job=job_id)
-    return connect(url, max_size=None, open_timeout=10)
+    return BlockingWebSocket(url, open_timeout=10)
 
 
 # ---------------------------------------------------------------------- assertions
@@ -495,7 +494,7 @@ def test_body_over_the_size_limit_is_too_large(rig: Rig) -> None:
     job = rig.submit()
     node = rig.nodes[0]
     valid = rig.frame(job, 0, 0)
-    body = valid + bytes(MAX_STEP_FRAME_BYTES + 1 - len(valid))
+    body = valid + bytes(DEFAULT_MAX_FRAME_BYTES + 1 - len(valid))
     status, content_type, raw = http("POST", node.endpoint + STEP_PATH.format(job=job.job_id), body)
     assert (status, content_type) == (413, "application/json")
     assert_rejected(Reply(status, json.loads(raw)), 413, "body_too_large", node.address)
@@ -523,9 +522,9 @@ def test_stream_message_over_the_frame_limit_is_too_large(rig: Rig) -> None:
     valid = rig.frame(job, 0, 0)
     with stream(node.endpoint, job.job_id) as connection:
         channel = WsChannel(connection)
-        oversized = valid + bytes(MAX_STEP_FRAME_BYTES + 1 - len(valid))
+        oversized = valid + bytes(DEFAULT_MAX_FRAME_BYTES + 1 - len(valid))
         assert_rejected(
-            channel.send(oversized), 413, "frame_too_large", node.address, str(MAX_STEP_FRAME_BYTES)
+            channel.send(oversized), 413, "frame_too_large", node.address, str(DEFAULT_MAX_FRAME_BYTES)
         )
         assert_result(channel.send(valid), job, 0, full_route(rig))
 
@@ -742,7 +741,7 @@ def test_end_with_a_bad_signature_on_the_stream_is_unauthorized(rig: Rig) -> Non
         channel = WsChannel(connection)
         assert_result(channel.send(rig.frame(job, 0, 0)), job, 0, full_route(rig))
         connection.send(rig.end_meta(job, PROMPT, signer=rig.stranger).model_dump_json())
-        error = json.loads(connection.recv(timeout=HTTP_TIMEOUT))
+        error = json.loads(connection.receive(HTTP_TIMEOUT))
         assert_rejected(
             Reply(error["status"], error), 401, "bad_signature", node.address, rig.stranger.address
         )
@@ -777,7 +776,7 @@ def test_rejections_are_counted_in_metrics(rig: Rig) -> None:
         assert_rejected(channel.send(frame), status, code, node.address)
     assert_result(channel.send(rig.frame(job, 0, 0)), job, 0, full_route(rig))
     assert_rejected(channel.send(rig.frame(job, 0, 0)), 409, "replayed_step", node.address)
-    oversized = bytes(MAX_STEP_FRAME_BYTES + 1)
+    oversized = bytes(DEFAULT_MAX_FRAME_BYTES + 1)
     status, _, _ = http("POST", node.endpoint + STEP_PATH.format(job=job.job_id), oversized)
     assert status == 413
 

@@ -28,15 +28,7 @@ class KnownCycle:
 
 
 # The list to shrink. A new cycle fails the test; so does an entry whose cycle is gone (delete it).
-KNOWN_CYCLES: dict[str, list[KnownCycle]] = {
-    "splitmesh": [
-        # Invisible to grimp while splitmesh/model/ has no __init__.py (a namespace package).
-        KnownCycle(
-            frozenset({"splitmesh.model_files", "splitmesh.model"}),
-            "issue 14 slice E: splitmesh/model/ a package, model_files folded into it",
-        )
-    ],
-}
+KNOWN_CYCLES: dict[str, list[KnownCycle]] = {}
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,9 @@ class Audit:
 
 OPEN, COMMITTED, DISPUTED = JobStatus.OPEN, JobStatus.COMMITTED, JobStatus.DISPUTED
 K = DueKind
+OPENED = Audit(AuditStatus.OPEN, 1200)  # its job was held at 1200 too
+NONE = Audit(AuditStatus.NONE, 0)
+RESOLVED = Audit(AuditStatus.RESOLVED, 1200)
 
 # name: (status, audit, sample, windows, now, expected kind, expected at, ready now)
 CASES = {
@@ -59,60 +62,15 @@ CASES = {
     "committed, drawable, in its own second": (COMMITTED, None, True, WINDOWS, T, K.SAMPLE, T, True),
     "disputed, no court, before timeout": (DISPUTED, None, False, NO_COURT, 1399, K.FINALIZE, 1400, False),
     "disputed, no court, at the timeout": (DISPUTED, None, False, NO_COURT, 1400, K.FINALIZE, 1400, True),
-    "disputed, no court, an audit ignored": (
-        DISPUTED,
-        Audit(AuditStatus.OPEN, 1200),
-        False,
-        NO_COURT,
-        1300,
-        K.FINALIZE,
-        1400,
-        False,
-    ),
+    "disputed, no court, audit ignored": (DISPUTED, OPENED, False, NO_COURT, 1300, K.FINALIZE, 1400, False),
     "disputed, just now": (DISPUTED, None, False, WINDOWS, T, K.OPEN_AUDIT, T, True),
     "disputed, last second to open": (DISPUTED, None, False, WINDOWS, 1298, K.OPEN_AUDIT, T, True),
     "disputed, too late to open": (DISPUTED, None, False, WINDOWS, 1299, K.FINALIZE, 1400, False),
     "disputed, unaudited at the timeout": (DISPUTED, None, False, WINDOWS, 1400, K.FINALIZE, 1400, True),
-    "disputed, audit status none": (
-        DISPUTED,
-        Audit(AuditStatus.NONE, 0),
-        False,
-        WINDOWS,
-        1100,
-        K.OPEN_AUDIT,
-        T,
-        True,
-    ),
-    "disputed, audit open, at the reveal deadline": (
-        DISPUTED,
-        Audit(AuditStatus.OPEN, 1200),
-        False,
-        WINDOWS,
-        1300,
-        K.RESOLVE_AUDIT,
-        1301,
-        False,
-    ),
-    "disputed, audit open, after the reveal deadline": (
-        DISPUTED,
-        Audit(AuditStatus.OPEN, 1200),
-        False,
-        WINDOWS,
-        1301,
-        K.RESOLVE_AUDIT,
-        1301,
-        True,
-    ),
-    "disputed, audit resolved": (
-        DISPUTED,
-        Audit(AuditStatus.RESOLVED, 1200),
-        False,
-        WINDOWS,
-        5000,
-        K.NOTHING,
-        None,
-        False,
-    ),
+    "disputed, audit status none": (DISPUTED, NONE, False, WINDOWS, 1100, K.OPEN_AUDIT, T, True),
+    "at the reveal deadline": (DISPUTED, OPENED, False, WINDOWS, 1300, K.RESOLVE_AUDIT, 1301, False),
+    "after the reveal deadline": (DISPUTED, OPENED, False, WINDOWS, 1301, K.RESOLVE_AUDIT, 1301, True),
+    "disputed, audit resolved": (DISPUTED, RESOLVED, False, WINDOWS, 5000, K.NOTHING, None, False),
     "finalized": (JobStatus.FINALIZED, None, True, WINDOWS, 5000, K.NOTHING, None, False),
     "cancelled": (JobStatus.CANCELLED, None, False, WINDOWS, 5000, K.NOTHING, None, False),
     "unknown job": (JobStatus.NONE, None, False, WINDOWS, 5000, K.NOTHING, None, False),

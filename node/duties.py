@@ -5,6 +5,9 @@ Everything is driven by the SQLite store, so a restart resumes exactly where the
 every step is idempotent against what the chain already shows. Jobs reach the store from their first
 step (node.service) or from the chain's JobSubmitted events (node.scanner), so a job whose client never
 connects is committed too; node.service ends every job at its deadline cutoff (node.deadlines).
+After the commit, what is due for a job and from when (finalize, cancel, open or resolve its audit) is
+the rule of splitmesh.chain.due, which the coordinator's keeper follows too; timed-out disputes and
+sampled audits are left to keepers and the node's verifier.
 """
 
 from __future__ import annotations

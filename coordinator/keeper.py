@@ -1,13 +1,11 @@
 """Keeper duties: move jobs on when the protocol allows it, with the keeper's own key and gas.
 
-- sample: call sampleAudit on a Committed job whose audit draw (the hash of its completing block) selected
-  it, inside the challenge window and within 256 blocks of the completion (the draw is lost after that);
-- finalize Committed jobs whose challenge window has passed (nodes are paid, the client refunded);
-- cancel Open jobs past their commit deadline (missing nodes are slashed, the client refunded);
-- open the audit of a Disputed job (AuditCourt deployments; when the dispute block's hash is gone the
-  first call only anchors a later block, so the keeper calls again) and resolve it after the reveal
-  deadline;
-- finalize Disputed jobs whose dispute timed out without a verdict.
+What is due for a job, and from when, is the rule of splitmesh.chain.due (the route nodes' duties use
+it too): cancel Open jobs past their commit deadline, sample Committed jobs whose audit draw (the hash of
+their completing block) selected them, finalize Committed jobs after the challenge window, open and
+resolve the audits of Disputed jobs (AuditCourt deployments), finalize Disputed jobs whose dispute timed
+out. When the dispute block's hash is gone, the first openAudit only anchors a later block, so the keeper
+calls again. The draw of a sampled audit is lost 256 blocks after the completion.
 
 Candidates come from the index; each one is checked against the contracts' live state right before the
 transaction, so a lagging index costs nothing but a skipped candidate. Route nodes do the same duties for
@@ -22,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from splitmesh.chain import AuditStatus, JobStatus, Marketplace, Sender, TxResult
+from splitmesh.chain.due import Due, DueKind, Windows, due_action, send_due
 from splitmesh.chain.sampling import DRAW_HORIZON_BLOCKS
 from splitmesh.errors import ChainError, ContractRevert
 
@@ -33,6 +32,23 @@ _EXPECTED_REVERTS = {
     "DrawUnavailable": "the audit draw is not readable (same block, or over 256 blocks ago)",
     "NotSampled": "the audit draw passed the job over",
 }
+_UNSETTLED = {"open": JobStatus.OPEN, "committed": JobStatus.COMMITTED, "disputed": JobStatus.DISPUTED}
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedJob:
+    """A job as the index last saw it (the due rule's JobClock)."""
+
+    status: JobStatus
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedAudit:
+    """An open audit as the index saw it (the due rule's AuditClock)."""
+
+    status: AuditStatus
+    opened_at: int
 
 
 @dataclass
@@ -55,8 +71,8 @@ class Keeper:
     drawn: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.params = self.market.parameters()
-        self.court_params = self.market.audit_parameters() if self.market.court is not None else None
+        self.windows = Windows.of(self.market)
+        self.sampling = self.market.audit_rate_bps() != 0
 
     def tick(self) -> list[KeeperAction]:
         """One pass over the unsettled jobs of the index; returns the transactions sent."""
@@ -70,40 +86,22 @@ class Keeper:
             "WHERE j.status IN ('open', 'committed', 'disputed') ORDER BY j.job_id"
         ).fetchall()
         for row in rows:
-            action = self._due(row, now)
-            if action is None:
+            due = self._due(row, now)
+            if not due.ready(now):
                 continue
-            if action == "sample_audit" and not self._drawn_for_audit(row, head):
+            if due.kind is DueKind.SAMPLE and not self._drawn_for_audit(row, head):
                 continue
-            done += self._act(row["job_id"], bytes.fromhex(row["terms"][2:]), action, now)
+            done += self._act(row["job_id"], bytes.fromhex(row["terms"][2:]), due.kind, now)
         self.actions.extend(done)
         return done
 
-    def _due(self, row: sqlite3.Row, now: int) -> str | None:
+    def _due(self, row: sqlite3.Row, now: int) -> Due:
         """What the index says is due for this job (checked again on-chain before acting)."""
-        p = self.params
-        if row["status"] == "open":
-            return "cancel" if now > row["timestamp"] + p["commit_timeout"] else None
-        if row["status"] == "committed":
-            if now >= row["timestamp"] + p["challenge_window"]:
-                return "finalize"
-            if p["audit_rate_bps"] and row["job_id"] not in self.drawn:
-                return "sample_audit"
-            return None
-        timed_out = now >= row["timestamp"] + p["dispute_timeout"]
-        if self.court_params is None:
-            return "finalize" if timed_out else None
-        if row["audit"] is None:
-            if timed_out:
-                return "finalize"
-            # The court refuses to open an audit it could not finish before the dispute times out.
-            c = self.court_params
-            phases = c["commit_window"] + c["reveal_window"] + 2
-            latest_open = row["timestamp"] + p["dispute_timeout"] - phases
-            return "open_audit" if now <= latest_open else None
-        if row["audit"] == "open":
-            return "resolve_audit"
-        return None
+        job = _IndexedJob(_UNSETTLED[row["status"]], int(row["timestamp"]))
+        # openAudit holds the job in its own transaction: an open audit's opening time is the job's timestamp.
+        audit = _IndexedAudit(AuditStatus.OPEN, job.timestamp) if row["audit"] == "open" else None
+        sample = self.sampling and row["job_id"] not in self.drawn
+        return due_action(job, now, self.windows, audit=audit, sample=sample)
 
     def _drawn_for_audit(self, row: sqlite3.Row, head: int) -> bool:
         """Whether the live audit draw selects this Committed job now; remembers a final 'no'."""
@@ -121,39 +119,21 @@ class Keeper:
             self.drawn.add(job_id)
         return available and sampled
 
-    def _act(self, job_id: int, terms: bytes, action: str, now: int) -> list[KeeperAction]:
+    def _act(self, job_id: int, terms: bytes, kind: DueKind, now: int) -> list[KeeperAction]:
         m = self.market
+        # Live check: the index may lag, and the route nodes do some of these duties themselves.
         state = m.get_job(job_id)
-        # Live checks: the index may lag, and the route nodes do some of these duties themselves.
-        if action == "cancel" and state.status != JobStatus.OPEN:
+        audit = m.get_audit(job_id) if m.court is not None and state.status == JobStatus.DISPUTED else None
+        live = due_action(state, now, self.windows, audit=audit, sample=kind is DueKind.SAMPLE)
+        if live.kind is not kind or not live.ready(now):
             return []
-        if action == "sample_audit" and state.status != JobStatus.COMMITTED:
-            return []
-        if action == "finalize" and state.status not in (JobStatus.COMMITTED, JobStatus.DISPUTED):
-            return []
-        if action in ("open_audit", "resolve_audit"):
-            if state.status != JobStatus.DISPUTED:
-                return []
-            audit = m.get_audit(job_id)
-            if action == "open_audit" and audit.status != AuditStatus.NONE:
-                return []
-            if action == "resolve_audit" and (
-                audit.status != AuditStatus.OPEN or now <= audit.reveal_deadline
-            ):
-                return []
-        send = {
-            "sample_audit": m.sample_audit,
-            "cancel": m.cancel,
-            "finalize": m.finalize,
-            "open_audit": m.open_audit,
-            "resolve_audit": m.resolve_audit,
-        }[action]
-        first = self._send(job_id, action, lambda: send(self.sender, job_id, terms))
-        if action != "open_audit" or first.tx is None or m.audit_opened(first.tx):
+        first = self._send(job_id, kind.value, lambda: send_due(m, self.sender, kind, job_id, terms))
+        if kind is not DueKind.OPEN_AUDIT or first.tx is None or m.audit_opened(first.tx):
             return [first.action]
         # The dispute block's hash was gone: that call anchored its own block; from the next one it opens.
         first.action.action = "anchor_audit"
-        return [first.action, self._send(job_id, action, lambda: send(self.sender, job_id, terms)).action]
+        again = self._send(job_id, kind.value, lambda: send_due(m, self.sender, kind, job_id, terms))
+        return [first.action, again.action]
 
     def _send(self, job_id: int, action: str, transact: Callable[[], TxResult]) -> _Sent:
         try:

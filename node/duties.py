@@ -5,6 +5,9 @@ Everything is driven by the SQLite store, so a restart resumes exactly where the
 every step is idempotent against what the chain already shows. Jobs reach the store from their first
 step (node.service) or from the chain's JobSubmitted events (node.scanner), so a job whose client never
 connects is committed too; node.service ends every job at its deadline cutoff (node.deadlines).
+After the commit, what is due for a job and from when (finalize, cancel, open or resolve its audit) is
+the rule of splitmesh.chain.due, which the coordinator's keeper follows too; timed-out disputes and
+sampled audits are left to keepers and the node's verifier.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from node.metrics import NodeMetrics
 from node.pool import StakeKeeper
 from node.scanner import JobScanner
 from node.store import JobPhase, JobRecord, NodeStore
-from splitmesh.chain import JobStatus, Marketplace, NodeStatus, Sender, TxResult
-from splitmesh.chain.market import AuditStatus
+from splitmesh.chain import JobState, JobStatus, Marketplace, NodeStatus, Sender, TxResult
+from splitmesh.chain.due import DueKind, Windows, due_action, send_due
 from splitmesh.chain.sampling import open_audit_if_ready
 from splitmesh.errors import ChainError, ContractRevert
 from splitmesh.signing import EMPTY_RECEIPT, EnvelopeSigner
@@ -32,6 +35,21 @@ logger = logging.getLogger(__name__)
 
 # Failures a duty pass logs in one line and retries on the next pass (RPC down, revert, bad reply).
 RETRIED = (ChainError, OSError, ValueError, Web3Exception)
+
+# The due actions a node sends for its jobs, the reverts that only mean someone else was first (or the
+# clock moved under the call), and what the log says when the node's call went through.
+_RACED = {
+    DueKind.FINALIZE: ("WrongJobStatus", "ChallengeWindowOpen"),
+    DueKind.CANCEL: ("WrongJobStatus", "CommitWindowOpen"),
+    DueKind.RESOLVE_AUDIT: ("AuditNotOpen", "RevealPhaseOpen"),
+}
+_DONE = {
+    DueKind.FINALIZE: "finalized",
+    # Past the commit deadline and a hop never committed: cancelling pays the committed hops and slashes
+    # the missing one.
+    DueKind.CANCEL: "cancelled after the commit deadline; committed hops are paid",
+    DueKind.RESOLVE_AUDIT: "audit resolved",
+}
 
 
 @dataclass(frozen=True)
@@ -100,8 +118,7 @@ class ChainDuties:
         self.scanner = scanner
         self.keeper = keeper
         self.overbill_key = overbill_key
-        self._window = int(market.parameters()["challenge_window"])
-        self._commit_timeout = deadlines.commit_timeout
+        self.windows = Windows.of(market)
 
     def run_once(self) -> None:
         """One pass: read the chain clock, open newly matched jobs, commit every ended job, advance every
@@ -135,11 +152,15 @@ class ChainDuties:
     def _now(self) -> int:
         return int(self.deadlines.clock.now())
 
-    def _hold_open(self, record: JobRecord, submitted_at: int) -> None:
-        """An Open job we committed: nothing to do before the window after the last commit (which is at
-        least `now + window` away) or the commit deadline, whichever comes first."""
-        deadline = self.deadlines.deadline(submitted_at)
-        self.store.hold(record.job_id, min(self._now() + self._window, deadline + 1))
+    def _hold(self, record: JobRecord, state: JobState) -> None:
+        """Skip an Open or Committed job until its due action (splitmesh.chain.due). An Open job we
+        committed may complete with another hop's commit, and its window ends at least `now + window` on."""
+        now = self._now()
+        at = due_action(state, now, self.windows).at
+        assert at is not None
+        if state.status == JobStatus.OPEN:
+            at = min(at, now + self.windows.challenge_window)
+        self.store.hold(record.job_id, at)
 
     def commit(self, record: JobRecord) -> None:
         """Post the job's input/output chains and the best receipt, unless the chain already has them."""
@@ -154,7 +175,7 @@ class ChainDuties:
         if state.status != JobStatus.OPEN:
             self.store.mark_failed(record.job_id, f"job is {state.status.name.lower()}; nothing to commit")
             return
-        if self._now() > state.timestamp + self._commit_timeout:
+        if self._now() > self.deadlines.deadline(state.timestamp):
             self.store.mark_failed(record.job_id, "the commit deadline passed before the node could commit")
             return
         receipt = record.receipt
@@ -181,7 +202,7 @@ class ChainDuties:
             )
             tx = self._commit(record, EMPTY_RECEIPT)
         self.store.mark_committed(record.job_id, tx.tx_hash)
-        self._hold_open(record, state.timestamp)
+        self._hold(record, state)
         self.metrics.jobs_committed_total.inc()
         logger.info("job %d: committed position %d (gas %d)", record.job_id, record.position, tx.gas_used)
 
@@ -206,57 +227,51 @@ class ChainDuties:
         tokens = receipt[1] + OVERBILL_EXTRA_TOKENS
         return signer.sign(job_id, receipt[0], tokens, receipt[2]).as_receipt()
 
-    def keep_audits(self, record: JobRecord) -> None:
+    def keep_audits(self, record: JobRecord, state: JobState) -> None:
         """For a disputed job of ours: open its audit if nobody did, resolve it once the votes are in."""
         if self.market.court is None:
             return
-        audit = self.market.get_audit(record.job_id)
-        if audit.status == AuditStatus.NONE:
+        now = self._now()
+        due = due_action(state, now, self.windows, audit=self.market.get_audit(record.job_id))
+        if not due.ready(now):
+            return
+        if due.kind is DueKind.OPEN_AUDIT:
             # None means "call again next block" (the dispute block's hash is not readable yet, or this
             # call only anchored a fresh seed block): the next duty pass does.
             open_audit_if_ready(self.market, self.sender, record.job_id, record.packed_terms)
-        elif audit.status == AuditStatus.OPEN and self._now() > audit.reveal_deadline:
-            try:
-                self.market.resolve_audit(self.sender, record.job_id, record.packed_terms)
-                logger.info("job %d: audit resolved", record.job_id)
-            except ContractRevert as exc:
-                if exc.name not in ("AuditNotOpen", "RevealPhaseOpen"):
-                    raise
+        elif due.kind is DueKind.RESOLVE_AUDIT:
+            self._send(record, due.kind)
 
     def claim(self, record: JobRecord) -> None:
-        """Finalize once the window has passed (anyone may), then withdraw earnings."""
+        """Finalize once the window has passed (anyone may), or cancel after the commit deadline; then
+        withdraw earnings. A disputed job is the court's (or, at its timeout, a keeper's) to settle: the
+        node keeps its audit moving and looks again next pass."""
         state = self.market.get_job(record.job_id)
         if state.status == JobStatus.DISPUTED:
-            self.keep_audits(record)
+            self.keep_audits(record, state)
             state = self.market.get_job(record.job_id)
-        if state.status == JobStatus.COMMITTED and self._now() < state.timestamp + self._window:
-            self.store.hold(record.job_id, state.timestamp + self._window)
-            return
-        if state.status == JobStatus.OPEN and self._now() <= state.timestamp + self._commit_timeout:
-            self._hold_open(record, state.timestamp)
-            return
-        if state.status == JobStatus.COMMITTED:
-            try:
-                self.market.finalize(self.sender, record.job_id, record.packed_terms)
-                logger.info("job %d: finalized", record.job_id)
-            except ContractRevert as exc:
-                if exc.name not in ("WrongJobStatus", "ChallengeWindowOpen"):
-                    raise
+        if state.status in (JobStatus.OPEN, JobStatus.COMMITTED):
+            now = self._now()
+            due = due_action(state, now, self.windows)
+            if not due.ready(now):
+                self._hold(record, state)
+                return
+            self._send(record, due.kind)
             state = self.market.get_job(record.job_id)
-        elif state.status == JobStatus.OPEN:
-            # Past the commit deadline and a hop never committed: cancelling pays the committed hops and
-            # slashes the missing one.
-            try:
-                self.market.cancel(self.sender, record.job_id, record.packed_terms)
-                logger.info(
-                    "job %d: cancelled after the commit deadline; committed hops are paid", record.job_id
-                )
-            except ContractRevert as exc:
-                if exc.name not in ("WrongJobStatus", "CommitWindowOpen"):
-                    raise
-            state = self.market.get_job(record.job_id)
-        if state.status not in (JobStatus.FINALIZED, JobStatus.CANCELLED):
+        if state.status in (JobStatus.FINALIZED, JobStatus.CANCELLED):
+            self._collect(record)
+
+    def _send(self, record: JobRecord, kind: DueKind) -> None:
+        try:
+            send_due(self.market, self.sender, kind, record.job_id, record.packed_terms)
+        except ContractRevert as exc:
+            if exc.name not in _RACED[kind]:
+                raise
             return
+        logger.info("job %d: %s", record.job_id, _DONE[kind])
+
+    def _collect(self, record: JobRecord) -> None:
+        """A settled job of ours: withdraw the earnings it credited (if another job's withdrawal did not)."""
         if record.phase == JobPhase.COMMITTED:
             self.store.mark_finalized(record.job_id)
         earnings = self.market.get_node(self.sender.address).earnings

@@ -9,7 +9,7 @@ index must show is read back from the contracts' views, never predicted here.
 
 from __future__ import annotations
 
-import json
+import math
 import random
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +30,7 @@ from splitmesh.chain.launcher import advance_time, dev_key
 from splitmesh.chain.sampling import DRAW_HORIZON_BLOCKS, sample_if_drawn
 from splitmesh.chain.terms import JobTerms
 from splitmesh.errors import ContractRevert
+from splitmesh.jobmeta import JobMeta, epsilon_from_json
 from splitmesh.signing import EnvelopeSigner
 from tests.conftest import TEST_PARAMS
 
@@ -108,7 +109,9 @@ class Activity:
     def submit(self) -> None:
         client = self.rng.choice(CLIENT_ACCOUNTS)
         tokens = self.rng.randint(4, 40)
-        meta = json.dumps({"epsilon": self.rng.choice([1.0, 8.0, "inf"]), "delta": 1e-5, "split": 2})
+        epsilon = epsilon_from_json(self.rng.choice([1.0, 8.0, "inf"]))
+        clip = None if math.isinf(epsilon) else 50.0  # what the SDK declares: no clip without noise
+        meta = JobMeta(epsilon=epsilon, delta=1e-5, clip=clip, split=2).to_json().decode()
         escrow = self.market.escrow_for(tokens, 10 * GWEI, 2)
         args = (self.model_id, 1, tokens, 10 * GWEI, escrow, meta.encode(), [])
         try:

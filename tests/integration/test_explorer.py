@@ -31,6 +31,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Response
 from web3 import Web3
 
 from splitmesh.chain import AuditStatus, JobStatus, LocalChain, Marketplace
+from splitmesh.jobmeta import JobMeta
 from splitmesh.paths import project_root
 from tests.integration.chain_activity import CLIENT_ACCOUNTS, ETHER, GWEI, Activity, deploy_court_market
 
@@ -59,6 +60,7 @@ SCREENSHOTS = project_root() / ".splitmesh" / "screenshots"  # git-ignored
 # Read directly, not through splitmesh.leakage_table: the page's numbers are checked against the file.
 LEAKAGE_TABLE = json.loads((project_root() / "splitmesh" / "data" / "leakage_table.json").read_text())
 MEASURED_SPLIT, MEASURED_EPSILON = 4, 30.0  # a point the shipped table measured exactly
+MEASURED_CLIP = 50.0  # declared by the measured job, as the SDK declares its clip
 MEASURED_NODE_ACCOUNT = 10  # dev account serving the table's model (the activity uses 1..9)
 
 
@@ -170,7 +172,7 @@ def submit_measured_job(activity: Activity) -> int:
     )
     node = senders[MEASURED_NODE_ACCOUNT]
     market.register_node(node, model_id, 1, "http://127.0.0.1:9010", 3 * GWEI, stake=2 * ETHER)
-    meta = json.dumps({"epsilon": MEASURED_EPSILON, "delta": 1e-5, "split": MEASURED_SPLIT}).encode()
+    meta = JobMeta(epsilon=MEASURED_EPSILON, delta=1e-5, clip=MEASURED_CLIP, split=MEASURED_SPLIT).to_json()
     tokens, max_price = 8, 10 * GWEI
     escrow = market.escrow_for(tokens, max_price, 1)
     job = market.submit_job(senders[CLIENT_ACCOUNTS[0]], model_id, 1, tokens, max_price, escrow, meta)
@@ -412,7 +414,13 @@ def test_job_page_draws_the_route_with_commitments_payments_and_votes(
 
 def test_job_page_shows_the_measured_leakage_from_the_shipped_table(world: World, page: Page) -> None:
     job = world.coordinator.job(world.measured_job)
-    assert job["declared"] == {"epsilon": MEASURED_EPSILON, "delta": 1e-5, "split": MEASURED_SPLIT}
+    assert job["declared"] == {
+        "epsilon": MEASURED_EPSILON,
+        "delta": 1e-5,
+        "clip": MEASURED_CLIP,
+        "split": MEASURED_SPLIT,
+        "sdk": "splitmesh/1",
+    }
     entry = table_entry(MEASURED_SPLIT, MEASURED_EPSILON)
     leak = job["leakage"]
     assert leak["source"] == "measured"

@@ -3,6 +3,7 @@ package has an import cycle between its modules beyond the known ones listed her
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import grimp
 import pytest
-from importlinter.cli import lint_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("splitmesh", "splitmesh_cli", "client_sdk", "node", "coordinator")
@@ -72,7 +72,21 @@ def module_cycles(graph: grimp.ImportGraph, package: str) -> list[frozenset[str]
 
 def test_the_import_linter_contracts_hold() -> None:
     # The layers: splitmesh_cli > client_sdk | node | coordinator (independent) > splitmesh.
-    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True) == 0
+    # In a subprocess: import-linter configures logging in-process (disabling every existing logger),
+    # which silenced later tests' log assertions.
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("lint-imports")),
+            "--config",
+            str(ROOT / "pyproject.toml"),
+            "--no-cache",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -254,16 +254,22 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
 
 
-def utility_cosines(
-    clean: tuple[torch.Tensor, list[torch.Tensor]], defended: tuple[torch.Tensor, list[torch.Tensor]]
-) -> dict[str, float]:
-    """(dL/dZ' [S, T, hidden], client layer weight gradients) with and without the defence -> cosines:
-    per row of dL/dZ' (one-sequence steps, mean over rows) and of the weight gradient summed over rows."""
+@dataclass(frozen=True)
+class ClientGradients:
+    """What the client ends up with after a backward pass through the route."""
+
+    released: torch.Tensor  # dL/dZ' [S, T, hidden], what the first node returns
+    weights: list[torch.Tensor]  # dL/d(weights of the client's decoder layers), summed over the rows
+
+
+def utility_cosines(clean: ClientGradients, defended: ClientGradients) -> dict[str, float]:
+    """Cosines between the client's gradients without and with the defence: per row of dL/dZ' (a
+    one-sequence step; mean over rows) and of the layer weight gradient summed over the rows (a batch)."""
     rows = nn.functional.cosine_similarity(
-        clean[0].flatten(1).double(), defended[0].flatten(1).double(), dim=1
+        clean.released.flatten(1).double(), defended.released.flatten(1).double(), dim=1
     )
     weights = _cosine(
-        torch.cat([g.flatten() for g in clean[1]]), torch.cat([g.flatten() for g in defended[1]])
+        torch.cat([g.flatten() for g in clean.weights]), torch.cat([g.flatten() for g in defended.weights])
     )
     return {"grad_z_cosine": float(rows.mean()), "client_weight_grad_cosine": weights}
 
@@ -377,18 +383,20 @@ def observe_step(
         route = LayerGraph(stacks, released)
         clean_g = loss_gradient(model.client, route.outputs[-1], ids, cfg.prompt_tokens)
 
-        def backward(sent: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-            """g sent back -> (dL/dZ', client weight gradients, what each node receives)."""
+        def backward(sent: torch.Tensor) -> tuple[ClientGradients, list[torch.Tensor]]:
+            """g sent back -> (the client's gradients, what each node receives)."""
             grads = route.backward(sent)
             weights = torch.autograd.grad(released, params, grads[0], retain_graph=True)
-            return grads[0], list(weights), grads[1:]
+            return ClientGradients(grads[0], list(weights)), grads[1:]
 
-        clean_z, clean_w, _ = backward(clean_g)
+        clean, clean_nodes = backward(clean_g)
         for sigma in cfg.sigmas:
             gen = generator(cfg.seed, "gradient", "defence", model.split, epsilon, sigma)
-            grad_z, weights, nodes = backward(GradientDefence(sigma, clip, cfg.delta).apply(clean_g, gen))
+            # sigma 0 sends g as is: that is the clean backward pass (one pass through the route saved)
+            defence = GradientDefence(sigma, clip, cfg.delta)
+            grads, nodes = backward(defence.apply(clean_g, gen)) if sigma else (clean, clean_nodes)
             received.append(nodes)
-            costs.append(utility_cosines((clean_z, clean_w), (grad_z, weights)))
+            costs.append(utility_cosines(clean, grads))
     return StepObservations(route.outputs, received, costs)
 
 
@@ -438,6 +446,7 @@ def measure(features: SplitFeatures, cfg: GradientConfig) -> dict[str, Any]:
     public = features.train_ids[:, 1:].reshape(-1)
     return {
         "route": [list(pair) for pair in route],
+        "rows": int(ids.shape[0]),  # one training step each; the weight-gradient cosine sums them
         "labels": int(truth.numel()),
         "labels_per_step": label_count,
         "gradient_clip": clip,

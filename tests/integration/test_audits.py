@@ -8,6 +8,7 @@ One verifier of shard 1 always votes the opposite of what it finds: the honest m
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,16 +24,14 @@ from splitmesh.chain.launcher import advance_time
 from splitmesh.chain.market import AuditStatus
 from splitmesh.model.identity import describe_model
 from splitmesh.paths import models_dir
+from splitmesh_cli.localnet import PARAMS as LOCAL_PARAMS
 from splitmesh_cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
 from tests.model_fixtures import save_random_model, tiny_llama_config
 
 PRICE = 10**12
-PARAMS = DeployParams(
-    min_stake=10**18,
-    unbonding_delay=3 * 3600,
-    commit_timeout=1800,
-    challenge_window=300,
-    dispute_timeout=1800,
+# The local marketplace's windows, with every job audited by a court of three per position.
+PARAMS = dataclasses.replace(
+    LOCAL_PARAMS,
     fraud_slash_bps=5000,
     audit_rate_bps=10_000,  # every job
     verifiers_per_position=3,

@@ -205,7 +205,12 @@ class Activity:
 
     def challenged_audit(self, vote: int) -> int:
         """A committed job challenged and audited, every verifier voting `vote` (0: none votes, so the
-        challenge is lost and the verifiers penalized). Returns the job id."""
+        challenge is lost and the verifiers penalized). Returns the job id.
+
+        The random chores may have left a shard with no other active, staked node, and a panel drawn from
+        an empty pool is unverifiable: no votes, no penalty, no verdict. Every node is revived first so
+        each position's panel has a verifier (checked in _audit_step)."""
+        self.revive()
         self.submit()
         job = self.jobs[-1]
         self.commit_job(job)
@@ -217,6 +222,7 @@ class Activity:
     def anchored_audit(self) -> int:
         """A job disputed more than 256 blocks before its audit opens: the first openAudit only anchors a
         later block (AuditAnchored), the next one draws the panels. Returns the job id."""
+        self.revive()
         self.submit()
         job = self.jobs[-1]
         self.commit_job(job, lie=True)
@@ -261,6 +267,9 @@ class Activity:
                 # The dispute block's hash was gone: that call anchored this block; the next one opens.
                 self.market.open_audit(anyone, job_id, packed)
             audit = self.market.get_audit(job_id)
+            if vote is not None:
+                empty = [panel.position for panel in audit.panels if not panel.verifiers]
+                assert not empty, f"job {job_id}: no verifier could be drawn for positions {empty}"
             for panel in audit.panels:
                 for verifier in panel.verifiers:
                     if vote == 0 or (vote is None and self.rng.random() < 0.1):  # penalized at resolve

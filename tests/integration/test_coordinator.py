@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -158,12 +157,7 @@ def test_index_equals_direct_scan_and_contract_state(
     indexer.sync()
     assert indexer.conn.execute("SELECT COUNT(*) FROM nodes WHERE withdrawn != '0'").fetchone()[0] > 0
     challenges = {r[0] for r in indexer.conn.execute("SELECT DISTINCT status FROM challenges")}
-    assert "forfeited" in challenges, challenges
-    if "returned" not in challenges:
-        # About one run in three the all-FRAUD challenged audit settles without a refund (seen on loaded
-        # and quiet machines; the cause is not diagnosed yet). Won challenges are pinned deterministically
-        # in test_audit_court.py; here the index must agree with the chain whatever the outcome.
-        warnings.warn(f"no won challenge this run: {sorted(challenges)}", stacklevel=1)
+    assert {"forfeited", "returned"} <= challenges, challenges
     events = {r[0] for r in indexer.conn.execute("SELECT DISTINCT event FROM logs")}
     assert {"AuditSampled", "ReceiptCheckpointed", "VerifierPenalized", "AuditAnchored"} <= events, events
     assert indexer.conn.execute("SELECT COUNT(*) FROM votes WHERE status = 'penalized'").fetchone()[0] > 0

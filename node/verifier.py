@@ -37,7 +37,7 @@ from splitmesh.audit.transcript import (
     fetch_transcript,
 )
 from splitmesh.chain import Marketplace, Sender
-from splitmesh.chain.market import AuditStatus, JobStatus, Verdict, VoteStatus
+from splitmesh.chain.records import AuditStatus, JobStatus, Verdict, VoteStatus
 from splitmesh.chain.sampling import draw_pending, open_audit_if_ready, sample_if_drawn
 from splitmesh.errors import ChainError, ContractRevert
 from splitmesh.model.runner import ShardRunner

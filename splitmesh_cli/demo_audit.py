@@ -12,7 +12,7 @@ from typing import Any
 
 from splitmesh.chain import JobState, JobStatus, Marketplace
 from splitmesh.chain.launcher import advance_time
-from splitmesh.chain.market import AuditStatus
+from splitmesh.chain.records import AuditStatus
 from splitmesh_cli.output import Output, eth, short
 from splitmesh_cli.wait import wait_until
 

@@ -3,13 +3,13 @@
 from splitmesh.chain.connect import connect
 from splitmesh.chain.deploy import Deployment, DeployParams, deploy, find_deployment, save_deployment
 from splitmesh.chain.launcher import HARDHAT_DEV_KEYS, LocalChain, free_port, rpc_chain_id
-from splitmesh.chain.market import (
+from splitmesh.chain.market import Marketplace, hints_from_pools
+from splitmesh.chain.records import (
     AuditInfo,
     AuditStatus,
     ChallengeInfo,
     JobState,
     JobStatus,
-    Marketplace,
     ModelInfo,
     NodeInfo,
     NodeStatus,
@@ -17,7 +17,6 @@ from splitmesh.chain.market import (
     SubmittedJob,
     Verdict,
     VoteStatus,
-    hints_from_pools,
 )
 from splitmesh.chain.terms import JobTerms, RouteHop, terms_hash
 from splitmesh.chain.tx import Sender, TxResult

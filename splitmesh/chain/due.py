@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from splitmesh.chain.market import AuditStatus, JobStatus, Marketplace
+from splitmesh.chain.market import Marketplace
+from splitmesh.chain.records import AuditStatus, JobStatus
 from splitmesh.chain.tx import Sender, TxResult
 
 

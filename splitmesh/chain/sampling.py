@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from splitmesh.chain.market import JobStatus, Marketplace
+from splitmesh.chain.market import Marketplace
+from splitmesh.chain.records import JobStatus
 from splitmesh.chain.tx import Sender
 from splitmesh.errors import ContractRevert
 

@@ -21,7 +21,7 @@ from web3 import Web3
 from client_sdk import Client
 from splitmesh.chain import HARDHAT_DEV_KEYS, DeployParams, JobStatus, LocalChain, Marketplace, Sender, deploy
 from splitmesh.chain.launcher import advance_time
-from splitmesh.chain.market import AuditStatus
+from splitmesh.chain.records import AuditStatus
 from splitmesh.model.identity import describe_model
 from splitmesh.paths import models_dir
 from splitmesh_cli.localnet import PARAMS as LOCAL_PARAMS

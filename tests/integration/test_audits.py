@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from splitmesh.model.identity import describe_model
 from splitmesh.paths import models_dir
 from splitmesh_cli.localnet import PARAMS as LOCAL_PARAMS
 from splitmesh_cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
+from splitmesh_cli.wait import wait_until
 from tests.model_fixtures import save_random_model, tiny_llama_config
 
 PRICE = 10**12
@@ -129,13 +129,6 @@ def _serve(audit_market: AuditMarket, cheats: dict[int, str]) -> list[NodeProces
     return start_nodes(specs, audit_market.tmp / "logs")
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def _run_audited_job(
     audit_market: AuditMarket, cheats: dict[int, str], *, train: bool = False
 ) -> dict[str, object]:
@@ -153,28 +146,40 @@ def _run_audited_job(
         else:
             out = client.generate("Tell me about the sea.", 6, split=2, max_price_per_token=PRICE)
             job_id, route = out.receipt.job_id, [h.node for h in out.receipt.route]
-        _wait(lambda: market.get_job(job_id).status == JobStatus.DISPUTED, 60, "the job to be held for audit")
+        wait_until(
+            lambda: market.get_job(job_id).status == JobStatus.DISPUTED,
+            timeout=60,
+            message="timed out waiting for the job to be held for audit",
+        )
         # The serving nodes' duty loops open the audit; the verifiers vote by themselves.
-        _wait(lambda: market.get_audit(job_id).status == AuditStatus.OPEN, 60, "the audit to open")
+        wait_until(
+            lambda: market.get_audit(job_id).status == AuditStatus.OPEN,
+            timeout=60,
+            message="timed out waiting for the audit to open",
+        )
         audit = market.get_audit(job_id)
-        _wait(
+        wait_until(
             lambda: all(p.committed == len(p.verifiers) for p in market.get_audit(job_id).panels),
-            120,
-            "every verifier to commit its vote",
+            timeout=120,
+            message="timed out waiting for every verifier to commit its vote",
         )
         # Everyone committed: reveals may start at once. Then let the reveal window pass and resolve.
-        _wait(
+        wait_until(
             lambda: all(
                 p.honest_votes + p.fraud_votes == len(p.verifiers) for p in market.get_audit(job_id).panels
             ),
-            60,
-            "every verifier to reveal",
+            timeout=60,
+            message="timed out waiting for every verifier to reveal",
         )
         advance_time(
             audit_market.w3,
             audit.reveal_deadline - int(audit_market.w3.eth.get_block("latest")["timestamp"]) + 1,
         )
-        _wait(lambda: market.get_audit(job_id).status == AuditStatus.RESOLVED, 60, "the audit to be resolved")
+        wait_until(
+            lambda: market.get_audit(job_id).status == AuditStatus.RESOLVED,
+            timeout=60,
+            message="timed out waiting for the audit to be resolved",
+        )
         resolved = market.events("AuditResolved", jobId=job_id)[-1]["args"]
         final = market.get_audit(job_id)
         return {
@@ -211,7 +216,11 @@ def test_an_honest_job_is_audited_and_nobody_is_slashed(audit_market: AuditMarke
     bond = PARAMS.verifier_bond
     forfeited = bond if any(liar in p.verifiers for p in result["panels"]) else 0  # type: ignore[attr-defined]
     assert rewarded == dict.fromkeys(winners, bond + forfeited // len(winners))
-    _wait(lambda: all(market.court_credit_of(v) == 0 for v in winners), 30, "the verifiers to withdraw")
+    wait_until(
+        lambda: all(market.court_credit_of(v) == 0 for v in winners),
+        timeout=30,
+        message="timed out waiting for the verifiers to withdraw",
+    )
 
 
 @pytest.mark.parametrize(
@@ -278,25 +287,37 @@ def _challenged_job(challenge_market: AuditMarket, cheats: dict[int, str]) -> di
         )
         out = client.generate("Tell me about the sea.", 6, split=2, max_price_per_token=PRICE)
         job_id = out.receipt.job_id
-        _wait(lambda: market.get_job(job_id).status == JobStatus.COMMITTED, 60, "the job to be committed")
+        wait_until(
+            lambda: market.get_job(job_id).status == JobStatus.COMMITTED,
+            timeout=60,
+            message="timed out waiting for the job to be committed",
+        )
         client.challenge(job_id)
         after_challenge = market.balance(client.address)
         assert market.get_job(job_id).status == JobStatus.DISPUTED
         # Nobody is told: the verifier nodes see the dispute on-chain, open the audit and vote.
-        _wait(lambda: market.get_audit(job_id).status == AuditStatus.OPEN, 60, "the audit to open")
+        wait_until(
+            lambda: market.get_audit(job_id).status == AuditStatus.OPEN,
+            timeout=60,
+            message="timed out waiting for the audit to open",
+        )
         audit = market.get_audit(job_id)
-        _wait(
+        wait_until(
             lambda: all(
                 p.honest_votes + p.fraud_votes == len(p.verifiers) for p in market.get_audit(job_id).panels
             ),
-            120,
-            "every verifier to reveal",
+            timeout=120,
+            message="timed out waiting for every verifier to reveal",
         )
         advance_time(
             challenge_market.w3,
             audit.reveal_deadline - int(challenge_market.w3.eth.get_block("latest")["timestamp"]) + 1,
         )
-        _wait(lambda: market.get_audit(job_id).status == AuditStatus.RESOLVED, 60, "the audit to be resolved")
+        wait_until(
+            lambda: market.get_audit(job_id).status == AuditStatus.RESOLVED,
+            timeout=60,
+            message="timed out waiting for the audit to be resolved",
+        )
         settled = market.events("ChallengeSettled", jobId=job_id)[-1]["args"]
         resolved = market.events("AuditResolved", jobId=job_id)[-1]["args"]
         finalized = market.events("JobFinalized", jobId=job_id)[-1]["args"]
@@ -347,7 +368,11 @@ def test_a_challenged_honest_job_costs_the_challenger_its_bond(challenge_market:
         withdrawn = sum(e["args"]["amount"] for e in market.events("EarningsWithdrawn", node=node))
         credited = withdrawn + market.get_node(node).earnings - earned_before[node]
         assert credited == price * result["billed"] + fee + per_node  # type: ignore[operator]
-    _wait(lambda: all(market.court_credit_of(v) == 0 for v in verifiers), 30, "the verifiers to withdraw")
+    wait_until(
+        lambda: all(market.court_credit_of(v) == 0 for v in verifiers),
+        timeout=30,
+        message="timed out waiting for the verifiers to withdraw",
+    )
 
 
 def test_a_challenged_garbage_job_refunds_and_pays_the_challenger(challenge_market: AuditMarket) -> None:

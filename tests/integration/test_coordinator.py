@@ -27,6 +27,7 @@ from coordinator.indexer import Indexer, IndexerConfig
 from coordinator.keeper import Keeper
 from splitmesh.chain import AuditStatus, JobStatus, LocalChain, Marketplace, NodeStatus, Verdict
 from splitmesh.chain.launcher import advance_time, dev_key, free_port
+from splitmesh_cli.wait import wait_until
 from tests.integration.chain_activity import PARAMS, Activity, deploy_court_market
 
 STEPS = int(os.environ.get("SPLITMESH_COORDINATOR_STEPS", "160"))
@@ -244,15 +245,20 @@ def _start_coordinator(
 
 
 def _wait_api(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def status() -> dict[str, Any] | None:
         if proc.poll() is not None:
             raise AssertionError(f"coordinator exited {proc.returncode}:\n{log.read_text()}")
         try:
             return get(url + "/api/status")
         except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise AssertionError(f"coordinator did not answer in {timeout} s:\n{log.read_text()}")
+            return None
+
+    return wait_until(
+        status,
+        timeout=timeout,
+        interval=0.1,
+        message=lambda: f"coordinator did not answer:\n{log.read_text()}",
+    )
 
 
 def get(url: str) -> dict[str, Any]:
@@ -285,10 +291,12 @@ def test_killed_coordinator_resumes_without_gaps_or_duplicates(
     assert head > 100
     # One block per range: the process is killed (SIGKILL, no cleanup) in the middle of its catch-up.
     proc, url = _start_coordinator(local_chain.rpc_url, market, db, log, "--no-keeper", "--batch-blocks", "1")
-    deadline = time.monotonic() + 60
-    while _synced(db) < head // 3:
-        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
-        time.sleep(0.005)
+
+    def catching_up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return _synced(db) >= head // 3
+
+    wait_until(catching_up, timeout=60, interval=0.005, message=lambda: log.read_text())
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = _synced(db)
@@ -396,10 +404,12 @@ def coordinator_url(
 
 def _synced_api(url: str, market: Marketplace) -> None:
     head = market.w3.eth.block_number
-    deadline = time.monotonic() + 30
-    while get(url + "/api/status")["synced_block"] < head:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(
+        lambda: get(url + "/api/status")["synced_block"] >= head,
+        timeout=30,
+        interval=0.1,
+        message=f"the API did not reach block {head}",
+    )
 
 
 def test_api_paginates_and_filters(world: tuple[Marketplace, Activity], coordinator_url: str) -> None:

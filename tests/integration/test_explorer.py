@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from web3 import Web3
 from splitmesh.chain import AuditStatus, JobStatus, LocalChain, Marketplace
 from splitmesh.jobmeta import JobMeta
 from splitmesh.paths import project_root
+from splitmesh_cli.wait import wait_until
 from tests.integration.chain_activity import CLIENT_ACCOUNTS, ETHER, GWEI, Activity, deploy_court_market
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -86,10 +86,18 @@ class Coordinator:
         return self.get("/api/jobs?limit=500")["items"]
 
     def wait_synced(self, block: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while (synced := self.get("/api/status")["synced_block"]) is None or synced < block:
-            assert time.monotonic() < deadline, f"index at block {synced}, chain at {block}: {self.output}"
-            time.sleep(0.2)
+        def synced() -> bool:
+            at = self.get("/api/status")["synced_block"]
+            return at is not None and at >= block
+
+        wait_until(
+            synced,
+            timeout=timeout,
+            interval=0.2,
+            message=lambda: (
+                f"index at {self.get('/api/status')['synced_block']}, chain at {block}: {self.output}"
+            ),
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -126,19 +134,26 @@ def start_coordinator(rpc_url: str, market: str, home: Path, timeout: float = 60
                 listening.set()
 
     threading.Thread(target=read, name="coordinator-output", daemon=True).start()
-    deadline = time.monotonic() + timeout
+
+    def answering() -> bool:
+        # The line is printed once the site is up; check that the API answers too.
+        assert process.poll() is None, "the coordinator exited:\n" + "\n".join(coordinator.output)
+        if not listening.is_set():
+            return False
+        try:
+            coordinator.get("/api/status")
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return True
+
     try:
-        while not listening.wait(0.2):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("the coordinator did not start:\n" + "\n".join(coordinator.output))
-        while True:  # the line is printed once the site is up; check that the API answers too
-            try:
-                coordinator.get("/api/status")
-                return coordinator
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until(
+            answering,
+            timeout=timeout,
+            interval=0.1,
+            message=lambda: "the coordinator did not start:\n" + "\n".join(coordinator.output),
+        )
+        return coordinator
     except BaseException:
         coordinator.stop()
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import sqlite3
-import time
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from splitmesh.chain.launcher import advance_time
 from splitmesh.model.reference import reference_generate
 from splitmesh.wire import decode_frame
 from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, PRICE, SPLIT, RunningMarket
+from splitmesh_cli.wait import wait_until
 
 PROMPT = "Name three colors of the rainbow."
 
@@ -87,11 +87,13 @@ def test_payments_and_refund_add_up_to_the_escrow(running_market: RunningMarket,
     before, after = (market.w3.eth.get_balance(client.address, b) for b in (block - 1, block))
     assert after == before + settlement.refund_wei - gas_cost
     # Each node's duty loop withdraws what it earned.
-    deadline = time.monotonic() + 30
     for node in running_market.nodes:
-        while market.get_node(node.address).earnings != 0:
-            assert time.monotonic() < deadline, f"node {node.address} did not withdraw its earnings"
-            time.sleep(0.1)
+        wait_until(
+            lambda node=node: market.get_node(node.address).earnings == 0,  # type: ignore[misc]
+            timeout=30,
+            interval=0.1,
+            message=f"node {node.address} did not withdraw its earnings",
+        )
         withdrawn = market.events("EarningsWithdrawn", node=node.address)
         # Earlier jobs may be swept by the same withdrawal; this job's pay is in the total.
         assert sum(e["args"]["amount"] for e in withdrawn) >= PRICE * billed + fee
@@ -150,10 +152,11 @@ def test_node_restart_between_commit_and_claim_still_gets_paid(
     restarted = running_market.restart(2)
     assert restarted.address == address
     # The restarted node resumes its pending claim from SQLite: finalize (or see it final), withdraw.
-    deadline = time.monotonic() + 60
-    while len(market.events("EarningsWithdrawn", node=address)) == len(paid_before):
-        assert time.monotonic() < deadline, "the restarted node never withdrew its earnings"
-        time.sleep(0.2)
+    wait_until(
+        lambda: len(market.events("EarningsWithdrawn", node=address)) > len(paid_before),
+        timeout=60,
+        message="the restarted node never withdrew its earnings",
+    )
     assert market.get_job(job_id).status == JobStatus.FINALIZED
     assert market.get_node(address).earnings == 0
     # And it serves again.

@@ -11,11 +11,10 @@ import json
 import re
 import signal
 import sqlite3
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import torch
@@ -37,12 +36,12 @@ from splitmesh_cli.localnet import (
     stop_market,
 )
 from splitmesh_cli.procs import NodeProcess
+from splitmesh_cli.wait import wait_until
 
 HIDDEN = 576  # SmolLM2-135M hidden size
 MAX_TOKENS = 16
 PROMPT = 3  # tokens of each test job's first step
 ETHER = 10**18
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +57,6 @@ def client(running: RunningMarket) -> Sender:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g} s for {what}")
-        time.sleep(0.1)
 
 
 def get(url: str) -> str:
@@ -141,7 +128,7 @@ def commits(running: RunningMarket, job: SubmittedJob) -> dict[int, tuple[bytes,
 
 def matched(node: NodeProcess) -> Callable[[], float | None]:
     """Probe: how many jobs the node learned from JobSubmitted events."""
-    return lambda: metric(node, "splitmesh_node_jobs_matched_total")
+    return lambda: metric(node, "splitmesh_node_jobs_matched_total") or None  # 0.0: none yet
 
 
 def stakes(running: RunningMarket) -> list[int]:
@@ -171,7 +158,9 @@ def test_a_job_whose_client_never_connects_is_committed_by_every_hop(
     before = stakes(running)
     job = submit(running, client)  # the client never sends a frame
     for node in running.nodes:
-        wait_for(f"{node.address} to see its job", matched(node))
+        wait_until(
+            matched(node), timeout=30.0, message=f"timed out waiting for {node.address} to see its job"
+        )
     assert running.market.get_job(job.job_id).committed_mask == 0, "nothing commits before the cutoff"
 
     advance_to(running, cutoff_of(running, job) + 5)  # still 175 s before the commit deadline
@@ -195,7 +184,11 @@ def test_a_session_kept_alive_is_ended_and_committed_before_the_deadline(
         digest = step(running, link, job, 0, 0, PROMPT)
         advance_to(running, cutoff_of(running, job) + 5)
         # The node ends the session by itself (no client frame) and commits the step it served.
-        wait_for("the first hop's commit", lambda: running.market.get_job(job.job_id).committed_mask & 1)
+        wait_until(
+            lambda: running.market.get_job(job.job_id).committed_mask & 1 or None,
+            timeout=30.0,
+            message="timed out waiting for the first hop's commit",
+        )
         with pytest.raises(StepFailed) as refused:
             step(running, link, job, 1, PROMPT, 1)
         assert (refused.value.status, refused.value.code) == (410, "job_deadline")
@@ -216,8 +209,10 @@ def test_a_job_left_serving_by_a_crash_is_committed_at_restart(
     link = RouteLink(first.endpoint, job.job_id, first.address, timeout=60)
     try:
         step(running, link, job, 0, 0, PROMPT)
-        wait_for(
-            "the middle hop to persist step 0", lambda: (store_row(running, middle, job.job_id) or [0, 0])[1]
+        wait_until(
+            lambda: (store_row(running, middle, job.job_id) or [0, 0])[1] or None,
+            timeout=30.0,
+            message="timed out waiting for the middle hop to persist step 0",
         )
         middle.stop(sig=signal.SIGKILL)
         phase, steps, input_chain, output_chain = store_row(running, middle, job.job_id) or ()
@@ -230,7 +225,11 @@ def test_a_job_left_serving_by_a_crash_is_committed_at_restart(
         link.close()
 
     running.restart(2)  # no client frame follows: the restarted node commits on its own
-    wait_for("the restarted hop's commit", lambda: running.market.get_job(job.job_id).committed_mask & 2)
+    wait_until(
+        lambda: running.market.get_job(job.job_id).committed_mask & 2 or None,
+        timeout=30.0,
+        message="timed out waiting for the restarted hop's commit",
+    )
     assert commits(running, job)[1] == (input_chain, output_chain)
 
     advance_to(running, cutoff_of(running, job) + 5)
@@ -253,7 +252,9 @@ def test_leaving_the_pool_is_reported_and_auto_top_up_restakes(running: RunningM
         return body if body["pooled"] is False else None
 
     unbond(ETHER // 2)
-    body = wait_for("/health to show the node out of the pool", out_of_pool)
+    body = wait_until(
+        out_of_pool, timeout=30.0, message="timed out waiting for /health to show the node out of the pool"
+    )
     assert body["pool_reason"].startswith(f"below minimum stake by {ETHER // 2} wei")
     assert metric(node, "splitmesh_node_pooled") == 0.0
     assert "is OUT of the matching pool: below minimum stake" in node.log_path.read_text()
@@ -267,10 +268,22 @@ def test_leaving_the_pool_is_reported_and_auto_top_up_restakes(running: RunningM
     assert health(node)["stake_wei"] == ETHER
     try:
         unbond(ETHER // 2)
-        wait_for("the top-up", lambda: running.market.get_node(node.address).stake == ETHER)
-        wait_for("/health to show the node pooled", lambda: health(node)["pooled"] is True)
+        wait_until(
+            lambda: running.market.get_node(node.address).stake == ETHER,
+            timeout=30.0,
+            message="timed out waiting for the top-up",
+        )
+        wait_until(
+            lambda: health(node)["pooled"] is True,
+            timeout=30.0,
+            message="timed out waiting for /health to show the node pooled",
+        )
         unbond(ETHER // 2)  # only 0.1 ETH of the allowance is left
-        body = wait_for("/health to show the node out of the pool", out_of_pool)
+        body = wait_until(
+            out_of_pool,
+            timeout=30.0,
+            message="timed out waiting for /health to show the node out of the pool",
+        )
         assert running.market.get_node(node.address).stake == 6 * ETHER // 10
         assert body["pool_reason"].startswith(f"below minimum stake by {min_stake - 6 * ETHER // 10} wei")
         assert metric(node, "splitmesh_node_topup_wei_total") == 6 * ETHER // 10
@@ -278,4 +291,8 @@ def test_leaving_the_pool_is_reported_and_auto_top_up_restakes(running: RunningM
         missing = ETHER - running.market.get_node(node.address).stake
         if missing > 0:
             running.market.stake(running.market.sender(key), missing)
-    wait_for("/health to show the node pooled again", lambda: health(node)["pooled"] is True)
+    wait_until(
+        lambda: health(node)["pooled"] is True,
+        timeout=30.0,
+        message="timed out waiting for /health to show the node pooled again",
+    )

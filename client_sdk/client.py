@@ -136,15 +136,18 @@ class Client:
         self._prepared[split] = local
         return local
 
-    def encode_prompt(self, prompt: str, chat: bool | None = None) -> list[int]:
+    def encode_prompt(self, prompt: str | list[dict[str, str]], chat: bool | None = None) -> list[int]:
+        """Token ids of a prompt: a string (wrapped as one user turn when the model has a chat template),
+        or a whole conversation as chat messages ({"role": ..., "content": ...}, oldest first)."""
         tok = self.tokenizer
         use_chat = getattr(tok, "chat_template", None) is not None if chat is None else chat
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         if use_chat:
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
-            )
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
             ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
             return [int(t) for t in ids[0]]
+        if isinstance(prompt, list):
+            raise ConfigError(f"the tokenizer in {self.model_dir} has no chat template for a conversation")
         return [int(t) for t in tok(prompt, return_tensors="pt")["input_ids"][0]]
 
     def _eos_ids(self, local: LocalSplit) -> set[int]:
@@ -156,7 +159,9 @@ class Client:
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, **options: Any) -> Generation:
+    def generate(
+        self, prompt: str | list[dict[str, str]], max_new_tokens: int = 64, **options: Any
+    ) -> Generation:
         """Run one private generation; returns the text and the job's receipt (see `stream`)."""
         result: Generation | None = None
         for event in self.stream(prompt, max_new_tokens, **options):
@@ -166,9 +171,10 @@ class Client:
         return result
 
     def stream(
-        self, prompt: str, max_new_tokens: int = 64, **options: Any
+        self, prompt: str | list[dict[str, str]], max_new_tokens: int = 64, **options: Any
     ) -> Iterator[TokenEvent | Generation]:
-        """Yield a TokenEvent per generated token, then the finished Generation with its receipt."""
+        """Yield a TokenEvent per generated token, then the finished Generation with its receipt. The
+        prompt is a string or a conversation (chat messages, see `encode_prompt`)."""
         opts = GenerateOptions(max_new_tokens=max_new_tokens, **options)
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")

@@ -26,10 +26,10 @@ from splitmesh.chain.launcher import dev_key
 from splitmesh.errors import ConfigError
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
+from splitmesh_cli.keys import DEV_CHAIN_IDS, add_key_args, choose_key, warn_if_exposed
 
 logger = logging.getLogger(__name__)
 
-DEV_CHAIN_IDS = {31337, 1337}  # hardhat, anvil/ganache: where the public dev keys are a sane default
 # The coordinator's keeper on a dev chain: the last funded hardhat account, which nothing else uses.
 KEEPER_DEV_KEY = dev_key(19)
 
@@ -41,11 +41,7 @@ def add_chain_args(parser: argparse.ArgumentParser, *, rpc_required: bool = Fals
         help="EVM JSON-RPC endpoint (env SPLITMESH_RPC_URL)"
         + ("" if rpc_required else "; omitted: start a local hardhat node for this command"),
     )
-    parser.add_argument(
-        "--private-key",
-        help="0x-hex key that signs transactions (env SPLITMESH_PRIVATE_KEY); "
-        "on a local dev chain the first well-known dev account is used by default",
-    )
+    add_key_args(parser)
     parser.add_argument(
         "--market", help="JobMarket address (env SPLITMESH_MARKET); default: remembered deployment"
     )
@@ -93,9 +89,16 @@ def deploy_params(args: argparse.Namespace) -> DeployParams:
 
 
 def settings_from(args: argparse.Namespace) -> ChainSettings:
+    """The chain settings of a command: flags over SPLITMESH_* variables; the key from --keystore (the
+    password prompted for if needed), --key or the environment, with a warning for --key on a chain that
+    is not a dev chain."""
+    choice = choose_key(args)
+    rpc_url = getattr(args, "rpc_url", None) or ChainSettings.from_env().rpc_url
+    if choice.source == "--key" and rpc_url:
+        warn_if_exposed(choice, rpc_chain_id(rpc_url))
     return ChainSettings.from_env().override(
         rpc_url=getattr(args, "rpc_url", None),
-        private_key=getattr(args, "private_key", None),
+        private_key=choice.key,
         market=getattr(args, "market", None),
     )
 
@@ -126,7 +129,8 @@ def signing_key(settings: ChainSettings, chain_id: int, local: bool) -> str:
     if local or chain_id in DEV_CHAIN_IDS:
         return HARDHAT_DEV_KEYS[0]
     raise ConfigError(
-        f"chain {chain_id} is not a local dev chain: pass --private-key or set SPLITMESH_PRIVATE_KEY"
+        f"chain {chain_id} is not a local dev chain: pass --keystore FILE (see `splitmesh account new`), "
+        "or set SPLITMESH_PRIVATE_KEY"
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from splitmesh_cli.keys import add_key_args
+
 DESCRIPTION = """\
 Run a coordinator: an untrusted helper anyone may run. It follows the contracts' events into a SQLite
 index (resumable; reorgs up to --reorg-depth blocks are healed), serves the JSON API and the explorer page
@@ -28,9 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("--rpc-url", required=True, help="EVM JSON-RPC endpoint (env SPLITMESH_RPC_URL)")
     run.add_argument("--market", help="JobMarket address (env SPLITMESH_MARKET); default: remembered one")
-    run.add_argument(
-        "--private-key",
-        help="the keeper's key (env SPLITMESH_PRIVATE_KEY); it pays the gas of keeper transactions. On a "
+    add_key_args(
+        run,
+        key_help="the keeper's key (env SPLITMESH_PRIVATE_KEY); it pays the gas of keeper transactions. On a "
         "local dev chain a well-known dev account is the default",
     )
     run.add_argument("--no-keeper", action="store_true", help="only index and serve; send no transactions")
@@ -67,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             key = settings.private_key or (KEEPER_DEV_KEY if session.is_dev_chain else None)
             if key is None:
                 raise ConfigError(
-                    f"chain {session.chain_id} is not a local dev chain: pass --private-key for the keeper "
+                    f"chain {session.chain_id} is not a local dev chain: pass --keystore FILE for the keeper "
                     "(it pays gas) or --no-keeper"
                 )
             keeper = market.sender(key)

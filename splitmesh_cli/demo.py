@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from splitmesh.chain import Marketplace, Sender
 from splitmesh.chain.launcher import HARDHAT_ACCOUNTS, dev_key
 from splitmesh.errors import ConfigError
-from splitmesh.model.identity import ModelDescription, describe_model
 from splitmesh.paths import state_dir
 from splitmesh.plan import client_split_plan
 from splitmesh_cli.common import (
@@ -44,6 +43,9 @@ from splitmesh_cli.demo_settle import (
 from splitmesh_cli.localnet import RunningMarket, open_market
 from splitmesh_cli.output import Output, eth, short
 from splitmesh_cli.procs import NodeSpec, stop_nodes
+
+if TYPE_CHECKING:
+    from splitmesh.model.identity import ModelDescription  # loads torch: typing only
 
 if TYPE_CHECKING:
     from client_sdk import Client, Generation
@@ -179,6 +181,8 @@ def _keys(nodes: int, replicas: int) -> tuple[list[str], str, list[str]]:
 
 def _describe_model(args: argparse.Namespace, out: Output) -> tuple[ModelDescription, list[int]]:
     out.step("describing the model")
+    from splitmesh.model.identity import describe_model
+
     model = describe_model(args.model)
     plan = client_split_plan(model.num_layers, args.split, args.nodes)
     out.info(f"    {model.name}: {model.num_layers} layers, weights hash 0x{model.weights_hash.hex()[:16]}..")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from splitmesh.chain import Marketplace
-from splitmesh.model.identity import ModelDescription
 from splitmesh_cli.common import Session
 from splitmesh_cli.output import Output
+
+if TYPE_CHECKING:
+    from splitmesh.model.identity import ModelDescription  # loads torch: typing only
 
 GWEI = 10**9
 

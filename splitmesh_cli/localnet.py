@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from web3 import Web3
 
@@ -18,10 +19,12 @@ from splitmesh.chain import (
     Sender,
     deploy,
 )
-from splitmesh.model.identity import ModelDescription, describe_model
 from splitmesh.plan import client_split_plan
 from splitmesh_cli.procs import NodeProcess, NodeSpec, start_nodes, stop_nodes
 from splitmesh_cli.wait import wait_until
+
+if TYPE_CHECKING:
+    from splitmesh.model.identity import ModelDescription  # loads torch: typing only
 
 SPLIT = 4
 NODE_KEYS = list(HARDHAT_DEV_KEYS[1:7])
@@ -151,6 +154,8 @@ def start_market(
         w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
         deployer = Sender(w3, HARDHAT_DEV_KEYS[0])
         market = Marketplace(w3, deploy(w3, deployer, PARAMS))
+        from splitmesh.model.identity import describe_model
+
         described = describe_model(model)
         plan = client_split_plan(described.num_layers, split, nodes)
         running = open_market(

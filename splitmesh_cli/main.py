@@ -18,7 +18,18 @@ run the remaining shards; nodes commit on-chain and are paid after a challenge w
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitmesh_cli import chain_cmd, coordinator_cmd, demo, node_cmd, privacy_cmd, query_cmd, train_cmd
+    from splitmesh_cli import (
+        account_cmd,
+        chain_cmd,
+        coordinator_cmd,
+        demo,
+        generate_cmd,
+        model_cmd,
+        node_cmd,
+        privacy_cmd,
+        query_cmd,
+        train_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="splitmesh", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -32,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chain_cmd.register(sub)
+    model_cmd.register(sub)
+    account_cmd.register(sub)
+    generate_cmd.register(sub)
     demo.register(sub)
     node_cmd.register(sub)
     query_cmd.register(sub)

@@ -12,6 +12,7 @@ from typing import Any
 
 from splitmesh.errors import ConfigError
 from splitmesh_cli.common import settings_from
+from splitmesh_cli.keys import add_key_args
 
 ETHER = 10**18
 
@@ -25,7 +26,9 @@ restarts. SIGTERM drains open sessions, commits them and exits.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    node = sub.add_parser("node", help="run a staked node serving one shard")
+    from splitmesh_cli.node_ops import register_ops
+
+    node = sub.add_parser("node", help="run a staked node serving one shard; stake, unbond, earnings, ...")
     node_sub = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
     p = node_sub.add_parser(
         "run",
@@ -39,9 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--model-id", type=int, help="on-chain model id (default: the plan registered for these weights)"
     )
     p.add_argument("--rpc-url", required=True, help="EVM JSON-RPC endpoint of the chain to serve")
-    p.add_argument(
-        "--key", "--private-key", dest="private_key", help="0x-hex node key (env SPLITMESH_PRIVATE_KEY)"
-    )
+    add_key_args(p, key_help="0x-hex node key (env SPLITMESH_PRIVATE_KEY); dev chains only, else --keystore")
     p.add_argument("--market", help="JobMarket address (default: the deployment remembered for --rpc-url)")
     p.add_argument(
         "--stake", type=float, default=1.0, help="ETH to hold staked; topped up if lower (default 1)"
@@ -78,6 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="DEMO/TEST ONLY: misbehave on purpose so the audits can be seen catching it (node.cheats)",
     )
     p.set_defaults(func=cmd_run)
+    register_ops(node_sub)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -88,7 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.INFO)
     settings = settings_from(args)
     if not settings.private_key:
-        raise ConfigError("a node needs its key: pass --key 0x... or set SPLITMESH_PRIVATE_KEY")
+        raise ConfigError(
+            "a node needs its key: pass --keystore FILE (see `splitmesh account new`) "
+            "or set SPLITMESH_PRIVATE_KEY"
+        )
     config = NodeConfig.from_env(
         model=args.model,
         shard=args.shard,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from splitmesh.errors import ConfigError
+from splitmesh_cli.keys import add_key_args
 from splitmesh_cli.output import Output, eth, short
 
 if TYPE_CHECKING:
@@ -65,9 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nodes", type=int, default=3, help="node shards/processes of a local run (default 3)")
     p.add_argument("--rpc-url", help="a running marketplace's chain (default: start a local one)")
     p.add_argument("--market", help="JobMarket address (env SPLITMESH_MARKET); default: remembered one")
-    p.add_argument(
-        "--private-key", help="the client's key (env SPLITMESH_PRIVATE_KEY); dev chains: a dev key"
-    )
+    add_key_args(p, key_help="the client's key (env SPLITMESH_PRIVATE_KEY); dev chains: a dev key")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
     p.set_defaults(func=cmd_train)
 
@@ -194,7 +193,7 @@ def _dev_client_key(rpc_url: str) -> str:
 
     if rpc_chain_id(rpc_url) in DEV_CHAIN_IDS:
         return CLIENT_KEY
-    raise ConfigError("pass the client's key with --private-key (or SPLITMESH_PRIVATE_KEY)")
+    raise ConfigError("pass the client's key with --keystore FILE (or SPLITMESH_PRIVATE_KEY)")
 
 
 def _generate(client: Any, prompts: list[str] | None, split: int, out: Output, when: str) -> list[str]:

@@ -352,6 +352,10 @@ class Marketplace:
             "challenge_bond": self.challenge_bond(),
         }
 
+    def unbonding_delay(self) -> int:
+        """Seconds an unbonding stays locked (NodeRegistry)."""
+        return int(call_view(self.registry.functions.unbondingDelay(), "NodeRegistry"))
+
     def links_of(self, job_id: int) -> bytes:
         """An Open job's commitment-link accumulator; once complete, the block number of its completion
         (sampling on) or dispute; zero otherwise."""

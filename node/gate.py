@@ -288,9 +288,14 @@ class StepGate:
             handle_ms=handle_ms,
             relay_ms=relayed.ms if relayed is not None else 0.0,
         )
-        signature = self.relay_signer.sign_answer(step.meta.job, step.meta.step, position, upstream, downstream)
+        signature = self.relay_signer.sign_answer(
+            step.meta.job, step.meta.step, position, upstream, downstream
+        )
         answer = Answer(
-            position=position, upstream=hex32(upstream), downstream=hex32(downstream), signature=hex32(signature)
+            position=position,
+            upstream=hex32(upstream),
+            downstream=hex32(downstream),
+            signature=hex32(signature),
         )
         hops = [mine, *relayed.hops] if relayed is not None else [mine]
         answers = [answer, *relayed.answers] if relayed is not None else [answer]

@@ -61,7 +61,9 @@ class InferenceStep:
             sent = output[:, -1:] if meta.want == "last" else output
             sent_frame = encode_frame(sent)
             sent_digest = keccak(sent_frame)  # signed in the answer: on the critical path, ~10 µs
-            reply = self.gate.reply(step, sent, compute_ms, upstream=step.input_digest, downstream=sent_digest)
+            reply = self.gate.reply(
+                step, sent, compute_ms, upstream=step.input_digest, downstream=sent_digest
+            )
             # Persist off the critical path: once the reply is on the wire (the loop's next turn), and
             # before the next step (which runs the session's pending bookkeeping first).
             step.session.pending = partial(self._record, step, sent_frame, sent_digest, compute_ms)

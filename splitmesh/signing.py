@@ -121,9 +121,7 @@ class RelaySigner(_DomainSigner):
     def sign(self, job_id: int, step: int, position: int, digest: bytes) -> bytes:
         return _sign_raw(self._key, relay_digest(self.chain_id, self.market, job_id, step, position, digest))
 
-    def sign_answer(
-        self, job_id: int, step: int, position: int, upstream: bytes, downstream: bytes
-    ) -> bytes:
+    def sign_answer(self, job_id: int, step: int, position: int, upstream: bytes, downstream: bytes) -> bytes:
         digest = answer_digest(self.chain_id, self.market, job_id, step, position, upstream, downstream)
         return _sign_raw(self._key, digest)
 

@@ -48,8 +48,8 @@ class ForgedReply(ClientError, ValueError):
     def __init__(self, job_id: int, step: int, position: int, node: str, reason: str):
         super().__init__(
             f"job {job_id} step {step}: the answer of route position {position} (node {node}) fails: "
-            f"{reason}. The reply was refused and the job stopped; nothing after this step was sent. "
-            "Do not reuse this route; the job can be cancelled for a refund after its commit timeout."
+            f"{reason}. The reply was refused and the job stopped (not ended; its nodes commit what they "
+            "served when their sessions expire); submit a new job to continue."
         )
         self.job_id = job_id
         self.step = step

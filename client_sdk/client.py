@@ -25,7 +25,14 @@ from client_sdk.adapters import AdapterConfig, ClientTrainer
 from client_sdk.dataset import TrainingBatch, make_batch
 from client_sdk.disclosure import exposure
 from client_sdk.disclosure import lookup as lookup_leakage
-from client_sdk.errors import ChallengeRefused, ClientError, NoRoute, NotSettled, TrainingError
+from client_sdk.errors import (
+    ChallengeRefused,
+    ClientError,
+    CommitmentMismatch,
+    NoRoute,
+    NotSettled,
+    TrainingError,
+)
 from client_sdk.finetune import TrainingReport, TrainingSession, TrainStep, run_training
 from client_sdk.local_split import JobPrivacy, LocalSplit
 from client_sdk.options import GenerateOptions, TrainOptions
@@ -79,6 +86,7 @@ class Client:
         dtype: str = "float32",
         tx_timeout: float = 120.0,
         step_timeout: float = 120.0,
+        commit_wait: float = 30.0,
     ):
         self.market = connect(rpc_url, market, timeout=tx_timeout)
         self.w3 = self.market.w3
@@ -89,6 +97,9 @@ class Client:
         self.model_dir = str(self.source.path)
         self.dtype = dtype
         self.step_timeout = step_timeout
+        # Seconds to wait after a job's end for the route's on-chain commitments (client_sdk.answers):
+        # positions not committed by then stay unchecked (receipt.uncommitted).
+        self.commit_wait = commit_wait
         self._weights_hash = weights_identity(self.source).model_hash
         self._prepared: dict[int, LocalSplit] = {}
         self._tokenizer: Any = None
@@ -207,16 +218,21 @@ class Client:
             gas_used={"submitJob": route.submit_gas},
         )
         started = time.perf_counter()
+        mismatch: CommitmentMismatch | None = None
         try:
             generated, text = yield from self._decode(
                 route, local, privacy.privatizer, prompt_ids, opts, receipt
             )
             receipt.decode_seconds = time.perf_counter() - started
-            route.end()
+            try:
+                route.end()
+            except CommitmentMismatch as exc:  # raised below, with the generation attached
+                mismatch = exc
         finally:
             route.close()
         receipt.commitments = route.commitments
-        receipt.commitment_problem = route.commitment_problem
+        receipt.commitment_problem = str(mismatch) if mismatch else route.commitment_problem
+        receipt.uncommitted = route.uncommitted
         receipt.generated_tokens = len(generated)
         receipt.privacy = privacy.receipt()
         receipt.privacy["public_prefix"] = privacy.privatizer.public_prefix
@@ -225,7 +241,11 @@ class Client:
             epsilon=opts.epsilon, public_bos=public_bos, greedy=opts.temperature == 0, split=local.split
         )
         receipt.status = "ended"
-        yield Generation(text, generated, list(prompt_ids), receipt)
+        generation = Generation(text, generated, list(prompt_ids), receipt)
+        if mismatch is not None:
+            mismatch.result = generation
+            raise mismatch
+        yield generation
 
     def _decode(
         self,
@@ -309,12 +329,13 @@ class Client:
         return session.step(batch)
 
     def end_training(self) -> TrainingReport | None:
-        """End the job `train_step` opened (the nodes commit); its report, or None if none was open."""
+        """End the job `train_step` opened (the nodes commit); its report, or None if none was open or
+        no step of it ran (e.g. the first one was refused as a ForgedReply)."""
         session, self._training = self._training, None
         if session is None:
             return None
         session.end()
-        return session.report()
+        return session.report() if session.history else None  # None too when no step ran
 
     def save_adapter(self, directory: str | Path, split: int | None = None) -> Path:
         """Write the trained adapter (safetensors + JSON) of a split."""

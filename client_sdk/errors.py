@@ -38,8 +38,39 @@ class MalformedReply(ClientError, ValueError):
     """A node returned a frame or message that does not follow the protocol."""
 
 
+class ForgedReply(ClientError, ValueError):
+    """A step's reply fails its signed answers: a tensor was replaced on the route (the job is stopped).
+
+    `position` is the route position whose answer failed (missing, signed by someone else, or not
+    chaining with its neighbour or with what the client sent or received), `node` the route's node there.
+    """
+
+    def __init__(self, job_id: int, step: int, position: int, node: str, reason: str):
+        super().__init__(
+            f"job {job_id} step {step}: the answer of route position {position} (node {node}) fails: "
+            f"{reason}. The reply was refused and the job stopped (not ended; its nodes commit what they "
+            "served when their sessions expire); submit a new job to continue."
+        )
+        self.job_id = job_id
+        self.step = step
+        self.position = position
+        self.node = node
+        self.reason = reason
+
+
 class CommitmentMismatch(ClientError, ValueError):
-    """A node's reported hash chain differs from what the client sent or received."""
+    """A node's hash chain (reported, or committed on-chain) differs from what the client sent or received.
+
+    When raised for an on-chain commitment, `job_id` and `position` say which, the message says how to
+    dispute it (`Client.challenge(job_id)` inside the challenge window), and `result` carries what the
+    job returned (a Generation or a TrainingReport) when there is one.
+    """
+
+    def __init__(self, message: str, *, job_id: int | None = None, position: int | None = None):
+        super().__init__(message)
+        self.job_id = job_id
+        self.position = position
+        self.result: object | None = None
 
 
 class NotSettled(ClientError, RuntimeError):

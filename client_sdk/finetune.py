@@ -26,7 +26,7 @@ import torch
 
 from client_sdk.adapters import ClientTrainer
 from client_sdk.dataset import TrainingBatch, load_examples, make_batch
-from client_sdk.errors import TrainingError
+from client_sdk.errors import CommitmentMismatch, TrainingError
 from client_sdk.local_split import JobPrivacy, LocalSplit
 from client_sdk.options import TrainOptions
 from client_sdk.route_job import JobOwner, Mode, RouteJob
@@ -71,6 +71,7 @@ class TrainingReport:
     route: list[dict[str, Any]]
     commitments: list[dict[str, Any]]
     commitment_problem: str | None = None
+    uncommitted: list[int] = field(default_factory=list)  # positions not committed on-chain in time
     max_tokens: int = 0
     escrow_wei: int = 0
     gas_used: dict[str, int] = field(default_factory=dict)
@@ -168,8 +169,14 @@ class TrainingSession:
         return result
 
     def end(self) -> None:
-        """Sign the billed tokens and close the job on every node (they commit on-chain)."""
-        self.route.end()
+        """Sign the billed tokens and close the job on every node (they commit on-chain); then check the
+        on-chain commitments (RouteJob.end): a CommitmentMismatch carries this session's report."""
+        try:
+            self.route.end()
+        except CommitmentMismatch as exc:
+            self.route.commitment_problem = str(exc)
+            exc.result = self.report() if self.history else None
+            raise
 
     def report(self, epochs: int = 1) -> TrainingReport:
         losses = [s.loss for s in self.history]
@@ -200,6 +207,7 @@ class TrainingSession:
             route=[asdict(h) for h in route.hops],
             commitments=route.commitments,
             commitment_problem=route.commitment_problem,
+            uncommitted=route.uncommitted,
             max_tokens=self.max_tokens,
             escrow_wei=route.job.terms.escrow,
             gas_used={"submitJob": route.submit_gas},

@@ -112,7 +112,8 @@ class GenerationReceipt:
     status: str = "open"
     privacy: dict[str, Any] = field(default_factory=dict)
     commitments: list[dict[str, Any]] = field(default_factory=list)
-    commitment_problem: str | None = None  # set when the nodes' reported chains disagree
+    commitment_problem: str | None = None  # set when the nodes' reported (or committed) chains disagree
+    uncommitted: list[int] = field(default_factory=list)  # positions not committed on-chain in time
     steps: StepStats = field(default_factory=StepStats)
     settlement: Settlement | None = None
 

@@ -6,9 +6,13 @@
     job.end()                                                         # signed end: the nodes commit
     job.commitment_problem                                            # None when the chains agree
 
-The client keeps two hash chains: node 0's input chain (what crosses the client-node 0 boundary) and the
-last node's output chain (what crosses the last node-client boundary). At the end each node reports its
-chains and `check_commitments` compares them with the client's and with each other.
+Every reply's signed answers are checked at once (client_sdk.answers): a reply that fails them raises
+ForgedReply and the job goes no further. The client keeps two hash chains: node 0's input chain (what
+crosses the client-node 0 boundary) and the last node's output chain (what crosses the last node-client
+boundary). At the end each node reports its chains and `check_commitments` compares them with the
+client's and with each other (a warning: the report travels through the route); then the client waits
+up to `commit_wait` seconds for the on-chain commitments and checks its own chains against them (an
+error, CommitmentMismatch, that says how to dispute).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, NoRoute
+from client_sdk.answers import AnswerCheck, check_onchain
+from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, ForgedReply, NoRoute
 from client_sdk.link import RouteLink
 from client_sdk.local_split import LocalSplit
 from client_sdk.options import RouteSettings
@@ -57,6 +62,7 @@ class JobOwner(Protocol):
     sender: Sender
     signer: EnvelopeSigner
     step_timeout: float  # seconds the route may take for one step
+    commit_wait: float  # seconds to wait after the end for the route's on-chain commitments
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,14 @@ class RouteJob:
         self.sent_chain = self.received_chain = ZERO_CHAIN
         self.ended: Any = None  # the route's EndResult once `end` ran
         self.commitment_problem: str | None = None  # set when the nodes' reported chains disagree
+        self.uncommitted: list[int] = []  # positions not committed on-chain within commit_wait (unchecked)
+        self.refused: ForgedReply | None = None  # the forged reply that stopped the job
+        self.answers = AnswerCheck(
+            chain_id=owner.signer.chain_id,
+            market=owner.signer.market,
+            job_id=int(job.job_id),
+            route=tuple(bytes.fromhex(hop.node[2:]) for hop in job.terms.route),
+        )
         self._closed = False
 
     @property
@@ -187,11 +201,20 @@ class RouteJob:
         """Send a prepared step: the route's reply; the chains, step counter and billed tokens advance."""
         if out.step != self.next_step:
             raise ValueError(f"step {out.step} was prepared out of turn; the route expects {self.next_step}")
+        if self.refused is not None:
+            raise self.refused
         reply, result = self.link.step(out.frame, out.dtype)
         # A backward step carries the gradient down: our tensor crosses the last node's boundary and the
         # reply crosses node 0's.
         mine, theirs = out.digest, tensor_digest(reply)
         sent, received = (theirs, mine) if out.mode == "backward" else (mine, theirs)
+        try:
+            self.answers.verify(result, out.step, sent, received)
+        except ForgedReply as exc:
+            logger.warning("%s %d: %s", self.label, self.job_id, exc)
+            self.refused = exc
+            self.close()
+            raise
         self.sent_chain = extend_chain(self.sent_chain, out.step, sent)
         self.received_chain = extend_chain(self.received_chain, out.step, received)
         self.next_step += 1
@@ -202,9 +225,14 @@ class RouteJob:
 
     def end(self) -> None:
         """Sign the billed tokens and close the job on every node (they commit on-chain), then check the
-        chains they report. A mismatch is logged and kept in `commitment_problem`: it is evidence for the
-        audit (on-chain the job goes to dispute), not a reason to drop what the route returned."""
+        chains. The ones the route reports: a mismatch is logged and kept in `commitment_problem` (the
+        report travels through the route, so it proves nothing). The ones committed on-chain, waited for
+        up to `owner.commit_wait` seconds: a mismatch with what this client sent or received raises
+        CommitmentMismatch (with how to dispute); positions not committed by then are left unchecked in
+        `uncommitted` (re-check with client_sdk.answers.check_onchain until the commit timeout)."""
         if self.ended is not None:
+            return
+        if self.refused is not None:  # stopped: not ended (the nodes commit what they served on expiry)
             return
         try:
             signature = self.owner.signer.sign(self.job_id, END_STEP, self.billed, END_PAYLOAD).signature
@@ -215,8 +243,26 @@ class RouteJob:
         try:
             check_commitments(self.ended.commitments, self.sent_chain, self.received_chain, len(self.hops))
         except CommitmentMismatch as exc:
-            logger.warning("%s %d: %s; the job goes to audit", self.label, self.job_id, exc)
+            logger.warning("%s %d: the route reports %s", self.label, self.job_id, exc)
             self.commitment_problem = str(exc)
+        route = [hop.node for hop in self.job.terms.route]
+        self.uncommitted = check_onchain(
+            self.owner.market,
+            self.job_id,
+            route,
+            self.sent_chain,
+            self.received_chain,
+            self.owner.commit_wait,
+        )
+        if self.uncommitted:
+            logger.warning(
+                "%s %d: positions %s had not committed on-chain after %g s; their chains are unchecked "
+                "(an uncommitted node is not paid)",
+                self.label,
+                self.job_id,
+                self.uncommitted,
+                self.owner.commit_wait,
+            )
 
     def close(self) -> None:
         """Close the link (without ending the job: it stays open and can be cancelled after the timeout)."""

@@ -7,14 +7,25 @@ can show the audit catching each one. A real operator never enables them; nothin
   while recording and committing the honest output;
 - overbill: try to commit a receipt for more tokens than the client signed (the contract refuses it),
   and append an invented step to the committed transcript;
-- withhold: refuse to hand the transcript to auditors.
+- withhold: refuse to hand the transcript to auditors;
+- swap-returned: a first or middle node replaces the hidden state coming back from downstream (on its way
+  to the client) with one of its choosing, and at the end rewrites the last node's output chain in the
+  relayed end-of-job result to the chain of what it really returned, so the relayed chains agree with
+  what the client received. Its own transcript and commitments stay honest: audits find nothing, and
+  only the client's check of the last node's signed answer (splitmesh.protocol) can catch it.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import torch
+
+from splitmesh.protocol import ZERO_CHAIN, extend_chain, tensor_digest
+
+if TYPE_CHECKING:
+    from node.sessions import JobSession
 
 
 class Cheat(enum.StrEnum):
@@ -23,6 +34,7 @@ class Cheat(enum.StrEnum):
     TAMPER_RELAY = "tamper-relay"
     OVERBILL = "overbill"
     WITHHOLD = "withhold"
+    SWAP_RETURNED = "swap-returned"
 
 
 CHEATS = tuple(c.value for c in Cheat)
@@ -42,3 +54,17 @@ def tamper(output: torch.Tensor, scale: float = 0.05) -> torch.Tensor:
     norms = output.float().norm(dim=-1, keepdim=True)
     noise = noise / noise.norm(dim=-1, keepdim=True) * norms * scale
     return (output.float() + noise).to(output.dtype)
+
+
+def swap_returned(session: JobSession, step: int, returned: torch.Tensor) -> torch.Tensor:
+    """The swap-returned cheat: a state of the cheater's choosing (fixed per step) instead of `returned`
+    [1, q, hidden], folded into the chain of what the client received (for the end-of-job rewrite)."""
+    chosen = garbage_like(returned, torch.Generator().manual_seed(1_000_003 + step))
+    note_returned(session, step, tensor_digest(chosen))
+    return chosen
+
+
+def note_returned(session: JobSession, step: int, digest: bytes) -> None:
+    """Fold a step's digest into the swap-returned cheat's chain of what the client received."""
+    chain = session.returned_chain if session.returned_chain is not None else ZERO_CHAIN
+    session.returned_chain = extend_chain(chain, step, digest)

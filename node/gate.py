@@ -26,7 +26,7 @@ from node.metrics import NodeMetrics
 from node.relay import Downstream
 from node.sessions import JobSession, Receipt, SessionTable
 from node.store import NodeStore
-from splitmesh.protocol import HopTiming, StepMeta, StepResult, extend_chain, hex32, unhex
+from splitmesh.protocol import Answer, HopTiming, StepMeta, StepResult, extend_chain, hex32, unhex
 from splitmesh.signing import RelaySigner, recover_envelope_address, recover_relay_address
 from splitmesh.wire import FrameError, FrameTooLarge, decode_frame, encode_frame
 
@@ -53,6 +53,7 @@ class Relayed:
 
     tensor: torch.Tensor
     hops: list[HopTiming]  # the next hop's timing and those of every hop after it
+    answers: list[Answer]  # the next hop's signed answer and those of every hop after it
     ms: float  # from sending to the next hop until its answer arrived
 
 
@@ -222,7 +223,7 @@ class StepGate:
                 f"node {context.next_node} returned {list(frame.tensor.shape)}, expected {expected}"
             )
             raise StepRejected(502, "bad_downstream_reply", session.broken)
-        return Relayed(frame.tensor, result.hops, (time.perf_counter() - started) * 1e3)
+        return Relayed(frame.tensor, result.hops, result.answers, (time.perf_counter() - started) * 1e3)
 
     def record(
         self, step: Step, input_frame: bytes, input_digest: bytes, output_frame: bytes, output_digest: bytes
@@ -265,22 +266,41 @@ class StepGate:
         self.metrics.steps_total.inc()
 
     def reply(
-        self, step: Step, tensor: torch.Tensor, compute_ms: float, relayed: Relayed | None = None
+        self,
+        step: Step,
+        tensor: torch.Tensor,
+        compute_ms: float,
+        relayed: Relayed | None = None,
+        *,
+        upstream: bytes,
+        downstream: bytes,
     ) -> bytes:
-        """The reply frame for upstream: `tensor` with this hop's timing and those of the hops after it."""
+        """The reply frame for upstream: `tensor` with this hop's timing and signed answer over the
+        digests it exchanged (`upstream`, `downstream`: those folded into its chains), then the timings
+        and answers of the hops after it."""
         handle_ms = (time.perf_counter() - step.received) * 1e3
         self.metrics.handle_seconds.observe(handle_ms / 1e3)
+        position = step.context.position
         mine = HopTiming(
             node=self.address,
-            position=step.context.position,
+            position=position,
             compute_ms=compute_ms,
             handle_ms=handle_ms,
             relay_ms=relayed.ms if relayed is not None else 0.0,
         )
-        hops = [mine, *relayed.hops] if relayed is not None else [mine]
-        return encode_frame(
-            tensor, StepResult(job=step.meta.job, step=step.meta.step, hops=hops).model_dump()
+        signature = self.relay_signer.sign_answer(
+            step.meta.job, step.meta.step, position, upstream, downstream
         )
+        answer = Answer(
+            position=position,
+            upstream=hex32(upstream),
+            downstream=hex32(downstream),
+            signature=hex32(signature),
+        )
+        hops = [mine, *relayed.hops] if relayed is not None else [mine]
+        answers = [answer, *relayed.answers] if relayed is not None else [answer]
+        result = StepResult(job=step.meta.job, step=step.meta.step, hops=hops, answers=answers)
+        return encode_frame(tensor, result.model_dump())
 
     # ------------------------------------------------------------------ checks
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from eth_utils import keccak
 
-from node.cheats import Cheat, garbage_like, tamper
+from node.cheats import Cheat, garbage_like, swap_returned, tamper
 from node.errors import StepRejected, bad_request, conflict
 from node.gate import Step, StepGate
 from node.sessions import JobSession
@@ -59,30 +59,39 @@ class InferenceStep:
         compute_ms = (time.perf_counter() - started) * 1e3
         if step.context.is_last:
             sent = output[:, -1:] if meta.want == "last" else output
-            reply = self.gate.reply(step, sent, compute_ms)
-            # Hash and persist off the critical path: once the reply is on the wire (the loop's next
-            # turn), and before the next step (which runs the session's pending bookkeeping first).
-            step.session.pending = partial(self._record_sent, step, sent, compute_ms)
+            sent_frame = encode_frame(sent)
+            sent_digest = keccak(sent_frame)  # signed in the answer: on the critical path, ~10 µs
+            reply = self.gate.reply(
+                step, sent, compute_ms, upstream=step.input_digest, downstream=sent_digest
+            )
+            # Persist off the critical path: once the reply is on the wire (the loop's next turn), and
+            # before the next step (which runs the session's pending bookkeeping first).
+            step.session.pending = partial(self._record, step, sent_frame, sent_digest, compute_ms)
             asyncio.get_running_loop().call_soon(step.session.finish)
             return reply
         # (If the link breaks after the next hop took the step but before its answer came back, the
         # next hop keeps a step this node drops; the two chains then differ by that one step.)
         output_frame = encode_frame(output)
         output_digest = keccak(output_frame)
-        forwarded = tamper(output) if self.cheat == Cheat.TAMPER_RELAY else output
-        # The relay signature covers exactly the tensor sent on (a tampering node must sign its lie).
-        relayed = await self.gate.relay(step, forwarded, output_digest if forwarded is output else None)
+        forwarded, forwarded_digest = output, output_digest
+        if self.cheat == Cheat.TAMPER_RELAY:
+            forwarded = tamper(output)
+            forwarded_digest = keccak(encode_frame(forwarded))
+        # The relay signature and the answer cover exactly the tensor sent on (a tampering node must sign
+        # its lie; its chains then keep the honest output, which no longer links with the next hop's).
+        relayed = await self.gate.relay(step, forwarded, forwarded_digest)
         self._record(step, output_frame, output_digest, compute_ms)
-        return self.gate.reply(step, relayed.tensor, compute_ms, relayed)
+        returned = relayed.tensor
+        if self.cheat == Cheat.SWAP_RETURNED:
+            returned = swap_returned(step.session, meta.step, returned)
+        return self.gate.reply(
+            step, returned, compute_ms, relayed, upstream=step.input_digest, downstream=forwarded_digest
+        )
 
     def _record(self, step: Step, output_frame: bytes, output_digest: bytes, compute_ms: float) -> None:
         self.gate.record(step, step.data, step.input_digest, output_frame, output_digest)
         self.gate.metrics.tokens_total.inc(int(step.tensor.shape[1]))
         self.gate.metrics.step_seconds.observe(compute_ms / 1e3)
-
-    def _record_sent(self, step: Step, sent: torch.Tensor, compute_ms: float) -> None:
-        output_frame = encode_frame(sent)
-        self._record(step, output_frame, keccak(output_frame), compute_ms)
 
     async def _forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         try:

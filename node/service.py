@@ -150,6 +150,9 @@ class NodeService:
                     logger.warning(
                         "job %d: end not acknowledged downstream (%s); committing anyway", job_id, exc
                     )
+            if self.cheat == Cheat.SWAP_RETURNED and downstream and session.returned_chain is not None:
+                last = downstream[-1].model_copy(update={"output_chain": hex32(session.returned_chain)})
+                downstream = [*downstream[:-1], last]
             if self.cheat == Cheat.OVERBILL and session.steps:
                 self._invent_step(session)
             if meta.tokens > 0 and (session.receipt is None or meta.tokens > session.receipt[1]):

@@ -38,6 +38,7 @@ class JobSession:
     pending: Callable[[], None] | None = None  # the last step's bookkeeping, run after its reply
     mode: str | None = None  # "infer" or "train", fixed by the job's first step
     billed: int = 0  # tokens the client has signed for so far (the last answered step's count)
+    returned_chain: bytes | None = None  # the swap-returned cheat's chain of what the client got (cheats)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 from eth_utils import keccak
 
-from node.cheats import Cheat, garbage_like
+from node.cheats import Cheat, garbage_like, note_returned, swap_returned
 from node.errors import StepRejected, bad_request, conflict, not_found
 from node.gate import Relayed, Step, StepGate
 from node.sessions import JobSession
@@ -101,7 +101,12 @@ class TrainingStep:
         if not step.context.is_last:
             relayed = await self.gate.relay(step, output, output_digest, same_shape=True)
         self.gate.record(step, step.data, step.input_digest, output_frame, output_digest)
-        return self.gate.reply(step, relayed.tensor if relayed else output, compute_ms, relayed)
+        returned = relayed.tensor if relayed else output
+        if relayed is not None and self.cheat == Cheat.SWAP_RETURNED:
+            returned = swap_returned(step.session, meta.step, returned)
+        return self.gate.reply(
+            step, returned, compute_ms, relayed, upstream=step.input_digest, downstream=output_digest
+        )
 
     async def _backward(self, step: Step) -> bytes:
         meta, grad = step.meta, step.tensor  # d(loss)/d(last hidden), [1, seq, hidden]
@@ -128,8 +133,13 @@ class TrainingStep:
         sent_up = encode_frame(grad_input, meta.model_dump())
         received_down = encode_frame(grad_output)
         up_digest = keccak(encode_frame(grad_input))
-        self.gate.record(step, sent_up, up_digest, received_down, keccak(received_down))
-        return self.gate.reply(step, grad_input, compute_ms, relayed)
+        down_digest = keccak(received_down)
+        if self.cheat == Cheat.SWAP_RETURNED:
+            note_returned(step.session, meta.step, step.input_digest)  # the client's gradient, unchanged
+        self.gate.record(step, sent_up, up_digest, received_down, down_digest)
+        return self.gate.reply(
+            step, grad_input, compute_ms, relayed, upstream=up_digest, downstream=down_digest
+        )
 
 
 @contextlib.contextmanager

@@ -11,6 +11,18 @@ Relay: node s signs (job, step, s, digest of the tensor it forwards) and puts th
 frame it sends to node s+1, which checks it against the route. That authenticates the relay, and node
 s+1's transcript then proves what node s sent (the evidence against a tampered relay).
 
+Answers: every node of the route signs, for every step it answers, an `Answer` over (job, step, its
+route position, the digest of what crossed its upstream boundary, the digest of what crossed its
+downstream boundary) -- the same two digests it folds into its hash chains below -- and puts it in the
+`StepResult` that travels back, first node first. For "infer" and "train" steps the upstream tensor is
+the hop's input and the downstream one its output; for a "backward" the upstream tensor is the gradient
+it returns upstream and the downstream one the gradient it got from downstream (the client's own at the
+last node). The client checks per step that the answers chain: node 0's upstream digest is what crosses
+the client's boundary with node 0, node i's downstream digest is node i+1's upstream digest, the last
+node's downstream digest is what crosses its boundary with the client, and each signature recovers to
+the route's node at that position. No node (nor the link) can then replace a tensor on its way back
+without the client noticing at that step.
+
 Commitments: per job each node folds the digest of every input and every output tensor into two hash
 chains, ``chain' = keccak(chain || uint32 step || digest)`` starting from 32 zero bytes. Node s's output
 chain therefore equals node s+1's input chain when both saw the same tensors, the client can compute
@@ -127,6 +139,15 @@ class HopTiming(_Strict):
     relay_ms: float = 0.0  # time from sending to the next node until its reply arrived (0 on the last)
 
 
+class Answer(_Strict):
+    """One node's signed statement of the digests it exchanged at a step (see the module docstring)."""
+
+    position: int = Field(ge=0, lt=256)
+    upstream: str = Field(pattern=_HEX32.pattern)  # digest across the boundary with the previous hop
+    downstream: str = Field(pattern=_HEX32.pattern)  # digest across the boundary with the next hop
+    signature: str = Field(pattern=_HEX_SIG.pattern)  # EIP-712 Answer signature (splitmesh.signing)
+
+
 class StepResult(_Strict):
     """Meta of the frame that returns the last node's hidden state to the client."""
 
@@ -134,7 +155,8 @@ class StepResult(_Strict):
     kind: Literal["result"] = "result"
     job: int
     step: int
-    hops: list[HopTiming]  # first node first
+    hops: list[HopTiming] = Field(max_length=255)  # first node first
+    answers: list[Answer] = Field(max_length=255)  # first node first: each hop's signed answer
 
 
 class EndResult(_Strict):

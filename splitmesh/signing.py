@@ -1,5 +1,6 @@
-"""EIP-712 signing of the client's per-step envelope (also the on-chain usage receipt), and of the
-relay statement a node signs for every frame it forwards to the next node of a route.
+"""EIP-712 signing of the client's per-step envelope (also the on-chain usage receipt), of the relay
+statement a node signs for every frame it forwards to the next node of a route, and of the answer
+statement each node of a route signs for every step it answers (checked by the client).
 
 The digest is computed directly (a few keccaks) instead of through eth_account's generic typed-data
 encoder, which is ~50x slower; tests check it against the contract's `envelopeDigest`. Signing and
@@ -24,6 +25,13 @@ ENVELOPE_TYPEHASH = keccak(text="Envelope(uint256 jobId,uint32 step,uint32 token
 # A node's statement "at this step of this job I (route position `position`) sent a tensor with this
 # digest": it authenticates the relay to the next node and is the evidence against a tampered relay.
 RELAY_TYPEHASH = keccak(text="Relay(uint256 jobId,uint32 step,uint8 position,bytes32 digest)")
+# A node's statement "at this step of this job I (route position `position`) exchanged a tensor with
+# digest `upstream` across my upstream boundary and one with digest `downstream` across my downstream
+# boundary": exactly the two digests it folds into its commitment chains for the step. The client
+# checks that these statements chain from what it sent to what it received (splitmesh.protocol).
+ANSWER_TYPEHASH = keccak(
+    text="Answer(uint256 jobId,uint32 step,uint8 position,bytes32 upstream,bytes32 downstream)"
+)
 # Who asks a node for a job's audit transcript, valid until a deadline (unix seconds).
 TRANSCRIPT_REQUEST_TYPEHASH = keccak(
     text="TranscriptRequest(uint256 jobId,uint8 position,address requester,uint64 deadline)"
@@ -79,6 +87,17 @@ def relay_digest(chain_id: int, market: str, job_id: int, step: int, position: i
     return keccak(b"\x19\x01" + domain_separator(chain_id, market) + struct_hash)
 
 
+def answer_digest(
+    chain_id: int, market: str, job_id: int, step: int, position: int, upstream: bytes, downstream: bytes
+) -> bytes:
+    if len(upstream) != 32 or len(downstream) != 32:
+        raise ValueError("upstream and downstream digests must be 32 bytes")
+    struct_hash = keccak(
+        ANSWER_TYPEHASH + _word(job_id) + _word(step) + _word(position) + upstream + downstream
+    )
+    return keccak(b"\x19\x01" + domain_separator(chain_id, market) + struct_hash)
+
+
 def _sign_raw(key: coincurve.PrivateKey, digest: bytes) -> bytes:
     # libsecp256k1 always produces the low-s form that ECDSA.tryRecover requires.
     raw = key.sign_recoverable(digest, hasher=None)
@@ -97,10 +116,14 @@ class _DomainSigner:
 
 
 class RelaySigner(_DomainSigner):
-    """Signs relay statements for one node key, chain and JobMarket."""
+    """Signs a node's relay and answer statements for one node key, chain and JobMarket."""
 
     def sign(self, job_id: int, step: int, position: int, digest: bytes) -> bytes:
         return _sign_raw(self._key, relay_digest(self.chain_id, self.market, job_id, step, position, digest))
+
+    def sign_answer(self, job_id: int, step: int, position: int, upstream: bytes, downstream: bytes) -> bytes:
+        digest = answer_digest(self.chain_id, self.market, job_id, step, position, upstream, downstream)
+        return _sign_raw(self._key, digest)
 
 
 def transcript_request_digest(
@@ -136,6 +159,20 @@ def recover_relay_address(
 ) -> bytes:
     """Raw 20-byte address that signed a relay statement; ValueError on a malformed signature."""
     return _recover(relay_digest(chain_id, market, job_id, step, position, digest), signature)
+
+
+def recover_answer_address(
+    chain_id: int,
+    market: str,
+    job_id: int,
+    step: int,
+    position: int,
+    upstream: bytes,
+    downstream: bytes,
+    signature: bytes,
+) -> bytes:
+    """Raw 20-byte address that signed an answer statement; ValueError on a malformed signature."""
+    return _recover(answer_digest(chain_id, market, job_id, step, position, upstream, downstream), signature)
 
 
 class EnvelopeSigner(_DomainSigner):

@@ -361,6 +361,16 @@ class Marketplace:
         (sampling on) or dispute; zero otherwise."""
         return bytes(call_view(self.market.functions.linksOf(job_id), "JobMarket"))
 
+    def commitments_of(self, job_id: int) -> dict[int, tuple[bytes, bytes]]:
+        """The job's on-chain commitments so far: route position -> (input chain, output chain)."""
+        return {
+            int(e["args"]["position"]): (
+                bytes(e["args"]["inputCommitment"]),
+                bytes(e["args"]["outputCommitment"]),
+            )
+            for e in self.events("JobCommitted", jobId=job_id)
+        }
+
     def hop_fee(self) -> int:
         """Wei each committed hop earns per job on top of price x tokens (immutable: read once)."""
         if self._hop_fee is None:

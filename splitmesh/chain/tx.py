@@ -153,23 +153,37 @@ class Sender:
     ) -> TxResult:
         """Take the next nonce, sign, send, wait for the receipt (the nonce resyncs if sending fails)."""
         with self._lock:
-            params["nonce"] = self._next_nonce()
-            tx = build(params) if build is not None else params
-            signed = self.account.sign_transaction(tx)
-            try:
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            except Exception as exc:
-                self._nonce = None
-                # A node that executes on submission (hardhat automine) reports the revert here, with
-                # its data: decode it like any other revert, so callers can match the error by name.
-                decoded = revert_from_exception(exc, name)
-                if isinstance(decoded, ContractRevert):
-                    raise decoded from exc
-                raise TransactionFailed(f"{name}: sending failed: {exc}") from exc
+            for attempt in range(2):
+                params["nonce"] = self._next_nonce()
+                tx = build(params) if build is not None else params
+                signed = self.account.sign_transaction(tx)
+                try:
+                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                    break
+                except Exception as exc:
+                    self._nonce = None
+                    # The same key signed elsewhere meanwhile (another process, a CLI command): the
+                    # cached nonce is stale. Read it again from the chain and send once more.
+                    if attempt == 0 and _NONCE_TOO_LOW in str(exc).lower():
+                        logger.info(
+                            "%s: nonce %d already used by this key elsewhere; resyncing",
+                            name,
+                            params["nonce"],
+                        )
+                        continue
+                    # A node that executes on submission (hardhat automine) reports the revert here, with
+                    # its data: decode it like any other revert, so callers can match the error by name.
+                    decoded = revert_from_exception(exc, name)
+                    if isinstance(decoded, ContractRevert):
+                        raise decoded from exc
+                    raise TransactionFailed(f"{name}: sending failed: {exc}") from exc
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
         return TxResult(
             HexBytes(tx_hash).to_0x_hex(), int(receipt["gasUsed"]), int(receipt["blockNumber"]), receipt
         )
+
+
+_NONCE_TOO_LOW = "nonce too low"  # hardhat, geth and anvil all say it this way (case aside)
 
 
 def call_view(fn: ContractFunction, contract: str = "contract", **kwargs: Any) -> Any:

@@ -26,6 +26,7 @@ from splitmesh.chain.deploy import (
     is_live,
     save_deployment,
 )
+from splitmesh.chain.launcher import dev_key
 from splitmesh.chain.sampling import sample_if_drawn
 from splitmesh.errors import ChainError, ConfigError, ContractRevert
 from splitmesh.signing import EMPTY_RECEIPT, EnvelopeSigner, recover_envelope_signer
@@ -475,3 +476,17 @@ def test_sampled_audits_are_drawn_from_the_completing_block(
     with pytest.raises(ContractRevert, match="DrawUnavailable"):
         sampled.sample_audit(actors.clients[1], late.job_id, late.packed_terms)
     assert sample_if_drawn(sampled, actors.clients[1], late.job_id, late.packed_terms) is False
+
+
+def test_a_key_used_by_two_senders_resyncs_its_nonce(w3: Web3) -> None:
+    """The same key signing from two places (the SDK and a CLI command): the stale cached nonce is read
+    again from the chain and the transaction goes through, once."""
+    key = dev_key(17)
+    first, second = Sender(w3, key), Sender(w3, key)
+    to = Sender(w3, dev_key(16)).address
+    before = w3.eth.get_balance(to)
+    first.send_value(to, 1)  # caches the next nonce
+    second.send_value(to, 2)  # uses that nonce from another Sender
+    third = first.send_value(to, 3)  # the cached nonce is stale: "nonce too low", resync, send
+    assert w3.eth.get_transaction(third.tx_hash)["nonce"] == w3.eth.get_transaction_count(first.address) - 1
+    assert w3.eth.get_balance(to) == before + 6

@@ -7,7 +7,9 @@ can show the audit catching each one. A real operator never enables them; nothin
   while recording and committing the honest output;
 - overbill: try to commit a receipt for more tokens than the client signed (the contract refuses it),
   and append an invented step to the committed transcript;
-- withhold: refuse to hand the transcript to auditors.
+- withhold: refuse to hand the transcript to auditors;
+- stall-transcript: accept an auditor's transcript request, then drip-feed the reply (one byte per
+  STALL_INTERVAL seconds), so that a verifier without a deadline never gets to vote.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ class Cheat(enum.StrEnum):
     TAMPER_RELAY = "tamper-relay"
     OVERBILL = "overbill"
     WITHHOLD = "withhold"
+    STALL_TRANSCRIPT = "stall-transcript"
 
 
 CHEATS = tuple(c.value for c in Cheat)
 OVERBILL_EXTRA_TOKENS = 50  # tokens an overbilling node claims on top of what the client signed
+STALL_INTERVAL = 1.0  # seconds between the bytes of a stalled transcript
 
 
 def garbage_like(output: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

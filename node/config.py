@@ -39,6 +39,7 @@ class NodeConfig(Settings):
     scan_blocks: int = 2000  # blocks per eth_getLogs request when scanning for jobs matched to this node
     relay_timeout: float = 60.0  # seconds the next node may take for one step
     keep_transcripts: bool = True  # keep step frames in SQLite for audits
+    prune_interval: float = 30.0  # seconds between drops of transcripts no audit can ask for; 0 = keep all
     drain_timeout: float = 10.0  # seconds SIGTERM waits for open sessions to end before closing them
     verify: bool = True  # answer the AuditCourt when drawn as a verifier
     # Seconds one transcript fetch of an audit may take in total (a stalled one counts as withheld);

@@ -363,7 +363,7 @@ def chain_duties(
         scanner=scanner,
         keeper=keeper,
         overbill_key=overbill_key,
-        prune=config.keep_transcripts,
+        prune_every=config.prune_interval if config.keep_transcripts else 0.0,
     )
 
 

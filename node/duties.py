@@ -111,7 +111,7 @@ class ChainDuties:
         scanner: JobScanner | None = None,
         keeper: StakeKeeper | None = None,
         overbill_key: str | None = None,  # demo/test cheat: forge receipts with this key
-        prune: bool = False,  # drop transcripts once their jobs can no longer be audited (node.pruning)
+        prune_every: float = 0.0,  # seconds between drops of transcripts no audit can ask for; 0 = never
     ):
         self.market = market
         self.sender = sender
@@ -122,7 +122,8 @@ class ChainDuties:
         self.keeper = keeper
         self.overbill_key = overbill_key
         self.windows = Windows.of(market)
-        self.pruner = TranscriptPruner(market, store, metrics, self.windows) if prune else None
+        pruner = TranscriptPruner(market, store, metrics, self.windows, every=prune_every)
+        self.pruner = pruner if prune_every > 0 else None
 
     def run_once(self) -> None:
         """One pass: read the chain clock, open newly matched jobs, commit every ended job, advance every

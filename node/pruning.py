@@ -19,7 +19,6 @@ from splitmesh.chain.due import Windows, auditable
 
 logger = logging.getLogger(__name__)
 
-PRUNE_EVERY = 30.0  # seconds between pruning passes (each reads the settled jobs from the store)
 PRUNE_BATCH = 16  # settled jobs checked on-chain per pass (one or two calls each)
 RECHECK_AFTER = 300  # chain seconds before a job found still auditable is checked again
 _SETTLED = (JobPhase.PAID, JobPhase.CANCELLED, JobPhase.FAILED)
@@ -28,18 +27,27 @@ _SETTLED = (JobPhase.PAID, JobPhase.CANCELLED, JobPhase.FAILED)
 class TranscriptPruner:
     """Drops the frames of this node's jobs that can no longer be audited. Blocking (chain calls)."""
 
-    def __init__(self, market: Marketplace, store: NodeStore, metrics: NodeMetrics, windows: Windows):
+    def __init__(
+        self,
+        market: Marketplace,
+        store: NodeStore,
+        metrics: NodeMetrics,
+        windows: Windows,
+        *,
+        every: float = 30.0,  # seconds between passes of `maybe_run` (each reads the settled jobs)
+    ):
         self.market = market
         self.store = store
         self.metrics = metrics
         self.windows = windows
+        self.every = every
         self._done: set[int] = set()  # jobs pruned in this run (their frames are gone)
         self._later: dict[int, int] = {}  # job -> chain second to check it again (it was still auditable)
         self._last_pass = float("-inf")  # monotonic seconds
 
     def maybe_run(self, now: int) -> int:
-        """`run` at most every PRUNE_EVERY seconds."""
-        if time.monotonic() - self._last_pass < PRUNE_EVERY:
+        """`run` at most every `every` seconds."""
+        if time.monotonic() - self._last_pass < self.every:
             return 0
         self._last_pass = time.monotonic()
         return self.run(now)

@@ -73,6 +73,7 @@ class StallMarket:
             duty_interval=0.2,
             threads=1,
             extra_args=list(extra),
+            env={"SPLITMESH_NODE_PRUNE_INTERVAL": "1"},  # prune settled jobs' transcripts at once
         )
 
     def client(self) -> Client:
@@ -163,7 +164,8 @@ def test_a_stalled_transcript_is_voted_withheld_without_delaying_the_other_audit
         # Reveals open early (everyone committed); then resolve past the reveal window.
         _wait(
             lambda: all(
-                _vote_of(m, j, x) == VoteStatus.REVEALED for j, x in [(job_a, v), (job_a, h), (job_b, v)]
+                _vote_of(m, j, x) in (VoteStatus.HONEST, VoteStatus.FRAUD)
+                for j, x in [(job_a, v), (job_a, h), (job_b, v)]
             ),
             60,
             "the reveals",
@@ -186,5 +188,15 @@ def test_a_stalled_transcript_is_voted_withheld_without_delaying_the_other_audit
         assert resolved[job_b]["fraudMask"] == 0 and resolved[job_b]["slashed"] == 0
         v_log = next(n for n in nodes if n.spec.key == V_KEY).log_path.read_text()
         assert f"audit of job {job_a} position 0" in v_log and "transcript withheld" in v_log
+        # Both jobs are settled now. The route nodes look at them again once the hold of their claim ends
+        # (the challenge window after their commit), record them paid, and drop their transcripts.
+        advance_time(m.w3, PARAMS.challenge_window)
+        for job, key in [(job_a, S_KEY), (job_b, H_KEY), (job_a, N2_KEY), (job_b, N2_KEY)]:
+            node = next(n for n in nodes if n.spec.key == key)
+            _wait(
+                lambda n=node, j=job: f"job {j}: dropped its transcript" in n.log_path.read_text(),
+                60,
+                f"node {key[-6:]} to prune job {job}'s transcript",
+            )
     finally:
         stop_nodes(nodes, timeout=40)

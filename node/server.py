@@ -122,7 +122,7 @@ async def _post_end(request: web.Request) -> web.Response:
     return web.json_response((await service.handle_end(meta, job_id)).model_dump())
 
 
-async def _get_transcript(request: web.Request) -> web.Response:
+async def _get_transcript(request: web.Request) -> web.StreamResponse:
     """Signed request in headers: X-Splitmesh-Requester, X-Splitmesh-Deadline, X-Splitmesh-Signature."""
     service = request.app[SERVICE]
     job_id = _job_id(request)

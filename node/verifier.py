@@ -48,7 +48,7 @@ from splitmesh.audit.transcript import (
     transcript_url,
 )
 from splitmesh.chain import Marketplace, Sender
-from splitmesh.chain.due import DueKind, VotePhase, Windows, vote_due
+from splitmesh.chain.due import DueKind, VotePhase, Windows, due_action, vote_due
 from splitmesh.chain.market import AuditStatus, JobStatus, Verdict, VoteStatus
 from splitmesh.chain.sampling import draw_pending, open_audit_if_ready, sample_if_drawn
 from splitmesh.errors import ChainError, ContractRevert
@@ -225,14 +225,16 @@ class Verifier:
         del self._completing[job_id]
 
     def _open(self, job_id: int, packed: bytes) -> None:
-        """Open the audit of a disputed job unless someone did; forget the job once nothing is left."""
-        if self.market.get_job(job_id).status != JobStatus.DISPUTED:
+        """Open the audit of a disputed job while the court still accepts it (due_action: someone opened
+        it, the job settled, or it is too late: forget the job)."""
+        state = self.market.get_job(job_id)
+        audit = self.market.get_audit(job_id) if state.status == JobStatus.DISPUTED else None
+        now = self._now()
+        due = due_action(state, now, self.windows, audit=audit)
+        if due.kind is not DueKind.OPEN_AUDIT:
             del self._disputed[job_id]
             return
-        if self.market.get_audit(job_id).status != AuditStatus.NONE:
-            del self._disputed[job_id]
-            return
-        if open_audit_if_ready(self.market, self.sender, job_id, packed) is not None:
+        if due.ready(now) and open_audit_if_ready(self.market, self.sender, job_id, packed) is not None:
             del self._disputed[job_id]
 
     # ------------------------------------------------------------------ judging

@@ -13,6 +13,8 @@ can show the audit catching each one. A real operator never enables them; nothin
   relayed end-of-job result to the chain of what it really returned, so the relayed chains agree with
   what the client received. Its own transcript and commitments stay honest: audits find nothing, and
   only the client's check of the last node's signed answer (splitmesh.protocol) can catch it.
+- stall-transcript: accept an auditor's transcript request, then drip-feed the reply (one byte per
+  STALL_INTERVAL seconds), so that a verifier without a deadline never gets to vote.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ class Cheat(enum.StrEnum):
     OVERBILL = "overbill"
     WITHHOLD = "withhold"
     SWAP_RETURNED = "swap-returned"
+    STALL_TRANSCRIPT = "stall-transcript"
 
 
 CHEATS = tuple(c.value for c in Cheat)
 OVERBILL_EXTRA_TOKENS = 50  # tokens an overbilling node claims on top of what the client signed
+STALL_INTERVAL = 1.0  # seconds between the bytes of a stalled transcript
 
 
 def garbage_like(output: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

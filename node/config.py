@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
+from splitmesh.audit.transcript import MAX_TRANSCRIPT_BYTES
 from splitmesh.settings import Settings
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES
 
@@ -38,7 +39,13 @@ class NodeConfig(Settings):
     scan_blocks: int = 2000  # blocks per eth_getLogs request when scanning for jobs matched to this node
     relay_timeout: float = 60.0  # seconds the next node may take for one step
     keep_transcripts: bool = True  # keep step frames in SQLite for audits
+    prune_interval: float = 30.0  # seconds between drops of transcripts no audit can ask for; 0 = keep all
     drain_timeout: float = 10.0  # seconds SIGTERM waits for open sessions to end before closing them
     verify: bool = True  # answer the AuditCourt when drawn as a verifier
+    # Seconds one transcript fetch of an audit may take in total (a stalled one counts as withheld);
+    # 0 = a quarter of the court's commit window (and never over a quarter of what is left of it).
+    transcript_timeout: float = 0.0
+    max_transcript_bytes: int = MAX_TRANSCRIPT_BYTES  # bytes of one transcript read before it is refused
+    max_audits: int = 4  # audits judged at once, each with its own deadline
     cheat: str | None = None  # demo/test only (node.cheats): misbehave so audits can be shown to work
     verifier_lies: bool = False  # test only: vote the opposite of the verifier's judgement

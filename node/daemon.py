@@ -28,7 +28,7 @@ from node.scanner import JobScanner
 from node.server import create_app
 from node.service import NodeService
 from node.store import NodeStore
-from node.verifier import Verifier, VoteBook
+from node.verifier import AuditLimits, Verifier, VoteBook
 from splitmesh.chain import Marketplace, ModelInfo, Sender, connect
 from splitmesh.errors import ChainError
 from splitmesh.model.identity import describe_model
@@ -167,6 +167,7 @@ async def serve(
             shard.model.model_id,
             config.shard,
             votes,
+            limits=AuditLimits(config.transcript_timeout, config.max_transcript_bytes, config.max_audits),
             lie=config.verifier_lies,
         )
     tasks = _start_passes(config, service, shard.runner, duties, verifier)
@@ -362,6 +363,7 @@ def chain_duties(
         scanner=scanner,
         keeper=keeper,
         overbill_key=overbill_key,
+        prune_every=config.prune_interval if config.keep_transcripts else 0.0,
     )
 
 

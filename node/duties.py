@@ -1,4 +1,5 @@
-"""A node's on-chain duties: register and stake, commit ended jobs, claim payment after the window.
+"""A node's on-chain duties: register and stake, commit ended jobs, claim payment after the window, and
+drop transcripts once their jobs can no longer be audited (node.pruning).
 
 Blocking (web3 calls): the daemon runs `run_once` in a worker thread every `duty_interval` seconds.
 Everything is driven by the SQLite store, so a restart resumes exactly where the last pass stopped;
@@ -23,6 +24,7 @@ from node.deadlines import JobDeadlines
 from node.errors import NodeSetupError
 from node.metrics import NodeMetrics
 from node.pool import StakeKeeper
+from node.pruning import TranscriptPruner
 from node.scanner import JobScanner
 from node.store import JobPhase, JobRecord, NodeStore
 from splitmesh.chain import JobState, JobStatus, Marketplace, NodeStatus, Sender, TxResult
@@ -109,6 +111,7 @@ class ChainDuties:
         scanner: JobScanner | None = None,
         keeper: StakeKeeper | None = None,
         overbill_key: str | None = None,  # demo/test cheat: forge receipts with this key
+        prune_every: float = 0.0,  # seconds between drops of transcripts no audit can ask for; 0 = never
     ):
         self.market = market
         self.sender = sender
@@ -119,6 +122,8 @@ class ChainDuties:
         self.keeper = keeper
         self.overbill_key = overbill_key
         self.windows = Windows.of(market)
+        pruner = TranscriptPruner(market, store, metrics, self.windows, every=prune_every)
+        self.pruner = pruner if prune_every > 0 else None
 
     def run_once(self) -> None:
         """One pass: read the chain clock, open newly matched jobs, commit every ended job, advance every
@@ -133,6 +138,8 @@ class ChainDuties:
             self._guard(record, self.claim)
         if self.keeper is not None:
             self._stage("stake check", self.keeper.check)
+        if self.pruner is not None:
+            self._stage("transcript pruning", lambda: self.pruner.maybe_run(self._now()))  # type: ignore[union-attr]
 
     def _guard(self, record: JobRecord, duty: Callable[[JobRecord], None]) -> None:
         try:

@@ -56,6 +56,11 @@ class NodeMetrics:
             "1 while the node is in the matching pool, 0 while jobs cannot reach it",
             registry=r,
         )
+        self.transcripts_pruned_total = Counter(
+            PREFIX + "transcripts_pruned",
+            "Job transcripts dropped once no audit could ask for them any more",
+            registry=r,
+        )
         self.topup_wei_total = Counter(PREFIX + "topup_wei", "Stake re-added by auto top-up, wei", registry=r)
 
     def render(self) -> tuple[bytes, str]:

@@ -7,6 +7,7 @@ the server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
+from node.cheats import STALL_INTERVAL, Cheat
 from node.errors import StepRejected, bad_request
 from node.service import NodeService
 from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, TRANSCRIPT_PATH, EndMeta, ErrorReply
@@ -120,7 +122,7 @@ async def _post_end(request: web.Request) -> web.Response:
     return web.json_response((await service.handle_end(meta, job_id)).model_dump())
 
 
-async def _get_transcript(request: web.Request) -> web.Response:
+async def _get_transcript(request: web.Request) -> web.StreamResponse:
     """Signed request in headers: X-Splitmesh-Requester, X-Splitmesh-Deadline, X-Splitmesh-Signature."""
     service = request.app[SERVICE]
     job_id = _job_id(request)
@@ -137,7 +139,22 @@ async def _get_transcript(request: web.Request) -> web.Response:
             "bad_request", f"transcript requests need signed X-Splitmesh-* headers: {exc}"
         ) from exc
     body = await service.transcript(job_id, requester, deadline, signature)
+    if service.cheat == Cheat.STALL_TRANSCRIPT:
+        return await _drip(request, body)
     return web.Response(body=body, content_type="application/octet-stream")
+
+
+async def _drip(request: web.Request, body: bytes) -> web.StreamResponse:
+    """The stall-transcript cheat: the real transcript, one byte per STALL_INTERVAL seconds."""
+    logger.warning("CHEAT stall-transcript: drip-feeding a %d-byte transcript", len(body))
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    for at in range(len(body)):
+        await response.write(body[at : at + 1])
+        await asyncio.sleep(STALL_INTERVAL)
+    await response.write_eof()
+    return response
 
 
 def _parse_end(text: str) -> EndMeta:

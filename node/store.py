@@ -408,6 +408,19 @@ class NodeStore:
 
         return int(self._call(op))
 
+    def drop_transcript(self, job_id: int) -> int:
+        """Drop one job's frames (the caller knows no audit can ask for them); digests stay. Returns the
+        steps that still held frames."""
+
+        def op(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "UPDATE steps SET input_frame = x'', output_frame = x'' WHERE job_id = ? AND "
+                "(length(input_frame) > 0 OR length(output_frame) > 0)",
+                (str(job_id),),
+            ).rowcount
+
+        return int(self._call(op))
+
     # --- reads ---
 
     def _read(self, sql: str, args: Iterable[object] = ()) -> list[tuple[Any, ...]]:

@@ -1,7 +1,14 @@
 """A node's verifier role: when the AuditCourt draws it for an audit of its shard, it fetches the audited
 node's transcript, checks it against the on-chain commitments and signatures, re-executes the shard on
-the recorded inputs, and votes (commit, then reveal), by itself. Blocking (chain and HTTP calls): the
-daemon runs `run_once` in a worker thread.
+the recorded inputs, and votes (commit, then reveal), by itself. Blocking (chain calls): the daemon runs
+`run_once` in a worker thread; each drawn audit is judged in a thread of its own (at most
+`AuditLimits.max_concurrent` at once), so one slow audit never holds up another. What a vote needs next
+(commit, reveal, resolve, or its window is gone) is splitmesh.chain.due's `vote_due`, the rule the
+keepers and route nodes follow for audits too.
+
+Transcripts are read streamed, refused past a size cap and abandoned at a total deadline (a quarter of
+the court's commit window by default, never more than a quarter of what is left of it): an accused node
+that drip-feeds or bloats its transcript has withheld it, and withheld evidence is a fraud vote.
 
 Money rules it follows (AuditCourt): a drawn verifier that never commits is slashed one bond, and one
 that commits but does not reveal, or reveals the losing verdict, forfeits its bond; bonds and rewards
@@ -11,32 +18,37 @@ It also keeps the audits of its model's jobs moving: it calls sampleAudit on com
 selected, and opens the audit of disputed jobs whose route crosses its shard.
 
 Verdict rules (fraud on any of them):
-- the transcript is withheld, malformed, does not hash to the node's commitments, holds a step the
-  client did not sign, or an input the previous hop did not relay;
+- the transcript is withheld (refused, unreachable, stalled past its deadline, oversized), malformed,
+  does not hash to the node's commitments, holds a step the client did not sign, or an input the
+  previous hop did not relay;
 - the recomputed outputs differ beyond the measured tolerance for the two dtypes (splitmesh.audit);
 - the next hop holds this node's relay signatures over tensors other than the ones it committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from node.transcript_fetch import read_transcript
+from node.votebook import VoteBook
 from splitmesh.audit.replay import audit_training_transcript, audit_transcript
 from splitmesh.audit.transcript import (
+    MAX_TRANSCRIPT_BYTES,
     TranscriptError,
     TranscriptStep,
     TranscriptUnavailable,
     check_transcript,
     decode_transcript,
-    fetch_transcript,
+    transcript_request_headers,
+    transcript_url,
 )
 from splitmesh.chain import Marketplace, Sender
+from splitmesh.chain.due import DueKind, VotePhase, Windows, due_action, vote_due
 from splitmesh.chain.records import AuditStatus, JobStatus, Verdict, VoteStatus
 from splitmesh.chain.sampling import draw_pending, open_audit_if_ready, sample_if_drawn
 from splitmesh.errors import ChainError, ContractRevert
@@ -55,49 +67,20 @@ class Judgement:
     reason: str
 
 
-class VoteBook:
-    """Votes this node committed: SQLite, so a restart can still reveal and resolve them. Phases:
-    committed -> revealed -> settled (the audit resolved), or expired (the reveal window closed)."""
+@dataclass(frozen=True)
+class AuditLimits:
+    """How long and how much one audit may take (node config)."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS votes (job_id TEXT, position INTEGER, verdict INTEGER, "
-                "salt BLOB, reason TEXT, phase TEXT, PRIMARY KEY (job_id, position))"
-            )
+    transcript_timeout: float = 0.0  # seconds one transcript fetch may take in total; 0 = C/4 (see below)
+    max_transcript_bytes: int = MAX_TRANSCRIPT_BYTES  # bytes read before a transcript is refused
+    max_concurrent: int = 4  # audits judged at once, each in its own thread with its own deadline
 
-    def add(self, job_id: int, position: int, verdict: Verdict, salt: bytes, reason: str) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO votes VALUES (?, ?, ?, ?, ?, 'committed')",
-                (str(job_id), position, int(verdict), salt, reason),
-            )
-
-    def mark(self, job_id: int, position: int, phase: str) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "UPDATE votes SET phase = ? WHERE job_id = ? AND position = ?", (phase, str(job_id), position)
-            )
-
-    def pending(self, phase: str) -> list[tuple[int, int, Verdict, bytes]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT job_id, position, verdict, salt FROM votes WHERE phase = ?", (phase,)
-            ).fetchall()
-        return [(int(j), int(p), Verdict(v), bytes(s)) for j, p, v, s in rows]
-
-    def has(self, job_id: int, position: int) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM votes WHERE job_id = ? AND position = ?", (str(job_id), position)
-            ).fetchone()
-        return row is not None
-
-    def close(self) -> None:
-        self._db.close()
+    def fetch_timeout(self, commit_window: int, left: int) -> float:
+        """Seconds for one transcript fetch of an audit whose commit phase has `left` seconds to go: the
+        configured timeout (default a quarter of the court's commit window C), never over a quarter of
+        what is left (a judgement may fetch two transcripts, then re-executes and commits its vote)."""
+        configured = self.transcript_timeout if self.transcript_timeout > 0 else commit_window / 4
+        return max(1.0, min(configured, left / 4))
 
 
 class Verifier:
@@ -113,6 +96,7 @@ class Verifier:
         shard: int,
         votes: VoteBook,
         *,
+        limits: AuditLimits | None = None,
         lie: bool = False,  # tests only: vote the opposite of the judgement
     ):
         self.market = market
@@ -122,23 +106,34 @@ class Verifier:
         self.model_id = model_id
         self.shard = shard
         self.votes = votes
+        self.limits = limits or AuditLimits()
         self.lie = lie
+        self._windows: Windows | None = None  # read from the chain on the first pass
         self._next_block = market.deployment.block
         self._completing: dict[int, bytes] = {}  # jobs of our model not yet drawn: job id -> packed terms
         self._disputed: dict[int, bytes] = {}  # disputed jobs crossing our shard, audit not opened yet
         self._failures: dict[tuple[int, int], tuple[int, float]] = {}  # (job, position) -> (count, at)
+        self._lock = threading.Lock()  # guards the two below (audit threads finish on their own)
+        self._drawn: dict[tuple[int, int], str] = {}  # audits we were drawn for, not voted: -> node
+        self._judging: set[tuple[int, int]] = set()  # audits a thread is judging now
+
+    @property
+    def windows(self) -> Windows:
+        if self._windows is None:
+            self._windows = Windows.of(self.market)
+        return self._windows
 
     def run_once(self) -> None:
         if self.market.court is None:
             return
-        assignments = self._scan()
+        drawn = self._scan()
         for job_id, packed in list(self._completing.items()):
             self._keep(job_id, lambda j=job_id, t=packed: self._sample(j, t), "sampling")
         for job_id, packed in list(self._disputed.items()):
             self._keep(job_id, lambda j=job_id, t=packed: self._open(j, t), "opening the audit")
-        for job_id, position, node in assignments:
-            if not self.votes.has(job_id, position):
-                self._guard(job_id, position, lambda j=job_id, p=position, n=node: self.vote(j, p, n))
+        with self._lock:
+            self._drawn.update({(j, p): n for j, p, n in drawn if not self.votes.has(j, p)})
+        self._dispatch()
         for job_id, position, verdict, salt in self.votes.pending("committed"):
             self._guard(
                 job_id, position, lambda j=job_id, p=position, v=verdict, s=salt: self.reveal(j, p, v, s)
@@ -146,6 +141,35 @@ class Verifier:
         for job_id, position, _, _ in self.votes.pending("revealed"):
             self._guard(job_id, position, lambda j=job_id, p=position: self.resolve(j, p))
         self._withdraw()
+
+    def _dispatch(self) -> None:
+        """Start judging every drawn audit no thread is judging yet, up to `max_concurrent` at once."""
+        with self._lock:
+            waiting = [(key, node) for key, node in self._drawn.items() if key not in self._judging]
+            room = max(0, self.limits.max_concurrent - len(self._judging))
+            started = waiting[:room]
+            self._judging.update(key for key, _ in started)
+        for (job_id, position), node in started:
+            name = f"audit-{job_id}-{position}"
+            thread = threading.Thread(
+                target=self._audit, args=(job_id, position, node), name=name, daemon=True
+            )
+            thread.start()
+
+    def _audit(self, job_id: int, position: int, node: str) -> None:
+        """One audit's thread: judge and commit the vote (or learn it is too late); forget it when done."""
+        done = False
+        try:
+            done = self.vote(job_id, position, node)
+        except (ChainError, OSError, ValueError) as exc:
+            logger.warning("audit of job %d position %d: %s; retrying next pass", job_id, position, exc)
+        except Exception:
+            logger.exception("audit of job %d position %d failed; retrying next pass", job_id, position)
+        finally:
+            with self._lock:
+                self._judging.discard((job_id, position))
+                if done:
+                    self._drawn.pop((job_id, position), None)
 
     def _guard(self, job_id: int, position: int, action: object) -> None:
         try:
@@ -201,20 +225,23 @@ class Verifier:
         del self._completing[job_id]
 
     def _open(self, job_id: int, packed: bytes) -> None:
-        """Open the audit of a disputed job unless someone did; forget the job once nothing is left."""
-        if self.market.get_job(job_id).status != JobStatus.DISPUTED:
+        """Open the audit of a disputed job while the court still accepts it (due_action: someone opened
+        it, the job settled, or it is too late: forget the job)."""
+        state = self.market.get_job(job_id)
+        audit = self.market.get_audit(job_id) if state.status == JobStatus.DISPUTED else None
+        now = self._now()
+        due = due_action(state, now, self.windows, audit=audit)
+        if due.kind is not DueKind.OPEN_AUDIT:
             del self._disputed[job_id]
             return
-        if self.market.get_audit(job_id).status != AuditStatus.NONE:
-            del self._disputed[job_id]
-            return
-        if open_audit_if_ready(self.market, self.sender, job_id, packed) is not None:
+        if due.ready(now) and open_audit_if_ready(self.market, self.sender, job_id, packed) is not None:
             del self._disputed[job_id]
 
     # ------------------------------------------------------------------ judging
 
-    def judge(self, job_id: int, position: int, node: str) -> Judgement:
-        """Everything a verifier checks, from the chain and the audited node's transcript."""
+    def judge(self, job_id: int, position: int, node: str, *, fetch_timeout: float) -> Judgement:
+        """Everything a verifier checks, from the chain and the audited node's transcript (each transcript
+        fetch gets `fetch_timeout` seconds in total)."""
         job = self.market.job_submitted(job_id)
         terms = job.terms
         commits = {
@@ -226,7 +253,7 @@ class Verifier:
         }
         if position not in commits:
             return Judgement(Verdict.FRAUD, "the node never committed")
-        steps = self._transcript(job_id, position, node)
+        steps = self._transcript(job_id, position, node, fetch_timeout)
         if isinstance(steps, Judgement):
             return steps
         d = self.market.deployment
@@ -246,7 +273,7 @@ class Verifier:
         except TranscriptError as exc:
             return Judgement(Verdict.FRAUD, f"transcript check failed: {exc}")
         if position + 1 < len(terms.route):
-            fetched = self._transcript(job_id, position + 1, terms.route[position + 1].node)
+            fetched = self._transcript(job_id, position + 1, terms.route[position + 1].node, fetch_timeout)
             relayed = fetched if isinstance(fetched, list) and position + 1 in commits else None
             # The next hop's transcript carries this node's relay signatures (checked against the next
             # hop's own commitments below); if it is unavailable, it cannot count against this node.
@@ -286,12 +313,22 @@ class Verifier:
             return Judgement(Verdict.FRAUD, f"re-execution differs: {verdict.reason}")
         return Judgement(Verdict.HONEST, f"re-executed {len(steps)} steps within tolerance")
 
-    def _transcript(self, job_id: int, position: int, node: str) -> list[TranscriptStep] | Judgement:
+    def _transcript(
+        self, job_id: int, position: int, node: str, timeout: float
+    ) -> list[TranscriptStep] | Judgement:
         d = self.market.deployment
         endpoint = self.market.get_node(node).endpoint
+        headers = transcript_request_headers(self.private_key, d.chain_id, d.market, job_id, position)
         try:
-            raw = fetch_transcript(endpoint, job_id, position, self.private_key, d.chain_id, d.market)
-            return decode_transcript(raw)
+            raw = asyncio.run(
+                read_transcript(
+                    transcript_url(endpoint, job_id),
+                    headers,
+                    max_bytes=self.limits.max_transcript_bytes,
+                    timeout=timeout,
+                )
+            )
+            return decode_transcript(raw, self.limits.max_transcript_bytes)
         except TranscriptUnavailable as exc:
             return Judgement(Verdict.FRAUD, f"transcript withheld: {exc}")
         except TranscriptError as exc:
@@ -299,13 +336,14 @@ class Verifier:
 
     # ------------------------------------------------------------------ voting
 
-    def vote(self, job_id: int, position: int, node: str) -> None:
-        """Judge and commit a sealed vote with the bond. Drawn verifiers that never commit are slashed a
-        bond, so if judging keeps failing the fallback verdict is committed instead of nothing."""
+    def vote(self, job_id: int, position: int, node: str) -> bool:
+        """Judge and commit a sealed vote with the bond; True once nothing is left to do (voted, too late,
+        or the audit is over), False to try again on a later pass. Drawn verifiers that never commit are
+        slashed a bond, so if judging keeps failing the fallback verdict is committed instead of nothing."""
         audit = self.market.get_audit(job_id)
-        if audit.status != AuditStatus.OPEN:
-            return
-        if self._now() > audit.commit_deadline:
+        now = self._now()
+        due = vote_due(audit, now, self.windows, vote=VotePhase.DRAWN)
+        if due.kind is DueKind.MISSED:
             logger.warning(
                 "audit of job %d position %d: drawn, but the commit phase closed before this node could "
                 "vote; the court slashes one verifier bond from its stake (keep the node running and its "
@@ -315,10 +353,14 @@ class Verifier:
             )
             self.votes.add(job_id, position, FALLBACK_VERDICT, b"", "missed the commit phase")
             self.votes.mark(job_id, position, "expired")
-            return
-        judgement = self._judge_or_fallback(job_id, position, node, audit.commit_deadline)
+            return True
+        if due.kind is not DueKind.COMMIT_VOTE:
+            return True  # resolved (or never opened): nothing to vote on
+        assert self.windows.audit_commit_window is not None and due.until is not None
+        timeout = self.limits.fetch_timeout(self.windows.audit_commit_window, due.until - now)
+        judgement = self._judge_or_fallback(job_id, position, node, due.until, timeout)
         if judgement is None:
-            return  # retry on a later pass
+            return False
         verdict = judgement.verdict
         if self.lie:
             verdict = Verdict.HONEST if verdict == Verdict.FRAUD else Verdict.FRAUD
@@ -335,8 +377,11 @@ class Verifier:
             verdict.name.lower(),
             judgement.reason,
         )
+        return True
 
-    def _judge_or_fallback(self, job_id: int, position: int, node: str, deadline: int) -> Judgement | None:
+    def _judge_or_fallback(
+        self, job_id: int, position: int, node: str, deadline: int, fetch_timeout: float
+    ) -> Judgement | None:
         """The judgement; after repeated errors (or near the commit deadline) the fallback verdict; None
         to wait before trying again."""
         key = (job_id, position)
@@ -344,7 +389,7 @@ class Verifier:
         if count and time.monotonic() - at < JUDGE_RETRY_S and deadline - self._now() > 2 * JUDGE_RETRY_S:
             return None
         try:
-            judgement = self.judge(job_id, position, node)
+            judgement = self.judge(job_id, position, node, fetch_timeout=fetch_timeout)
         except Exception as exc:  # any failure to judge must still end in a vote
             count += 1
             logger.debug("judging job %d position %d failed", job_id, position, exc_info=True)
@@ -374,7 +419,10 @@ class Verifier:
     def reveal(self, job_id: int, position: int, verdict: Verdict, salt: bytes) -> None:
         audit = self.market.get_audit(job_id)
         now = self._now()
-        if audit.status != AuditStatus.OPEN or now > audit.reveal_deadline:
+        panel = audit.panels[position] if audit.status == AuditStatus.OPEN else None
+        everyone = panel is not None and panel.committed == len(panel.verifiers)
+        due = vote_due(audit, now, self.windows, vote=VotePhase.COMMITTED, everyone_committed=everyone)
+        if due.kind is not DueKind.REVEAL_VOTE:
             logger.warning(
                 "audit of job %d position %d: the reveal window closed before this node revealed; its "
                 "bond is forfeited",
@@ -383,9 +431,7 @@ class Verifier:
             )
             self.votes.mark(job_id, position, "expired")
             return
-        panel = audit.panels[position]
-        everyone_committed = panel.committed == len(panel.verifiers)
-        if now <= audit.commit_deadline and not everyone_committed:
+        if not due.ready(now):
             return
         try:
             self.market.reveal_vote(self.sender, job_id, position, verdict, salt)
@@ -399,8 +445,10 @@ class Verifier:
         """Bonds and rewards are credited at resolve: resolve once the reveal window closed (anyone may;
         the route nodes usually do first), then the credit is withdrawn."""
         audit = self.market.get_audit(job_id)
-        if audit.status == AuditStatus.OPEN:
-            if self._now() <= audit.reveal_deadline:
+        now = self._now()
+        due = vote_due(audit, now, self.windows, vote=VotePhase.REVEALED)
+        if due.kind is DueKind.RESOLVE_AUDIT:
+            if not due.ready(now):
                 return
             try:
                 self.market.resolve_audit(self.sender, job_id, self.market.job_submitted(job_id).packed_terms)
@@ -422,4 +470,4 @@ class Verifier:
         return int(self.market.w3.eth.get_block("latest")["timestamp"])
 
 
-__all__ = ["Judgement", "Verifier", "VoteBook", "VoteStatus"]
+__all__ = ["AuditLimits", "Judgement", "Verifier", "VoteBook", "VoteStatus"]

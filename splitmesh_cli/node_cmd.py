@@ -75,7 +75,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-verify", action="store_true", help="do not answer the AuditCourt as a verifier")
     p.add_argument(
         "--cheat",
-        choices=["garbage", "skip-layers", "tamper-relay", "overbill", "withhold", "swap-returned"],
+        choices=[
+            "garbage",
+            "skip-layers",
+            "tamper-relay",
+            "overbill",
+            "withhold",
+            "swap-returned",
+            "stall-transcript",
+        ],
         help="DEMO/TEST ONLY: misbehave on purpose so the audits can be seen catching it (node.cheats)",
     )
     p.set_defaults(func=cmd_run)

@@ -170,6 +170,25 @@ def check_transcript(
         last_step, position_id, billed = s.step, s.start + q, meta.tokens
 
 
+def transcript_request_headers(
+    private_key: str, chain_id: int, market: str, job_id: int, position: int, *, validity: int = 300
+) -> dict[str, str]:
+    """The signed headers of a transcript request (the job's client or an auditor), valid `validity` s."""
+    import time
+
+    deadline = int(time.time()) + validity
+    requester, signature = sign_transcript_request(private_key, chain_id, market, job_id, position, deadline)
+    return {
+        "X-Splitmesh-Requester": requester,
+        "X-Splitmesh-Deadline": str(deadline),
+        "X-Splitmesh-Signature": "0x" + signature.hex(),
+    }
+
+
+def transcript_url(endpoint: str, job_id: int) -> str:
+    return endpoint.rstrip("/") + TRANSCRIPT_PATH.format(job=job_id)
+
+
 def fetch_transcript(
     endpoint: str,
     job_id: int,
@@ -181,22 +200,16 @@ def fetch_transcript(
     timeout: float = 60.0,
     validity: int = 300,
 ) -> bytes:
-    """GET a node's transcript of a job with a signed request (the job's client or an auditor)."""
+    """GET a node's transcript of a job with a signed request (the job's client or an auditor).
+
+    No size cap and `timeout` is per socket operation, not in total: for a party that trusts the node
+    (its own client, a test). A verifier reads with node.verifier's capped, deadlined fetch."""
     import json
-    import time
     import urllib.error
     import urllib.request
 
-    deadline = int(time.time()) + validity
-    requester, signature = sign_transcript_request(private_key, chain_id, market, job_id, position, deadline)
-    request = urllib.request.Request(
-        endpoint.rstrip("/") + TRANSCRIPT_PATH.format(job=job_id),
-        headers={
-            "X-Splitmesh-Requester": requester,
-            "X-Splitmesh-Deadline": str(deadline),
-            "X-Splitmesh-Signature": "0x" + signature.hex(),
-        },
-    )
+    headers = transcript_request_headers(private_key, chain_id, market, job_id, position, validity=validity)
+    request = urllib.request.Request(transcript_url(endpoint, job_id), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return bytes(response.read())

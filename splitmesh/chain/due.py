@@ -14,6 +14,21 @@ its audit's, the chain time and the market's windows:
   (AuditCourt.resolve: RevealPhaseOpen until then);
 - anything else: nothing.
 
+A drawn verifier asks `vote_due` what its own vote needs next (AuditCourt's vote phases, from an audit
+opened at T with windows C and R):
+
+- drawn, not committed: `commit_vote` from T up to T + C (commitVote: CommitPhaseClosed after), then
+  `missed` (the court slashes one bond from the stake of a verifier that never committed);
+- committed: `reveal_vote` from T + C + 1, or at once when every drawn verifier committed (revealVote:
+  RevealNotOpen until then), up to T + C + R (RevealPhaseClosed after), then `missed` (bond forfeited);
+- revealed: `resolve_audit` strictly after T + C + R, the keepers' rule above;
+- a resolved audit (or none): nothing.
+
+Whether a job can still be audited at all (`auditable`): only a Disputed job can have an audit opened
+(openAudit: JobNotDisputed), and only a Committed one can become Disputed (challenge, sampleAudit); an
+Open job may still be committed. Finalized and Cancelled are final; once such a job's audit (if any) is
+past its reveal deadline, nobody can ask for its evidence again.
+
 Times are chain seconds; a caller compares `at` with the latest block's timestamp (a transaction sent now
 lands in a later block). Pure: the caller reads the state.
 """
@@ -37,6 +52,9 @@ class DueKind(enum.Enum):
     FINALIZE = "finalize"
     OPEN_AUDIT = "open_audit"
     RESOLVE_AUDIT = "resolve_audit"
+    COMMIT_VOTE = "commit_vote"  # a drawn verifier's sealed vote
+    REVEAL_VOTE = "reveal_vote"
+    MISSED = "missed"  # the vote's window closed before this verifier acted: nothing to send any more
 
 
 class JobClock(Protocol):
@@ -87,9 +105,10 @@ class Windows:
 class Due:
     kind: DueKind
     at: int | None = None  # first chain second the contracts accept it; None with NOTHING
+    until: int | None = None  # last chain second they accept it; None: no end (or NOTHING)
 
     def ready(self, now: int) -> bool:
-        return self.at is not None and now >= self.at
+        return self.at is not None and now >= self.at and (self.until is None or now <= self.until)
 
 
 NOTHING = Due(DueKind.NOTHING)
@@ -125,6 +144,45 @@ def due_action(
         assert audit is not None
         return Due(DueKind.RESOLVE_AUDIT, audit.opened_at + phases + 1)
     return NOTHING  # resolved: resolving settled the job
+
+
+class VotePhase(enum.Enum):
+    """Where a drawn verifier's own vote stands."""
+
+    DRAWN = "drawn"  # not committed yet
+    COMMITTED = "committed"
+    REVEALED = "revealed"
+
+
+def vote_due(
+    audit: AuditClock, now: int, windows: Windows, *, vote: VotePhase, everyone_committed: bool = False
+) -> Due:
+    """What a drawn verifier's vote needs next (see the module docstring). everyone_committed: every
+    verifier drawn for the position committed (reveals open early)."""
+    if audit.status != AuditStatus.OPEN or windows.audit_commit_window is None:
+        return NOTHING
+    commit_deadline = audit.opened_at + windows.audit_commit_window
+    reveal_deadline = commit_deadline + windows.audit_reveal_window
+    if vote is VotePhase.DRAWN:
+        if now > commit_deadline:
+            return Due(DueKind.MISSED, commit_deadline + 1)
+        return Due(DueKind.COMMIT_VOTE, audit.opened_at, commit_deadline)
+    if vote is VotePhase.COMMITTED:
+        if now > reveal_deadline:
+            return Due(DueKind.MISSED, reveal_deadline + 1)
+        opens = audit.opened_at if everyone_committed else commit_deadline + 1
+        return Due(DueKind.REVEAL_VOTE, opens, reveal_deadline)
+    return Due(DueKind.RESOLVE_AUDIT, reveal_deadline + 1)
+
+
+def auditable(job: JobClock, windows: Windows, *, audit: AuditClock | None = None, now: int) -> bool:
+    """Whether anyone may still need the job's evidence: an audit may still be opened, or an open one is
+    still in its commit or reveal phase (see the module docstring)."""
+    if job.status not in (JobStatus.FINALIZED, JobStatus.CANCELLED):
+        return True  # None (unknown here: not ours to judge), Open, Committed, Disputed
+    if audit is None or audit.status != AuditStatus.OPEN or windows.audit_commit_window is None:
+        return False
+    return now <= audit.opened_at + windows.audit_commit_window + windows.audit_reveal_window
 
 
 def send_due(market: Marketplace, sender: Sender, kind: DueKind, job_id: int, terms: bytes) -> TxResult:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from splitmesh.chain import AuditStatus, JobStatus
-from splitmesh.chain.due import Due, DueKind, Windows, due_action
+from splitmesh.chain.due import Due, DueKind, VotePhase, Windows, auditable, due_action, vote_due
 
 T = 1000
 WINDOWS = Windows(
@@ -92,3 +92,59 @@ def test_windows_are_read_from_the_market_and_its_court() -> None:
     without = SimpleNamespace(parameters=lambda: params, audit_parameters=None, court=None)
     assert Windows.of(with_court) == WINDOWS  # type: ignore[arg-type]
     assert Windows.of(without) == NO_COURT  # type: ignore[arg-type]
+
+
+# A verifier's own vote, for an audit opened at 1200 (commit deadline 1260, reveal deadline 1300):
+# - commitVote:  reverts CommitPhaseClosed when `block.timestamp > openedAt + commitWindow` (1260);
+# - revealVote:  reverts RevealNotOpen while `block.timestamp <= 1260` unless every drawn verifier
+#                committed, and RevealPhaseClosed when `block.timestamp > 1300`;
+# - resolve:     from 1301, as above.
+DRAWN, VOTED, REVEALED = VotePhase.DRAWN, VotePhase.COMMITTED, VotePhase.REVEALED
+# name: (audit, vote phase, everyone committed, now, expected due, ready now)
+VOTE_CASES = {
+    "drawn, just opened": (OPENED, DRAWN, False, 1200, Due(K.COMMIT_VOTE, 1200, 1260), True),
+    "drawn, last second to commit": (OPENED, DRAWN, False, 1260, Due(K.COMMIT_VOTE, 1200, 1260), True),
+    "drawn, commit phase closed": (OPENED, DRAWN, False, 1261, Due(K.MISSED, 1261), True),
+    "committed, others still voting": (OPENED, VOTED, False, 1230, Due(K.REVEAL_VOTE, 1261, 1300), False),
+    "committed, everyone committed": (OPENED, VOTED, True, 1230, Due(K.REVEAL_VOTE, 1200, 1300), True),
+    "committed, commit phase over": (OPENED, VOTED, False, 1261, Due(K.REVEAL_VOTE, 1261, 1300), True),
+    "committed, last second to reveal": (OPENED, VOTED, False, 1300, Due(K.REVEAL_VOTE, 1261, 1300), True),
+    "committed, reveal phase closed": (OPENED, VOTED, False, 1301, Due(K.MISSED, 1301), True),
+    "revealed, at the reveal deadline": (OPENED, REVEALED, True, 1300, Due(K.RESOLVE_AUDIT, 1301), False),
+    "revealed, after it": (OPENED, REVEALED, True, 1301, Due(K.RESOLVE_AUDIT, 1301), True),
+    "revealed, audit resolved": (RESOLVED, REVEALED, True, 1400, Due(K.NOTHING), False),
+    "drawn, audit resolved": (RESOLVED, DRAWN, False, 1230, Due(K.NOTHING), False),
+}
+
+
+@pytest.mark.parametrize("case", VOTE_CASES.values(), ids=list(VOTE_CASES))
+def test_vote_due_follows_the_court(case: tuple) -> None:
+    audit, phase, everyone, now, expected, ready = case
+    due = vote_due(audit, now, WINDOWS, vote=phase, everyone_committed=everyone)
+    assert due == expected
+    assert due.ready(now) is ready
+
+
+def test_a_verifier_and_the_keepers_resolve_from_the_same_second() -> None:
+    keeper = due_action(Job(DISPUTED, 1200), 1301, WINDOWS, audit=OPENED)
+    verifier = vote_due(OPENED, 1301, WINDOWS, vote=REVEALED)
+    assert keeper == verifier == Due(K.RESOLVE_AUDIT, 1301)
+
+
+# name: (job status, audit, now, still auditable)
+AUDITABLE_CASES = {
+    "open": (OPEN, None, 9999, True),
+    "committed": (COMMITTED, None, 9999, True),
+    "disputed": (DISPUTED, OPENED, 9999, True),
+    "finalized, never audited": (JobStatus.FINALIZED, None, 1000, False),
+    "finalized by its audit": (JobStatus.FINALIZED, RESOLVED, 1250, False),
+    "cancelled": (JobStatus.CANCELLED, None, 1000, False),
+    "finalized at its timeout, audit still revealing": (JobStatus.FINALIZED, OPENED, 1300, True),
+    "finalized at its timeout, audit past its reveal": (JobStatus.FINALIZED, OPENED, 1301, False),
+}
+
+
+@pytest.mark.parametrize("case", AUDITABLE_CASES.values(), ids=list(AUDITABLE_CASES))
+def test_auditable_until_no_window_is_left(case: tuple) -> None:
+    status, audit, now, expected = case
+    assert auditable(Job(status, T), WINDOWS, audit=audit, now=now) is expected

@@ -1,8 +1,8 @@
 """The index's SQLite schema.
 
 Two layers: `logs` holds every decoded contract event (the source of truth, keyed by block and log
-index), the other tables are a read model folded from those logs in order (see the fold package). After a reorg
-the logs past the fork are deleted and the read model is folded again from the remaining logs.
+index), the other tables are a read model folded from those logs in order (see the fold package). After a
+reorg the logs past the fork are deleted and the read model is folded again from the remaining logs.
 
 Wei amounts are stored as decimal TEXT: they exceed SQLite's 64-bit integers.
 """

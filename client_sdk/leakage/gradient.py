@@ -84,6 +84,11 @@ class HeadJacobian:
                 f"the final norm {type(norm).__name__} is not an RMSNorm; the gradient attacks cover the "
                 "Llama family only"
             )
+        if client.logits_divisor is not None or client.logits_softcap is not None:
+            raise UnsupportedNorm(
+                f"{client.spec.arch.traits.model_type} scales or soft-caps its logits; the closed-form "
+                "Jacobian covers logits = W rmsnorm(h) only"
+            )
         w = norm_weight.detach()
         weight = client.lm_head_weight.detach()
         scaled = weight * w

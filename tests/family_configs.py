@@ -16,6 +16,7 @@ from transformers import (
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Olmo2Config,
     Phi3Config,
     PretrainedConfig,
@@ -50,6 +51,7 @@ FAMILY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "llama": _make(LlamaConfig, tie_word_embeddings=False),
     "mistral": _make(MistralConfig, sliding_window=None),
     "mistral-sliding": _make(MistralConfig, sliding_window=WINDOW),
+    "mixtral": _make(MixtralConfig, sliding_window=WINDOW, num_local_experts=4, num_experts_per_tok=2),
     "qwen2-tied": _make(
         Qwen2Config,
         tie_word_embeddings=True,

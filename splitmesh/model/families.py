@@ -44,6 +44,7 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("llama", "llama", "causal"),
         Family("mistral", "llama", "sliding_window"),
+        Family("mixtral", "llama", "sliding_window", lora_targets=_ATTENTION_LORA),
         Family("qwen2", "llama", "layer_types"),
         Family("qwen3", "llama", "layer_types"),
         Family("gemma", "llama", "causal"),

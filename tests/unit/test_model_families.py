@@ -169,3 +169,17 @@ def test_sliding_window_is_shorter_than_the_prompt() -> None:
     windows = {name: getattr(make(), "sliding_window", None) for name, make in FAMILY_CONFIGS.items()}
     assert {name for name, w in windows.items() if w} >= {"mistral-sliding", "gemma2", "gemma3_text", "phi3"}
     assert all(w is None or w == WINDOW < PROMPT.shape[1] for w in windows.values())
+
+
+def test_scaled_embeddings_match_the_unsplit_model_in_bfloat16(tmp_path: Path) -> None:
+    # sqrt(96) rounds differently in bfloat16 and float32: the scale must be in the dtype HF gives it.
+    config = FAMILY_CONFIGS["gemma"]()
+    config.hidden_size, config.num_hidden_layers = 96, 2
+    save_random_model(config, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16).eval()
+    client = ClientModel.load(str(tmp_path), 1, dtype="bfloat16")
+    ids = torch.tensor([[1, 5, 9, 200]])
+    with torch.no_grad():
+        expected = hf.get_input_embeddings()(ids)
+    assert torch.equal(client.token_embeddings(ids), expected)
+    assert not torch.equal(expected.float(), hf.get_input_embeddings().weight[ids].float() * 96**0.5)

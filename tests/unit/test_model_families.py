@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, CohereConfig, PreTrainedModel
 
+from client_sdk.adapters import SOFT_PROMPT_KEY, AdapterConfig, ClientTrainer
+from client_sdk.dataset import IGNORE_INDEX
 from splitmesh.audit import audit_transcript
 from splitmesh.model.client import ClientModel
 from splitmesh.model.errors import UnsupportedArchitecture
@@ -26,6 +29,7 @@ from splitmesh.model.identity import compute_identity
 from splitmesh.model.local_pipeline import greedy_generate_split
 from splitmesh.model.runner import ShardRunner
 from splitmesh.model.source import ModelSource
+from splitmesh.model.training import ShardTrainer
 from tests.family_configs import FAMILY_CONFIGS, WINDOW
 from tests.model_fixtures import save_random_model
 
@@ -121,6 +125,72 @@ def test_split_gradient_equals_unsplit_gradient(split: Split) -> None:
     scale = float(ref_grad.abs().max())
     assert scale > 0
     assert float((grad - ref_grad).abs().max()) < 1e-4 * scale, split.name
+
+
+def _peft_reference(
+    split: Split, trainer: ClientTrainer, ids: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and adapter gradients of plain autograd through the unsplit model with the same adapter."""
+    model = AutoModelForCausalLM.from_pretrained(str(split.path), dtype=torch.float32).eval()
+    model.requires_grad_(False)
+    lora = LoraConfig(
+        r=trainer.config.lora_rank,
+        lora_alpha=trainer.config.lora_alpha,
+        target_modules=list(split.client.spec.arch.traits.lora_targets),
+        fan_in_fan_out=split.client.spec.arch.family == "gpt2",
+        layers_to_transform=list(range(PLAN[1])),
+    )
+    model = get_peft_model(model, lora)
+    state = {k: v for k, v in trainer.adapter_state_dict().items() if k != SOFT_PROMPT_KEY}
+    assert not set_peft_model_state_dict(model, state).unexpected_keys  # type: ignore[attr-defined]
+    assert trainer.soft_prompt is not None
+    soft = trainer.soft_prompt.detach().clone().requires_grad_(True)
+    embeds = model.get_base_model().get_input_embeddings()(ids)  # the model applies its own multipliers
+    embeds = torch.cat([soft.expand(ids.shape[0], -1, -1), embeds], dim=1)
+    positions = torch.arange(embeds.shape[1]).expand(ids.shape[0], -1)
+    logits = model(inputs_embeds=embeds, position_ids=positions).logits
+    targets = trainer.full_labels(labels)[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    loss.backward()
+    trained = {n.replace(".default.", "."): p for n, p in model.named_parameters() if p.requires_grad}
+    grads = {name: p.grad for name, p in trained.items() if p.grad is not None}
+    assert soft.grad is not None and len(grads) == len(trained) > 0
+    return float(loss.detach()), {**grads, SOFT_PROMPT_KEY: soft.grad}
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # PEFT calling transformers
+def test_split_lora_training_equals_unsplit_autograd(split: Split) -> None:
+    """The client trains LoRA on its layer (the family's default targets) and a soft prompt; the nodes
+    answer backward requests (ShardTrainer): the adapter gradients equal PEFT's on the unsplit model."""
+    trainer = ClientTrainer(
+        ClientModel.load(str(split.path), PLAN[1]), AdapterConfig(4, 8, soft_prompt_tokens=2), seed=0
+    )
+    with torch.no_grad():  # LoRA B starts at zero, which would hide every gradient of A
+        for name, param in trainer.trainable_parameters().items():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    ids = torch.cat([PROMPT, torch.roll(PROMPT, 3, dims=1)])  # [2, 11]
+    labels = ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    shards = [ShardTrainer.from_runner(runner) for runner in split.runners]
+    head = trainer.head_forward(ids)
+    hidden = head.z.detach()
+    for shard in shards:
+        hidden = shard.forward("job", 0, hidden, head.position_ids)
+    loss, grad = trainer.loss_from_hidden(hidden, labels)
+    for shard in reversed(shards):
+        grad = shard.backward("job", 0, grad)
+    trainer.backward_head(head, grad)
+    grads = {trainer.adapter_key(n): p.grad for n, p in trainer.trainable_parameters().items()}
+    ref_loss, ref_grads = _peft_reference(split, trainer, ids, labels)
+    assert abs(float(loss) - ref_loss) < 1e-5 * max(1.0, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for key, ref in ref_grads.items():
+        got = grads[key]
+        assert got is not None and float(ref.abs().max()) > 0, key
+        assert float((got - ref).abs().max()) < 1e-4 * float(ref.abs().max()), (split.name, key)
 
 
 def test_honest_audit_passes_and_skipped_layers_are_fraud(split: Split) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from transformers import (
+    CohereConfig,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
@@ -22,6 +23,8 @@ from transformers import (
     PretrainedConfig,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
+    SmolLM3Config,
     StableLmConfig,
     Starcoder2Config,
 )
@@ -93,6 +96,24 @@ FAMILY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     ),
     "stablelm": _make(StableLmConfig, partial_rotary_factor=0.25, use_qkv_bias=True, qk_layernorm=True),
     "starcoder2": _make(Starcoder2Config, sliding_window=WINDOW, num_key_value_heads=2),
+    "cohere": _make(CohereConfig, logit_scale=0.25, use_qk_norm=True),
+    "qwen3_moe": _make(
+        Qwen3MoeConfig,
+        head_dim=16,
+        sliding_window=WINDOW,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        decoder_sparse_step=2,  # layers 1 and 3 are sparse, 0 and 2 dense
+        mlp_only_layers=[],
+    ),
+    "smollm3": _make(
+        SmolLM3Config,
+        use_sliding_window=True,
+        sliding_window=WINDOW,
+        no_rope_layers=[1, 0, 1, 0],
+        layer_types=_ALTERNATING,
+    ),
     "gpt2": lambda: GPT2Config(
         vocab_size=256, n_embd=64, n_layer=LAYERS, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
     ),

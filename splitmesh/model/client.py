@@ -35,6 +35,7 @@ class ClientModel(nn.Module):
         # Scalars the family's base model and LM head apply, read from the config (None: not applied).
         self.embedding_multiplier = _config_float(self.config, traits.embedding_multiplier)
         self.logits_divisor = _config_float(self.config, traits.logits_divisor)
+        self.logits_multiplier = _config_float(self.config, traits.logits_multiplier)
         self.logits_softcap = _config_float(self.config, traits.logits_softcap)
         self.eval().requires_grad_(False)
 
@@ -78,6 +79,8 @@ class ClientModel(nn.Module):
         logits = nn.functional.linear(self.norm(hidden), self.lm_head_weight)
         if self.logits_divisor is not None:
             logits = logits / self.logits_divisor
+        if self.logits_multiplier is not None:
+            logits = logits * self.logits_multiplier
         if self.logits_softcap is not None:
             logits = torch.tanh(logits / self.logits_softcap) * self.logits_softcap
         return logits

@@ -8,7 +8,8 @@ transformers model code of that family and named here, so nothing is inferred fr
 - how the base model picks each layer's attention mask: from `config.layer_types` (Qwen2, Gemma 2, ...),
   from `config.sliding_window` for every layer (Mistral, Phi-3, ...), or always causal (Llama, Gemma);
 - whether the rotary embedding is called per layer type (Gemma 3: local and global layers differ);
-- config attributes that scale the layer-0 input (Granite) or the logits (Granite, Gemma 2/3 soft-capping).
+- config attributes that scale the layer-0 input (Granite) or the logits (Granite, Cohere, Gemma 2/3
+  soft-capping).
 
 Scaled token embeddings (Gemma) live in the embedding module itself and are rebuilt by its constructor.
 """
@@ -34,6 +35,7 @@ class Family:
     rotary_per_layer_type: bool = False  # rotary_emb(hidden, positions, layer_type) (Gemma 3)
     embedding_multiplier: str | None = None  # config attribute: layer-0 input = embeddings x it
     logits_divisor: str | None = None  # config attribute: logits = lm_head(h) / it
+    logits_multiplier: str | None = None  # config attribute: logits = lm_head(h) x it
     logits_softcap: str | None = None  # config attribute: logits = cap * tanh(logits / cap) when set
     lora_targets: tuple[str, ...] = _LLAMA_LORA  # linear modules of a layer LoRA adapts by default
     untested_flags: tuple[str, ...] = ()  # config attributes that change the forward; refused when truthy
@@ -73,6 +75,9 @@ FAMILIES: dict[str, Family] = {
         ),
         Family("stablelm", "llama", "causal"),
         Family("starcoder2", "llama", "sliding_window", lora_targets=(*_ATTENTION_LORA, "c_fc", "c_proj")),
+        Family("cohere", "llama", "causal", logits_multiplier="logit_scale"),
+        Family("qwen3_moe", "llama", "sliding_window", lora_targets=_ATTENTION_LORA),
+        Family("smollm3", "llama", "layer_types"),
         Family("gpt2", "gpt2", "causal", lora_targets=("c_attn", "c_proj", "c_fc")),
     )
 }

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-from transformers import AutoModelForCausalLM, CohereConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, OlmoConfig, PreTrainedModel
 
 from client_sdk.adapters import SOFT_PROMPT_KEY, AdapterConfig, ClientTrainer
 from client_sdk.dataset import IGNORE_INDEX
 from splitmesh.audit import audit_transcript
+from splitmesh.model.arch import layer_types
 from splitmesh.model.client import ClientModel
 from splitmesh.model.errors import UnsupportedArchitecture
 from splitmesh.model.families import FAMILIES
@@ -219,12 +220,23 @@ def test_weights_hash_covers_every_tensor(split: Split) -> None:
 
 
 def test_a_family_without_a_test_is_refused(tmp_path: Path) -> None:
-    config = CohereConfig(
+    config = OlmoConfig(  # OLMo 1: the Llama layout, but nothing checks its split
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
     )
     save_random_model(config, tmp_path)
-    with pytest.raises(UnsupportedArchitecture, match="'cohere' is not supported: no test"):
+    with pytest.raises(UnsupportedArchitecture, match="'olmo' is not supported: no test"):
         ShardRunner.load(str(tmp_path), 0, 1)
+
+
+def test_masks_that_disagree_with_the_kv_cache_are_refused() -> None:
+    # Mistral masks every layer by its sliding window, but a cache built from these layer types would
+    # keep full caches on half the layers. (transformers itself loads such a checkpoint as "ministral",
+    # refused as untested; this checks the guard directly.)
+    config = FAMILY_CONFIGS["mistral-sliding"]()
+    assert layer_types(config, FAMILIES["mistral"]) == ("sliding_attention",) * 4
+    config.layer_types = ["sliding_attention", "full_attention"] * 2
+    with pytest.raises(UnsupportedArchitecture, match="KV cache's sliding layers differ"):
+        layer_types(config, FAMILIES["mistral"])
 
 
 def test_an_untested_variant_of_a_family_is_refused(tmp_path: Path) -> None:

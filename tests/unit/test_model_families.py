@@ -78,7 +78,7 @@ def test_split_generation_equals_generate(split: Split) -> None:
         pad_token_id=0,
     )
     ref_tokens = out.sequences[0, PROMPT.shape[1] :].tolist()
-    for chunk in (None, 3):  # one prefill, then a prefill in chunks (as a node serves steps)
+    for chunk in (None, 3, 5):  # one prefill; chunks shorter and longer than the window (as a node serves)
         got = greedy_generate_split(split.client, split.runners, PROMPT, NEW_TOKENS, prefill_chunk=chunk)
         assert got.tokens == ref_tokens, (split.name, chunk)
         worst = max(float((a - b[0]).abs().max()) for a, b in zip(got.logits, out.logits, strict=True))

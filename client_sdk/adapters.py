@@ -41,6 +41,7 @@ from client_sdk.dataset import IGNORE_INDEX, TrainingBatch
 from client_sdk.errors import TrainingError
 from client_sdk.privacy import Privatizer
 from splitmesh.model.client import ClientModel
+from splitmesh.model.families import FAMILIES
 from splitmesh.model.training import ShardTrainer
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,10 @@ ADAPTER_CONFIG = "adapter.json"
 _ADAPTER_FORMAT = "splitmesh-adapter"
 _ADAPTER_VERSION = 1
 SOFT_PROMPT_KEY = "prompt_embeddings"  # PEFT's name for prompt-tuning vectors
-# The linear modules of a decoder layer that LoRA adapts by default, per architecture family.
+# The linear modules of a decoder layer that LoRA adapts by default, per layout.
 DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-}
+    kind: FAMILIES[kind].lora_targets for kind in ("llama", "gpt2")
+}  # each model type's own list: splitmesh.model.families
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class AdapterConfig:
     lora_rank: int = 8  # LoRA rank r; 0 = no LoRA
     lora_alpha: int = 16  # LoRA scaling is alpha / r
     lora_dropout: float = 0.0  # dropout on the LoRA branch input, active only in training forwards
-    lora_targets: tuple[str, ...] = ()  # module names inside each head layer; () = DEFAULT_LORA_TARGETS
+    lora_targets: tuple[str, ...] = ()  # module names inside each head layer; () = the family's default
     soft_prompt_tokens: int = 0  # trainable virtual tokens prepended to every sequence; 0 = none
 
     def validate(self) -> AdapterConfig:
@@ -135,7 +135,7 @@ class ClientTrainer:
             )
         if any(isinstance(m, LoraLayer) for m in self.model.stack.modules()):
             raise TrainingError("this ClientModel already carries a LoRA adapter; load a fresh ClientModel")
-        targets = self.config.lora_targets or DEFAULT_LORA_TARGETS[self.family]
+        targets = self.config.lora_targets or self.model.spec.arch.traits.lora_targets
         lora = LoraConfig(
             r=self.config.lora_rank,
             lora_alpha=self.config.lora_alpha,
@@ -196,13 +196,13 @@ class ClientTrainer:
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
             raise TrainingError(f"input_ids must be integer [batch, seq], got {list(input_ids.shape)}")
         position_ids = self.position_ids(input_ids)
-        hidden = self._token_embedding()(input_ids)  # [batch, seq, hidden]
+        hidden = self.model.token_embeddings(input_ids)  # [batch, seq, hidden]; Gemma scales here
         if self.soft_prompt is not None:
             prompt = self.soft_prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
             hidden = torch.cat([prompt, hidden], dim=1)  # [batch, virtual + seq, hidden]
-        if self.family == "gpt2":  # absolute positions: the virtual tokens take the first ones
-            hidden = hidden + self.model.embeddings["wpe"](position_ids)
-        return hidden, position_ids
+        # As the unsplit model treats inputs_embeds: a family's multiplier, GPT-2's absolute positions
+        # (the virtual tokens take the first ones).
+        return self.model.layer_input(hidden, position_ids), position_ids
 
     def head_forward(self, input_ids: torch.Tensor, privatizer: Privatizer | None = None) -> HeadOutput:
         """Embeddings (+ soft prompt) and layers [0, split), then the privatizer if any.

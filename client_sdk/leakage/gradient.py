@@ -84,6 +84,13 @@ class HeadJacobian:
                 f"the final norm {type(norm).__name__} is not an RMSNorm; the gradient attacks cover the "
                 "Llama family only"
             )
+        if any(
+            x is not None for x in (client.logits_divisor, client.logits_multiplier, client.logits_softcap)
+        ):
+            raise UnsupportedNorm(
+                f"{client.spec.arch.traits.model_type} scales or soft-caps its logits; the closed-form "
+                "Jacobian covers logits = W rmsnorm(h) only"
+            )
         w = norm_weight.detach()
         weight = client.lm_head_weight.detach()
         scaled = weight * w

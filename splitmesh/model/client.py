@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache
 
 from splitmesh.model.loader import ModelSpec
@@ -30,6 +31,12 @@ class ClientModel(nn.Module):
         head = spec.lm_head_weight(embed_weight)
         # A tied head shares the embedding tensor (no copy), as the unsplit model does.
         self.lm_head_weight = head if head is embed_weight else nn.Parameter(head, requires_grad=False)
+        traits = arch.traits
+        # Scalars the family's base model and LM head apply, read from the config (None: not applied).
+        self.embedding_multiplier = _config_float(self.config, traits.embedding_multiplier)
+        self.logits_divisor = _config_float(self.config, traits.logits_divisor)
+        self.logits_multiplier = _config_float(self.config, traits.logits_multiplier)
+        self.logits_softcap = _config_float(self.config, traits.logits_softcap)
         self.eval().requires_grad_(False)
 
     @classmethod
@@ -43,12 +50,23 @@ class ClientModel(nn.Module):
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
 
-    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [batch, q], position_ids [batch, q] -> hidden [batch, q, hidden_size]."""
-        hidden = self.embeddings[self.spec.arch.embed[0]](input_ids)
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [batch, q] -> the embedding module's vectors [batch, q, hidden] (the unsplit model's
+        `inputs_embeds`; scaled embeddings such as Gemma's scale here)."""
+        return self.embeddings[self.spec.arch.embed[0]](input_ids)
+
+    def layer_input(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """What the base model does to `inputs_embeds` before layer 0 (a multiplier, GPT-2's positions)."""
+        hidden = inputs_embeds
+        if self.embedding_multiplier is not None:
+            hidden = hidden * self.embedding_multiplier
         if self.spec.arch.family == "gpt2":
             hidden = hidden + self.embeddings["wpe"](position_ids)
         return hidden
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [batch, q], position_ids [batch, q] -> hidden [batch, q, hidden_size]."""
+        return self.layer_input(self.token_embeddings(input_ids), position_ids)
 
     def head(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache | None = None
@@ -58,4 +76,16 @@ class ClientModel(nn.Module):
 
     def tail(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states of the last layer [batch, q, hidden] -> logits [batch, q, vocab]."""
-        return nn.functional.linear(self.norm(hidden), self.lm_head_weight)
+        logits = nn.functional.linear(self.norm(hidden), self.lm_head_weight)
+        if self.logits_divisor is not None:
+            logits = logits / self.logits_divisor
+        if self.logits_multiplier is not None:
+            logits = logits * self.logits_multiplier
+        if self.logits_softcap is not None:
+            logits = torch.tanh(logits / self.logits_softcap) * self.logits_softcap
+        return logits
+
+
+def _config_float(config: PretrainedConfig, attribute: str | None) -> float | None:
+    value = getattr(config, attribute, None) if attribute else None
+    return None if value is None else float(value)

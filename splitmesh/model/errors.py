@@ -14,7 +14,7 @@ class ModelNotFound(ModelError, FileNotFoundError):
 
 
 class UnsupportedArchitecture(ModelError, ValueError):
-    """The model's architecture cannot be split by splitmesh (supported: the Llama family and GPT-2)."""
+    """The model type (or this variant of it) has no test of its split: see splitmesh.model.families."""
 
 
 class InvalidShard(ModelError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from splitmesh.model.arch import Arch, build_skeleton, detect, materialize, parse_dtype, rotary_for
+from splitmesh.model.convert import convert_checkpoint
 from splitmesh.model.errors import InvalidShard
 from splitmesh.model.source import ModelSource
 from splitmesh.model.stack import LayerStack
@@ -57,7 +59,7 @@ class ModelSpec:
         self.check_range(start, end)
         names = list(self.source.tensor_files())
         prefixes = [self.arch.layer_prefix(i) for i in range(start, end)]
-        tensors = self.source.load_tensors(n for n in names if n.startswith(tuple(prefixes)))
+        tensors = self.load(n for n in names if n.startswith(tuple(prefixes)))
         skeleton_layers = getattr(self.base(), self.arch.layers)
         # deepcopy of a meta module is free and keeps every build independent of the skeleton.
         layers = [
@@ -71,7 +73,11 @@ class ModelSpec:
         """One named submodule of the base model (embeddings, final norm) with its weights."""
         module = copy.deepcopy(getattr(self.base(), attribute))
         names = [n for n in self.source.tensor_files() if n.startswith(key_prefix)]
-        return materialize(module, key_prefix, self.source.load_tensors(names), self.dtype)
+        return materialize(module, key_prefix, self.load(names), self.dtype)
+
+    def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors by name, converted to the module's layout as transformers loads them."""
+        return convert_checkpoint(self.skeleton, self.source.load_tensors(names))
 
     def lm_head_weight(self, embed_weight: torch.Tensor | None) -> torch.Tensor:
         """The LM head matrix [vocab, hidden]; tied models reuse the input embeddings."""

@@ -31,32 +31,39 @@ class LayerStack(nn.Module):
         self.end = start + len(layers)
         self.layers = nn.ModuleList(layers)
         self.rotary = rotary
-        layer_types = getattr(config, "layer_types", None)
-        self._layer_types: list[str] = (
-            [layer_types[i] for i in range(self.start, self.end)]
-            if layer_types
-            else ["full_attention"] * len(layers)
-        )
+        self._layer_types: list[str] = list(arch.layer_types[self.start : self.end])
 
     def _masks(
         self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: Cache | None
     ) -> dict[str, torch.Tensor | None]:
-        # layer_idx: size the mask from this shard's first cache slot; the default (slot 0) is empty on a
-        # node that does not serve layer 0, which silently yields a wrong mask.
-        kwargs: dict[str, Any] = {
-            "config": self.config,
-            "inputs_embeds": hidden,
-            "attention_mask": None,
-            "cache": cache,
-            "position_ids": position_ids,
-            "layer_idx": self.start,
-        }
+        """One mask per attention kind in this shard, as the unsplit model builds them."""
         masks: dict[str, torch.Tensor | None] = {}
-        if "full_attention" in self._layer_types:
-            masks["full_attention"] = create_causal_mask(**kwargs)
-        if "sliding_attention" in self._layer_types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+        for kind, make in (
+            ("full_attention", create_causal_mask),
+            ("sliding_attention", create_sliding_window_causal_mask),
+        ):
+            if kind not in self._layer_types:
+                continue
+            # layer_idx: size the mask from the cache slot of this shard's first layer of this kind (as
+            # the unsplit model does with the model's first). The default would read another kind's slot
+            # or, on a node that does not serve layer 0, an empty one: a silently wrong mask.
+            masks[kind] = make(
+                config=self.config,
+                inputs_embeds=hidden,
+                attention_mask=None,
+                cache=cache,
+                position_ids=position_ids,
+                layer_idx=self.start + self._layer_types.index(kind),
+            )
         return masks
+
+    def _rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict[str, Any]:
+        """Rotary (cos, sin) per layer kind: shared, or per layer type (Gemma 3's local/global bases)."""
+        assert self.rotary is not None
+        if self.arch.traits.rotary_per_layer_type:
+            return {k: self.rotary(hidden, position_ids, k) for k in set(self._layer_types)}
+        shared = self.rotary(hidden, position_ids=position_ids)
+        return dict.fromkeys(set(self._layer_types), shared)
 
     def forward(
         self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: Cache | None = None
@@ -67,8 +74,7 @@ class LayerStack(nn.Module):
         masks = self._masks(hidden, position_ids, cache)
         use_cache = cache is not None
         if self.arch.family == "llama":
-            assert self.rotary is not None
-            position_embeddings = self.rotary(hidden, position_ids=position_ids)
+            position_embeddings = self._rotary(hidden, position_ids)
             for layer, kind in zip(self.layers, self._layer_types, strict=True):
                 hidden = layer(
                     hidden,
@@ -76,7 +82,7 @@ class LayerStack(nn.Module):
                     position_ids=position_ids,
                     cache=cache,
                     use_cache=use_cache,
-                    position_embeddings=position_embeddings,
+                    position_embeddings=position_embeddings[kind],
                 )
         else:  # gpt2: absolute positions were added with the token embeddings
             for layer, kind in zip(self.layers, self._layer_types, strict=True):

@@ -194,7 +194,7 @@ def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
         is_decoder=True,
     )
     save_random_model(config, tmp_path)
-    with pytest.raises(UnsupportedArchitecture, match="Llama family"):
+    with pytest.raises(UnsupportedArchitecture, match="'bert' is not supported"):
         ShardRunner.load(str(tmp_path), 0, 1)
 
 

@@ -129,7 +129,7 @@ async def _post_step(request: web.Request) -> web.Response:
 async def _post_end(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     job_id = _job_id(request)
-    meta = _parse_end(await request.text())
+    meta = _parse_end(await request.read())  # bytes: bad UTF-8 is a 400, not a 500
     return web.json_response((await service.handle_end(meta, job_id)).model_dump())
 
 
@@ -153,7 +153,7 @@ async def _get_transcript(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/octet-stream")
 
 
-def _parse_end(text: str) -> EndMeta:
+def _parse_end(text: str | bytes) -> EndMeta:
     try:
         return EndMeta.model_validate_json(text)
     except ValidationError as exc:

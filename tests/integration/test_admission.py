@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, TRANSCRIPT_PATH, StepMeta, hex32
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, encode_frame
@@ -346,3 +349,204 @@ def test_total_cap_refuses_with_503_then_frees(route: RunningMarket) -> None:
     again.close()
     assert again.status == 101
     assert_serving(route)
+
+
+# ---------------------------------------------------------------------- fuzz (issue 15, deliverable 4)
+
+FUZZ_EXAMPLES = int(os.environ.get("SPLITMESH_FUZZ_EXAMPLES", "60"))  # per fuzz test; CI keeps it small
+FUZZ_SETTINGS = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    database=None,
+)
+FUZZ_COUNTS: dict[str, int] = {}
+
+
+def _count(kind: str, n: int = 1) -> None:
+    FUZZ_COUNTS[kind] = FUZZ_COUNTS.get(kind, 0) + n
+
+
+def path_ids() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.integers(min_value=-(2**300), max_value=2**300).map(str),
+        st.text(min_size=1, max_size=90),
+        st.sampled_from([*WEIRD_IDS, "0", "1", "99999999999999999999"]),
+    )
+
+
+def frames() -> st.SearchStrategy[bytes]:
+    """Random bytes, and frames with the SMF1 magic, a length and a random (JSON or not) header."""
+    header = st.one_of(
+        st.dictionaries(
+            st.text(max_size=8),
+            st.recursive(
+                st.none() | st.integers() | st.text(max_size=20),
+                lambda c: st.lists(c, max_size=4),
+                max_leaves=8,
+            ),
+            max_size=6,
+        ).map(lambda d: json.dumps(d).encode()),
+        st.fixed_dictionaries(
+            {
+                "dtype": st.sampled_from(["float32", "float16", "int8", "x"]),
+                "shape": st.lists(st.integers(-2, 2**40), max_size=5),
+            }
+        ).map(lambda d: json.dumps(d).encode()),
+        st.binary(max_size=64),
+    )
+    structured = st.tuples(header, st.binary(max_size=256), st.integers(0, 2**32 - 1) | st.none()).map(
+        lambda t: b"SMF1" + (len(t[0]) if t[2] is None else t[2]).to_bytes(4, "little") + t[0] + t[1]
+    )
+    return st.one_of(st.binary(max_size=512), structured)
+
+
+def assert_typed(status: int, data: dict[str, Any], what: str) -> None:
+    assert status < 500 or (status == 503 and data.get("code") in ("busy", "too_many_connections")), (
+        what,
+        status,
+        data,
+    )
+
+
+@FUZZ_SETTINGS
+@given(
+    method_path=st.sampled_from(
+        [
+            ("GET", STREAM_PATH),
+            ("POST", STEP_PATH),
+            ("POST", END_PATH),
+            ("GET", TRANSCRIPT_PATH),
+            ("GET", "/health"),
+            ("GET", "/metrics"),
+        ]
+    ),
+    job=path_ids(),
+    body=frames(),
+    headers=st.dictionaries(
+        st.sampled_from(
+            ["X-Splitmesh-Requester", "X-Splitmesh-Deadline", "X-Splitmesh-Signature", "Content-Type"]
+        ),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=140),
+    ),
+)
+def test_fuzz_node_http(
+    route: RunningMarket, method_path: tuple[str, str], job: str, body: bytes, headers: dict[str, str]
+) -> None:
+    method, path = method_path
+    url = route.nodes[0].endpoint + path.format(job=urllib.request.quote(job, safe=""))
+    request = urllib.request.Request(
+        url, data=body if method == "POST" else None, method=method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, data = response.status, {}
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        status, data = exc.code, (json.loads(raw) if raw.startswith(b"{") else {})
+    _count("node_http")
+    assert_typed(status, data, f"{method} {url}")
+
+
+@FUZZ_SETTINGS
+@given(
+    messages=st.lists(st.one_of(frames(), st.text(max_size=300)), min_size=1, max_size=8),
+    job=st.integers(0, 2**256 - 1),
+)
+def test_fuzz_node_stream(route: RunningMarket, messages: list[bytes | str], job: int) -> None:
+    from splitmesh.wire.websocket import BlockingWebSocket
+
+    with BlockingWebSocket(route.nodes[0].endpoint.replace("http", "ws") + stream_path(job)) as ws:
+        for message in messages:
+            ws.send(message)
+            reply = ws.receive(timeout=60)
+            _count("node_ws")
+            assert isinstance(reply, str), "a random message got a result frame"
+            data = json.loads(reply)
+            assert_typed(int(data["status"]), data, repr(message)[:100])
+
+
+@pytest.fixture(scope="module")
+def coordinator(route: RunningMarket, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import subprocess
+    import sys
+
+    from splitmesh.chain.launcher import free_port
+    from splitmesh_cli.wait import wait_until
+
+    tmp = tmp_path_factory.mktemp("coordinator")
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "splitmesh_cli.main", "coordinator", "run", "--rpc-url", route.rpc_url,
+        "--market", route.deployment.market, "--db", str(tmp / "index.sqlite"),
+        "--port", str(port), "--no-keeper",
+    ]  # fmt: skip
+    log = (tmp / "coordinator.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: _api_up(url) if proc.poll() is None else _exited(proc),
+            timeout=60,
+            interval=0.2,
+            message="coordinator not up",
+        )
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def _api_up(url: str) -> bool:
+    try:
+        return http("GET", url + "/api/status")[0] == 200
+    except OSError:  # not listening yet (URLError is an OSError)
+        return False
+
+
+def _exited(proc: Any) -> bool:
+    raise AssertionError(f"coordinator exited {proc.returncode}")
+
+
+def query_values() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.integers(min_value=-(2**80), max_value=2**80).map(str),
+        st.text(max_size=50),
+        st.sampled_from(["open", "active", "0x" + "ab" * 20, "١٢", "²", "1e9", " 5", "1_0", ""]),
+    )
+
+
+@FUZZ_SETTINGS
+@given(
+    path=st.sampled_from(
+        [
+            "/api/status",
+            "/api/jobs",
+            "/api/jobs/{x}",
+            "/api/nodes",
+            "/api/nodes/{x}",
+            "/api/models",
+            "/",
+            "/static/{x}",
+        ]
+    ),
+    x=path_ids(),
+    params=st.dictionaries(
+        st.sampled_from(["client", "node", "status", "model", "shard", "limit", "offset", "junk"]),
+        query_values(),
+        max_size=5,
+    ),
+)
+def test_fuzz_coordinator_api(coordinator: str, path: str, x: str, params: dict[str, str]) -> None:
+    url = coordinator + path.format(x=urllib.request.quote(x, safe="")) + "?" + urllib.parse.urlencode(params)
+    status, data, _ = http("GET", url)
+    _count("coordinator")
+    assert status < 500, (url, status, data)
+
+
+def test_fuzz_counts_and_everything_still_serves(route: RunningMarket, coordinator: str) -> None:
+    print(f"fuzz requests this run: {FUZZ_COUNTS} (total {sum(FUZZ_COUNTS.values())})")
+    assert sum(FUZZ_COUNTS.values()) >= 3 * FUZZ_EXAMPLES
+    assert_serving(route)
+    assert http("GET", coordinator + "/api/status")[0] == 200

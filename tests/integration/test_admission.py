@@ -547,6 +547,6 @@ def test_fuzz_coordinator_api(coordinator: str, path: str, x: str, params: dict[
 
 def test_fuzz_counts_and_everything_still_serves(route: RunningMarket, coordinator: str) -> None:
     print(f"fuzz requests this run: {FUZZ_COUNTS} (total {sum(FUZZ_COUNTS.values())})")
-    assert sum(FUZZ_COUNTS.values()) >= 3 * FUZZ_EXAMPLES
+    assert FUZZ_COUNTS and all(n >= FUZZ_EXAMPLES for n in FUZZ_COUNTS.values()), FUZZ_COUNTS
     assert_serving(route)
     assert http("GET", coordinator + "/api/status")[0] == 200

@@ -252,7 +252,11 @@ def unknown_job_flood(route: RunningMarket) -> str:
         )
     outcomes = {(s, body.get("code")) for s, body in same + distinct}
     assert outcomes <= {(404, "unknown_job"), (503, "busy")}, outcomes
-    assert after_same - before == 0, f"{after_same - before} chain lookups for one repeated unknown job"
+    # The counter is the node's: the honest client's new jobs (one lookup each, a job every few seconds)
+    # land in it too. Without the refusal cache the 200 repeats alone cost 200.
+    assert after_same - before <= 3, (
+        f"{after_same - before} chain lookups during 200 repeats of one unknown job"
+    )
     return f"{sorted(outcomes)}; chain lookups for 200 repeats: {after_same - before:g}"
 
 

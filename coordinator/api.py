@@ -14,6 +14,7 @@ Errors are JSON {"status", "error"} with a 4xx code; the API only reads the inde
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,9 @@ DB = web.AppKey("db", sqlite3.Connection)
 STATE = web.AppKey("state", FollowerState)
 INFO = web.AppKey("info", dict[str, Any])
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+INTEGER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits only: int() also takes "١٢", " 12", "1_2"
+JOB_ID = re.compile(r"[0-9]{1,78}")  # a decimal uint256
+SQLITE_MAX = (1 << 63) - 1  # the index's INTEGER columns are signed 64-bit
 
 
 def create_app(
@@ -79,10 +83,9 @@ def _int(request: web.Request, name: str, default: int | None = None) -> int | N
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadQuery(f"query parameter {name}={raw!r} is not an integer") from None
+    if INTEGER.fullmatch(raw) is None or not -SQLITE_MAX <= int(raw) <= SQLITE_MAX:
+        raise BadQuery(f"query parameter {name}={raw[:40]!r} is not an integer within +-(2**63-1)")
+    return int(raw)
 
 
 def _str(request: web.Request, name: str) -> str | None:
@@ -117,8 +120,10 @@ async def _jobs(request: web.Request) -> web.Response:
 
 async def _job(request: web.Request) -> web.Response:
     raw = request.match_info["job_id"]
-    if not raw.isdigit():
-        raise BadQuery(f"job id {raw!r} is not a number")
+    if JOB_ID.fullmatch(raw) is None:
+        raise BadQuery(f"job id {raw[:80]!r} is not a decimal number (ASCII digits)")
+    if int(raw) > SQLITE_MAX:  # a real job id, but far beyond any job a chain will ever have
+        raise NotFound(f"job {raw} is not in the index")
     return web.json_response(queries.get_job(request.app[DB], int(raw)))
 
 

@@ -38,6 +38,19 @@ class NodeConfig(Settings):
     auto_topup_wei: int = 0
     scan_blocks: int = 2000  # blocks per eth_getLogs request when scanning for jobs matched to this node
     relay_timeout: float = 60.0  # seconds the next node may take for one step
+    # Admission control (node.admission): what a stranger can make the node hold or spend.
+    max_connections: int = 256  # open WebSocket streams in all; one more gets 503 too_many_connections
+    # Open streams from one IP address; one more gets 429. The previous hop opens one stream per job,
+    # so keep it at least max_sessions.
+    max_connections_per_ip: int = 64
+    heartbeat: float = 20.0  # seconds between WebSocket pings; no pong within half of it drops the peer
+    stream_idle_timeout: float = 120.0  # seconds a stream may go without a message before it is closed
+    send_timeout: float = 30.0  # seconds one outgoing message may wait for a peer that stops reading
+    lookup_threads: int = 4  # threads reading jobs from the chain (for job ids not seen yet)
+    lookup_queue: int = 32  # chain lookups running or waiting; one more gets 503 busy
+    refusal_ttl: float = 2.0  # seconds the chain's "no" about a job id (unknown, closed, not ours) is reused
+    compute_queue: int = 8  # steps running or waiting for this node's layers; one more gets 503 busy
+    retry_after: float = 2.0  # seconds suggested (Retry-After) to a peer refused by a full queue or cap
     keep_transcripts: bool = True  # keep step frames in SQLite for audits
     prune_interval: float = 30.0  # seconds between drops of transcripts no audit can ask for; 0 = keep all
     drain_timeout: float = 10.0  # seconds SIGTERM waits for open sessions to end before closing them

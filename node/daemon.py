@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from aiohttp import web
 
+from node.admission import BoundedWork, ConnectionCaps, StreamLimits
 from node.cheats import Cheat
 from node.config import NodeConfig
 from node.deadlines import ChainClock, JobDeadlines, default_margin
@@ -149,7 +150,8 @@ async def serve(
         "pooled": None,  # set by every duty pass (node.pool); None until the first one
         "pool_reason": None,
     }
-    app_runner = web.AppRunner(create_app(service, info), access_log=None, handle_signals=False)
+    app = create_app(service, info, stream_limits(config))
+    app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await app_runner.setup()
     await web.SockSite(app_runner, sock).start()
     overbill_key = private_key if shard.cheat == Cheat.OVERBILL else None
@@ -244,13 +246,30 @@ def _node_service(
         chain_id=market.chain_id,
         market_address=market.deployment.market,
         runner=shard.runner,
-        directory=JobDirectory(market, sender.address, shard.model.model_id, config.shard),
+        directory=JobDirectory(
+            market,
+            sender.address,
+            shard.model.model_id,
+            config.shard,
+            refusal_ttl=config.refusal_ttl,
+            on_lookup=metrics.chain_lookups_total.inc,
+        ),
         store=store,
         metrics=metrics,
         max_frame_bytes=config.max_frame_bytes,
         relay_signer=RelaySigner(private_key, market.chain_id, market.deployment.market),
         deadlines=deadlines,
         relay_timeout=config.relay_timeout,
+        lookups=BoundedWork(
+            "chain-lookup",
+            threads=config.lookup_threads,
+            pending=config.lookup_queue,
+            retry_after=config.retry_after,
+        ),
+        compute=BoundedWork(
+            "compute", threads=1, pending=config.compute_queue, retry_after=config.retry_after
+        ),
+        send_timeout=config.send_timeout,
     )
     service.cheat = shard.cheat
     service.skip_runner = shard.skip_runner
@@ -259,6 +278,19 @@ def _node_service(
     if market.court is not None:
         service.transcript_policy = lambda job, _position, requester: _is_auditor(market, job, requester)
     return service
+
+
+def stream_limits(config: NodeConfig) -> StreamLimits:
+    """The WebSocket admission limits of node.config."""
+    caps = ConnectionCaps(
+        total=config.max_connections, per_ip=config.max_connections_per_ip, retry_after=config.retry_after
+    )
+    return StreamLimits(
+        caps,
+        heartbeat=config.heartbeat,
+        idle_timeout=config.stream_idle_timeout,
+        send_timeout=config.send_timeout,
+    )
 
 
 def _start_passes(

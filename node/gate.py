@@ -11,7 +11,6 @@ with `StepGate.reply`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -20,6 +19,7 @@ import torch
 from eth_utils import keccak, to_checksum_address
 from pydantic import ValidationError
 
+from node.admission import BoundedWork
 from node.errors import StepRejected, bad_request, conflict, unauthorized
 from node.jobs import JobContext, JobDirectory
 from node.metrics import NodeMetrics
@@ -97,6 +97,9 @@ class StepGate:
         metrics: NodeMetrics,
         relay_signer: RelaySigner,
         relay_timeout: float,
+        lookups: BoundedWork | None = None,
+        compute: BoundedWork | None = None,
+        send_timeout: float = 30.0,
     ):
         self.address = address
         self.chain_id = chain_id
@@ -110,6 +113,11 @@ class StepGate:
         self.metrics = metrics
         self.relay_signer = relay_signer
         self.relay_timeout = relay_timeout  # seconds the next hop may take for one step
+        self.send_timeout = send_timeout  # seconds a frame may wait for a next hop that stops reading
+        # Chain lookups of jobs this node has not seen: a few threads and a short queue; beyond it, 503.
+        self.lookups = lookups or BoundedWork("chain-lookup", threads=4, pending=32, retry_after=1.0)
+        # Layer compute: one thread (torch parallelises inside), a bounded queue; beyond it, 503 busy.
+        self.compute = compute or BoundedWork("compute", threads=1, pending=8, retry_after=2.0)
 
     # ------------------------------------------------------------------ admission
 
@@ -181,7 +189,12 @@ class StepGate:
         context = session.context
         assert context.next_endpoint is not None
         if session.downstream is None:
-            session.downstream = Downstream(context.next_endpoint, context.job_id, timeout=self.relay_timeout)
+            session.downstream = Downstream(
+                context.next_endpoint,
+                context.job_id,
+                timeout=self.relay_timeout,
+                send_timeout=self.send_timeout,
+            )
         return session.downstream
 
     async def relay(
@@ -309,7 +322,10 @@ class StepGate:
         packed = unhex(terms) if terms else None
         if context is not None and (packed is None or packed == context.packed_terms):
             return context
-        return await asyncio.to_thread(self.directory.resolve, job_id, packed)
+        refused = self.directory.refusal(job_id, packed)  # known without a chain call
+        if refused is not None:
+            raise refused
+        return await self.lookups.run(self.directory.resolve, job_id, packed)
 
     def _check_signature(
         self, context: JobContext, step: int, tokens: int, payload: bytes, signature: str

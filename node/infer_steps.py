@@ -24,8 +24,6 @@ from splitmesh.model.runner import ShardRunner
 from splitmesh.protocol import StepMeta, unhex
 from splitmesh.wire import encode_frame
 
-INLINE_TOKENS = 8  # steps this small run on the event loop: a thread handoff costs more than it saves
-
 
 class InferenceStep:
     """One inference step through a shard runner (the skip-layers cheat's half runner, if set)."""
@@ -95,9 +93,8 @@ class InferenceStep:
 
     async def _forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         try:
-            if hidden.shape[1] <= INLINE_TOKENS:
-                return self.runner.forward(session_id, hidden, positions)
-            return await asyncio.to_thread(self.runner.forward, session_id, hidden, positions)
+            # Always off the loop, even one token: the runner's lock may be held by a long prefill.
+            return await self.gate.compute.run(self.runner.forward, session_id, hidden, positions)
         except BadPositions as exc:
             raise conflict("bad_positions", str(exc)) from exc
         except BadHiddenStates as exc:

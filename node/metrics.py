@@ -36,7 +36,12 @@ class NodeMetrics:
             buckets=HANDLE_BUCKETS,
             registry=r,
         )
-        self.errors_total = Counter(PREFIX + "errors", "Rejected or failed steps", ["code"], registry=r)
+        # Labels only from node.errors.ERROR_CODES (node.server maps anything else to "other").
+        self.errors_total = Counter(PREFIX + "errors", "Rejected or failed requests", ["code"], registry=r)
+        self.streams_open = Gauge(PREFIX + "streams_open", "Open WebSocket streams", registry=r)
+        self.chain_lookups_total = Counter(
+            PREFIX + "chain_lookups", "Jobs read from the chain (getJob calls) for peers' frames", registry=r
+        )
         self.stake_wei = Gauge(PREFIX + "stake_wei", "Stake held on-chain, wei", registry=r)
         self.earnings_wei = Gauge(
             PREFIX + "earnings_wei", "Earnings credited, not withdrawn, wei", registry=r

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 
 import aiohttp
 from pydantic import ValidationError
 
-from node.errors import StepRejected
+from node.errors import ERROR_CODES, ERROR_STATUSES, StepRejected
 from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES
 
@@ -18,10 +20,11 @@ logger = logging.getLogger(__name__)
 class Downstream:
     """Sends frames of one job to the next hop and returns its replies, in order."""
 
-    def __init__(self, endpoint: str, job_id: int, *, timeout: float = 60.0):
+    def __init__(self, endpoint: str, job_id: int, *, timeout: float = 60.0, send_timeout: float = 30.0):
         self.url = endpoint.rstrip("/") + STREAM_PATH.format(job=job_id)
         self.job_id = job_id
-        self.timeout = timeout
+        self.timeout = timeout  # seconds the next node may take to answer one step
+        self.send_timeout = send_timeout  # seconds one message may wait for a next node that stops reading
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
@@ -47,10 +50,24 @@ class Downstream:
         """Send one step frame; pair with `receive`."""
         ws = await self._connect()
         try:
-            await ws.send_bytes(frame)
+            await asyncio.wait_for(ws.send_bytes(frame), self.send_timeout)
+        except TimeoutError as exc:
+            await self._abort()
+            raise self._send_timed_out() from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self.close()
             raise StepRejected(502, "next_node_unreachable", f"lost the link to {self.url}: {exc}") from exc
+
+    def _send_timed_out(self) -> StepRejected:
+        return StepRejected(
+            504, "next_node_timeout", f"next node at {self.url} read nothing for {self.send_timeout:g} s"
+        )
+
+    async def _abort(self) -> None:
+        """Drop a link whose peer stopped reading; a close handshake could wait on it forever."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.close(), 2.0)
+        self._ws = self._http = None
 
     async def receive(self) -> bytes:
         """The next node's result frame for the step sent last, or its error."""
@@ -66,7 +83,11 @@ class Downstream:
         ws = await self._connect()
         try:
             if send_text is not None:
-                await ws.send_str(send_text)
+                try:
+                    await asyncio.wait_for(ws.send_str(send_text), self.send_timeout)
+                except TimeoutError as exc:
+                    await self._abort()
+                    raise self._send_timed_out() from exc
             message = await ws.receive(self.timeout)
         except TimeoutError as exc:
             await self.close()
@@ -79,9 +100,7 @@ class Downstream:
         if message.type == aiohttp.WSMsgType.TEXT:
             error = _as_error(message.data)
             if error is not None:
-                raise StepRejected(
-                    error.status, error.code, error.error, node=error.node, position=error.position
-                )
+                raise _relayed_rejection(error)
         elif message.type != aiohttp.WSMsgType.BINARY:
             await self.close()
             raise StepRejected(
@@ -118,3 +137,15 @@ def _as_error(text: str) -> ErrorReply | None:
         return ErrorReply.model_validate(data)
     except ValidationError:
         return None
+
+
+def _relayed_rejection(error: ErrorReply) -> StepRejected:
+    """A downstream node's error, passed upstream with its code and status from the fixed sets only:
+    they are peer data, and end up as a metrics label and as this node's own HTTP status."""
+    code = error.code if error.code in ERROR_CODES else "downstream_error"
+    status = error.status if error.status in ERROR_STATUSES else 502
+    node = error.node if error.node is None or len(error.node) <= 42 else error.node[:42]
+    reason = error.error if len(error.error) <= 1000 else error.error[:1000] + "..."
+    if code != error.code:
+        reason = f"next node answered an unknown error code: {reason}"
+    return StepRejected(status, code, reason, node=node, position=error.position)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
+from node.admission import StreamLimits
 from node.cheats import STALL_INTERVAL, Cheat
-from node.errors import StepRejected, bad_request
+from node.errors import ERROR_CODES, StepRejected, bad_request
 from node.service import NodeService
 from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, TRANSCRIPT_PATH, EndMeta, ErrorReply
 
@@ -25,14 +27,20 @@ logger = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", NodeService)
 INFO = web.AppKey("info", dict[str, Any])
+LIMITS = web.AppKey("limits", StreamLimits)
+JOB_ID = re.compile(r"[0-9]{1,78}")  # ASCII digits only: str.isdigit() also takes "²" and "١٢"
+IDLE_CLOSE = 4408  # WebSocket close code (private range): no message within the idle timeout
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(service: NodeService, info: dict[str, Any]) -> web.Application:
+def create_app(
+    service: NodeService, info: dict[str, Any], limits: StreamLimits | None = None
+) -> web.Application:
     """App factory. `info` is static facts for /health (model, shard, layers, endpoint, ...)."""
     app = web.Application(client_max_size=service.max_frame_bytes, middlewares=[_error_middleware])
     app[SERVICE] = service
     app[INFO] = info
+    app[LIMITS] = limits or StreamLimits()
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get(STREAM_PATH, _stream)
@@ -43,13 +51,14 @@ def create_app(service: NodeService, info: dict[str, Any]) -> web.Application:
 
 
 def _reply(service: NodeService, exc: StepRejected) -> ErrorReply:
-    service.metrics.errors_total.labels(code=exc.code).inc()
+    service.metrics.errors_total.labels(code=exc.code if exc.code in ERROR_CODES else "other").inc()
     return ErrorReply(
         status=exc.status,
         code=exc.code,
         error=exc.reason,
         node=exc.node or service.address,
         position=exc.position if exc.node else None,
+        retry_after=exc.retry_after,
     )
 
 
@@ -60,7 +69,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except StepRejected as exc:
         logger.debug("rejected %s: %s", request.path, exc.reason)
-        return web.json_response(_reply(service, exc).model_dump(), status=exc.status)
+        response = web.json_response(_reply(service, exc).model_dump(), status=exc.status)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return response
     except web.HTTPRequestEntityTooLarge as exc:
         service.metrics.errors_total.labels(code="body_too_large").inc()
         reply = ErrorReply(
@@ -83,8 +95,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def _job_id(request: web.Request) -> int:
     raw = request.match_info["job"]
-    if not raw.isdigit() or len(raw) > 78:
-        raise bad_request("bad_job_id", f"job id {raw[:80]!r} is not a decimal uint256")
+    if JOB_ID.fullmatch(raw) is None or int(raw) >= 1 << 256:
+        raise bad_request("bad_job_id", f"job id {raw[:80]!r} is not a decimal uint256 (ASCII digits)")
     return int(raw)
 
 
@@ -118,7 +130,7 @@ async def _post_step(request: web.Request) -> web.Response:
 async def _post_end(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     job_id = _job_id(request)
-    meta = _parse_end(await request.text())
+    meta = _parse_end(await request.read())  # bytes: bad UTF-8 is a 400, not a 500
     return web.json_response((await service.handle_end(meta, job_id)).model_dump())
 
 
@@ -157,7 +169,7 @@ async def _drip(request: web.Request, body: bytes) -> web.StreamResponse:
     return response
 
 
-def _parse_end(text: str) -> EndMeta:
+def _parse_end(text: str | bytes) -> EndMeta:
     try:
         return EndMeta.model_validate_json(text)
     except ValidationError as exc:
@@ -166,31 +178,64 @@ def _parse_end(text: str) -> EndMeta:
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
-    """One WebSocket per job session: binary step frames in order, text end message last."""
-    service = request.app[SERVICE]
+    """One WebSocket per job session: binary step frames in order, text end message last.
+
+    Admitted under the per-IP and total caps; never compressed (a small deflated message could inflate
+    to the frame limit); a message over the frame limit closes the socket (1009); a stream silent for
+    the idle timeout is closed (4408); a peer that stops reading is dropped by the heartbeat and the
+    send timeout.
+    """
+    service, limits = request.app[SERVICE], request.app[LIMITS]
     job_id = _job_id(request)
     if not service.accepting:
         raise StepRejected(503, "shutting_down", f"node {service.address} is shutting down")
-    # Twice the frame limit: a frame just over the limit still gets a 413 reply instead of a close.
-    ws = web.WebSocketResponse(max_msg_size=2 * service.max_frame_bytes)
-    await ws.prepare(request)
-    async for message in ws:
+    ip = request.remote or "?"
+    limits.caps.acquire(ip)
+    service.metrics.streams_open.inc()
+    try:
+        ws = web.WebSocketResponse(
+            max_msg_size=service.max_frame_bytes, compress=False, heartbeat=limits.heartbeat
+        )
+        await ws.prepare(request)
+        await _serve_stream(service, limits, ws, job_id)
+        return ws
+    finally:
+        limits.caps.release(ip)
+        service.metrics.streams_open.dec()
+
+
+async def _serve_stream(
+    service: NodeService, limits: StreamLimits, ws: web.WebSocketResponse, job_id: int
+) -> None:
+    while True:
+        try:
+            message = await ws.receive(timeout=limits.idle_timeout)
+        except TimeoutError:
+            await ws.close(code=IDLE_CLOSE, message=b"idle")
+            return
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return
+        if message.type == WSMsgType.ERROR:
+            logger.debug("job %d: stream error %s; closing it", job_id, ws.exception())
+            return
         try:
             if message.type == WSMsgType.BINARY:
-                await ws.send_bytes(await service.handle_step(message.data, job_id))
+                reply: bytes | str = await service.handle_step(message.data, job_id)
             elif message.type == WSMsgType.TEXT:
-                result = await service.handle_end(_parse_end(message.data), job_id)
-                await ws.send_str(result.model_dump_json())
-            elif message.type == WSMsgType.ERROR:
-                logger.warning("job %d: stream error %s; closing it", job_id, ws.exception())
-                break
+                reply = (await service.handle_end(_parse_end(message.data), job_id)).model_dump_json()
+            else:
+                continue
         except StepRejected as exc:
-            await ws.send_str(json.dumps(_reply(service, exc).model_dump()))
+            reply = json.dumps(_reply(service, exc).model_dump())
         except Exception:
             logger.exception("internal error on job %d's stream", job_id)
             service.metrics.errors_total.labels(code="internal").inc()
             reply = ErrorReply(
                 status=500, code="internal", error="internal error; see the node log", node=service.address
-            )
-            await ws.send_str(reply.model_dump_json())
-    return ws
+            ).model_dump_json()
+        send = ws.send_bytes(reply) if isinstance(reply, bytes) else ws.send_str(reply)
+        try:
+            await asyncio.wait_for(send, limits.send_timeout)
+        except (TimeoutError, ConnectionError):
+            logger.debug("job %d: the peer does not read its replies; dropping the stream", job_id)
+            return

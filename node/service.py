@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from eth_utils import keccak, to_checksum_address
 
+from node.admission import BoundedWork, ExpiringMap
 from node.cheats import Cheat
 from node.deadlines import JobDeadlines
 from node.errors import StepRejected, bad_request, conflict, forbidden, not_found, unauthorized
@@ -62,6 +63,9 @@ class NodeService:
         relay_signer: RelaySigner,
         deadlines: JobDeadlines,
         relay_timeout: float = 60.0,
+        lookups: BoundedWork | None = None,  # chain lookups of jobs not seen yet (node.admission)
+        compute: BoundedWork | None = None,  # layer compute (node.admission)
+        send_timeout: float = 30.0,  # seconds a relayed frame may wait for a next hop that stops reading
     ):
         self.address = address
         self.chain_id = chain_id
@@ -93,7 +97,11 @@ class NodeService:
             metrics=metrics,
             relay_signer=relay_signer,
             relay_timeout=relay_timeout,
+            lookups=lookups,
+            compute=compute,
+            send_timeout=send_timeout,
         )
+        self._auditors = ExpiringMap(30.0)  # (job, requester) -> may read the transcript
 
     @property
     def sessions(self) -> dict[int, JobSession]:
@@ -111,6 +119,9 @@ class NodeService:
         if not self.accepting:
             raise StepRejected(503, "shutting_down", f"node {self.address} is shutting down")
         meta, tensor = self.gate.decode(data, job_id)
+        refused = self.gate.directory.refusal(job_id, unhex(meta.terms) if meta.terms else None)
+        if refused is not None:  # the chain said no moments ago: no store read, no chain call
+            raise refused
         await self.table.refuse_after_cutoff(job_id)
         return await self.gate.admit(self._kind(meta), meta, tensor, data, received)
 
@@ -204,33 +215,23 @@ class NodeService:
     # ------------------------------------------------------------------ audit transcripts
 
     async def transcript(self, job_id: int, requester: str, deadline: int, signature: str) -> bytes:
-        """The job's transcript (node.transcripts format) for its client or an auditor it names."""
-        record = await asyncio.to_thread(self.store.job, job_id)
-        if record is None:
-            raise not_found(f"this node has no record of job {job_id}")
+        """The job's transcript (node.transcripts format) for its client or an auditor it names.
+
+        A stranger's request is refused before it costs a store flush or a chain call: the deadline and
+        the signature are checked first, the record is read without waiting for queued writes (a job
+        that may be read is not serving, and its end was written and waited for) and auditor lookups
+        go through the bounded chain-lookup pool, cached briefly.
+        """
         now = time.time()
         if not now <= deadline <= now + MAX_REQUEST_VALIDITY:
             raise bad_request(
                 "bad_deadline", f"request deadline must be within {MAX_REQUEST_VALIDITY} s from now"
             )
-        try:
-            signer = recover_transcript_requester(
-                self.chain_id,
-                self.market_address,
-                job_id,
-                record.position,
-                requester,
-                deadline,
-                unhex(signature),
-            )
-        except ValueError as exc:
-            raise unauthorized(f"transcript request signature is malformed: {exc}") from exc
-        if signer != bytes.fromhex(to_checksum_address(requester)[2:]):
-            raise unauthorized("the transcript request is not signed by the requester it names")
-        allowed = to_checksum_address(requester) == record.client
-        if not allowed and self.transcript_policy is not None:
-            allowed = await asyncio.to_thread(self.transcript_policy, job_id, record.position, requester)
-        if not allowed:
+        record = await asyncio.to_thread(self.store.job, job_id, flush=False)
+        if record is None:
+            raise not_found(f"this node has no record of job {job_id}")
+        self._check_requester(job_id, record.position, requester, deadline, signature)
+        if not await self._may_read(job_id, record.position, requester, record.client):
             raise forbidden(
                 "not_auditor", f"{requester} is neither job {job_id}'s client nor one of its auditors"
             )
@@ -242,6 +243,31 @@ class NodeService:
         if any(not s.input_frame or not s.output_frame for s in steps):
             raise StepRejected(410, "transcript_pruned", f"job {job_id}'s transcript is no longer kept")
         return encode_transcript([(s.input_frame, s.output_frame) for s in steps])
+
+    def _check_requester(
+        self, job_id: int, position: int, requester: str, deadline: int, signature: str
+    ) -> None:
+        try:
+            signer = recover_transcript_requester(
+                self.chain_id, self.market_address, job_id, position, requester, deadline, unhex(signature)
+            )
+        except ValueError as exc:
+            raise unauthorized(f"transcript request signature is malformed: {exc}") from exc
+        if signer != bytes.fromhex(to_checksum_address(requester)[2:]):
+            raise unauthorized("the transcript request is not signed by the requester it names")
+
+    async def _may_read(self, job_id: int, position: int, requester: str, client: str) -> bool:
+        """The job's client may; anyone else only if the transcript policy (a chain call) says so."""
+        requester = to_checksum_address(requester)
+        if requester == client:
+            return True
+        if self.transcript_policy is None:
+            return False
+        known = self._auditors.get((job_id, requester))
+        if known is None:
+            known = await self.gate.lookups.run(self.transcript_policy, job_id, position, requester)
+            self._auditors.put((job_id, requester), known)
+        return bool(known)
 
 
 __all__ = ["NodeService"]

@@ -14,7 +14,7 @@ from node.errors import StepRejected, conflict, gone
 from node.jobs import JobContext, JobDirectory
 from node.metrics import NodeMetrics
 from node.relay import Downstream
-from node.store import JobPhase, NodeStore
+from node.store import JobPhase, JobRecord, NodeStore
 from splitmesh.errors import ChainError
 from splitmesh.protocol import ZERO_CHAIN, NodeCommitment, hex32
 
@@ -118,9 +118,7 @@ class SessionTable:
         self.release(str(job_id))
         if session.downstream is not None:
             await session.downstream.close()
-        record = self.store.job(job_id)
-        if record is not None and record.phase == JobPhase.SERVING:
-            self.store.mark_ended(job_id)
+        await asyncio.to_thread(self._mark_ended, job_id)
         self.directory.forget(job_id)
         self.metrics.sessions_active.set(len(self.open))
         logger.info("job %d closed after %d steps (%s); commit queued", job_id, session.steps, why)
@@ -146,9 +144,8 @@ class SessionTable:
             if session is not None:
                 await self.end_at_deadline(session)
                 continue
-            record = self.store.job(job_id)
+            record = await asyncio.to_thread(self._mark_ended, job_id)
             if record is not None and record.phase == JobPhase.SERVING:
-                self.store.mark_ended(job_id)
                 logger.info("job %d: ended before its commit deadline after %d steps", job_id, record.steps)
         return due
 
@@ -156,14 +153,15 @@ class SessionTable:
         """Before any chain call: a job this node knows to be past its cutoff (from its session or its
         store) is ended here, and the step refused as `job_deadline` even once the job is settled."""
         session = self.open.get(job_id)
-        record = self.store.job(job_id) if session is None else None
+        # Off the loop, and without waiting for queued writes: the deadline is written and waited for.
+        record = None if session is not None else await asyncio.to_thread(self.store.job, job_id, flush=False)
         deadline = session.deadline if session is not None else record.deadline if record else None
         if deadline is None or not self.deadlines.closed(deadline):
             return
         if session is not None:
             await self.end_at_deadline(session)
         elif record is not None and record.phase == JobPhase.SERVING:
-            self.store.mark_ended(job_id)
+            await asyncio.to_thread(self.store.mark_ended, job_id)
         raise self.deadline_passed(job_id, deadline)
 
     async def end_at_deadline(self, session: JobSession) -> None:
@@ -179,22 +177,24 @@ class SessionTable:
 
     async def _open(self, context: JobContext) -> JobSession:
         job_id = context.job_id
-        record = self.store.job(job_id)
+        record = await asyncio.to_thread(self.store.job, job_id)
         if record is None or record.deadline is None:
             deadline = await asyncio.to_thread(self._fetch_deadline, job_id)
-            if (session := self.open.get(job_id)) is not None:
-                return session  # a concurrent first step opened it meanwhile
-            record = self.store.job(job_id)
+            record = await asyncio.to_thread(self.store.job, job_id)
         else:
             deadline = record.deadline
+        if (session := self.open.get(job_id)) is not None:
+            return session  # a concurrent first step opened it meanwhile
         if self.deadlines.closed(deadline):
             if record is not None and record.phase == JobPhase.SERVING:
-                self.store.mark_ended(job_id)  # commits what was served; nothing is lost
+                await asyncio.to_thread(self.store.mark_ended, job_id)  # commits what was served
             raise self.deadline_passed(job_id, deadline)
         if record is None or record.deadline is None:
-            record = self.store.open_job(
-                job_id, context.position, context.client, context.packed_terms, deadline
+            record = await asyncio.to_thread(
+                self.store.open_job, job_id, context.position, context.client, context.packed_terms, deadline
             )
+            if (session := self.open.get(job_id)) is not None:
+                return session
         if record.phase != JobPhase.SERVING:
             raise conflict("job_ended", f"job {job_id} already ended on this node ({record.phase.value})")
         session = JobSession(context, deadline)
@@ -208,6 +208,13 @@ class SessionTable:
         self.open[job_id] = session
         self.metrics.sessions_active.set(len(self.open))
         return session
+
+    def _mark_ended(self, job_id: int) -> JobRecord | None:
+        """End the job in the store if it is still serving (commits what it served). Blocking."""
+        record = self.store.job(job_id)
+        if record is not None and record.phase == JobPhase.SERVING:
+            self.store.mark_ended(job_id)
+        return record
 
     def _fetch_deadline(self, job_id: int) -> int:
         try:

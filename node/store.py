@@ -423,13 +423,16 @@ class NodeStore:
 
     # --- reads ---
 
-    def _read(self, sql: str, args: Iterable[object] = ()) -> list[tuple[Any, ...]]:
-        self.flush()
+    def _read(self, sql: str, args: Iterable[object] = (), *, flush: bool = True) -> list[tuple[Any, ...]]:
+        if flush:
+            self.flush()
         with self._read_lock:
             return self._reader.execute(sql, tuple(args)).fetchall()
 
-    def job(self, job_id: int) -> JobRecord | None:
-        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (str(job_id),))
+    def job(self, job_id: int, *, flush: bool = True) -> JobRecord | None:
+        """The job's record. `flush=False` skips waiting for queued step writes: enough for what only
+        waited-for writes change (existence, position, client, deadline, phase)."""
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (str(job_id),), flush=flush)
         return _job_record(rows[0]) if rows else None
 
     def jobs(

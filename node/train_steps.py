@@ -13,7 +13,6 @@ each node computes d(loss)/d(its input) from what comes back from downstream and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -83,7 +82,7 @@ class TrainingStep:
         positions = torch.arange(int(hidden.shape[1])).unsqueeze(0)
         started = time.perf_counter()
         try:
-            output = await asyncio.to_thread(
+            output = await self.gate.compute.run(
                 self.trainer.forward, str(meta.job), meta.step, hidden, positions
             )
         except DuplicateStep as exc:
@@ -124,7 +123,7 @@ class TrainingStep:
             grad_output = relayed.tensor
         started = time.perf_counter()
         with _backward_errors():
-            grad_input = await asyncio.to_thread(self.trainer.backward, job, meta.of_step, grad_output)
+            grad_input = await self.gate.compute.run(self.trainer.backward, job, meta.of_step, grad_output)
         if self.cheat == Cheat.GARBAGE:
             grad_input = garbage_like(grad_input)
         compute_ms = (time.perf_counter() - started) * 1e3

@@ -187,6 +187,7 @@ class ErrorReply(_Strict):
     error: str
     node: str | None = None  # the node that rejected (may be downstream of the one answering)
     position: int | None = None
+    retry_after: float | None = None  # seconds after which the same request may succeed (a full queue)
 
 
 def tensor_digest(tensor: torch.Tensor) -> bytes:

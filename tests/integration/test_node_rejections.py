@@ -42,7 +42,7 @@ from splitmesh.protocol import (
 )
 from splitmesh.signing import EnvelopeSigner, RelaySigner
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, decode_frame, encode_frame
-from splitmesh.wire.websocket import BlockingWebSocket
+from splitmesh.wire.websocket import BlockingWebSocket, WebSocketClosed
 from splitmesh_cli.localnet import CLIENT_KEY, NODE_KEYS, OTHER_KEY, PRICE, RunningMarket
 
 HIDDEN = 576  # SmolLM2-135M hidden size
@@ -514,19 +514,19 @@ def test_header_declaring_a_huge_tensor_is_too_large(rig: Rig, open_channel: Any
     assert_result(channel.send(valid), job, 0, full_route(rig))
 
 
-def test_stream_message_over_the_frame_limit_is_too_large(rig: Rig) -> None:
-    """The stream accepts messages up to twice the frame limit so that one just over it gets a 413 reply
-    instead of a closed socket; the socket then serves the next step."""
+def test_stream_message_over_the_frame_limit_closes_the_stream(rig: Rig) -> None:
+    """The stream's max message size is the frame limit (issue 15): a message over it closes the socket
+    (1009, message too big) instead of being buffered; a new stream of the same job then serves."""
     job = rig.submit()
     node = rig.nodes[0]
     valid = rig.frame(job, 0, 0)
     with stream(node.endpoint, job.job_id) as connection:
-        channel = WsChannel(connection)
         oversized = valid + bytes(DEFAULT_MAX_FRAME_BYTES + 1 - len(valid))
-        assert_rejected(
-            channel.send(oversized), 413, "frame_too_large", node.address, str(DEFAULT_MAX_FRAME_BYTES)
-        )
-        assert_result(channel.send(valid), job, 0, full_route(rig))
+        with pytest.raises(WebSocketClosed):
+            connection.send(oversized)
+            connection.receive(HTTP_TIMEOUT)
+    with stream(node.endpoint, job.job_id) as connection:
+        assert_result(WsChannel(connection).send(valid), job, 0, full_route(rig))
 
 
 # ---------------------------------------------------------------------- 6. values

@@ -180,7 +180,9 @@ class StepGate:
         context = session.context
         assert context.next_endpoint is not None
         if session.downstream is None:
-            session.downstream = Downstream(context.next_endpoint, context.job_id, timeout=self.relay_timeout)
+            session.downstream = Downstream(
+                context.next_endpoint, context.job_id, context.next_key, timeout=self.relay_timeout
+            )
         return session.downstream
 
     async def relay(

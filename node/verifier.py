@@ -41,6 +41,7 @@ from splitmesh.chain.market import AuditStatus, JobStatus, Verdict, VoteStatus
 from splitmesh.chain.sampling import draw_pending, open_audit_if_ready, sample_if_drawn
 from splitmesh.errors import ChainError, ContractRevert
 from splitmesh.model.runner import ShardRunner
+from splitmesh.wire.tls import LinkSecurityError
 
 logger = logging.getLogger(__name__)
 
@@ -288,11 +289,20 @@ class Verifier:
 
     def _transcript(self, job_id: int, position: int, node: str) -> list[TranscriptStep] | Judgement:
         d = self.market.deployment
-        endpoint = self.market.get_node(node).endpoint
+        info = self.market.get_node(node)
         try:
-            raw = fetch_transcript(endpoint, job_id, position, self.private_key, d.chain_id, d.market)
+            raw = fetch_transcript(
+                info.endpoint,
+                job_id,
+                position,
+                self.private_key,
+                d.chain_id,
+                d.market,
+                key=info.encryption_key,
+            )
             return decode_transcript(raw)
-        except TranscriptUnavailable as exc:
+        except (TranscriptUnavailable, LinkSecurityError) as exc:
+            # A node that does not serve its transcript over a link bound to its on-chain key withholds it.
             return Judgement(Verdict.FRAUD, f"transcript withheld: {exc}")
         except TranscriptError as exc:
             return Judgement(Verdict.FRAUD, f"transcript malformed: {exc}")

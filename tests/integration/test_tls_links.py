@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,15 +20,16 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from client_sdk import Client
+from client_sdk import Client, StepFailed
 from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, LocalChain, Marketplace, Sender, deploy
 from splitmesh.chain.launcher import free_port
 from splitmesh.model.identity import describe_model
 from splitmesh.plan import client_split_plan
+from splitmesh.wire.tls import PeerKeyMismatch, load_or_create_identity
 from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, SPLIT, RunningMarket, open_market
 from tests.integration.wiretap import Sink, Wiretap
 
-SCHEME = "http"
+SCHEME = "https"
 PROMPT = "Name three colors of the rainbow."
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 # What a frame or a protocol message looks like in the clear: the frame magic, the JSON header of every
@@ -40,6 +42,7 @@ class Rig:
     running: RunningMarket
     taps: list[Wiretap]
     sink: Sink
+    impostor: ssl.SSLContext  # a TLS server context with a key no node registered
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             spec.env = proxy_env
             specs.append(spec)
         running.start_nodes(specs)
-        yield Rig(running, taps, sink)
+        impostor = load_or_create_identity(tmp / "impostor").server_context()
+        yield Rig(running, taps, sink, impostor)
     finally:
         if running is not None:
             from splitmesh_cli.procs import stop_nodes
@@ -125,7 +129,8 @@ def test_proxy_variables_do_not_divert_frames_or_transcripts(rig: Rig, client: C
     node = rig.running.nodes[0]
     fetch = (
         "import sys; from splitmesh.audit.transcript import fetch_transcript as f; "
-        f"print(len(f({node.endpoint!r}, {job_id}, 0, {CLIENT_KEY!r}, {d.chain_id}, {d.market!r})))"
+        f"print(len(f({node.endpoint!r}, {job_id}, 0, {CLIENT_KEY!r}, {d.chain_id}, {d.market!r}, "
+        f"key=bytes.fromhex({node.info['tls_key'][2:]!r}))))"
     )
     env = {**os.environ, **_proxy_env(rig.sink)}
     done = subprocess.run([sys.executable, "-c", fetch], env=env, capture_output=True, text=True, timeout=120)
@@ -133,3 +138,26 @@ def test_proxy_variables_do_not_divert_frames_or_transcripts(rig: Rig, client: C
     assert int(done.stdout) > 1000
     assert rig.taps[0].connections >= 2  # the step stream and the transcript went to the node
     assert (rig.sink.connections, bytes(rig.sink.recorded)) == (0, b"")
+
+
+def test_the_client_refuses_a_first_node_with_another_key(rig: Rig, client: Client) -> None:
+    _reset(rig)
+    rig.taps[0].impostor_tls = rig.impostor
+    registered = bytes.fromhex(rig.running.nodes[0].info["tls_key"][2:])
+    with pytest.raises(PeerKeyMismatch) as refused:
+        client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT)
+    assert refused.value.expected == registered and refused.value.got != registered
+    assert rig.taps[0].connections >= 1  # the impostor was reached, and read no request
+    assert rig.taps[0].seen() == b""
+
+
+def test_a_node_refuses_a_next_hop_with_another_key(rig: Rig, client: Client) -> None:
+    _reset(rig)
+    rig.taps[1].impostor_tls = rig.impostor
+    with pytest.raises(StepFailed) as refused:
+        client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT)
+    assert refused.value.code == "next_node_key_mismatch"
+    assert f"127.0.0.1:{rig.taps[1].port}" in refused.value.reason  # names the next hop's endpoint
+    assert rig.taps[1].connections >= 1
+    assert rig.taps[1].seen() == b""  # no frame reached the impostor
+    assert b"SMF1" not in rig.taps[0].seen()  # and the honest first link stayed encrypted

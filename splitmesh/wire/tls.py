@@ -157,22 +157,29 @@ def mismatch_from(url: str, exc: aiohttp.ServerFingerprintMismatch) -> PeerKeyMi
     return PeerKeyMismatch(url, exc.expected, exc.got)
 
 
-def pinned_get(url: str, key: bytes, headers: dict[str, str], *, timeout: float) -> tuple[int, bytes]:
-    """GET `url` from a node whose on-chain key is `key`, blocking, without proxies: (status, body).
-
-    The certificate is checked against `key` after the handshake and before the request is sent.
-    """
+def pinned_request(
+    method: str,
+    url: str,
+    key: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One blocking HTTP request to a node whose on-chain key is `key`, without proxies:
+    (status, response headers, body). The certificate is checked against `key` after the handshake and
+    before the request is sent."""
     pin = link_ssl(url, key)
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
     connection: http.client.HTTPConnection
     if isinstance(pin, aiohttp.Fingerprint):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # the pin below is the check: the chain is the trust root
-        connection = http.client.HTTPSConnection(parts.hostname or "", port, timeout=timeout, context=context)
+        connection = http.client.HTTPSConnection(host, parts.port or 443, timeout=timeout, context=context)
     else:
-        connection = http.client.HTTPConnection(parts.hostname or "", port, timeout=timeout)
+        connection = http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
     try:
         connection.connect()
         if isinstance(pin, aiohttp.Fingerprint):
@@ -181,9 +188,15 @@ def pinned_get(url: str, key: bytes, headers: dict[str, str], *, timeout: float)
             got = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").digest()
             if got != key:
                 raise PeerKeyMismatch(url, key, got)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        connection.request("GET", target or "/", headers=headers)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request(method, target, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.headers, response.read()
     finally:
         connection.close()
+
+
+def pinned_get(url: str, key: bytes, headers: dict[str, str], *, timeout: float) -> tuple[int, bytes]:
+    """GET `url` from a node whose on-chain key is `key` (see pinned_request): (status, body)."""
+    status, _, body = pinned_request("GET", url, key, headers=headers, timeout=timeout)
+    return status, body

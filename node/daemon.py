@@ -124,6 +124,12 @@ async def serve(
     tls = _tls_identity(config, home, sender.address)
     scheme = "http" if tls is None else "https"
     endpoint = config.public_url or f"{scheme}://{config.host}:{sock.getsockname()[1]}"
+    if not endpoint.startswith(f"{scheme}://"):
+        sock.close()
+        raise NodeSetupError(
+            f"--public-url {endpoint} must start with {scheme}:// (this node serves "
+            f"{'plaintext' if tls is None else 'TLS'}); peers refuse a mismatched endpoint"
+        )
     tls_key = ZERO_KEY if tls is None else tls.fingerprint
     registration = await asyncio.to_thread(
         ensure_registered,

@@ -8,6 +8,7 @@ recorder. Every node and the client run with HTTP_PROXY, HTTPS_PROXY and ALL_PRO
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import ssl
@@ -25,8 +26,15 @@ from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, LocalChain, Marketplace
 from splitmesh.chain.launcher import free_port
 from splitmesh.model.identity import describe_model
 from splitmesh.plan import client_split_plan
-from splitmesh.wire.tls import PeerKeyMismatch, load_or_create_identity
+from splitmesh.wire.tls import (
+    PLAINTEXT_ENV,
+    ZERO_KEY,
+    NoRegisteredKey,
+    PeerKeyMismatch,
+    load_or_create_identity,
+)
 from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, SPLIT, RunningMarket, open_market
+from splitmesh_cli.procs import NodeProcess
 from tests.integration.wiretap import Sink, Wiretap
 
 SCHEME = "https"
@@ -161,3 +169,33 @@ def test_a_node_refuses_a_next_hop_with_another_key(rig: Rig, client: Client) ->
     assert rig.taps[1].connections >= 1
     assert rig.taps[1].seen() == b""  # no frame reached the impostor
     assert b"SMF1" not in rig.taps[0].seen()  # and the honest first link stayed encrypted
+
+
+def test_a_node_without_a_key_on_chain_is_refused(rig: Rig, client: Client) -> None:
+    _reset(rig)
+    first = rig.running.nodes[0]
+    owner = Sender(rig.running.w3, first.spec.key)
+    rig.running.market.set_encryption_key(owner, ZERO_KEY)
+    try:
+        with pytest.raises(NoRegisteredKey, match=PLAINTEXT_ENV):
+            client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT)
+        assert rig.taps[0].connections == 0  # refused before connecting
+    finally:
+        rig.running.market.set_encryption_key(owner, first.tls_key)
+
+
+def test_a_node_restarted_with_another_key_dir_rotates_its_key_on_chain(
+    rig: Rig, client: Client, tmp_path: Path
+) -> None:
+    _reset(rig)
+    old = rig.running.nodes[1]
+    old.stop()
+    spec = dataclasses.replace(old.spec, extra_args=[*old.spec.extra_args, "--tls-dir", str(tmp_path / "k")])
+    new = NodeProcess(spec, old.log_path).start()
+    rig.running.nodes[1] = new
+    assert new.tls_key not in (old.tls_key, ZERO_KEY)
+    assert rig.running.market.get_node(new.address).encryption_key == new.tls_key
+    changed = rig.running.market.events("EncryptionKeyChanged", node=new.address)
+    assert [bytes(e["args"]["encryptionKey"]) for e in changed][-1] == new.tls_key
+    out = client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT)  # the first node pins the new key
+    assert len(out.token_ids) == 2

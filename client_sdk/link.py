@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from client_sdk.errors import MalformedReply, NodeUnavailable, StepFailed
 from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply, StepResult
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_frame
+from splitmesh.wire.tls import LinkSecurityError, link_ssl, ws_url
 from splitmesh.wire.websocket import BlockingWebSocket
 
 logger = logging.getLogger(__name__)
@@ -19,13 +20,17 @@ logger = logging.getLogger(__name__)
 class RouteLink:
     """Sends step frames into the route and returns the last node's hidden state, in order."""
 
-    def __init__(self, endpoint: str, job_id: int, node: str, *, timeout: float = 120.0):
-        base = endpoint.rstrip("/")
-        self.url = ("ws" + base[4:] if base.startswith("http") else base) + STREAM_PATH.format(job=job_id)
+    def __init__(self, endpoint: str, job_id: int, node: str, key: bytes, *, timeout: float = 120.0):
+        """`key` is the node's on-chain TLS key: the link is refused (splitmesh.wire.tls.PeerKeyMismatch,
+        NoRegisteredKey) unless the node at `endpoint` proves it holds it."""
+        self.url = ws_url(endpoint, STREAM_PATH.format(job=job_id))
         self.node = node
         self.timeout = timeout
         try:
-            self._ws = BlockingWebSocket(self.url, open_timeout=10.0, close_timeout=2.0)
+            pin = link_ssl(self.url, key)
+            self._ws = BlockingWebSocket(self.url, ssl=pin, open_timeout=10.0, close_timeout=2.0)
+        except LinkSecurityError:
+            raise
         except OSError as exc:  # refused, unreachable, handshake timed out
             raise NodeUnavailable(
                 f"first node {node} at {endpoint} is unreachable ({exc}); the job stays open and can be "

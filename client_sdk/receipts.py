@@ -17,6 +17,7 @@ class HopInfo:
     node: str
     endpoint: str
     price_per_token: int  # wei
+    tls_key: str = "0x" + "00" * 32  # SHA-256 of the node's TLS certificate as registered on-chain, hex
 
 
 @dataclass

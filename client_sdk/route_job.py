@@ -86,7 +86,14 @@ class RouteJob:
         self.hops = hops
         self.label = label  # "job" or "training job", for log lines
         self.dtype = str(local.model.dtype).removeprefix("torch.")
-        self.link = RouteLink(hops[0].endpoint, job.job_id, hops[0].node, timeout=owner.step_timeout)
+        first = hops[0]
+        self.link = RouteLink(
+            first.endpoint,
+            job.job_id,
+            first.node,
+            bytes.fromhex(first.tls_key[2:]),
+            timeout=owner.step_timeout,
+        )
         self.next_step = 0
         self.billed = 0  # tokens the client has signed for
         self.sent_chain = self.received_chain = ZERO_CHAIN
@@ -293,8 +300,16 @@ def check_commitments(commitments: list[NodeCommitment], sent: bytes, received: 
 def _hop(market: Marketplace, local: LocalSplit, position: int, node: str, price: int) -> HopInfo:
     shard = local.first_shard + position
     layers = local.info.layers_of(shard)
-    endpoint = market.get_node(node).endpoint
-    return HopInfo(position, shard, (layers.start, layers.stop), node, endpoint, price)
+    info = market.get_node(node)
+    return HopInfo(
+        position,
+        shard,
+        (layers.start, layers.stop),
+        node,
+        info.endpoint,
+        price,
+        "0x" + info.encryption_key.hex(),
+    )
 
 
 def _submit_refused(

@@ -173,6 +173,14 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc INodeRegistry
+    function setEncryptionKey(bytes32 encryptionKey) external {
+        Node storage n = _nodes[msg.sender];
+        if (n.status == NodeStatus.None) revert NodeNotRegistered(msg.sender);
+        n.encryptionKey = encryptionKey;
+        emit EncryptionKeyChanged(msg.sender, encryptionKey);
+    }
+
+    /// @inheritdoc INodeRegistry
     function deactivate() external {
         Node storage n = _nodes[msg.sender];
         if (n.status != NodeStatus.Active) revert NodeNotActive(msg.sender);

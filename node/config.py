@@ -20,10 +20,14 @@ class NodeConfig(Settings):
     dtype: str = "float32"  # float32 or bfloat16
     host: str = "127.0.0.1"  # interface to bind
     port: int = 0  # TCP port; 0 = any free port
-    public_url: str | None = None  # endpoint announced on-chain; None = http://host:port
+    public_url: str | None = None  # endpoint announced on-chain; None = https://host:port
     stake_wei: int = 10**18  # stake to hold; topped up at start if lower
     price_wei: int = 10**9  # price per token
     state_dir: Path | None = None  # where the node's SQLite file lives; None = $SPLITMESH_HOME/nodes
+    # Folder of the TLS key (0600) and self-signed certificate whose SHA-256 is announced on-chain as the
+    # node's encryption key; made on first start. None = <state_dir>/tls-<node address>.
+    tls_dir: Path | None = None
+    plaintext: bool = False  # DEVELOPMENT ONLY: serve http:// and register a zero key (peers refuse it)
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES  # bytes of one step frame accepted from a peer
     session_ttl: float = 120.0  # seconds a job session may stay idle before it is ended and committed
     max_sessions: int = 64  # concurrent job sessions

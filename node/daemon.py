@@ -38,6 +38,13 @@ from splitmesh.model.training import ShardTrainer, TrainerLimits
 from splitmesh.paths import state_dir
 from splitmesh.settings import ChainSettings
 from splitmesh.signing import RelaySigner
+from splitmesh.wire.tls import (
+    PLAINTEXT_ENV,
+    ZERO_KEY,
+    LinkSecurityError,
+    TlsIdentity,
+    load_or_create_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +121,17 @@ async def serve(
     sender = Sender(market.w3, private_key, market.chain_id)
     shard = await _load_shard(config, market)
     sock = _bind(config.host, config.port)
-    endpoint = config.public_url or f"http://{config.host}:{sock.getsockname()[1]}"
+    home = Path(config.state_dir) if config.state_dir else state_dir() / "nodes"
+    tls = _tls_identity(config, home, sender.address)
+    scheme = "http" if tls is None else "https"
+    endpoint = config.public_url or f"{scheme}://{config.host}:{sock.getsockname()[1]}"
+    if not endpoint.startswith(f"{scheme}://"):
+        sock.close()
+        raise NodeSetupError(
+            f"--public-url {endpoint} must start with {scheme}:// (this node serves "
+            f"{'plaintext' if tls is None else 'TLS'}); peers refuse a mismatched endpoint"
+        )
+    tls_key = ZERO_KEY if tls is None else tls.fingerprint
     registration = await asyncio.to_thread(
         ensure_registered,
         market,
@@ -124,11 +141,11 @@ async def serve(
         endpoint,
         config.price_wei,
         config.stake_wei,
+        tls_key,
     )
     for action in registration.actions:
         logger.info("on-chain: %s", action)
 
-    home = Path(config.state_dir) if config.state_dir else state_dir() / "nodes"
     # One file per (node, chain, market): job ids restart at 0 on every new deployment.
     name = f"{sender.address.lower()}-{market.chain_id}-{market.deployment.market.lower()[:10]}.sqlite"
     store = _open_store(home / name, config.keep_transcripts)
@@ -142,6 +159,7 @@ async def serve(
         "layers": [shard.layers.start, shard.layers.stop],
         "dtype": config.dtype,
         "endpoint": endpoint,
+        "tls_key": "0x" + tls_key.hex(),
         "chain_id": market.chain_id,
         "market": market.deployment.market,
         "price_wei": registration.price_wei,
@@ -153,7 +171,7 @@ async def serve(
     app = create_app(service, info, stream_limits(config))
     app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await app_runner.setup()
-    await web.SockSite(app_runner, sock).start()
+    await web.SockSite(app_runner, sock, ssl_context=None if tls is None else tls.server_context()).start()
     overbill_key = private_key if shard.cheat == Cheat.OVERBILL else None
     duties = await asyncio.to_thread(
         chain_duties, config, market, sender, store, metrics, deadlines, info, overbill_key
@@ -182,6 +200,24 @@ async def serve(
         await _shut_down(config, service, tasks, duties, app_runner)
         store.close()
         logger.info("node %s stopped", sender.address)
+
+
+def _tls_identity(config: NodeConfig, home: Path, address: str) -> TlsIdentity | None:
+    """The node's TLS key and certificate (made on first start), or None when told to serve plaintext."""
+    if config.plaintext:
+        logger.warning(
+            "serving PLAINTEXT http:// with no TLS key on-chain (development only): anyone on the path "
+            "reads and can rewrite every frame, and peers refuse this node unless they set %s=1",
+            PLAINTEXT_ENV,
+        )
+        return None
+    directory = Path(config.tls_dir) if config.tls_dir else home / f"tls-{address.lower()}"
+    try:
+        identity = load_or_create_identity(directory)
+    except (OSError, ValueError, LinkSecurityError) as exc:
+        raise NodeSetupError(f"cannot load or create the TLS key in {directory}: {exc}") from exc
+    logger.info("TLS key %s, certificate SHA-256 0x%s", identity.key_path, identity.fingerprint.hex())
+    return identity
 
 
 def _open_store(path: Path, keep_transcripts: bool) -> NodeStore:

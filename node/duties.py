@@ -65,9 +65,17 @@ class Registration:
 
 
 def ensure_registered(
-    market: Marketplace, sender: Sender, model_id: int, shard: int, endpoint: str, price: int, stake: int
+    market: Marketplace,
+    sender: Sender,
+    model_id: int,
+    shard: int,
+    endpoint: str,
+    price: int,
+    stake: int,
+    tls_key: bytes = b"\0" * 32,  # SHA-256 of the node's TLS certificate; zero = plaintext (dev only)
 ) -> Registration:
-    """Make the chain show this node active for (model, shard) at endpoint and price with >= stake."""
+    """Make the chain show this node active for (model, shard) at endpoint, price and TLS key with
+    >= stake."""
     info = market.get_node(sender.address)
     actions: list[str] = []
     if info.status == NodeStatus.ACTIVE and (info.model_id, info.shard) != (model_id, shard):
@@ -80,12 +88,15 @@ def ensure_registered(
             raise NodeSetupError(
                 f"stake {stake} wei is below the minimum {market.min_stake()} wei; raise --stake"
             )
-        market.register_node(sender, model_id, shard, endpoint, price, b"\0" * 32, stake=top_up)
+        market.register_node(sender, model_id, shard, endpoint, price, tls_key, stake=top_up)
         actions.append(f"registered for model {model_id} shard {shard} staking {top_up} wei more")
     else:
         if info.endpoint != endpoint or info.price_per_token != price:
             market.update_node(sender, endpoint, price)
             actions.append(f"updated endpoint {endpoint} and price {price} wei")
+        if info.encryption_key != tls_key:
+            market.set_encryption_key(sender, tls_key)
+            actions.append(f"announced TLS key 0x{tls_key.hex()} (was 0x{info.encryption_key.hex()})")
         if info.stake < stake:
             market.stake(sender, stake - info.stake)
             actions.append(f"staked {stake - info.stake} wei more")

@@ -47,6 +47,8 @@ ERROR_CODES = frozenset(
         "job_running",
         "mode_mismatch",
         "next_node_closed",
+        "next_node_insecure",
+        "next_node_key_mismatch",
         "next_node_refused",
         "next_node_timeout",
         "next_node_unreachable",

@@ -192,6 +192,7 @@ class StepGate:
             session.downstream = Downstream(
                 context.next_endpoint,
                 context.job_id,
+                context.next_key,
                 timeout=self.relay_timeout,
                 send_timeout=self.send_timeout,
             )

@@ -26,6 +26,7 @@ class JobContext:
     shard: int
     next_node: str | None  # None: this node is the last hop and answers the client
     next_endpoint: str | None
+    next_key: bytes = b"\0" * 32  # the next node's on-chain TLS key (SHA-256 of its certificate)
 
     @property
     def client(self) -> str:
@@ -140,10 +141,12 @@ class JobDirectory:
                 f"{self.model_id} shard {self.shard}",
             )
         next_node = next_endpoint = None
+        next_key = b"\0" * 32
         if position + 1 < len(terms.route):
             next_node = terms.route[position + 1].node
-            next_endpoint = self.market.get_node(next_node).endpoint
-        context = JobContext(job_id, terms, packed_terms, position, shard, next_node, next_endpoint)
+            next_info = self.market.get_node(next_node)
+            next_endpoint, next_key = next_info.endpoint, next_info.encryption_key
+        context = JobContext(job_id, terms, packed_terms, position, shard, next_node, next_endpoint, next_key)
         with self._lock:
             self._cache[job_id] = context
         return context

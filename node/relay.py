@@ -1,4 +1,5 @@
-"""The link from a node to the next node of a job's route: one WebSocket per job session."""
+"""The link from a node to the next node of a job's route: one WebSocket per job session, TLS pinned to
+the next node's on-chain key (splitmesh.wire.tls), proxies from *_PROXY variables ignored."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from node.errors import ERROR_CODES, ERROR_STATUSES, StepRejected
 from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES
+from splitmesh.wire.tls import LinkSecurityError, link_ssl, mismatch_from, ws_url
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +22,11 @@ logger = logging.getLogger(__name__)
 class Downstream:
     """Sends frames of one job to the next hop and returns its replies, in order."""
 
-    def __init__(self, endpoint: str, job_id: int, *, timeout: float = 60.0, send_timeout: float = 30.0):
-        self.url = endpoint.rstrip("/") + STREAM_PATH.format(job=job_id)
+    def __init__(
+        self, endpoint: str, job_id: int, key: bytes, *, timeout: float = 60.0, send_timeout: float = 30.0
+    ):
+        self.url = ws_url(endpoint, STREAM_PATH.format(job=job_id))
+        self.key = key  # the next node's on-chain TLS key
         self.job_id = job_id
         self.timeout = timeout  # seconds the next node may take to answer one step
         self.send_timeout = send_timeout  # seconds one message may wait for a next node that stops reading
@@ -31,11 +36,21 @@ class Downstream:
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         if self._ws is not None and not self._ws.closed:
             return self._ws
-        self._http = self._http or aiohttp.ClientSession()
+        try:
+            pin = link_ssl(self.url, self.key)
+        except LinkSecurityError as exc:
+            raise StepRejected(502, "next_node_insecure", str(exc)) from exc
+        self._http = self._http or aiohttp.ClientSession(trust_env=False)
         try:
             self._ws = await self._http.ws_connect(
-                self.url, max_msg_size=DEFAULT_MAX_FRAME_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
+                self.url,
+                max_msg_size=DEFAULT_MAX_FRAME_BYTES,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                ssl=pin,
             )
+        except aiohttp.ServerFingerprintMismatch as exc:
+            logger.warning("refusing the next hop of job %d: %s", self.job_id, mismatch_from(self.url, exc))
+            raise StepRejected(502, "next_node_key_mismatch", str(mismatch_from(self.url, exc))) from exc
         except aiohttp.WSServerHandshakeError as exc:
             raise StepRejected(
                 502, "next_node_refused", f"next node at {self.url} refused the session: HTTP {exc.status}"

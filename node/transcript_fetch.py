@@ -13,16 +13,22 @@ import json
 import aiohttp
 
 from splitmesh.audit.transcript import TranscriptUnavailable
+from splitmesh.wire.tls import link_ssl, mismatch_from
 
 
-async def read_transcript(url: str, headers: dict[str, str], *, max_bytes: int, timeout: float) -> bytes:
-    """GET a transcript: streamed, refused past `max_bytes`, abandoned after `timeout` seconds in total
-    (connect to last byte). Any of those, or a refusal, is TranscriptUnavailable: withheld evidence."""
+async def read_transcript(
+    url: str, key: bytes, headers: dict[str, str], *, max_bytes: int, timeout: float
+) -> bytes:
+    """GET a transcript over a link pinned to `key`, the node's on-chain TLS key: streamed, refused past
+    `max_bytes`, abandoned after `timeout` seconds in total (connect to last byte). Any of those, or a
+    refusal, is TranscriptUnavailable: withheld evidence. A link that cannot be authenticated raises
+    splitmesh.wire.tls.LinkSecurityError (also withheld, for the verifier)."""
+    pin = link_ssl(url, key)
     try:
         async with (
             asyncio.timeout(timeout),
             _transcript_session() as session,
-            session.get(url, headers=headers | {"Accept-Encoding": "identity"}) as response,
+            session.get(url, headers=headers | {"Accept-Encoding": "identity"}, ssl=pin) as response,
         ):
             if response.status != 200:
                 reason = await response.content.read(4096)
@@ -39,6 +45,8 @@ async def read_transcript(url: str, headers: dict[str, str], *, max_bytes: int, 
             return bytes(body)
     except TimeoutError:
         raise TranscriptUnavailable(0, f"{url} did not deliver the transcript within {timeout:g} s") from None
+    except aiohttp.ServerFingerprintMismatch as exc:
+        raise mismatch_from(url, exc) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise TranscriptUnavailable(0, f"{url} is unreachable: {exc}") from exc
 

@@ -53,6 +53,7 @@ from splitmesh.chain.records import AuditStatus, JobStatus, Verdict, VoteStatus
 from splitmesh.chain.sampling import draw_pending, open_audit_if_ready, sample_if_drawn
 from splitmesh.errors import ChainError, ContractRevert
 from splitmesh.model.runner import ShardRunner
+from splitmesh.wire.tls import LinkSecurityError
 
 logger = logging.getLogger(__name__)
 
@@ -317,19 +318,21 @@ class Verifier:
         self, job_id: int, position: int, node: str, timeout: float
     ) -> list[TranscriptStep] | Judgement:
         d = self.market.deployment
-        endpoint = self.market.get_node(node).endpoint
+        info = self.market.get_node(node)
         headers = transcript_request_headers(self.private_key, d.chain_id, d.market, job_id, position)
         try:
             raw = asyncio.run(
                 read_transcript(
-                    transcript_url(endpoint, job_id),
+                    transcript_url(info.endpoint, job_id),
+                    info.encryption_key,
                     headers,
                     max_bytes=self.limits.max_transcript_bytes,
                     timeout=timeout,
                 )
             )
             return decode_transcript(raw, self.limits.max_transcript_bytes)
-        except TranscriptUnavailable as exc:
+        except (TranscriptUnavailable, LinkSecurityError) as exc:
+            # A node that does not serve its transcript over a link bound to its on-chain key withholds it.
             return Judgement(Verdict.FRAUD, f"transcript withheld: {exc}")
         except TranscriptError as exc:
             return Judgement(Verdict.FRAUD, f"transcript malformed: {exc}")

@@ -50,10 +50,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--price", type=int, default=10**9, help="price per token in wei (default 1 gwei)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
-    p.add_argument("--public-url", help="endpoint announced on-chain (default http://HOST:PORT)")
+    p.add_argument("--public-url", help="endpoint announced on-chain (default https://HOST:PORT)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
     p.add_argument(
         "--state-dir", type=Path, help="folder of the node's SQLite state (default $SPLITMESH_HOME/nodes)"
+    )
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="folder of the node's TLS key (mode 0600) and certificate, made on first start; the "
+        "certificate's SHA-256 is announced on-chain (default STATE_DIR/tls-ADDRESS)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="DEVELOPMENT ONLY: serve http:// and register no TLS key; clients and nodes refuse such a "
+        "node unless they run with SPLITMESH_ALLOW_PLAINTEXT=1",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--session-ttl", type=float, help="seconds an idle job session lives (default 120)")
@@ -113,6 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stake_wei=round(args.stake * ETHER),
         price_wei=args.price,
         state_dir=args.state_dir,
+        tls_dir=args.tls_dir,
+        plaintext=True if args.plaintext else None,
         threads=args.threads,
         session_ttl=args.session_ttl,
         duty_interval=args.duty_interval,

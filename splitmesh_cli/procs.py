@@ -63,6 +63,11 @@ class NodeProcess:
         return str(self.info["endpoint"])
 
     @property
+    def tls_key(self) -> bytes:
+        """The SHA-256 of the node's TLS certificate it announced on-chain (zero if it serves plaintext)."""
+        return bytes.fromhex(str(self.info.get("tls_key", "0x" + "00" * 32))[2:])
+
+    @property
     def address(self) -> str:
         return str(self.info["address"])
 

@@ -142,6 +142,10 @@ interface INodeRegistry is INodeRegistryErrors {
     /// @param endpoint New endpoint.
     /// @param pricePerToken New price in wei per token.
     event NodeUpdated(address indexed node, string endpoint, uint64 pricePerToken);
+    /// @notice A node announced a new encryption key (the SHA-256 of its new TLS certificate).
+    /// @param node The node.
+    /// @param encryptionKey The new key; peers refuse links that do not present it.
+    event EncryptionKeyChanged(address indexed node, bytes32 encryptionKey);
     /// @notice A node stopped accepting new jobs.
     /// @param node The node.
     event NodeDeactivated(address indexed node);
@@ -201,6 +205,11 @@ interface INodeRegistry is INodeRegistryErrors {
     /// @param endpoint New endpoint URL.
     /// @param pricePerToken New price in wei per token.
     function updateNode(string calldata endpoint, uint64 pricePerToken) external;
+
+    /// @notice Change the caller's encryption key (rotate its TLS key); links opened from then on must
+    /// present the new one.
+    /// @param encryptionKey New key: the SHA-256 of the node's TLS certificate.
+    function setEncryptionKey(bytes32 encryptionKey) external;
 
     /// @notice Stop being matched to new jobs; stake stays bonded.
     function deactivate() external;

@@ -58,6 +58,15 @@ def _updated(conn: sqlite3.Connection, log: LogRecord) -> None:
     )
 
 
+@on("NodeRegistry", "EncryptionKeyChanged")
+def _key_changed(conn: sqlite3.Connection, log: LogRecord) -> None:
+    node_row(conn, log.args["node"], log)
+    conn.execute(
+        "UPDATE nodes SET encryption_key = ? WHERE address = ?",
+        (log.args["encryptionKey"], log.args["node"]),
+    )
+
+
 @on("NodeRegistry", "NodeDeactivated")
 def _deactivated(conn: sqlite3.Connection, log: LogRecord) -> None:
     node_row(conn, log.args["node"], log)

@@ -14,6 +14,7 @@ Checks, all from data the verifier does not have to trust the audited node for:
 
 from __future__ import annotations
 
+import http.client
 import struct
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from splitmesh.errors import SplitmeshError
 from splitmesh.protocol import TRANSCRIPT_PATH, ZERO_CHAIN, StepMeta, extend_chain, training_payload, unhex
 from splitmesh.signing import recover_envelope_address, recover_relay_address, sign_transcript_request
 from splitmesh.wire import FrameError, decode_frame, encode_frame
+from splitmesh.wire.tls import LinkSecurityError, pinned_get
 
 MAGIC = b"SMT1"
 _U32 = struct.Struct("<I")
@@ -197,32 +199,32 @@ def fetch_transcript(
     chain_id: int,
     market: str,
     *,
+    key: bytes,
     timeout: float = 60.0,
     validity: int = 300,
 ) -> bytes:
-    """GET a node's transcript of a job with a signed request (the job's client or an auditor).
+    """GET a node's transcript of a job with a signed request (the job's client or an auditor), over a
+    link pinned to `key`, the node's on-chain TLS key (splitmesh.wire.tls; PeerKeyMismatch or
+    NoRegisteredKey if it cannot be authenticated).
 
     No size cap and `timeout` is per socket operation, not in total: for a party that trusts the node
     (its own client, a test). A verifier reads with node.verifier's capped, deadlined fetch."""
     import json
-    import urllib.error
-    import urllib.request
 
     headers = transcript_request_headers(private_key, chain_id, market, job_id, position, validity=validity)
-    request = urllib.request.Request(transcript_url(endpoint, job_id), headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read()).get("error", "")
-        except ValueError:
-            reason = ""
-        raise TranscriptUnavailable(
-            exc.code, f"{endpoint} refused job {job_id}'s transcript: {reason}"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
+        status, body = pinned_get(transcript_url(endpoint, job_id), key, headers, timeout=timeout)
+    except (http.client.HTTPException, OSError) as exc:
+        if isinstance(exc, LinkSecurityError):
+            raise
         raise TranscriptUnavailable(0, f"{endpoint} is unreachable: {exc}") from exc
+    if status != 200:
+        try:
+            reason = json.loads(body).get("error", "")
+        except (ValueError, AttributeError):
+            reason = ""
+        raise TranscriptUnavailable(status, f"{endpoint} refused job {job_id}'s transcript: {reason}")
+    return body
 
 
 class TranscriptUnavailable(TranscriptError):

@@ -121,6 +121,13 @@ class Marketplace:
             self.registry.functions.updateNode(endpoint, price_per_token), label="updateNode"
         )
 
+    def set_encryption_key(self, sender: Sender, encryption_key: bytes) -> TxResult:
+        """Announce a new encryption key (the SHA-256 of the node's TLS certificate); emits
+        EncryptionKeyChanged."""
+        return sender.transact(
+            self.registry.functions.setEncryptionKey(encryption_key), label="setEncryptionKey"
+        )
+
     def deactivate(self, sender: Sender) -> TxResult:
         return sender.transact(self.registry.functions.deactivate(), label="deactivate")
 

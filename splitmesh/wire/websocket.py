@@ -2,7 +2,9 @@
 
 A `BlockingWebSocket` owns one connection and a private event loop in a daemon thread; each call runs
 one coroutine there and waits for it. Proxies from *_PROXY variables are ignored (trust_env=False) and
-messages are never compressed: step frames are dense float tensors.
+messages are never compressed: step frames are dense float tensors. `ssl` is what
+splitmesh.wire.tls.link_ssl returns for the node: its pinned on-chain key (or False on a dev network
+that allows plaintext); a peer with another certificate raises PeerKeyMismatch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import aiohttp
 
 from splitmesh.errors import SplitmeshError
 from splitmesh.wire.frames import DEFAULT_MAX_FRAME_BYTES
+from splitmesh.wire.tls import mismatch_from
 
 T = TypeVar("T")
 
@@ -33,11 +36,13 @@ class BlockingWebSocket:
         self,
         url: str,
         *,
+        ssl: aiohttp.Fingerprint | bool,  # splitmesh.wire.tls.link_ssl(url, the node's on-chain key)
         max_msg_size: int = DEFAULT_MAX_FRAME_BYTES,  # bytes of one received message; 0 = no limit
         open_timeout: float = 10.0,  # seconds the handshake may take
         close_timeout: float = 2.0,  # seconds to wait for the peer's close frame
     ):
         self.url = url
+        self._ssl = ssl
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="websocket", daemon=True)
         self._thread.start()
@@ -56,10 +61,13 @@ class BlockingWebSocket:
             self.url,
             max_msg_size=max_msg_size,
             compress=0,
+            ssl=self._ssl,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
         )
         try:
             return await asyncio.wait_for(handshake, open_timeout)
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise mismatch_from(self.url, exc) from None
         except aiohttp.ClientError as exc:
             raise WebSocketClosed(f"cannot open a WebSocket to {self.url}: {exc}") from exc
 

@@ -391,6 +391,35 @@ describe("NodeRegistry", function () {
     });
   });
 
+  describe("setEncryptionKey", function () {
+    const NEW_KEY = "0x" + "ab".repeat(32);
+
+    it("rotates an active node's key without touching its pool entry", async function () {
+      const { registry, nodes } = await loadFixture(nodesFixture);
+      const before = await registry.poolSize(1, 2);
+      await expect(registry.connect(nodes[2]).setEncryptionKey(NEW_KEY))
+        .to.emit(registry, "EncryptionKeyChanged")
+        .withArgs(nodes[2].address, NEW_KEY);
+      const n = await registry.getNode(nodes[2].address);
+      expect([n.encryptionKey, n.status, n.pooled]).to.deep.equal([NEW_KEY, 1n, true]);
+      expect(await registry.poolSize(1, 2)).to.equal(before);
+    });
+
+    it("lets an inactive node change its key", async function () {
+      const { registry, nodes } = await loadFixture(nodesFixture);
+      await registry.connect(nodes[0]).deactivate();
+      await registry.connect(nodes[0]).setEncryptionKey(NEW_KEY);
+      expect((await registry.getNode(nodes[0].address)).encryptionKey).to.equal(NEW_KEY);
+    });
+
+    it("rejects an unregistered caller", async function () {
+      const { registry, other } = await loadFixture(nodesFixture);
+      await expect(registry.connect(other).setEncryptionKey(NEW_KEY))
+        .to.be.revertedWithCustomError(registry, "NodeNotRegistered")
+        .withArgs(other.address);
+    });
+  });
+
   describe("deactivate", function () {
     it("removes the node from its pool and keeps its stake", async function () {
       const { registry, nodes } = await loadFixture(nodesFixture);

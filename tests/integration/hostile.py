@@ -1,11 +1,13 @@
 """A hostile client's tools: raw WebSocket handshakes and frames (compressed, oversized, never read),
-written by hand over a plain socket so that nothing in a client library softens the attack."""
+written by hand over a plain socket (TLS-wrapped, unpinned, for a node that serves https) so that
+nothing in a client library softens the attack."""
 
 from __future__ import annotations
 
 import base64
 import os
 import socket
+import ssl
 import struct
 import time
 import zlib
@@ -39,7 +41,13 @@ def connect(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.bind((source, 0))
     sock.settimeout(30)
-    sock.connect((url.hostname or "127.0.0.1", url.port or 80))
+    sock.connect((url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)))
+    if url.scheme == "https":
+        # An attacker needs no pinning: it takes whatever certificate the node shows.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        sock = context.wrap_socket(sock, server_hostname=url.hostname)
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",

@@ -34,7 +34,9 @@ from hypothesis import strategies as st
 
 from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, TRANSCRIPT_PATH, StepMeta, hex32
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, encode_frame
+from splitmesh.wire.tls import link_ssl, pinned_request, ws_url
 from splitmesh_cli.localnet import CLIENT_KEY, SPLIT, RunningMarket, start_market, stop_market
+from splitmesh_cli.procs import NodeProcess
 from tests.integration import hostile
 
 LIMITS = {  # SPLITMESH_NODE_* for every node of the route
@@ -127,7 +129,17 @@ def honest(route: RunningMarket) -> Iterator[Honest]:
 # ---------------------------------------------------------------------- helpers
 
 
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+def http(
+    method: str, url: str, body: bytes | None = None, *, key: bytes | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One request; to a node (`key`: its on-chain TLS key) over a pinned link."""
+    if key is not None:
+        status, headers, raw = pinned_request(method, url, key, body=body, timeout=60)
+        try:
+            data = json.loads(raw) if status >= 400 else {}
+        except ValueError:
+            data = {"raw": raw[:200].decode("latin-1")}
+        return status, data, dict(headers)
     request = urllib.request.Request(url, data=body, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -150,12 +162,13 @@ def step_frame(job: int, q: int = 3, tensor: torch.Tensor | None = None) -> byte
     return encode_frame(tensor, meta.model_dump())
 
 
-def metric(endpoint: str, name: str) -> float:
-    with urllib.request.urlopen(endpoint + "/metrics", timeout=30) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{endpoint} exports no {name}")
+def metric(node: NodeProcess, name: str) -> float:
+    status, _, body = pinned_request("GET", node.endpoint + "/metrics", node.tls_key, timeout=30)
+    assert status == 200, f"{node.endpoint}/metrics: HTTP {status}"
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{node.endpoint} exports no {name}")
 
 
 def stream_path(job: int) -> str:
@@ -164,7 +177,7 @@ def stream_path(job: int) -> str:
 
 def assert_serving(route: RunningMarket) -> None:
     for node in route.nodes:
-        status, _, _ = http("GET", node.endpoint + "/health")
+        status, _, _ = http("GET", node.endpoint + "/health", key=node.tls_key)
         assert status == 200, f"{node.endpoint} stopped serving"
 
 
@@ -239,16 +252,23 @@ def unknown_job_flood(route: RunningMarket) -> str:
     chain is asked about the repeated job once."""
     node = route.nodes[0]
     url = node.endpoint + STEP_PATH.format(job=UNKNOWN_JOB)
-    first = http("POST", url, step_frame(UNKNOWN_JOB))
+    first = http("POST", url, step_frame(UNKNOWN_JOB), key=node.tls_key)
     assert first[0] == 404 and first[1]["code"] == "unknown_job", first
-    before = metric(node.endpoint, "splitmesh_node_chain_lookups_total")
+    before = metric(node, "splitmesh_node_chain_lookups_total")
     with ThreadPoolExecutor(8) as pool:
-        same = list(pool.map(lambda _: http("POST", url, step_frame(UNKNOWN_JOB))[:2], range(200)))
-    after_same = metric(node.endpoint, "splitmesh_node_chain_lookups_total")
+        same = list(
+            pool.map(lambda _: http("POST", url, step_frame(UNKNOWN_JOB), key=node.tls_key)[:2], range(200))
+        )
+    after_same = metric(node, "splitmesh_node_chain_lookups_total")
     ids = [UNKNOWN_JOB + 100 + i for i in range(40)]
     with ThreadPoolExecutor(16) as pool:
         distinct = list(
-            pool.map(lambda j: http("POST", node.endpoint + STEP_PATH.format(job=j), step_frame(j))[:2], ids)
+            pool.map(
+                lambda j: http(
+                    "POST", node.endpoint + STEP_PATH.format(job=j), step_frame(j), key=node.tls_key
+                )[:2],
+                ids,
+            )
         )
     outcomes = {(s, body.get("code")) for s, body in same + distinct}
     assert outcomes <= {(404, "unknown_job"), (503, "busy")}, outcomes
@@ -264,7 +284,7 @@ def malformed_frames(route: RunningMarket) -> str:
     node = route.nodes[0]
     got = []
     for body in (b"garbage", b"SMF1", b"SMF1\xff\xff\xff\xff{", b""):
-        status, data, _ = http("POST", node.endpoint + STEP_PATH.format(job=1), body)
+        status, data, _ = http("POST", node.endpoint + STEP_PATH.format(job=1), body, key=node.tls_key)
         got.append((status, data.get("code")))
     assert all(400 <= s < 500 for s, _ in got), got
     raw = hostile.connect(node.endpoint, stream_path(1), source="127.0.0.5")
@@ -290,7 +310,10 @@ def weird_ids(route: RunningMarket) -> str:
             ("GET", TRANSCRIPT_PATH),
         ):
             status, data, _ = http(
-                method, node.endpoint + path.format(job=quoted), b"" if method == "POST" else None
+                method,
+                node.endpoint + path.format(job=quoted),
+                b"" if method == "POST" else None,
+                key=node.tls_key,
             )
             got.add((status, data.get("code")))
             assert (status, data.get("code")) == (400, "bad_job_id"), (raw, method, path, status, data)
@@ -439,15 +462,15 @@ def test_fuzz_node_http(
 ) -> None:
     method, path = method_path
     url = route.nodes[0].endpoint + path.format(job=urllib.request.quote(job, safe=""))
-    request = urllib.request.Request(
-        url, data=body if method == "POST" else None, method=method, headers=headers
+    status, _, raw = pinned_request(
+        method,
+        url,
+        route.nodes[0].tls_key,
+        headers=headers,
+        body=body if method == "POST" else None,
+        timeout=60,
     )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            status, data = response.status, {}
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        status, data = exc.code, (json.loads(raw) if raw.startswith(b"{") else {})
+    data = json.loads(raw) if status >= 400 and raw.startswith(b"{") else {}
     _count("node_http")
     assert_typed(status, data, f"{method} {url}")
 
@@ -460,7 +483,8 @@ def test_fuzz_node_http(
 def test_fuzz_node_stream(route: RunningMarket, messages: list[bytes | str], job: int) -> None:
     from splitmesh.wire.websocket import BlockingWebSocket
 
-    with BlockingWebSocket(route.nodes[0].endpoint.replace("http", "ws") + stream_path(job)) as ws:
+    url = ws_url(route.nodes[0].endpoint, stream_path(job))
+    with BlockingWebSocket(url, ssl=link_ssl(url, route.nodes[0].tls_key)) as ws:
         for message in messages:
             ws.send(message)
             reply = ws.receive(timeout=60)

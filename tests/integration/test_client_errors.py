@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from splitmesh.chain import HARDHAT_DEV_KEYS, JobStatus, Sender
 from splitmesh.chain.launcher import advance_time, free_port
 from splitmesh.model.identity import describe_model
 from splitmesh.wire import encode_frame
+from splitmesh.wire.tls import load_or_create_identity
 from splitmesh_cli.localnet import CLIENT_KEY, PARAMS, SPLIT, RunningMarket
 
 PROMPT = "Say hello."
@@ -93,8 +95,10 @@ def test_middle_node_down_names_the_node_and_the_failure(
 
 
 @pytest.fixture()
-def garbage_node() -> Iterator[str]:
-    """A WebSocket server that answers every step with bytes that are not a frame, then a bad frame."""
+def garbage_node(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
+    """A WebSocket server that answers every step with bytes that are not a frame, then a bad frame:
+    (its https endpoint, its TLS key)."""
+    identity = load_or_create_identity(tmp_path / "tls")
     replies = [b"not a frame at all", encode_frame(torch.zeros(1, 1, 8), {"kind": "result"})]
 
     async def stream(request: web.Request) -> web.WebSocketResponse:
@@ -110,16 +114,19 @@ def garbage_node() -> Iterator[str]:
     app.router.add_get("/v1/jobs/{job}/stream", stream)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    loop.run_until_complete(
+        web.TCPSite(runner, "127.0.0.1", port, ssl_context=identity.server_context()).start()
+    )
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{port}"
+    yield f"https://127.0.0.1:{port}", identity.fingerprint
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
 
 
-def test_a_malformed_result_frame_is_malformed_reply(garbage_node: str) -> None:
-    link = RouteLink(garbage_node, 1, "0xgarbage", timeout=5)
+def test_a_malformed_result_frame_is_malformed_reply(garbage_node: tuple[str, bytes]) -> None:
+    endpoint, key = garbage_node
+    link = RouteLink(endpoint, 1, "0xgarbage", key, timeout=5)
     try:
         with pytest.raises(MalformedReply, match="malformed result frame"):
             link.step(b"anything", "float32")

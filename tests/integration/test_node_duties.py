@@ -11,7 +11,6 @@ import json
 import re
 import signal
 import sqlite3
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from splitmesh.chain.launcher import advance_time
 from splitmesh.protocol import ZERO_CHAIN, StepMeta, extend_chain, hex32, tensor_digest
 from splitmesh.signing import EnvelopeSigner
 from splitmesh.wire import encode_frame
+from splitmesh.wire.tls import pinned_request
 from splitmesh_cli.localnet import (
     CLIENT_KEY,
     NODE_KEYS,
@@ -59,17 +59,18 @@ def client(running: RunningMarket) -> Sender:
 # ---------------------------------------------------------------------- helpers
 
 
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return str(response.read().decode())
+def get(node: NodeProcess, path: str) -> str:
+    status, _, body = pinned_request("GET", node.endpoint.rstrip("/") + path, node.tls_key, timeout=10)
+    assert status == 200, f"GET {path}: HTTP {status}"
+    return body.decode()
 
 
 def health(node: NodeProcess) -> dict[str, Any]:
-    return dict(json.loads(get(node.endpoint.rstrip("/") + "/health")))
+    return dict(json.loads(get(node, "/health")))
 
 
 def metric(node: NodeProcess, name: str) -> float | None:
-    found = re.search(rf"^{name} (\S+)$", get(node.endpoint.rstrip("/") + "/metrics"), re.MULTILINE)
+    found = re.search(rf"^{name} (\S+)$", get(node, "/metrics"), re.MULTILINE)
     return float(found.group(1)) if found else None
 
 
@@ -179,7 +180,7 @@ def test_a_session_kept_alive_is_ended_and_committed_before_the_deadline(
     before = stakes(running)
     job = submit(running, client)
     first = running.nodes[0]
-    link = RouteLink(first.endpoint, job.job_id, first.address, timeout=60)
+    link = RouteLink(first.endpoint, job.job_id, first.address, first.tls_key, timeout=60)
     try:
         digest = step(running, link, job, 0, 0, PROMPT)
         advance_to(running, cutoff_of(running, job) + 5)
@@ -206,7 +207,7 @@ def test_a_job_left_serving_by_a_crash_is_committed_at_restart(
     before = stakes(running)
     job = submit(running, client)
     first, middle = running.nodes[0], running.nodes[1]
-    link = RouteLink(first.endpoint, job.job_id, first.address, timeout=60)
+    link = RouteLink(first.endpoint, job.job_id, first.address, first.tls_key, timeout=60)
     try:
         step(running, link, job, 0, 0, PROMPT)
         wait_until(

@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import struct
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +40,7 @@ from splitmesh.protocol import (
 )
 from splitmesh.signing import EnvelopeSigner, RelaySigner
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, decode_frame, encode_frame
+from splitmesh.wire.tls import link_ssl, pinned_request, ws_url
 from splitmesh.wire.websocket import BlockingWebSocket, WebSocketClosed
 from splitmesh_cli.localnet import CLIENT_KEY, NODE_KEYS, OTHER_KEY, PRICE, RunningMarket
 
@@ -141,17 +140,21 @@ class Rig:
 # ---------------------------------------------------------------------- transports
 
 
+# Each node's on-chain TLS key by endpoint, filled by the `rig` fixture: every request pins it.
+NODE_KEYS_BY_ENDPOINT: dict[str, bytes] = {}
+
+
+def key_of(url: str) -> bytes:
+    return next(key for endpoint, key in NODE_KEYS_BY_ENDPOINT.items() if url.startswith(endpoint))
+
+
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, str, bytes]:
     """(status, content type, body) of one request; 4xx/5xx are answers here, not exceptions."""
-    request = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/octet-stream")
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-            return response.status, response.headers.get_content_type(), response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.headers.get_content_type(), exc.read()
+    headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+    status, reply_headers, reply = pinned_request(
+        method, url, key_of(url), headers=headers, body=body, timeout=HTTP_TIMEOUT
+    )
+    return status, reply_headers.get_content_type(), reply
 
 
 class HttpChannel:
@@ -193,6 +196,7 @@ Channel = HttpChannel | WsChannel
 
 @pytest.fixture(scope="module")
 def rig(running_market: RunningMarket) -> Rig:
+    NODE_KEYS_BY_ENDPOINT.update({node.endpoint.rstrip("/"): node.tls_key for node in running_market.nodes})
     return Rig(running_market)
 
 
@@ -226,8 +230,8 @@ def fresh_job(rig: Rig, open_channel: Any) -> tuple[SubmittedJob, Any, Any]:
 
 def stream(endpoint: str, job_id: int) -> BlockingWebSocket:
     """A WebSocket session of one job on a node (use it as a context manager)."""
-    url = endpoint.rstrip("/").replace("http://", "ws://", 1) + STREAM_PATH.format(job=job_id)
-    return BlockingWebSocket(url, open_timeout=10)
+    url = ws_url(endpoint, STREAM_PATH.format(job=job_id))
+    return BlockingWebSocket(url, ssl=link_ssl(url, key_of(endpoint)), open_timeout=10)
 
 
 # ---------------------------------------------------------------------- assertions

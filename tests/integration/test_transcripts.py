@@ -34,7 +34,7 @@ def served(running_market: RunningMarket) -> tuple[Client, int, dict[int, tuple[
 def _fetch(running_market: RunningMarket, job_id: int, position: int, key: str = CLIENT_KEY) -> bytes:
     node = running_market.nodes[position]
     d = running_market.deployment
-    return fetch_transcript(node.endpoint, job_id, position, key, d.chain_id, d.market)
+    return fetch_transcript(node.endpoint, job_id, position, key, d.chain_id, d.market, key=node.tls_key)
 
 
 def test_each_hop_serves_the_transcript_it_committed_to(running_market: RunningMarket, served) -> None:  # type: ignore[no-untyped-def]

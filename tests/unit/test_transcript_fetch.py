@@ -1,10 +1,12 @@
 """A verifier's transcript read (node.transcript_fetch) against a real aiohttp server on 127.0.0.1 that
 misbehaves the ways an accused node can: drip-feeding, announcing or streaming too many bytes, refusing.
-Each one must end as TranscriptUnavailable (withheld evidence), the stalled one at its deadline."""
+Each one must end as TranscriptUnavailable (withheld evidence), the stalled one at its deadline. The
+server speaks TLS with a node identity and the reader pins its key, as on a real route."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -13,6 +15,19 @@ from aiohttp import web
 from node.transcript_fetch import read_transcript
 from node.verifier import AuditLimits
 from splitmesh.audit.transcript import TranscriptUnavailable
+from splitmesh.wire.tls import PeerKeyMismatch, TlsIdentity, load_or_create_identity
+
+_IDENTITY: list[TlsIdentity] = []
+
+
+def identity() -> TlsIdentity:
+    """One TLS identity for the module's servers (made once: key generation is the slow part)."""
+    if not _IDENTITY:
+        from pathlib import Path
+
+        _IDENTITY.append(load_or_create_identity(Path(tempfile.mkdtemp(prefix="splitmesh-tls-"))))
+    return _IDENTITY[0]
+
 
 BODY = b"SMT1" + bytes(range(256)) * 4  # 1028 bytes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -32,11 +47,11 @@ class Server:
         app.router.add_get("/t", self._wrapped)
         runner = web.AppRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=identity().server_context())
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
-            yield f"http://127.0.0.1:{port}/t"
+            yield f"https://127.0.0.1:{port}/t"
         finally:
             await runner.cleanup()
 
@@ -49,12 +64,18 @@ class Server:
             raise
 
 
-def run(server: Server, *, max_bytes: int = 1 << 20, timeout: float = 30.0) -> bytes:
+def run(
+    server: Server, *, max_bytes: int = 1 << 20, timeout: float = 30.0, key: bytes | None = None
+) -> bytes:
     async def go() -> bytes:
         async for url in server.serve():
             try:
                 return await read_transcript(
-                    url, {"X-Splitmesh-Requester": "0xabc"}, max_bytes=max_bytes, timeout=timeout
+                    url,
+                    identity().fingerprint if key is None else key,
+                    {"X-Splitmesh-Requester": "0xabc"},
+                    max_bytes=max_bytes,
+                    timeout=timeout,
                 )
             finally:
                 if not server.client_left.is_set():
@@ -129,13 +150,20 @@ def test_a_refusal_carries_the_nodes_reason() -> None:
     assert err.value.status == 403
 
 
+def test_a_server_with_another_key_is_refused() -> None:
+    server = Server(lambda _r: _plain(BODY))
+    with pytest.raises(PeerKeyMismatch):
+        run(server, key=b"\2" * 32)
+    assert server.sent == 0
+
+
 async def _refuse() -> web.Response:
     return web.json_response({"error": "does not hand over"}, status=403)
 
 
 def test_an_unreachable_node_is_withholding() -> None:
     async def go() -> bytes:
-        return await read_transcript("http://127.0.0.1:9/t", {}, max_bytes=10, timeout=5.0)
+        return await read_transcript("https://127.0.0.1:9/t", b"\1" * 32, {}, max_bytes=10, timeout=5.0)
 
     with pytest.raises(TranscriptUnavailable, match="unreachable"):
         asyncio.run(go())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -80,13 +81,22 @@ class OutgoingStep:
 class RouteJob:
     """A submitted job, a link to its first node, the signed step counter and the hash chains."""
 
-    def __init__(self, owner: JobOwner, local: LocalSplit, job: Any, hops: list[HopInfo], label: str):
+    def __init__(
+        self,
+        owner: JobOwner,
+        local: LocalSplit,
+        job: Any,
+        hops: list[HopInfo],
+        label: str,
+        step_timeout: float | None = None,  # seconds one step may take; None = the owner's
+    ):
         self.owner = owner
         self.job = job  # splitmesh.chain's SubmittedJob: id, terms, packed terms, transaction
         self.hops = hops
         self.label = label  # "job" or "training job", for log lines
         self.dtype = str(local.model.dtype).removeprefix("torch.")
-        self.link = RouteLink(hops[0].endpoint, job.job_id, hops[0].node, timeout=owner.step_timeout)
+        timeout = owner.step_timeout if step_timeout is None else step_timeout
+        self.link = RouteLink(hops[0].endpoint, job.job_id, hops[0].node, timeout=timeout)
         self.next_step = 0
         self.billed = 0  # tokens the client has signed for
         self.sent_chain = self.received_chain = ZERO_CHAIN
@@ -130,6 +140,8 @@ class RouteJob:
         max_tokens: int,
         *,
         escrow_wei: int | None = None,  # None = max tokens x max price + hop fee, per hop
+        avoid: Sequence[str] = (),  # nodes the contract must not match (a failing-over client's bans)
+        step_timeout: float | None = None,  # seconds one step may take; None = the owner's
     ) -> RouteJob:
         """Submit the job with escrow (the contract matches the route) and open the link to its first node."""
         market, info = owner.market, local.info
@@ -151,7 +163,8 @@ class RouteJob:
                 max_price,
                 escrow,
                 meta.to_json(),
-                hints=hints_from_pools(pools, max_price),
+                hints=hints_from_pools(pools, max_price, avoid),
+                avoid=avoid,
             )
         except ContractRevert as exc:
             refused = _submit_refused(exc, market, info.model_id, max_tokens, max_price, escrow)
@@ -162,7 +175,7 @@ class RouteJob:
             _hop(market, local, position, hop.node, hop.price_per_token)
             for position, hop in enumerate(job.terms.route)
         ]
-        return cls(owner, local, job, hops, "training job" if meta.kind == "train" else "job")
+        return cls(owner, local, job, hops, "training job" if meta.kind == "train" else "job", step_timeout)
 
     # ------------------------------------------------------------------ steps
 

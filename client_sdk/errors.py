@@ -21,9 +21,11 @@ class NodeUnavailable(ClientError, ConnectionError):
     """A node of the route could not be reached or dropped the session; `stalled` when it was reached but
     no reply came within the step timeout (any node of the route may be the one stalling)."""
 
-    def __init__(self, message: str, *, stalled: bool = False):
+    def __init__(self, message: str, *, stalled: bool = False, node: str | None = None):
         super().__init__(message)
         self.stalled = stalled
+        self.node = node  # set when the first node refused the link (nothing was sent)
+        self.job_id: int | None = None  # set when that happened to a job just submitted
 
 
 class StepFailed(ClientError, RuntimeError):

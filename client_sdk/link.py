@@ -31,7 +31,8 @@ class RouteLink:
         except OSError as exc:  # refused, unreachable, handshake timed out
             raise NodeUnavailable(
                 f"first node {node} at {endpoint} is unreachable ({exc}); the job stays open and can be "
-                "cancelled for a refund after the commit timeout"
+                "cancelled for a refund after the commit timeout",
+                node=node,
             ) from exc
 
     def _receive(self) -> str | bytes:

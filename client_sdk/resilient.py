@@ -10,6 +10,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -49,9 +50,25 @@ class ResilientRoute:
         self.report = FailoverReport()
         self.released = Released()
         self.submits: list[RouteJob] = []
-        self.route = self._submit()
+        try:
+            self.route = self._first_route()
+        except NodeUnavailable as exc:  # the matched first node refused the link: nothing sent yet
+            if exc.job_id is None:
+                raise
+            self._replace(exc, None)
 
-    def _submit(self) -> RouteJob:
+    def _first_route(self) -> RouteJob:
+        try:
+            return self._submit(self.bans.active())
+        except NoRoute:
+            # Bans steer matching; they never refuse a generation the pools could serve: with every
+            # eligible node of a shard banned, the client takes a banned one rather than none.
+            if not self.bans.active():
+                raise
+            logger.warning("every eligible node of a shard is banned; submitting without the bans")
+            return self._submit(())
+
+    def _submit(self, avoid: Sequence[str]) -> RouteJob:
         route = RouteJob.submit(
             self.owner,
             self.local,
@@ -59,7 +76,7 @@ class ResilientRoute:
             self.meta,
             self.max_tokens,
             escrow_wei=self.opts.escrow_wei,
-            avoid=self.bans.active(),
+            avoid=avoid,
             step_timeout=self.policy.step_timeout,
         )
         self.report.jobs.append(route.job_id)
@@ -78,36 +95,9 @@ class ResilientRoute:
             return self._fail_over(exc, tokens, started)
 
     def _fail_over(self, exc: Exception, tokens: int, started: float) -> tuple[torch.Tensor, StepResult]:
-        """Replace the route until a replay answers; re-raise the failure when it names no node or the
-        attempts are spent."""
+        """Replace the route until a replay of the released prefix answers."""
         while True:
-            route = self.route
-            nodes = [hop.node for hop in route.hops]
-            blamed = blame(exc, nodes, self._prober(route))
-            if blamed is None or self.report.failovers >= self.policy.max_failovers:
-                raise exc
-            culprits, cause = blamed
-            for node in culprits:
-                seconds = self.bans.ban(node, self.policy)
-                self.report.banned.append(node)
-                logger.warning(
-                    "job %d: %s; node %s banned for %g s, failing over to a new job",
-                    route.job_id,
-                    cause,
-                    node,
-                    seconds,
-                )
-            self.report.causes.append(f"job {route.job_id}: {cause}")
-            route.close()  # abandoned, not ended: its nodes commit what they served when sessions expire
-            self.report.abandoned.append(route.job_id)
-            self.report.failovers += 1
-            try:
-                self.route = self._submit()
-            except NoRoute as no_route:
-                raise exc from no_route
-            except STEP_FAILURES as failure:  # the new first node is unreachable too
-                exc = failure
-                continue
+            self._replace(exc, self.route)
             prefix = self.released.prefix()  # [1, tokens, hidden]: the same noised values, no new noise
             self.report.replays += 1
             self.report.replayed_tokens += prefix.shape[1]
@@ -118,6 +108,46 @@ class ResilientRoute:
                 continue
             self.report.seconds_lost += time.perf_counter() - started
             return reply
+
+    def _replace(self, exc: Exception, route: RouteJob | None) -> None:
+        """Ban the nodes `exc` blames, abandon the job and submit a new one (`self.route`). Re-raises
+        `exc` when it blames nobody, the attempts are spent, or no route avoids the banned nodes.
+        `route` is None when `exc` is a just-submitted job's refused link (`exc.job_id`, `exc.node`)."""
+        while True:
+            blamed: tuple[list[str], str] | None
+            if route is None and isinstance(exc, NodeUnavailable) and exc.node and exc.job_id is not None:
+                job_id, blamed = exc.job_id, ([exc.node], f"first node unreachable: {exc}")
+                self.report.jobs.append(job_id)
+            elif route is not None:
+                job_id = route.job_id
+                blamed = blame(exc, [hop.node for hop in route.hops], self._prober(route))
+            else:
+                raise exc
+            if blamed is None or self.report.failovers >= self.policy.max_failovers:
+                raise exc
+            culprits, cause = blamed
+            for node in culprits:
+                seconds = self.bans.ban(node, self.policy)
+                self.report.banned.append(node)
+                logger.warning(
+                    "job %d: %s; node %s banned for %g s, failing over to a new job",
+                    job_id,
+                    cause,
+                    node,
+                    seconds,
+                )
+            self.report.causes.append(f"job {job_id}: {cause}")
+            if route is not None:
+                route.close()  # abandoned, not ended: its nodes commit what they served when sessions expire
+            self.report.abandoned.append(job_id)
+            self.report.failovers += 1
+            try:
+                self.route = self._submit(self.bans.active())
+                return
+            except NoRoute as no_route:
+                raise exc from no_route
+            except NodeUnavailable as failure:  # the new job's first node refused the link too
+                exc, route = failure, None
 
     def _prober(self, route: RouteJob) -> Any:
         def alive(position: int) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from client_sdk.answers import AnswerCheck, check_onchain
-from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, ForgedReply, NoRoute
+from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, ForgedReply, NodeUnavailable, NoRoute
 from client_sdk.link import RouteLink
 from client_sdk.local_split import LocalSplit
 from client_sdk.options import RouteSettings
@@ -175,7 +175,13 @@ class RouteJob:
             _hop(market, local, position, hop.node, hop.price_per_token)
             for position, hop in enumerate(job.terms.route)
         ]
-        return cls(owner, local, job, hops, "training job" if meta.kind == "train" else "job", step_timeout)
+        try:
+            return cls(
+                owner, local, job, hops, "training job" if meta.kind == "train" else "job", step_timeout
+            )
+        except NodeUnavailable as exc:  # the job exists on-chain: say which, so that it can be settled
+            exc.job_id = int(job.job_id)
+            raise
 
     # ------------------------------------------------------------------ steps
 

@@ -241,13 +241,10 @@ def _settle_all(
 
 def test_sigkill_of_a_route_node_mid_generation(failover_market: FailoverMarket) -> None:
     # Position 1 (shard 2): the first node reports next_node_unreachable.
-    import time; t0 = time.time()
     generations, victim, stakes = _run_sessions(failover_market, signal.SIGKILL, 1)
-    print("sessions", time.time() - t0)
     assert _check_tokens(failover_market, generations, victim) >= 1
-    print("checked", time.time() - t0)
     _settle_all(failover_market, generations, victim, stakes)
-    print("settled", time.time() - t0, [g.receipt.failover for g in generations])
+    _summary("SIGKILL", generations)
     # The operator of the dead node takes it out of the pool (it would only be avoided while banned).
     failover_market.running.market.deactivate(Sender(failover_market.running.w3, _key_of(victim)))
 
@@ -258,6 +255,18 @@ def test_sigstop_of_a_route_node_mid_generation(failover_market: FailoverMarket)
     generations, victim, stakes = _run_sessions(failover_market, signal.SIGSTOP, 0)
     assert _check_tokens(failover_market, generations, victim) >= 1
     _settle_all(failover_market, generations, victim, stakes)
+    _summary("SIGSTOP", generations)
+
+
+def _summary(fault: str, generations: list[Generation]) -> None:
+    """One line for the log (pytest -s): what the fault cost the sessions."""
+    reports = [g.receipt.failover for g in generations]
+    lost = [r.seconds_lost for r in reports if r.failovers]
+    print(
+        f"{fault}: {len(generations)} sessions, {sum(r.failovers for r in reports)} failovers, "
+        f"{sum(r.replayed_tokens for r in reports)} replayed tokens, seconds lost per failed-over session "
+        f"{[round(x, 2) for x in lost]}"
+    )
 
 
 def _key_of(address: str) -> str:

@@ -8,12 +8,14 @@ from client_sdk.errors import (
     EscrowTooSmall,
     ForgedReply,
     MalformedReply,
+    NodeLostState,
     NodeUnavailable,
     NoRoute,
     NotSettled,
     StepFailed,
     TrainingError,
 )
+from client_sdk.failover import FailoverPolicy, FailoverReport
 from client_sdk.options import GenerateOptions, PrivacySettings, TrainOptions
 from client_sdk.receipts import GenerationReceipt, HopInfo, Settlement
 
@@ -23,6 +25,8 @@ __all__ = [
     "ClientError",
     "CommitmentMismatch",
     "EscrowTooSmall",
+    "FailoverPolicy",
+    "FailoverReport",
     "ForgedReply",
     "GenerateOptions",
     "Generation",
@@ -30,6 +34,7 @@ __all__ = [
     "HopInfo",
     "MalformedReply",
     "NoRoute",
+    "NodeLostState",
     "NodeUnavailable",
     "NotSettled",
     "PrivacySettings",

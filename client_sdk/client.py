@@ -33,11 +33,13 @@ from client_sdk.errors import (
     NotSettled,
     TrainingError,
 )
+from client_sdk.failover import BanList
 from client_sdk.finetune import TrainingReport, TrainingSession, TrainStep, run_training
 from client_sdk.local_split import JobPrivacy, LocalSplit
 from client_sdk.options import GenerateOptions, TrainOptions
 from client_sdk.privacy import Budget, Privatizer
 from client_sdk.receipts import GenerationReceipt, Settlement
+from client_sdk.resilient import ResilientRoute
 from client_sdk.route_job import RouteJob
 from client_sdk.sampling import sample_token
 from splitmesh.chain import (
@@ -104,6 +106,8 @@ class Client:
         self._prepared: dict[int, LocalSplit] = {}
         self._tokenizer: Any = None
         self._training: TrainingSession | None = None
+        # Nodes this client saw fail mid-generation, kept out of its next routes for a while (failover).
+        self.bans = BanList()
 
     # ------------------------------------------------------------------ setup
 
@@ -204,7 +208,8 @@ class Client:
         # Nodes process the prompt and every generated token except the last one.
         max_tokens = len(prompt_ids) + opts.max_new_tokens - 1
         meta = JobMeta(epsilon=opts.epsilon, delta=opts.delta, clip=privacy.clip, split=local.split)
-        route = RouteJob.submit(self, local, opts, meta, max_tokens, escrow_wei=opts.escrow_wei)
+        resilient = ResilientRoute(self, local, opts, meta, max_tokens, self.bans)
+        route = resilient.route
         receipt = GenerationReceipt(
             job_id=route.job_id,
             client=self.address,
@@ -221,15 +226,18 @@ class Client:
         mismatch: CommitmentMismatch | None = None
         try:
             generated, text = yield from self._decode(
-                route, local, privacy.privatizer, prompt_ids, opts, receipt
+                resilient, local, privacy.privatizer, prompt_ids, opts, receipt
             )
             receipt.decode_seconds = time.perf_counter() - started
+            route = resilient.route  # the last job: the one that served the end of the generation
+            _describe_final_job(receipt, route)
             try:
                 route.end()
             except CommitmentMismatch as exc:  # raised below, with the generation attached
                 mismatch = exc
         finally:
-            route.close()
+            receipt.failover = resilient.report
+            resilient.close()
         receipt.commitments = route.commitments
         receipt.commitment_problem = str(mismatch) if mismatch else route.commitment_problem
         receipt.uncommitted = route.uncommitted
@@ -249,7 +257,7 @@ class Client:
 
     def _decode(
         self,
-        route: RouteJob,
+        route: ResilientRoute,
         local: LocalSplit,
         privatizer: Privatizer,
         prompt_ids: list[int],
@@ -271,9 +279,9 @@ class Client:
             with torch.inference_mode():
                 z = model.head(torch.tensor([pending]), positions.unsqueeze(0), cache)  # [1, q, hidden]
             t1 = time.perf_counter()
-            out = route.prepare(privatizer(z, position), tokens=position + q, start=position)
+            released = privatizer(z, position)  # [1, q, hidden], kept: a failover replays it as is
             t2 = time.perf_counter()
-            hidden, result = route.send(out)
+            hidden, result = route.step(released, position)  # fails over to a new job if a node fails
             t3 = time.perf_counter()
             with torch.inference_mode():
                 logits = model.tail(hidden[:, -1:])[0, -1]  # [vocab]
@@ -427,6 +435,18 @@ class Client:
             tx_hash=tx_hash or events[-1]["transactionHash"].hex(),
             gas_used=gas,
         )
+
+
+def _describe_final_job(receipt: GenerationReceipt, route: RouteJob) -> None:
+    """After a failover the receipt names the job that ended the generation (the others are listed in
+    receipt.failover.jobs)."""
+    if route.job_id == receipt.job_id:
+        return
+    receipt.job_id = route.job_id
+    receipt.route = route.hops
+    receipt.escrow_wei = route.job.terms.escrow
+    receipt.tx[f"submitJob:{route.job_id}"] = route.submit_tx
+    receipt.gas_used[f"submitJob:{route.job_id}"] = route.submit_gas
 
 
 __all__ = ["Budget", "Client", "ClientError", "Generation", "TokenEvent"]

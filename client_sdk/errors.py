@@ -18,7 +18,14 @@ class EscrowTooSmall(ClientError, ValueError):
 
 
 class NodeUnavailable(ClientError, ConnectionError):
-    """A node of the route could not be reached or dropped the session."""
+    """A node of the route could not be reached or dropped the session; `stalled` when it was reached but
+    no reply came within the step timeout (any node of the route may be the one stalling)."""
+
+    def __init__(self, message: str, *, stalled: bool = False, node: str | None = None):
+        super().__init__(message)
+        self.stalled = stalled
+        self.node = node  # set when the first node refused the link (nothing was sent)
+        self.job_id: int | None = None  # set when that happened to a job just submitted
 
 
 class StepFailed(ClientError, RuntimeError):
@@ -32,6 +39,11 @@ class StepFailed(ClientError, RuntimeError):
         self.reason = reason
         self.node = node
         self.position = position
+
+
+class NodeLostState(StepFailed):
+    """A node of the route lost the job's state (it restarted and its KV cache is gone): code
+    `state_lost`. The job cannot continue through it; the client fails over to a new job."""
 
 
 class MalformedReply(ClientError, ValueError):

@@ -8,13 +8,15 @@ import logging
 import torch
 from pydantic import ValidationError
 
-from client_sdk.errors import MalformedReply, NodeUnavailable, StepFailed
+from client_sdk.errors import MalformedReply, NodeLostState, NodeUnavailable, StepFailed
 from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply, StepResult
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_frame
 from splitmesh.wire.tls import LinkSecurityError, link_ssl, ws_url
 from splitmesh.wire.websocket import BlockingWebSocket
 
 logger = logging.getLogger(__name__)
+
+STATE_LOST = "state_lost"  # a node's code for a job whose state it lost (it restarted)
 
 
 class RouteLink:
@@ -34,14 +36,17 @@ class RouteLink:
         except OSError as exc:  # refused, unreachable, handshake timed out
             raise NodeUnavailable(
                 f"first node {node} at {endpoint} is unreachable ({exc}); the job stays open and can be "
-                "cancelled for a refund after the commit timeout"
+                "cancelled for a refund after the commit timeout",
+                node=node,
             ) from exc
 
     def _receive(self) -> str | bytes:
         try:
             return self._ws.receive(self.timeout)
         except TimeoutError as exc:
-            raise NodeUnavailable(f"no reply from {self.url} within {self.timeout:g} s") from exc
+            raise NodeUnavailable(
+                f"no reply from {self.url} within {self.timeout:g} s", stalled=True
+            ) from exc
         except OSError as exc:
             raise NodeUnavailable(f"lost the link to node {self.node} at {self.url}: {exc}") from exc
 
@@ -82,4 +87,5 @@ def _failure(text: str) -> Exception:
         error = ErrorReply.model_validate(json.loads(text))
     except (ValueError, ValidationError):
         return MalformedReply(f"the route sent an unexpected message: {text[:200]!r}")
-    return StepFailed(error.status, error.code, error.error, error.node, error.position)
+    kind = NodeLostState if error.code == STATE_LOST else StepFailed
+    return kind(error.status, error.code, error.error, error.node, error.position)

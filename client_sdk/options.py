@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from client_sdk.failover import FailoverPolicy
 from client_sdk.privacy import PrivacySettings
 
 
@@ -28,6 +29,8 @@ class GenerateOptions(RouteSettings):
     seed: int | None = None  # seeds sampling only (temperature > 0); the DP noise is never seeded
     # escrow sent with the job; None = (max tokens x max price + hop fee) x hops
     escrow_wei: int | None = None
+    # timeouts, attempts and bans when a route node fails mid-generation (client_sdk.failover)
+    failover: FailoverPolicy = field(default_factory=FailoverPolicy)
 
 
 @dataclass(kw_only=True)

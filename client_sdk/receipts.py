@@ -6,6 +6,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from client_sdk.failover import FailoverReport
 from splitmesh.protocol import HopTiming
 
 
@@ -117,6 +118,9 @@ class GenerationReceipt:
     uncommitted: list[int] = field(default_factory=list)  # positions not committed on-chain in time
     steps: StepStats = field(default_factory=StepStats)
     settlement: Settlement | None = None
+    failover: FailoverReport = field(
+        default_factory=FailoverReport
+    )  # route failures survived, and their cost
 
     @property
     def tokens_per_s(self) -> float | None:

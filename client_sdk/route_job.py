@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
 
 from client_sdk.answers import AnswerCheck, check_onchain
-from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, ForgedReply, NoRoute
+from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, ForgedReply, NodeUnavailable, NoRoute
 from client_sdk.link import RouteLink
 from client_sdk.local_split import LocalSplit
 from client_sdk.options import RouteSettings
@@ -80,7 +81,15 @@ class OutgoingStep:
 class RouteJob:
     """A submitted job, a link to its first node, the signed step counter and the hash chains."""
 
-    def __init__(self, owner: JobOwner, local: LocalSplit, job: Any, hops: list[HopInfo], label: str):
+    def __init__(
+        self,
+        owner: JobOwner,
+        local: LocalSplit,
+        job: Any,
+        hops: list[HopInfo],
+        label: str,
+        step_timeout: float | None = None,  # seconds one step may take; None = the owner's
+    ):
         self.owner = owner
         self.job = job  # splitmesh.chain's SubmittedJob: id, terms, packed terms, transaction
         self.hops = hops
@@ -92,7 +101,7 @@ class RouteJob:
             job.job_id,
             first.node,
             bytes.fromhex(first.tls_key[2:]),
-            timeout=owner.step_timeout,
+            timeout=owner.step_timeout if step_timeout is None else step_timeout,
         )
         self.next_step = 0
         self.billed = 0  # tokens the client has signed for
@@ -137,6 +146,8 @@ class RouteJob:
         max_tokens: int,
         *,
         escrow_wei: int | None = None,  # None = max tokens x max price + hop fee, per hop
+        avoid: Sequence[str] = (),  # nodes the contract must not match (a failing-over client's bans)
+        step_timeout: float | None = None,  # seconds one step may take; None = the owner's
     ) -> RouteJob:
         """Submit the job with escrow (the contract matches the route) and open the link to its first node."""
         market, info = owner.market, local.info
@@ -158,7 +169,8 @@ class RouteJob:
                 max_price,
                 escrow,
                 meta.to_json(),
-                hints=hints_from_pools(pools, max_price),
+                hints=hints_from_pools(pools, max_price, avoid),
+                avoid=avoid,
             )
         except ContractRevert as exc:
             refused = _submit_refused(exc, market, info.model_id, max_tokens, max_price, escrow)
@@ -169,7 +181,13 @@ class RouteJob:
             _hop(market, local, position, hop.node, hop.price_per_token)
             for position, hop in enumerate(job.terms.route)
         ]
-        return cls(owner, local, job, hops, "training job" if meta.kind == "train" else "job")
+        try:
+            return cls(
+                owner, local, job, hops, "training job" if meta.kind == "train" else "job", step_timeout
+            )
+        except NodeUnavailable as exc:  # the job exists on-chain: say which, so that it can be settled
+            exc.job_id = int(job.job_id)
+            raise
 
     # ------------------------------------------------------------------ steps
 

@@ -140,7 +140,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         uint64 maxPricePerToken,
         bytes calldata metadata
     ) external payable returns (uint256 jobId) {
-        return _submit(modelId, firstShard, maxTokens, maxPricePerToken, metadata, new uint32[](0));
+        return _submit(modelId, firstShard, maxTokens, maxPricePerToken, metadata, new uint32[](0), new address[](0));
     }
 
     /// @inheritdoc IJobMarket
@@ -152,7 +152,20 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         bytes calldata metadata,
         uint32[] calldata hints
     ) external payable returns (uint256 jobId) {
-        return _submit(modelId, firstShard, maxTokens, maxPricePerToken, metadata, hints);
+        return _submit(modelId, firstShard, maxTokens, maxPricePerToken, metadata, hints, new address[](0));
+    }
+
+    /// @inheritdoc IJobMarket
+    function submitJobAvoiding(
+        uint32 modelId,
+        uint8 firstShard,
+        uint32 maxTokens,
+        uint64 maxPricePerToken,
+        bytes calldata metadata,
+        uint32[] calldata hints,
+        address[] calldata avoid
+    ) external payable returns (uint256 jobId) {
+        return _submit(modelId, firstShard, maxTokens, maxPricePerToken, metadata, hints, avoid);
     }
 
     function _submit(
@@ -161,7 +174,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
         uint32 maxTokens,
         uint64 maxPricePerToken,
         bytes calldata metadata,
-        uint32[] memory hints
+        uint32[] memory hints,
+        address[] memory avoid
     ) private returns (uint256 jobId) {
         if (maxTokens == 0) revert ZeroMaxTokens();
         if (metadata.length > MAX_METADATA_LENGTH) revert MetadataTooLong(metadata.length);
@@ -178,7 +192,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
             firstShard,
             maxPricePerToken,
             seed,
-            hints
+            hints,
+            avoid
         );
         uint256 hops = packedRoute.length / JobTermsLib.HOP_LENGTH;
         uint256 required = uint256(maxTokens) * priceSum + hops * _hopFee;

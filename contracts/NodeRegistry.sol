@@ -20,6 +20,8 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     uint8 public constant MAX_SHARDS = 8;
     /// @notice How many pool entries matching inspects per shard before giving up (bounded gas).
     uint256 public constant MAX_PROBES = 8;
+    /// @notice Most nodes a client may ask matchRoute to avoid (bounds the matcher's gas).
+    uint256 public constant MAX_AVOID = 8;
     /// @notice Most nodes samplePool draws in one call (bounded gas).
     uint256 public constant MAX_SAMPLE = 16;
     /// @notice Random probes samplePool makes per node wanted, for pools larger than the sample.
@@ -266,18 +268,20 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         uint8 firstShard,
         uint64 maxPricePerToken,
         uint256 seed,
-        uint32[] calldata hints
+        uint32[] calldata hints,
+        address[] calldata avoid
     ) external view returns (bytes memory packedRoute, uint256 priceSum) {
         uint256 state = _shardState[modelId];
         uint256 numShards = uint8(state);
         if (numShards == 0) revert UnknownModel(modelId);
         if (firstShard >= numShards) revert InvalidShard(modelId, firstShard);
         if (hints.length > numShards - firstShard) revert TooManyHints(hints.length, numShards - firstShard);
+        if (avoid.length > MAX_AVOID) revert TooManyAvoided(avoid.length, MAX_AVOID);
         packedRoute = new bytes((numShards - firstShard) * JobTermsLib.HOP_LENGTH);
         for (uint256 shard = firstShard; shard < numShards; ++shard) {
             uint256 size = uint24(state >> (8 + 24 * shard));
             uint256 hint = shard - firstShard < hints.length ? hints[shard - firstShard] : 0;
-            (address node, uint64 price) = _pick(modelId, uint8(shard), size, seed, maxPricePerToken, hint);
+            (address node, uint64 price) = _pick(modelId, uint8(shard), size, seed, maxPricePerToken, hint, avoid);
             // One 28-byte hop, big-endian: node (20 bytes) then price (8 bytes). The 32-byte store spills
             // 4 zero bytes into the next hop (written after) or the word-rounded tail of the allocation.
             uint256 word = (uint256(uint160(node)) << 96) | (uint256(price) << 32);
@@ -441,15 +445,17 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         emit PoolMembershipChanged(node, false);
     }
 
-    /// @dev Probes at most MAX_PROBES pool entries from a seeded start for one within the price limit,
-    /// then the caller's hint (1 + a pool index), so overpriced entries cannot hide an eligible node.
+    /// @dev Probes at most MAX_PROBES pool entries from a seeded start for one within the price limit and
+    /// not in `avoid`, then the caller's hint (1 + a pool index), so overpriced (or avoided) entries cannot
+    /// hide an eligible node.
     function _pick(
         uint32 modelId,
         uint8 shard,
         uint256 size,
         uint256 seed,
         uint64 maxPricePerToken,
-        uint256 hint
+        uint256 hint,
+        address[] calldata avoid
     ) private view returns (address node, uint64 price) {
         if (size == 0) revert NoEligibleNode(modelId, shard);
         mapping(uint256 => RouteHop) storage pool = _pools[_poolKey(modelId, shard)];
@@ -458,12 +464,12 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         for (uint256 k; k < probes; ++k) {
             RouteHop storage hop = pool[(start + k) % size];
             price = hop.pricePerToken;
-            if (price <= maxPricePerToken) return (hop.node, price);
+            if (price <= maxPricePerToken && !_avoided(avoid, hop.node)) return (hop.node, price);
         }
         if (hint != 0 && hint <= size) {
             RouteHop storage hinted = pool[hint - 1];
             price = hinted.pricePerToken;
-            if (price <= maxPricePerToken) return (hinted.node, price);
+            if (price <= maxPricePerToken && !_avoided(avoid, hinted.node)) return (hinted.node, price);
         }
         revert NoEligibleNode(modelId, shard);
     }
@@ -501,6 +507,13 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
             total -= weights[k];
             weights[k] = 0;
         }
+    }
+
+    function _avoided(address[] calldata avoid, address node) private pure returns (bool) {
+        for (uint256 i; i < avoid.length; ++i) {
+            if (avoid[i] == node) return true;
+        }
+        return false;
     }
 
     function _contains(address[] memory list, uint256 length, address item) private pure returns (bool) {

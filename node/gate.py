@@ -376,7 +376,7 @@ def _check_order(session: JobSession, meta: StepMeta, mode: str) -> None:
     """The session can take this step: not broken, of the job's mode, a new step number."""
     job_id = session.context.job_id
     if session.broken is not None:
-        raise conflict("session_broken", session.broken)
+        raise conflict(session.broken_code, session.broken)
     if session.mode is not None and session.mode != mode:
         kind = "an inference" if session.mode == "infer" else "a training"
         raise conflict("mode_mismatch", f"job {job_id} is {kind} job on this node; start a new job")

@@ -35,6 +35,8 @@ class JobSession:
     receipt: Receipt | None = None
     downstream: Downstream | None = None
     broken: str | None = None  # why the session can take no more steps
+    # the code steps are refused with once broken: "state_lost" after a restart (the client fails over)
+    broken_code: str = "session_broken"
     pending: Callable[[], None] | None = None  # the last step's bookkeeping, run after its reply
     mode: str | None = None  # "infer" or "train", fixed by the job's first step
     billed: int = 0  # tokens the client has signed for so far (the last answered step's count)
@@ -201,7 +203,11 @@ class SessionTable:
         if record.steps:
             # Restarted mid-job: the KV cache is gone, so the job cannot continue here; end it with what
             # was served so the work done so far is still committed and paid.
-            session.broken = "the node restarted during this job and lost its KV cache"
+            session.broken = (
+                "the node restarted during this job and lost its KV cache; it commits what it served. "
+                "Continue on a new job without this node (the client SDK fails over by itself)"
+            )
+            session.broken_code = "state_lost"
             session.last_step, session.steps = record.last_step, record.steps
             session.input_chain, session.output_chain = record.input_chain, record.output_chain
             session.receipt = record.receipt

@@ -241,6 +241,26 @@ interface IJobMarket is IJobMarketErrors {
         uint32[] calldata hints
     ) external payable returns (uint256 jobId);
 
+    /// @notice submitJobWithHints that never matches a node in `avoid`: a client failing over from a node
+    /// it saw die, stall or answer garbage submits the rest of its generation without it.
+    /// @param modelId The model.
+    /// @param firstShard First shard the nodes run.
+    /// @param maxTokens Most tokens the client will sign for.
+    /// @param maxPricePerToken Highest per-node price in wei per token.
+    /// @param metadata Up to 256 bytes the client declares.
+    /// @param hints One entry per shard of the route at most.
+    /// @param avoid Nodes not to match (at most the registry's MAX_AVOID).
+    /// @return jobId The new job id.
+    function submitJobAvoiding(
+        uint32 modelId,
+        uint8 firstShard,
+        uint32 maxTokens,
+        uint64 maxPricePerToken,
+        bytes calldata metadata,
+        uint32[] calldata hints,
+        address[] calldata avoid
+    ) external payable returns (uint256 jobId);
+
     /// @notice Record a client receipt on an Open job before the deadline, so the billed count cannot be
     /// lost if the client's signature stops validating later (a smart wallet's key rotation). Anyone may
     /// call; the receipt must be the client's and raise the billed count.

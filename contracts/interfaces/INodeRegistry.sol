@@ -80,6 +80,10 @@ interface INodeRegistryErrors {
     /// @param hints Number of hints.
     /// @param shards Number of shards in the route.
     error TooManyHints(uint256 hints, uint256 shards);
+    /// @notice More nodes to avoid were passed to matchRoute than MAX_AVOID.
+    /// @param count Number of nodes to avoid.
+    /// @param max The most allowed.
+    error TooManyAvoided(uint256 count, uint256 max);
 }
 
 /// @title NodeRegistry: models, shard plans, node stakes and per-shard pools
@@ -253,6 +257,8 @@ interface INodeRegistry is INodeRegistryErrors {
     /// @param hints Per shard of the route, 1 + the pool index of a node the caller knows to be eligible
     /// (0: none). Used only when the seeded probes find no eligible node, so a pool stuffed with
     /// overpriced entries cannot refuse a client while an eligible node exists.
+    /// @param avoid Nodes never to pick (at most MAX_AVOID): a client failing over from a node it saw
+    /// fail; a shard whose every probed eligible node is avoided reverts NoEligibleNode.
     /// @return packedRoute One 28-byte hop per shard: node (20 bytes) and price (8 bytes).
     /// @return priceSum Sum of the route's prices in wei per token.
     function matchRoute(
@@ -260,7 +266,8 @@ interface INodeRegistry is INodeRegistryErrors {
         uint8 firstShard,
         uint64 maxPricePerToken,
         uint256 seed,
-        uint32[] calldata hints
+        uint32[] calldata hints,
+        address[] calldata avoid
     ) external view returns (bytes memory packedRoute, uint256 priceSum);
 
     /// @notice Stake plus unbonding of a node: what can be slashed.

@@ -33,13 +33,19 @@ from splitmesh.errors import ChainError
 logger = logging.getLogger(__name__)
 
 
-def hints_from_pools(pools: Sequence[Sequence[RouteHop]], max_price_per_token: int) -> list[int]:
-    """Per pool (one per route shard): 1 + the index of its cheapest node within the price, or 0. With
-    these, overpriced pool entries cannot hide an eligible node from matching. [] when all are 0."""
+def hints_from_pools(
+    pools: Sequence[Sequence[RouteHop]], max_price_per_token: int, avoid: Sequence[str] = ()
+) -> list[int]:
+    """Per pool (one per route shard): 1 + the index of its cheapest node within the price and not in
+    `avoid`, or 0. With these, overpriced pool entries cannot hide an eligible node from matching. [] when
+    all are 0."""
     hints = []
+    avoided = {a.lower() for a in avoid}
     for pool in pools:
         eligible = [
-            (h.price_per_token, i) for i, h in enumerate(pool) if h.price_per_token <= max_price_per_token
+            (h.price_per_token, i)
+            for i, h in enumerate(pool)
+            if h.price_per_token <= max_price_per_token and h.node.lower() not in avoided
         ]
         hints.append(1 + min(eligible)[1] if eligible else 0)
     return hints if any(hints) else []
@@ -149,13 +155,25 @@ class Marketplace:
         escrow: int,
         metadata: bytes = b"",
         hints: Sequence[int] | None = None,
+        avoid: Sequence[str] = (),
     ) -> SubmittedJob:
         """Submit a job with escrow (see `escrow_for`). `hints` (1 + a pool index per shard, 0 = none) only
         matter when the contract's seeded probes find nobody within the price; None computes them from the
-        pools (`route_hints`), an empty sequence submits without hints."""
+        pools (`route_hints`), an empty sequence submits without hints. `avoid`: nodes the matcher must not
+        pick (at most the registry's MAX_AVOID; a failing-over client's banned nodes)."""
         if hints is None:
             hints = self.route_hints(model_id, first_shard, max_price_per_token)
-        if hints:
+        if avoid:
+            fn = self.market.functions.submitJobAvoiding(
+                model_id,
+                first_shard,
+                max_tokens,
+                max_price_per_token,
+                metadata,
+                list(hints),
+                [to_checksum_address(a) for a in avoid],
+            )
+        elif hints:
             fn = self.market.functions.submitJobWithHints(
                 model_id, first_shard, max_tokens, max_price_per_token, metadata, list(hints)
             )

@@ -1284,6 +1284,63 @@ describe("JobMarket", function () {
     });
   });
 
+  describe("submitJobAvoiding", function () {
+    /// Shard 3's pool: nodes[3] and a second node (signer 9) at the same price.
+    async function twoNodeFixture() {
+      const f = await marketFixture();
+      const spare = f.signers[9];
+      await f.registry.connect(spare).registerNode(1, 3, "http://spare", NODE_PRICES[3], ethers.id("spare"), { value: ONE });
+      return { ...f, spare };
+    }
+
+    async function submitAvoiding(market, client, avoid, hints = []) {
+      return market.connect(client).submitJobAvoiding(1, 1, MAX_TOKENS, NODE_PRICES[3], "0x", hints, avoid, { value: ESCROW });
+    }
+
+    it("never matches an avoided node, whatever the seed; the other shards are matched as before", async function () {
+      const { market, client, nodes, spare } = await loadFixture(twoNodeFixture);
+      const seen = new Set();
+      for (let randao = 1n; randao <= 12n; randao++) {
+        await setPrevRandao(randao);
+        const { decoded } = await submit(market, client, { maxPrice: NODE_PRICES[3], avoid: [nodes[3].address] });
+        expect(decoded.route.slice(0, 2).map((h) => h.node)).to.deep.equal([nodes[1].address, nodes[2].address]);
+        seen.add(decoded.route[2].node);
+      }
+      expect([...seen]).to.deep.equal([spare.address]);
+    });
+
+    it("without the avoid list the same seeds match both nodes of the pool", async function () {
+      const { market, client, nodes, spare } = await loadFixture(twoNodeFixture);
+      const seen = new Set();
+      for (let randao = 1n; randao <= 12n; randao++) {
+        await setPrevRandao(randao);
+        const { decoded } = await submit(market, client, { maxPrice: NODE_PRICES[3], avoid: [] });
+        seen.add(decoded.route[2].node);
+      }
+      expect([...seen].sort()).to.deep.equal([nodes[3].address, spare.address].sort());
+    });
+
+    it("reverts NoEligibleNode when every eligible node of a shard is avoided, even when hinted", async function () {
+      const { registry, market, client, nodes, spare } = await loadFixture(twoNodeFixture);
+      await expect(submitAvoiding(market, client, [nodes[3].address, spare.address]))
+        .to.be.revertedWithCustomError(registry, "NoEligibleNode")
+        .withArgs(1, 3);
+      await expect(submitAvoiding(market, client, [nodes[3].address, spare.address], [0, 0, 1]))
+        .to.be.revertedWithCustomError(registry, "NoEligibleNode")
+        .withArgs(1, 3);
+    });
+
+    it("reverts TooManyAvoided above MAX_AVOID nodes; exactly MAX_AVOID is accepted", async function () {
+      const { registry, market, client, nodes } = await loadFixture(twoNodeFixture);
+      const max = await registry.MAX_AVOID();
+      const strangers = Array.from({ length: Number(max) }, (_, i) => ethers.getAddress(ethers.zeroPadValue(ethers.toBeHex(i + 1), 20)));
+      await expect(submitAvoiding(market, client, [...strangers, nodes[3].address]))
+        .to.be.revertedWithCustomError(registry, "TooManyAvoided")
+        .withArgs(max + 1n, max);
+      await expect(submitAvoiding(market, client, strangers)).to.emit(market, "JobSubmitted");
+    });
+  });
+
   describe("checkpointReceipt", function () {
     it("lets anyone record a higher client receipt while the job is Open; later commits bill from it", async function () {
       const { market, client, other, job, route } = await loadFixture(openJobFixture);

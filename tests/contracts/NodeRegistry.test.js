@@ -361,7 +361,7 @@ describe("NodeRegistry", function () {
       expect([n.endpoint, n.pricePerToken]).to.deep.equal(["http://new", 42n]);
       const hop = await registry.poolAt(1, 2, 0);
       expect([hop.node, hop.pricePerToken]).to.deep.equal([nodes[2].address, 42n]);
-      const [route, sum] = await registry.matchRoute(1, 2, NODE_PRICES[3], 0, []);
+      const [route, sum] = await registry.matchRoute(1, 2, NODE_PRICES[3], 0, [], []);
       expect(sum).to.equal(42n + NODE_PRICES[3]);
       expect(route).to.equal(packRoute([{ node: nodes[2].address, price: 42n }, { node: nodes[3].address, price: NODE_PRICES[3] }]));
     });
@@ -651,12 +651,12 @@ describe("NodeRegistry", function () {
   describe("matchRoute", function () {
     it("returns one packed hop per shard from firstShard and the price sum", async function () {
       const { registry, nodes } = await loadFixture(nodesFixture);
-      const [route, sum] = await registry.matchRoute(1, 1, NODE_PRICES[3], 12345, []);
+      const [route, sum] = await registry.matchRoute(1, 1, NODE_PRICES[3], 12345, [], []);
       expect(route).to.equal(packRoute([1, 2, 3].map((s) => ({ node: nodes[s].address, price: NODE_PRICES[s] }))));
       expect(sum).to.equal(NODE_PRICES[1] + NODE_PRICES[2] + NODE_PRICES[3]);
-      const [all] = await registry.matchRoute(1, 0, NODE_PRICES[3], 0, []);
+      const [all] = await registry.matchRoute(1, 0, NODE_PRICES[3], 0, [], []);
       expect(all).to.equal(packRoute([0, 1, 2, 3].map((s) => ({ node: nodes[s].address, price: NODE_PRICES[s] }))));
-      const [last, lastSum] = await registry.matchRoute(1, 3, NODE_PRICES[3], 0, []);
+      const [last, lastSum] = await registry.matchRoute(1, 3, NODE_PRICES[3], 0, [], []);
       expect(last).to.equal(packRoute([{ node: nodes[3].address, price: NODE_PRICES[3] }]));
       expect(lastSum).to.equal(NODE_PRICES[3]);
     });
@@ -669,29 +669,29 @@ describe("NodeRegistry", function () {
         await registry.connect(rest[s]).registerNode(1, s, "http://n", 100n + BigInt(s), KEY, { value: ONE });
         hops.push({ node: rest[s].address, price: 100n + BigInt(s) });
       }
-      const [route, sum] = await registry.matchRoute(1, 0, 1000n, 1, []);
+      const [route, sum] = await registry.matchRoute(1, 0, 1000n, 1, [], []);
       expect(route).to.equal(packRoute(hops));
       expect(sum).to.equal(800n + 28n);
     });
 
     it("rejects an unknown model and a first shard outside the plan", async function () {
       const { registry } = await loadFixture(nodesFixture);
-      await expect(registry.matchRoute(9, 0, 1n, 0, [])).to.be.revertedWithCustomError(registry, "UnknownModel").withArgs(9);
-      await expect(registry.matchRoute(1, 4, 1n, 0, []))
+      await expect(registry.matchRoute(9, 0, 1n, 0, [], [])).to.be.revertedWithCustomError(registry, "UnknownModel").withArgs(9);
+      await expect(registry.matchRoute(1, 4, 1n, 0, [], []))
         .to.be.revertedWithCustomError(registry, "InvalidShard")
         .withArgs(1, 4);
     });
 
     it("fails with NoEligibleNode on an empty pool or when every price is above the limit", async function () {
       const { registry, nodes } = await loadFixture(nodesFixture);
-      await expect(registry.matchRoute(1, 1, NODE_PRICES[1] - 1n, 0, []))
+      await expect(registry.matchRoute(1, 1, NODE_PRICES[1] - 1n, 0, [], []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 1);
-      await expect(registry.matchRoute(1, 1, NODE_PRICES[3] - 1n, 0, []))
+      await expect(registry.matchRoute(1, 1, NODE_PRICES[3] - 1n, 0, [], []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 3);
       await registry.connect(nodes[2]).deactivate();
-      await expect(registry.matchRoute(1, 0, 10n ** 18n, 0, []))
+      await expect(registry.matchRoute(1, 0, 10n ** 18n, 0, [], []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 2);
     });
@@ -710,14 +710,14 @@ describe("NodeRegistry", function () {
         if (start === 5) miss = seed; // entry 4 is the 9th probe from 5: not inspected
         else if (reach === undefined) reach = seed;
       }
-      const [route, sum] = await registry.matchRoute(1, 0, 1n, reach, []);
+      const [route, sum] = await registry.matchRoute(1, 0, 1n, reach, [], []);
       expect(route).to.equal(packRoute([{ node: rest[4].address, price: 1n }]));
       expect(sum).to.equal(1n);
-      await expect(registry.matchRoute(1, 0, 1n, miss, []))
+      await expect(registry.matchRoute(1, 0, 1n, miss, [], []))
         .to.be.revertedWithCustomError(registry, "NoEligibleNode")
         .withArgs(1, 0);
       // With a limit every entry meets, the pick is the start entry itself.
-      const [any] = await registry.matchRoute(1, 0, 100n, miss, []);
+      const [any] = await registry.matchRoute(1, 0, 100n, miss, [], []);
       expect(any).to.equal(packRoute([{ node: rest[5].address, price: 100n }]));
     });
 
@@ -736,9 +736,9 @@ describe("NodeRegistry", function () {
 
     it("falls back to the caller's hint (1 + pool index) when the probes find no node within the price", async function () {
       const { registry, rest, miss } = await loadFixture(hiddenNodeFixture);
-      await expect(registry.matchRoute(1, 0, 1n, miss, [])).to.be.revertedWithCustomError(registry, "NoEligibleNode").withArgs(1, 0);
-      await expect(registry.matchRoute(1, 0, 1n, miss, [0])).to.be.revertedWithCustomError(registry, "NoEligibleNode").withArgs(1, 0);
-      const [route, sum] = await registry.matchRoute(1, 0, 1n, miss, [5]);
+      await expect(registry.matchRoute(1, 0, 1n, miss, [], [])).to.be.revertedWithCustomError(registry, "NoEligibleNode").withArgs(1, 0);
+      await expect(registry.matchRoute(1, 0, 1n, miss, [0], [])).to.be.revertedWithCustomError(registry, "NoEligibleNode").withArgs(1, 0);
+      const [route, sum] = await registry.matchRoute(1, 0, 1n, miss, [5], []);
       expect(route).to.equal(packRoute([{ node: rest[4].address, price: 1n }]));
       expect(sum).to.equal(1n);
     });
@@ -746,23 +746,23 @@ describe("NodeRegistry", function () {
     it("ignores a hint past the pool or at an overpriced entry, and never prefers a hint to the probes", async function () {
       const { registry, rest, miss } = await loadFixture(hiddenNodeFixture);
       for (const hint of [3, 10, 2 ** 32 - 1]) {
-        await expect(registry.matchRoute(1, 0, 1n, miss, [hint]))
+        await expect(registry.matchRoute(1, 0, 1n, miss, [hint], []))
           .to.be.revertedWithCustomError(registry, "NoEligibleNode")
           .withArgs(1, 0);
       }
       // A limit the probed start entry meets: the hint is not consulted.
-      const [any] = await registry.matchRoute(1, 0, 100n, miss, [5]);
+      const [any] = await registry.matchRoute(1, 0, 100n, miss, [5], []);
       expect(any).to.equal(packRoute([{ node: rest[5].address, price: 100n }]));
     });
 
     it("takes hints per shard from firstShard and rejects more hints than shards", async function () {
       const { registry, nodes } = await loadFixture(nodesFixture);
-      const [route] = await registry.matchRoute(1, 2, NODE_PRICES[3], 0, [1, 1]);
+      const [route] = await registry.matchRoute(1, 2, NODE_PRICES[3], 0, [1, 1], []);
       expect(route).to.equal(packRoute([2, 3].map((s) => ({ node: nodes[s].address, price: NODE_PRICES[s] }))));
-      await expect(registry.matchRoute(1, 2, NODE_PRICES[3], 0, [1, 1, 1]))
+      await expect(registry.matchRoute(1, 2, NODE_PRICES[3], 0, [1, 1, 1], []))
         .to.be.revertedWithCustomError(registry, "TooManyHints")
         .withArgs(3, 2);
-      await expect(registry.matchRoute(1, 0, NODE_PRICES[3], 0, [0, 0, 0, 0, 0]))
+      await expect(registry.matchRoute(1, 0, NODE_PRICES[3], 0, [0, 0, 0, 0, 0], []))
         .to.be.revertedWithCustomError(registry, "TooManyHints")
         .withArgs(5, 4);
     });

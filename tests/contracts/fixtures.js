@@ -211,13 +211,14 @@ async function contractNodeFixture() {
 /// from the pools; exact when each pool's first entry is the node matched, as the fixtures set up).
 /// `hints` submits through submitJobWithHints.
 async function submit(market, client, opts = {}) {
-  const { modelId = 1, firstShard = 1, maxTokens = 64, maxPrice = 10n ** 18n, metadata = "0x", extra = 0n, hints } = opts;
+  const { modelId = 1, firstShard = 1, maxTokens = 64, maxPrice = 10n ** 18n, metadata = "0x", extra = 0n, hints, avoid } = opts;
   let value = opts.value;
   if (value === undefined) value = (await requiredEscrow(market, { modelId, firstShard, maxTokens })) + extra;
-  const call = hints === undefined ? ["submitJob", [modelId, firstShard, maxTokens, maxPrice, metadata]] : [
+  let call = hints === undefined ? ["submitJob", [modelId, firstShard, maxTokens, maxPrice, metadata]] : [
     "submitJobWithHints",
     [modelId, firstShard, maxTokens, maxPrice, metadata, hints],
   ];
+  if (avoid !== undefined) call = ["submitJobAvoiding", [modelId, firstShard, maxTokens, maxPrice, metadata, hints ?? [], avoid]];
   let tx;
   if (client.contract) {
     // A contract client pays from its own balance.

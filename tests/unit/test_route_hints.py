@@ -22,3 +22,10 @@ def test_a_shard_without_an_eligible_node_gets_no_hint() -> None:
 
 def test_ties_hint_the_first_entry() -> None:
     assert hints_from_pools([[RouteHop(A, 7), RouteHop(B, 2), RouteHop(C, 2)]], 2) == [2]
+
+
+def test_an_avoided_node_is_never_hinted() -> None:
+    pools = [[RouteHop(A, 1), RouteHop(B, 3)], [RouteHop(C, 2)]]
+    assert hints_from_pools(pools, 5) == [1, 1]
+    assert hints_from_pools(pools, 5, avoid=[A.upper().replace("0X", "0x")]) == [2, 1]  # any case
+    assert hints_from_pools(pools, 5, avoid=[A, C]) == [2, 0]

@@ -73,6 +73,8 @@ class Generation:
     token_ids: list[int]
     prompt_ids: list[int]
     receipt: GenerationReceipt
+    # "stop": an end-of-sequence token or a stop string ended it; "length": max_new_tokens did
+    finish_reason: str = "stop"
 
 
 class Client:
@@ -225,7 +227,7 @@ class Client:
         started = time.perf_counter()
         mismatch: CommitmentMismatch | None = None
         try:
-            generated, text = yield from self._decode(
+            generated, text, finish = yield from self._decode(
                 resilient, local, privacy.privatizer, prompt_ids, opts, receipt
             )
             receipt.decode_seconds = time.perf_counter() - started
@@ -249,7 +251,7 @@ class Client:
             epsilon=opts.epsilon, public_bos=public_bos, greedy=opts.temperature == 0, split=local.split
         )
         receipt.status = "ended"
-        generation = Generation(text, generated, list(prompt_ids), receipt)
+        generation = Generation(text, generated, list(prompt_ids), receipt, finish)
         if mismatch is not None:
             mismatch.result = generation
             raise mismatch
@@ -263,9 +265,9 @@ class Client:
         prompt_ids: list[int],
         opts: GenerateOptions,
         receipt: GenerationReceipt,
-    ) -> Generator[TokenEvent, None, tuple[list[int], str]]:
+    ) -> Generator[TokenEvent, None, tuple[list[int], str, str]]:
         """The decode loop: head, noise, a signed step through the route, tail, sample; a TokenEvent per
-        token. Returns the generated ids and their text."""
+        token. Returns the generated ids, their text (cut before a stop string) and the finish reason."""
         model = local.model
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
         cache = model.new_cache()
@@ -295,10 +297,13 @@ class Client:
             receipt.token_times.append(time.perf_counter())
             yield TokenEvent(len(generated) - 1, token, new_text[len(text) :])
             text = new_text
+            cut = _stop_at(text, opts.stop)
+            if cut is not None:
+                return generated, text[:cut], "stop"
             if token in eos_ids:
-                break
+                return generated, text, "stop"
             pending = [token]
-        return generated, text
+        return generated, text, "length"
 
     # ------------------------------------------------------------------ fine-tuning
 
@@ -447,6 +452,12 @@ def _describe_final_job(receipt: GenerationReceipt, route: RouteJob) -> None:
     receipt.escrow_wei = route.job.terms.escrow
     receipt.tx[f"submitJob:{route.job_id}"] = route.submit_tx
     receipt.gas_used[f"submitJob:{route.job_id}"] = route.submit_gas
+
+
+def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
 
 
 __all__ = ["Budget", "Client", "ClientError", "Generation", "TokenEvent"]

@@ -27,6 +27,9 @@ class GenerateOptions(RouteSettings):
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None  # seeds sampling only (temperature > 0); the DP noise is never seeded
+    # Generation ends at the first token whose text completes one of these strings; the Generation's
+    # text is cut before it (its token ids keep every generated token).
+    stop: tuple[str, ...] = ()
     # escrow sent with the job; None = (max tokens x max price + hop fee) x hops
     escrow_wei: int | None = None
     # timeouts, attempts and bans when a route node fails mid-generation (client_sdk.failover)

@@ -132,6 +132,10 @@ class GenerationReceipt:
         times = self.token_times
         return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
 
+    def cost_wei(self, hop_fee: int) -> int:
+        """Wei the job costs at most once settled: each hop's price x billed tokens + the hop fee."""
+        return sum(hop.price_per_token * self.billed_tokens + hop_fee for hop in self.route)
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("token_times")

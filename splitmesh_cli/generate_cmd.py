@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     for p in (gen, chat):
         p.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-        p.add_argument("--epsilon", type=_epsilon, default=math.inf, help=EPSILON_HELP)
+        p.add_argument("--epsilon", type=parse_epsilon, default=math.inf, help=EPSILON_HELP)
         p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         p.add_argument("--split", type=int, help="layers run locally (default: the smallest registered)")
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     chat.set_defaults(func=cmd_chat)
 
 
-def _epsilon(text: str) -> float:
+def parse_epsilon(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -56,7 +56,7 @@ def _epsilon(text: str) -> float:
     return value
 
 
-def _client(args: argparse.Namespace) -> Any:
+def client_from(args: argparse.Namespace) -> Any:
     from client_sdk import Client
     from splitmesh.chain import rpc_chain_id
     from splitmesh_cli.keys import DEV_CHAIN_IDS
@@ -82,7 +82,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cost_of(receipt: Any, hop_fee: int) -> int:
     """Wei the job costs at most once settled: each hop's price x billed tokens + the hop fee."""
-    return sum(hop.price_per_token * receipt.billed_tokens + hop_fee for hop in receipt.route)
+    return int(receipt.cost_wei(hop_fee))
 
 
 def _ask(client: Any, prompt: Any, args: argparse.Namespace, out: Output) -> Any:
@@ -113,7 +113,7 @@ def _summary(client: Any, generation: Any) -> dict[str, Any]:
         "cost_wei": cost_of(receipt, client.market.hop_fee()),
         "escrow_wei": receipt.escrow_wei,
         "route": [hop.node for hop in receipt.route],
-        "epsilon": privacy.get("epsilon"),
+        "epsilon": privacy.get("per_token_epsilon"),
         "leakage": privacy.get("leakage"),
         "exposure": privacy.get("exposure"),
         "commitment_problem": receipt.commitment_problem,
@@ -137,7 +137,7 @@ def _print_job(out: Output, row: dict[str, Any]) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     out = Output(args.json)
-    client = _client(args)
+    client = client_from(args)
     generation = _ask(client, args.prompt, args, out)
     row = _summary(client, generation)
     _print_job(out, row)
@@ -171,7 +171,7 @@ def settle_all(client: Any, job_ids: list[int], out: Output) -> list[dict[str, A
 
 def cmd_chat(args: argparse.Namespace) -> int:
     out = Output(args.json)
-    client = _client(args)
+    client = client_from(args)
     messages: list[dict[str, str]] = []
     jobs: list[dict[str, Any]] = []
     interactive = sys.stdin.isatty()

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         generate_cmd,
         model_cmd,
         node_cmd,
+        openai_cmd,
         privacy_cmd,
         query_cmd,
         train_cmd,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator_cmd.register(sub)
     train_cmd.register(sub)
     privacy_cmd.register(sub)
+    openai_cmd.register(sub)
     return parser
 
 

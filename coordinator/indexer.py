@@ -89,7 +89,7 @@ class Indexer:
 
     def _contracts(self) -> dict[str, Any]:
         m = self.marketplace
-        out = {"NodeRegistry": m.registry, "JobMarket": m.market}
+        out = {"NodeRegistry": m.registry, "JobMarket": m.job_market}
         if m.court is not None:
             out["AuditCourt"] = m.court
         return out

@@ -3,7 +3,7 @@
 from splitmesh.chain.connect import connect
 from splitmesh.chain.deploy import Deployment, DeployParams, deploy, find_deployment, save_deployment
 from splitmesh.chain.launcher import HARDHAT_DEV_KEYS, LocalChain, free_port, rpc_chain_id
-from splitmesh.chain.market import Marketplace, hints_from_pools
+from splitmesh.chain.marketplace import Marketplace, hints_from_pools
 from splitmesh.chain.records import (
     AuditInfo,
     AuditStatus,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from web3 import Web3
 
 from splitmesh.chain.deploy import Deployment, deployment_from_market, find_deployment
-from splitmesh.chain.market import Marketplace
+from splitmesh.chain.marketplace import Marketplace
 from splitmesh.errors import DeploymentNotFound
 
 

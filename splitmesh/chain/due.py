@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from splitmesh.chain.market import Marketplace
+from splitmesh.chain.marketplace import Marketplace
 from splitmesh.chain.records import AuditStatus, JobStatus
 from splitmesh.chain.tx import Sender, TxResult
 

@@ -1,6 +1,6 @@
 """What the contracts' views and events describe: statuses, nodes, jobs, audits, challenges (plain records).
 
-The enums mirror the Solidity enums by value; the records are what `splitmesh.chain.market.Marketplace`
+The enums mirror the Solidity enums by value; the records are what `splitmesh.chain.marketplace.Marketplace`
 reads back, decoupled from web3 so the coordinator, node and client can pass them around.
 """
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from splitmesh.chain.market import Marketplace
+from splitmesh.chain.marketplace import Marketplace
 from splitmesh.chain.records import JobStatus
 from splitmesh.chain.tx import Sender
 from splitmesh.errors import ContractRevert

@@ -172,7 +172,7 @@ def assert_ledgers(court: Marketplace, cast: Cast, escrowed: int = 0, challenged
 def test_court_deployment_is_bound_and_round_trips(w3: Web3, court: Marketplace) -> None:
     d = court.deployment
     assert d.has_court and set(d.gas_used) == {"NodeRegistry", "JobMarket", "AuditCourt"}
-    assert court.market.functions.auditor().call() == d.court
+    assert court.job_market.functions.auditor().call() == d.court
     assert court.court is not None and court.court.functions.market().call() == d.market
     assert court.court.functions.registry().call() == d.registry
     assert court.audit_parameters() == {

@@ -57,7 +57,7 @@ def setup_model_and_nodes(
 def test_deployment_is_bound_and_remembered(w3: Web3, market: Marketplace, chain) -> None:  # type: ignore[no-untyped-def]
     d = market.deployment
     assert market.registry.functions.jobMarket().call() == d.market
-    assert market.market.functions.registry().call() == d.registry
+    assert market.job_market.functions.registry().call() == d.registry
     assert market.parameters()["challenge_window"] == TEST_PARAMS.challenge_window
     assert (market.hop_fee(), market.challenge_bond()) == (FEE, TEST_PARAMS.challenge_bond)
     assert market.parameters()["hop_fee"] == FEE
@@ -140,7 +140,7 @@ def test_reverts_are_decoded_into_named_errors(market: Marketplace, actors: Acto
         market.get_model(99)
     # A revert reported when the transaction is sent (no estimate first, as in a race with another
     # sender) is decoded the same way.
-    fn = market.market.functions.finalize(77, b"\0" * 69)
+    fn = market.job_market.functions.finalize(77, b"\0" * 69)
     with pytest.raises(ContractRevert) as info:
         actors.clients[0].transact(fn, gas=300_000)
     assert (info.value.name, info.value.args_by_name) == ("UnknownJob", {"jobId": 77})

@@ -171,7 +171,7 @@ def test_index_equals_direct_scan_and_contract_state(
     assert_matches_contracts(indexer.conn, market)
     # Nothing is duplicated: one row per (block, log index), as many as the chain has logs.
     logs = market.w3.eth.get_logs(
-        {"fromBlock": 0, "toBlock": "latest", "address": [market.registry.address, market.market.address,
+        {"fromBlock": 0, "toBlock": "latest", "address": [market.registry.address, market.job_market.address,
                                                           market.court.address]}  # type: ignore[union-attr]
     )  # fmt: skip
     assert indexer.conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0] == len(logs)

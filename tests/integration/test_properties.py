@@ -718,7 +718,7 @@ class MarketMachine(RuleBasedStateMachine):
         edge = self._window_edge(job)
         if edge is None:
             return
-        market = self.m.market.functions
+        market = self.m.job_market.functions
         if job.status == JobStatus.OPEN:
             self._probe(
                 "cancel OPEN",
@@ -1182,7 +1182,7 @@ class MarketMachine(RuleBasedStateMachine):
             else EMPTY_RECEIPT
         )
         given, sent = (LIE if lie else link(job.job_id, position)), link(job.job_id, position + 1)
-        fn = self.m.market.functions.commit(job.job_id, job.packed, position, given, sent, receipt)
+        fn = self.m.job_market.functions.commit(job.job_id, job.packed, position, given, sent, receipt)
         if probe:
             self._probe_and_jump(
                 rule_name,
@@ -1334,7 +1334,7 @@ class MarketMachine(RuleBasedStateMachine):
     ) -> tuple[Outcome | None, int]:
         """A time-gated call taking (jobId, terms): dry-run at its window's edges, jump to `at`, send it.
         Returns the outcome and the block time it was sent at."""
-        fn = getattr(self.m.market.functions, solidity_name)(job.job_id, job.packed)
+        fn = getattr(self.m.job_market.functions, solidity_name)(job.job_id, job.packed)
         self._probe_and_jump(f"{name} {job.status.name}", sender, fn, expect_at, self._window_edge(job), at)
         t = self._tick()
         send = getattr(self.m, name)
@@ -1538,7 +1538,7 @@ class MarketMachine(RuleBasedStateMachine):
         receipt = signer.sign(signed_job, tokens, tokens, keccak(b"checkpoint")).as_receipt()
         forged = mode in ("stranger", "other_job")
         expect_at = lambda t: self._checkpoint_expect(job, t, tokens, forged)  # noqa: E731
-        fn = self.m.market.functions.checkpointReceipt(job.job_id, job.packed, receipt)
+        fn = self.m.job_market.functions.checkpointReceipt(job.job_id, job.packed, receipt)
         self._probe_and_jump("checkpoint_receipt", sender, fn, expect_at, self._window_edge(job), at)
         t = self._tick()
         out = self._attempt(
@@ -1600,7 +1600,7 @@ class MarketMachine(RuleBasedStateMachine):
         sender = challengers[who % len(challengers)]
         value = CHALLENGE_BOND + {"exact": 0, "less": -1, "more": 1}[bond]
         expect_at = lambda t: self._challenge_expect(job, t, value)  # noqa: E731
-        fn = self.m.market.functions.challenge(job.job_id, job.packed)
+        fn = self.m.job_market.functions.challenge(job.job_id, job.packed)
         edge = self._window_edge(job) if job.status == JobStatus.COMMITTED else None
         self._probe_and_jump(f"challenge {job.status.name}", sender, fn, expect_at, edge, at, value)
         t = self._tick()
@@ -1753,10 +1753,10 @@ class MarketMachine(RuleBasedStateMachine):
 
     @invariant()
     def ledgers_balance(self) -> None:
-        m, reg, mkt = self.m, self.m.registry.functions, self.m.market.functions
+        m, reg, mkt = self.m, self.m.registry.functions, self.m.job_market.functions
         batch = BatchReader(self.w3)
         registry_balance = batch.balance(m.registry.address)
-        market_balance = batch.balance(m.market.address)
+        market_balance = batch.balance(m.job_market.address)
         node_reads = [batch.call(reg.getNode(n.address)) for n in self.nodes]
         job_count = batch.call(mkt.jobCount())
         job_reads = [batch.call(mkt.getJob(j.job_id)) for j in self.jobs]

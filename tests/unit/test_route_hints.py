@@ -1,4 +1,4 @@
-"""Matching hints computed from the pools (splitmesh.chain.market.hints_from_pools)."""
+"""Matching hints computed from the pools (splitmesh.chain.marketplace.hints_from_pools)."""
 
 from __future__ import annotations
 

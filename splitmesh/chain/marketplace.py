@@ -60,7 +60,7 @@ class Marketplace:
         self.registry = w3.eth.contract(
             address=to_checksum_address(deployment.registry), abi=load_artifact("NodeRegistry").abi
         )
-        self.market = w3.eth.contract(
+        self.job_market = w3.eth.contract(
             address=to_checksum_address(deployment.market), abi=load_artifact("JobMarket").abi
         )
         # The AuditCourt, when the deployment has one (its auditor may also be a plain account).
@@ -164,7 +164,7 @@ class Marketplace:
         if hints is None:
             hints = self.route_hints(model_id, first_shard, max_price_per_token)
         if avoid:
-            fn = self.market.functions.submitJobAvoiding(
+            fn = self.job_market.functions.submitJobAvoiding(
                 model_id,
                 first_shard,
                 max_tokens,
@@ -174,15 +174,15 @@ class Marketplace:
                 [to_checksum_address(a) for a in avoid],
             )
         elif hints:
-            fn = self.market.functions.submitJobWithHints(
+            fn = self.job_market.functions.submitJobWithHints(
                 model_id, first_shard, max_tokens, max_price_per_token, metadata, list(hints)
             )
         else:
-            fn = self.market.functions.submitJob(
+            fn = self.job_market.functions.submitJob(
                 model_id, first_shard, max_tokens, max_price_per_token, metadata
             )
         tx = sender.transact(fn, value=escrow, label="submitJob")
-        events = self.market.events.JobSubmitted().process_receipt(tx.receipt, errors=DISCARD)
+        events = self.job_market.events.JobSubmitted().process_receipt(tx.receipt, errors=DISCARD)
         args = events[0]["args"]
         packed = bytes(args["terms"])
         return SubmittedJob(int(args["jobId"]), JobTerms.decode(packed), packed, bytes(args["metadata"]), tx)
@@ -212,25 +212,27 @@ class Marketplace:
         output_commitment: bytes,
         receipt: tuple[int, int, bytes, bytes],
     ) -> TxResult:
-        fn = self.market.functions.commit(
+        fn = self.job_market.functions.commit(
             job_id, packed_terms, position, input_commitment, output_commitment, receipt
         )
         return sender.transact(fn, label=f"commit job {job_id} position {position}")
 
     def finalize(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
         return sender.transact(
-            self.market.functions.finalize(job_id, packed_terms), label=f"finalize {job_id}"
+            self.job_market.functions.finalize(job_id, packed_terms), label=f"finalize {job_id}"
         )
 
     def cancel(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
-        return sender.transact(self.market.functions.cancel(job_id, packed_terms), label=f"cancel {job_id}")
+        fn = self.job_market.functions.cancel(job_id, packed_terms)
+        return sender.transact(fn, label=f"cancel {job_id}")
 
     def hold_for_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
-        return sender.transact(self.market.functions.holdForAudit(job_id, packed_terms), label="holdForAudit")
+        fn = self.job_market.functions.holdForAudit(job_id, packed_terms)
+        return sender.transact(fn, label="holdForAudit")
 
     def resolve_dispute(self, sender: Sender, job_id: int, packed_terms: bytes, fraud_mask: int) -> TxResult:
         """Auditor only: settle a Disputed job (slash and a challenge's verifier share go to the sender)."""
-        fn = self.market.functions.resolveDispute(job_id, packed_terms, fraud_mask)
+        fn = self.job_market.functions.resolveDispute(job_id, packed_terms, fraud_mask)
         return sender.transact(fn, label="resolveDispute")
 
     def challenge(
@@ -239,12 +241,12 @@ class Marketplace:
         """Dispute a Committed job inside its challenge window, posting the challenge bond (read from the
         chain unless given). Lost on an honest verdict; returned, with the slash, on fraud."""
         value = self.challenge_bond() if bond is None else bond
-        fn = self.market.functions.challenge(job_id, packed_terms)
+        fn = self.job_market.functions.challenge(job_id, packed_terms)
         return sender.transact(fn, value=value, label=f"challenge {job_id}")
 
     def sample_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
         """Dispute a Committed job the audit draw selected (anyone; check `audit_draw` first)."""
-        fn = self.market.functions.sampleAudit(job_id, packed_terms)
+        fn = self.job_market.functions.sampleAudit(job_id, packed_terms)
         return sender.transact(fn, label=f"sampleAudit {job_id}")
 
     def checkpoint_receipt(
@@ -252,14 +254,14 @@ class Marketplace:
     ) -> TxResult:
         """Record a client receipt (step, tokens, payload hash, signature) on an Open job before its commit
         deadline, so the billed count survives a client signature that stops validating."""
-        fn = self.market.functions.checkpointReceipt(job_id, packed_terms, receipt)
+        fn = self.job_market.functions.checkpointReceipt(job_id, packed_terms, receipt)
         return sender.transact(fn, label=f"checkpointReceipt {job_id}")
 
     def withdraw_earnings(self, sender: Sender) -> TxResult:
-        return sender.transact(self.market.functions.withdrawEarnings(), label="withdrawEarnings")
+        return sender.transact(self.job_market.functions.withdrawEarnings(), label="withdrawEarnings")
 
     def withdraw_credit(self, sender: Sender) -> TxResult:
-        return sender.transact(self.market.functions.withdrawCredit(), label="withdrawCredit")
+        return sender.transact(self.job_market.functions.withdrawCredit(), label="withdrawCredit")
 
     # ------------------------------------------------------------ audit court writes
 
@@ -356,16 +358,16 @@ class Marketplace:
         return int(call_view(self.registry.functions.minStake(), "NodeRegistry"))
 
     def job_count(self) -> int:
-        return int(call_view(self.market.functions.jobCount(), "JobMarket"))
+        return int(call_view(self.job_market.functions.jobCount(), "JobMarket"))
 
     def get_job(self, job_id: int) -> JobState:
         terms_hash, status, mask, billed, timestamp = call_view(
-            self.market.functions.getJob(job_id), "JobMarket"
+            self.job_market.functions.getJob(job_id), "JobMarket"
         )
         return JobState(job_id, bytes(terms_hash), JobStatus(status), mask, billed, timestamp)
 
     def parameters(self) -> dict[str, int]:
-        ct, cw, dt, ms, fs = call_view(self.market.functions.parameters(), "JobMarket")
+        ct, cw, dt, ms, fs = call_view(self.job_market.functions.parameters(), "JobMarket")
         return {
             "commit_timeout": ct,
             "challenge_window": cw,
@@ -384,7 +386,7 @@ class Marketplace:
     def links_of(self, job_id: int) -> bytes:
         """An Open job's commitment-link accumulator; once complete, the block number of its completion
         (sampling on) or dispute; zero otherwise."""
-        return bytes(call_view(self.market.functions.linksOf(job_id), "JobMarket"))
+        return bytes(call_view(self.job_market.functions.linksOf(job_id), "JobMarket"))
 
     def commitments_of(self, job_id: int) -> dict[int, tuple[bytes, bytes]]:
         """The job's on-chain commitments so far: route position -> (input chain, output chain)."""
@@ -399,35 +401,35 @@ class Marketplace:
     def hop_fee(self) -> int:
         """Wei each committed hop earns per job on top of price x tokens (immutable: read once)."""
         if self._hop_fee is None:
-            self._hop_fee = int(call_view(self.market.functions.hopFee(), "JobMarket"))
+            self._hop_fee = int(call_view(self.job_market.functions.hopFee(), "JobMarket"))
         return self._hop_fee
 
     def challenge_bond(self) -> int:
         """Wei a challenge posts (0: challenges disabled; immutable: read once)."""
         if self._challenge_bond is None:
-            self._challenge_bond = int(call_view(self.market.functions.challengeBond(), "JobMarket"))
+            self._challenge_bond = int(call_view(self.job_market.functions.challengeBond(), "JobMarket"))
         return self._challenge_bond
 
     def audit_rate_bps(self) -> int:
         """Share of completed jobs drawn for a sampled audit, 1/10000 (immutable: read once)."""
         if self._audit_rate_bps is None:
-            self._audit_rate_bps = int(call_view(self.market.functions.auditRateBps(), "JobMarket"))
+            self._audit_rate_bps = int(call_view(self.job_market.functions.auditRateBps(), "JobMarket"))
         return self._audit_rate_bps
 
     def audit_draw(self, job_id: int) -> tuple[bool, bool]:
         """(available, sampled): whether the sampled-audit draw of a Committed job can be read now (not in
         its completing block, nor more than 256 blocks later) and whether it selected the job."""
         # Against "pending": the block a sampleAudit sent now lands in, whose blockhash reaches the latest.
-        fn = self.market.functions.auditDraw(job_id)
+        fn = self.job_market.functions.auditDraw(job_id)
         available, sampled = call_view(fn, "JobMarket", block_identifier="pending")
         return bool(available), bool(sampled)
 
     def dispute_block_of(self, job_id: int) -> int:
         """The block a Disputed job entered dispute in (its hash seeds the audit panels); 0 otherwise."""
-        return int(call_view(self.market.functions.disputeBlockOf(job_id), "JobMarket"))
+        return int(call_view(self.job_market.functions.disputeBlockOf(job_id), "JobMarket"))
 
     def challenge_of(self, job_id: int) -> ChallengeInfo:
-        challenger, bond = call_view(self.market.functions.challengeOf(job_id), "JobMarket")
+        challenger, bond = call_view(self.job_market.functions.challengeOf(job_id), "JobMarket")
         return ChallengeInfo(to_checksum_address(challenger), int(bond))
 
     def audit_parameters(self) -> dict[str, int]:
@@ -484,17 +486,17 @@ class Marketplace:
         return int(call_view(self._court().functions.bondsHeld(), "AuditCourt"))
 
     def credit_of(self, address: str) -> int:
-        return int(call_view(self.market.functions.creditOf(to_checksum_address(address)), "JobMarket"))
+        return int(call_view(self.job_market.functions.creditOf(to_checksum_address(address)), "JobMarket"))
 
     def total_credits(self) -> int:
-        return int(call_view(self.market.functions.totalCredits(), "JobMarket"))
+        return int(call_view(self.job_market.functions.totalCredits(), "JobMarket"))
 
     def envelope_digest(self, job_id: int, step: int, tokens: int, payload_hash: bytes) -> bytes:
-        fn = self.market.functions.envelopeDigest(job_id, step, tokens, payload_hash)
+        fn = self.job_market.functions.envelopeDigest(job_id, step, tokens, payload_hash)
         return bytes(call_view(fn, "JobMarket"))
 
     def hash_terms(self, job_id: int, packed_terms: bytes) -> bytes:
-        return bytes(call_view(self.market.functions.hashTerms(job_id, packed_terms), "JobMarket"))
+        return bytes(call_view(self.job_market.functions.hashTerms(job_id, packed_terms), "JobMarket"))
 
     def balance(self, address: str) -> int:
         return int(self.w3.eth.get_balance(to_checksum_address(address)))
@@ -503,7 +505,7 @@ class Marketplace:
 
     def job_submitted(self, job_id: int) -> SubmittedJob:
         """The job's terms, read back from its JobSubmitted event."""
-        logs = self.market.events.JobSubmitted().get_logs(
+        logs = self.job_market.events.JobSubmitted().get_logs(
             from_block=self.deployment.block, argument_filters={"jobId": job_id}
         )
         if not logs:
@@ -513,9 +515,8 @@ class Marketplace:
         return SubmittedJob(job_id, JobTerms.decode(packed), packed, bytes(args["metadata"]), None)
 
     def _contracts(self) -> tuple[Any, ...]:
-        return (
-            (self.market, self.registry) if self.court is None else (self.market, self.registry, self.court)
-        )
+        contracts = (self.job_market, self.registry)
+        return contracts if self.court is None else (*contracts, self.court)
 
     def events(
         self,

@@ -17,6 +17,7 @@ from aiohttp import web
 from node.errors import ERROR_CODES, ERROR_STATUSES, StepRejected
 from node.relay import Downstream
 from splitmesh.protocol import STREAM_PATH
+from tests.unit.tls_identity import server_identity
 
 WsHandler = Callable[[web.WebSocketResponse], Awaitable[None]]
 RELEASE = web.AppKey("release", asyncio.Event)  # set when the test ends: the hostile handlers return
@@ -39,11 +40,11 @@ async def next_hop(behaviour: WsHandler) -> AsyncIterator[str]:
     app.router.add_get(STREAM_PATH.replace("{job}", "{job:[0-9]+}"), handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_identity().server_context())
     await site.start()
     port = runner.addresses[0][1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"https://127.0.0.1:{port}"
     finally:
         release.set()
         await runner.cleanup()
@@ -56,7 +57,7 @@ async def never_reads(ws: web.WebSocketResponse) -> None:
 def test_send_to_a_next_hop_that_stops_reading_times_out() -> None:
     async def scenario() -> StepRejected:
         async with next_hop(never_reads) as endpoint:
-            link = Downstream(endpoint, 1, timeout=5.0, send_timeout=0.5)
+            link = Downstream(endpoint, 1, server_identity().fingerprint, timeout=5.0, send_timeout=0.5)
             frame = bytes(4 << 20)
             try:
                 for _ in range(64):  # 256 MiB: far more than socket buffers hold
@@ -101,7 +102,7 @@ def test_next_hop_error_codes_and_statuses_come_from_fixed_sets(
 ) -> None:
     async def scenario() -> StepRejected:
         async with next_hop(answers(reply)) as endpoint:
-            link = Downstream(endpoint, 1, timeout=5.0)
+            link = Downstream(endpoint, 1, server_identity().fingerprint, timeout=5.0)
             try:
                 await link.send(b"frame")
                 await link.receive()

@@ -6,7 +6,6 @@ server speaks TLS with a node identity and the reader pins its key, as on a real
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -15,19 +14,8 @@ from aiohttp import web
 from node.transcript_fetch import read_transcript
 from node.verifier import AuditLimits
 from splitmesh.audit.transcript import TranscriptUnavailable
-from splitmesh.wire.tls import PeerKeyMismatch, TlsIdentity, load_or_create_identity
-
-_IDENTITY: list[TlsIdentity] = []
-
-
-def identity() -> TlsIdentity:
-    """One TLS identity for the module's servers (made once: key generation is the slow part)."""
-    if not _IDENTITY:
-        from pathlib import Path
-
-        _IDENTITY.append(load_or_create_identity(Path(tempfile.mkdtemp(prefix="splitmesh-tls-"))))
-    return _IDENTITY[0]
-
+from splitmesh.wire.tls import PeerKeyMismatch
+from tests.unit.tls_identity import server_identity as identity
 
 BODY = b"SMT1" + bytes(range(256)) * 4  # 1028 bytes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

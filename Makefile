@@ -13,6 +13,9 @@ MODEL_STAMP := .splitmesh/models/SmolLM2-135M-Instruct/splitmesh.json
 # Debian's Chromium for the explorer's browser test (Playwright drives it; it cannot download browsers here).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# pytest runs the test files on two workers (pytest-xdist; a file's tests stay together, so module
+# fixtures such as a marketplace are started once). `make test-python PYTEST_ARGS=` runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 .PHONY: help setup demo test test-contracts test-python lint contracts clean
 

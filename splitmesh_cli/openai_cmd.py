@@ -1,4 +1,5 @@
-"""`splitmesh openai serve`: an OpenAI-compatible HTTP endpoint on a running marketplace.
+"""`splitmesh openai serve` (or `splitmesh gateway`): an OpenAI-compatible HTTP endpoint on a
+running marketplace.
 
 Any OpenAI client (the `openai` package, curl, LangChain, ...) pointed at http://HOST:PORT/v1 runs each
 request as a paid private job through the client SDK: the embeddings and first layers on this machine,
@@ -27,7 +28,20 @@ API_KEY_ENV = "SPLITMESH_OPENAI_API_KEY"
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = sub.add_parser("openai", help="an OpenAI-compatible HTTP endpoint", description=__doc__)
     actions = group.add_subparsers(dest="openai_command", required=True, metavar="ACTION")
-    serve = actions.add_parser("serve", help="serve /v1/chat/completions, /v1/completions, /v1/models")
+    _add_serve_args(
+        actions.add_parser("serve", help="serve /v1/chat/completions, /v1/completions, /v1/models")
+    )
+    # The same server under the name app developers look for.
+    _add_serve_args(
+        sub.add_parser(
+            "gateway",
+            help="an OpenAI-compatible gateway (the same as `splitmesh openai serve`)",
+            description=__doc__,
+        )
+    )
+
+
+def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -478,7 +478,7 @@ def test_api_paginates_and_filters(world: tuple[Marketplace, Activity], coordina
         ("/api/jobs?status=paid", 400, "unknown job status"),
         ("/api/jobs?client=0x1234", 400, "not an address"),
         ("/api/jobs/999999", 404, "job 999999"),
-        ("/api/jobs/abc", 400, "not a number"),
+        ("/api/jobs/abc", 400, "is not a decimal number"),
         ("/api/nodes/0x" + "ab" * 20, 404, "not in the index"),
         ("/api/nodes?status=gone", 400, "unknown node status"),
         ("/api/nothing", 404, "Not Found"),

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from splitmesh.protocol import (
 )
 from splitmesh.signing import EnvelopeSigner
 from splitmesh.wire import decode_frame, encode_frame
+from splitmesh.wire.tls import pinned_request
 from splitmesh_cli.localnet import CLIENT_KEY, OTHER_KEY, PRICE, RunningMarket
 
 HIDDEN = 576
@@ -208,12 +207,10 @@ class TrainRig:
 
     def post(self, frame: bytes) -> tuple[int, Any]:
         url = self.first.endpoint.rstrip("/") + STEP_PATH.format(job=self.job.job_id)
-        request = urllib.request.Request(url, data=frame, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, decode_frame(response.read()).tensor
-        except urllib.error.HTTPError as exc:
-            return exc.code, ErrorReply.model_validate(json.loads(exc.read()))
+        status, _, body = pinned_request("POST", url, self.first.tls_key, body=frame, timeout=60)
+        if status == 200:
+            return status, decode_frame(body).tensor
+        return status, ErrorReply.model_validate(json.loads(body))
 
     def ok(self, frame: bytes, q: int) -> torch.Tensor:
         status, reply = self.post(frame)
@@ -269,13 +266,15 @@ def test_bad_backward_requests_are_refused_and_the_node_keeps_serving(running_ma
     end = EndMeta(
         job=rig.job.job_id, tokens=rig.billed, signature=hex32(signature), terms=hex32(rig.job.packed_terms)
     )
-    request = urllib.request.Request(
+    status, _, body = pinned_request(
+        "POST",
         rig.first.endpoint.rstrip("/") + END_PATH.format(job=rig.job.job_id),
-        data=end.model_dump_json().encode(),
-        method="POST",
+        rig.first.tls_key,
+        body=end.model_dump_json().encode(),
+        timeout=60,
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        ended = EndResult.model_validate_json(response.read())
+    assert status == 200, body[:300]
+    ended = EndResult.model_validate_json(body)
     assert [c.steps for c in ended.commitments] == [2, 2, 2]  # one train and one backward each
     running_market.wait_status(rig.job.job_id, JobStatus.COMMITTED)
     assert running_market.market.get_job(rig.job.job_id).billed_tokens == 2 * seq

@@ -102,7 +102,10 @@ def test_demo_on_its_own_chain_with_another_model_stops_it(tmp_path: Path) -> No
     assert data["status"] == "finalized"
     # At epsilon = inf the split pipeline reproduces model.generate token for token.
     assert data["reference_match"] is True
-    assert data["tokens_per_s"] > 0 and data["reference_tokens_per_s"] > 0
+    assert data["tokens_per_s"] > 0
+    # A decode rate from wall-clock differences: None when a loaded machine made the 1-token run of a
+    # tiny model slower than the n-token run (no rate to report), never zero or negative.
+    assert data["reference_tokens_per_s"] is None or data["reference_tokens_per_s"] > 0
     assert data["gas_used"]["submitJob"] > 0
     with pytest.raises(ChainUnavailable):
         rpc_chain_id(data["chain"]["rpc_url"], timeout=1.0)

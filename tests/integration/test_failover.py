@@ -3,8 +3,8 @@
 One module-scoped marketplace: a real chain, a tiny random Llama (SmolLM2's tokenizer) split [0,2,4,6]
 with the client on [0,2), two real node processes per node shard (1 and 2). Eight concurrent sessions,
 each its own client key and thread, half greedy and half seeded sampling, all at epsilon inf. Every
-session pauses at its fifth token; the test then kills (or stops) the shard's node most of them are
-routed through and lets them go on. Every session must end with the tokens of the unsplit Hugging Face
+session pauses at its tenth token (for the stop: a token drawn from a seed the test prints); the test
+then kills (or stops) the shard's node most of them are routed through and lets them go on. Every session must end with the tokens of the unsplit Hugging Face
 model (greedy; or the same seeded sampler fed the unsplit model's logits), its receipt must count the
 failover, and every job used must settle exactly on-chain: escrow = paid + refund, the failed node paid
 only where it committed, the honest nodes committed (paid) and not slashed.
@@ -12,6 +12,9 @@ only where it committed, the honest nodes committed (paid) and not slashed.
 
 from __future__ import annotations
 
+import os
+import random
+import secrets
 import shutil
 import signal
 import threading
@@ -38,8 +41,10 @@ from splitmesh_cli.wait import wait_until
 from tests.model_fixtures import save_random_model, tiny_llama_config
 
 SESSIONS = 8
-NEW_TOKENS = 12
-PAUSE_AT = 5  # tokens each session has generated when the node fails
+NEW_TOKENS = 16
+KILL_AT = 10  # tokens each session has generated when the node is killed
+# The stop comes at a token drawn from this seed (a new one each run, printed; set it to replay a run).
+STOP_SEED = int(os.environ.get("SPLITMESH_FAILOVER_SEED") or secrets.randbelow(2**32))
 SPLIT = 2
 NODE_KEYS = {1: HARDHAT_DEV_KEYS[1:3], 2: HARDHAT_DEV_KEYS[3:5]}
 PROMPTS = [f"Tell me about the number {i}." for i in range(SESSIONS)]
@@ -117,9 +122,9 @@ def _expected(
 
 
 def _run_sessions(
-    fm: FailoverMarket, fault: signal.Signals, position: int
+    fm: FailoverMarket, fault: signal.Signals, position: int, pause_at: int
 ) -> tuple[list[Generation], str, dict[str, int]]:
-    """Start the sessions; when every one has PAUSE_AT tokens, fail the node most of them have at route
+    """Start the sessions; when every one has `pause_at` tokens, fail the node most of them have at route
     `position` (a stopped one resumes at the end). Returns the generations, the failed node and every
     node's stake at that moment."""
     reached = threading.Semaphore(0)
@@ -133,7 +138,7 @@ def _run_sessions(
         try:
             stream = fm.clients[i].stream(PROMPTS[i], NEW_TOKENS, split=SPLIT, failover=POLICY, **sampling)
             for event in stream:
-                if isinstance(event, TokenEvent) and event.index + 1 == PAUSE_AT:
+                if isinstance(event, TokenEvent) and event.index + 1 == pause_at:
                     paused = True
                     reached.release()
                     go.wait(120)
@@ -170,7 +175,7 @@ def _run_sessions(
     return [r for r in results if isinstance(r, Generation)], victim, stakes
 
 
-def _check_tokens(fm: FailoverMarket, generations: list[Generation], victim: str) -> int:
+def _check_tokens(fm: FailoverMarket, generations: list[Generation], victim: str, pause_at: int) -> int:
     """Every session's tokens are the unsplit model's; sessions routed through the victim failed over
     once and say so. Returns the number of sessions that failed over."""
     eos = {int(fm.clients[0].tokenizer.eos_token_id), 2}
@@ -182,11 +187,11 @@ def _check_tokens(fm: FailoverMarket, generations: list[Generation], victim: str
         market = fm.running.market
         first = market.job_submitted(report.jobs[0]).terms.route
         through_victim = victim.lower() in (h.node.lower() for h in first)
-        if through_victim and len(gen.token_ids) > PAUSE_AT:
+        if through_victim and len(gen.token_ids) > pause_at:
             failed_over += 1
             assert report.failovers == report.replays == 1, f"session {i}: {report}"
             assert report.banned == [victim], f"session {i}: {report}"
-            assert report.replayed_tokens == gen.receipt.prompt_tokens + PAUSE_AT
+            assert report.replayed_tokens == gen.receipt.prompt_tokens + pause_at
             assert report.abandoned == report.jobs[:1] and gen.receipt.job_id == report.jobs[1]
             last = market.job_submitted(gen.receipt.job_id).terms.route
             assert victim.lower() not in (h.node.lower() for h in last)
@@ -241,10 +246,10 @@ def _settle_all(
 
 def test_sigkill_of_a_route_node_mid_generation(failover_market: FailoverMarket) -> None:
     # Position 1 (shard 2): the first node reports next_node_unreachable.
-    generations, victim, stakes = _run_sessions(failover_market, signal.SIGKILL, 1)
-    assert _check_tokens(failover_market, generations, victim) >= 1
+    generations, victim, stakes = _run_sessions(failover_market, signal.SIGKILL, 1, KILL_AT)
+    assert _check_tokens(failover_market, generations, victim, KILL_AT) >= 1
     _settle_all(failover_market, generations, victim, stakes)
-    _summary("SIGKILL", generations)
+    _summary(f"SIGKILL at token {KILL_AT}", generations)
     # The operator of the dead node takes it out of the pool (it would only be avoided while banned).
     failover_market.running.market.deactivate(Sender(failover_market.running.w3, _key_of(victim)))
 
@@ -252,10 +257,12 @@ def test_sigkill_of_a_route_node_mid_generation(failover_market: FailoverMarket)
 def test_sigstop_of_a_route_node_mid_generation(failover_market: FailoverMarket) -> None:
     # Position 0 (shard 1, which still has two nodes): the client's own step times out, a probe finds
     # which node of the route is not answering.
-    generations, victim, stakes = _run_sessions(failover_market, signal.SIGSTOP, 0)
-    assert _check_tokens(failover_market, generations, victim) >= 1
+    stop_at = random.Random(STOP_SEED).randint(1, NEW_TOKENS - 2)
+    print(f"SIGSTOP at token {stop_at} (SPLITMESH_FAILOVER_SEED={STOP_SEED})")
+    generations, victim, stakes = _run_sessions(failover_market, signal.SIGSTOP, 0, stop_at)
+    assert _check_tokens(failover_market, generations, victim, stop_at) >= 1, f"seed {STOP_SEED}"
     _settle_all(failover_market, generations, victim, stakes)
-    _summary("SIGSTOP", generations)
+    _summary(f"SIGSTOP at token {stop_at} (seed {STOP_SEED})", generations)
 
 
 def _summary(fault: str, generations: list[Generation]) -> None:

@@ -2492,6 +2492,10 @@ def _run_machine(machine: Any, env: Env, machine_settings: Any) -> str:
 # tests; the court paying the challenger, anchored audits, sampled jobs, minority and silent verifiers in
 # test_audit_court.py; stake-weighted panels and minority fraud votes in attacks.test.js (3, 5).
 MARKET_RARE_PATHS = (
+    # Reached when a node that started unbonding is slashed before it withdraws: which nodes the on-chain
+    # matcher picks depends on block hashes, so some runs never route a job to an unbonding node.
+    # Pinned by tests/contracts/JobMarket.test.js ("slashes unbonding stake too ...").
+    "(slash reached into unbonding)",
     "checkpoint_receipt:ReceiptNotNewer",
     "(challenge bond returned)",
     "(challenge bond to the nodes)",
@@ -2546,7 +2550,6 @@ def test_marketplace_properties(market_env: Env) -> None:
         "(miss slash capped at the job's offer)",
         "(slashed at 5000 bps)",
         "(dispute timeout restarted)",
-        "(slash reached into unbonding)",
         "(refund credited)",
         # and both sides of every time window's edge
         "at edge+0: ok)",

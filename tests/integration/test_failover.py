@@ -1,13 +1,14 @@
 """A generation survives a route node that dies (SIGKILL) or stops answering (SIGSTOP) mid-generation.
 
-One module-scoped marketplace: a real chain, a tiny random Llama (SmolLM2's tokenizer) split [0,2,4,6]
-with the client on [0,2), two real node processes per node shard (1 and 2). Eight concurrent sessions,
-each its own client key and thread, half greedy and half seeded sampling, all at epsilon inf. Every
-session pauses at its tenth token (for the stop: a token drawn from a seed the test prints); the test
-then kills (or stops) the shard's node most of them are routed through and lets them go on. Every session must end with the tokens of the unsplit Hugging Face
-model (greedy; or the same seeded sampler fed the unsplit model's logits), its receipt must count the
-failover, and every job used must settle exactly on-chain: escrow = paid + refund, the failed node paid
-only where it committed, the honest nodes committed (paid) and not slashed.
+One module-scoped marketplace: a real chain, a tiny random Llama (SmolLM2's tokenizer) split [0,2,4,6] with
+the client on [0,2), two real node processes per node shard (1 and 2). Eight concurrent sessions, each
+its own client key and thread, half greedy and half seeded sampling, all at epsilon inf. Every session
+pauses at its tenth token (for the stop: a token drawn from a seed the test prints); the test then kills
+(or stops) the shard's node most of them are routed through and lets them go on. Every session must end
+with the tokens of the unsplit Hugging Face model (greedy; or the same seeded sampler fed the unsplit
+model's logits), its receipt must count the failover, and every job used must settle exactly on-chain:
+escrow = paid + refund, the failed node paid only where it committed, the honest nodes committed (paid)
+and not slashed.
 """
 
 from __future__ import annotations

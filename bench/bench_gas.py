@@ -76,12 +76,11 @@ class Bench:
         keys = [next(self.keys) for _ in range(count)]
         nodes = [FastSender(self.w3, k, self.market.chain_id) for k in keys]
         fund(self.w3, self.funder, [n.address for n in nodes], PARAMS.min_stake + ETHER // 10)
-        registry = self.market.registry.functions
         raws = []
-        for i, node in enumerate(nodes):
-            endpoint = f"https://node-{model_id}-{shard}-{node.nonce}-{i}.example:8443"
-            fn = registry.registerNode(model_id, shard, endpoint, PRICE, keccak(text=endpoint))
-            raws.append(node.call(fn, REGISTER_GAS, value=PARAMS.min_stake))
+        for node in nodes:
+            endpoint = f"https://{node.address.lower()}.example:8443"
+            args = (model_id, shard, endpoint, PRICE, keccak(text=endpoint))
+            raws.append(node.call(self.market.registry, "registerNode", args, REGISTER_GAS, PARAMS.min_stake))
         send_and_mine(self.w3, raws, per_block=50)
         for k in keys:
             sender = Sender(self.w3, k, self.market.chain_id)

@@ -15,11 +15,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import coincurve
+import rlp
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
+from coordinator.logcodec import abi_type
 from splitmesh.chain.launcher import HARDHAT_ACCOUNTS, HARDHAT_MNEMONIC
 
 GWEI = 10**9
@@ -42,7 +46,8 @@ def extra_keys(count: int, first: int = HARDHAT_ACCOUNTS) -> list[str]:
 
 @dataclass
 class FastSender:
-    """Signs transactions for one key with a locally counted nonce; never waits for them."""
+    """Signs EIP-1559 transactions for one key with a locally counted nonce; never waits for them.
+    Signs with coincurve directly (eth_account's signing costs ~1-5 ms a transaction, this ~0.1 ms)."""
 
     w3: Web3
     key: str
@@ -53,25 +58,35 @@ class FastSender:
     def __post_init__(self) -> None:
         self.address = Account.from_key(self.key).address
         self.nonce = int(self.w3.eth.get_transaction_count(self.address, "pending"))
+        self._private = coincurve.PrivateKey(bytes.fromhex(self.key.removeprefix("0x")))
 
-    def sign(self, to: str, data: bytes | str = b"", value: int = 0, gas: int = 21_000) -> bytes:
-        tx = {
-            "to": to_checksum_address(to),
-            "data": data,
-            "value": value,
-            "gas": gas,
-            "maxFeePerGas": MAX_FEE,
-            "maxPriorityFeePerGas": TIP,
-            "nonce": self.nonce,
-            "chainId": self.chain_id,
-            "type": 2,
-        }
+    def sign(self, to: str, data: bytes = b"", value: int = 0, gas: int = 21_000) -> bytes:
+        """The raw signed transaction (type 2), with the next nonce."""
+        fields = [self.chain_id, self.nonce, TIP, MAX_FEE, gas, bytes.fromhex(to[2:]), value, data, []]
         self.nonce += 1
-        return bytes(Account.sign_transaction(tx, self.key).raw_transaction)
+        unsigned = b"\x02" + rlp.encode(fields)
+        signature = self._private.sign_recoverable(keccak(unsigned), hasher=None)  # r || s || recovery id
+        r, s, v = (int.from_bytes(signature[0:32], "big"), int.from_bytes(signature[32:64], "big"), signature[64])
+        return b"\x02" + rlp.encode([*fields, v, r, s])
 
-    def call(self, fn: Any, gas: int, value: int = 0) -> bytes:
-        """A signed call of a bound contract function (`contract.functions.name(args)`)."""
-        return self.sign(fn.address, fn._encode_transaction_data(), value, gas)
+    def call(self, contract: Any, name: str, args: Sequence[Any], gas: int, value: int = 0) -> bytes:
+        """A signed call of `contract.name(*args)` (a web3 contract; its ABI names each function once)."""
+        return self.sign(contract.address, calldata(contract, name, args), value, gas)
+
+
+_SELECTORS: dict[tuple[str, str], tuple[bytes, list[str]]] = {}
+
+
+def calldata(contract: Any, name: str, args: Sequence[Any]) -> bytes:
+    """ABI-encoded call data, with eth_abi directly (web3's encode_abi validates the whole ABI per call,
+    ~9 ms here)."""
+    key = (contract.address, name)
+    if key not in _SELECTORS:
+        (item,) = [i for i in contract.abi if i.get("type") == "function" and i["name"] == name]
+        types = [abi_type(i) for i in item["inputs"]]
+        _SELECTORS[key] = (keccak(text=f"{name}({','.join(types)})")[:4], types)
+    selector, types = _SELECTORS[key]
+    return selector + abi_encode(types, list(args))
 
 
 def _rpc_batch(w3: Web3, method: str, params: Sequence[list[Any]]) -> list[Any]:

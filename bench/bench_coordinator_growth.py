@@ -70,13 +70,19 @@ class JobFactory:
             for i in accounts:
                 price = (2 + i % 3) * GWEI
                 self.market.register_node(
-                    Sender(w3, dev_key(i)), self.model_id, shard, f"http://127.0.0.1:{9000 + i}", price, stake=2 * 10**18
+                    Sender(w3, dev_key(i)),
+                    self.model_id,
+                    shard,
+                    f"http://127.0.0.1:{9000 + i}",
+                    price,
+                    stake=2 * 10**18,
                 )
         cid = self.market.chain_id
         self.fast = {i: FastSender(w3, dev_key(i), cid) for i in [*range(1, 7), *CLIENTS, KEEPER]}
         self.by_address = {s.address: s for s in self.fast.values()}
         self.signers = {
-            self.fast[i].address: EnvelopeSigner(dev_key(i), cid, self.market.deployment.market) for i in CLIENTS
+            self.fast[i].address: EnvelopeSigner(dev_key(i), cid, self.market.deployment.market)
+            for i in CLIENTS
         }
         self.seed = seed
         self.made = 0
@@ -120,7 +126,14 @@ class JobFactory:
             first = self.w3.eth.block_number + 1
             send_and_mine(self.w3, self._submits(count), PER_BLOCK)
             submitted = self.market.events("JobSubmitted", from_block=first)
-            batch = [(int(e["args"]["jobId"]), JobTerms.decode(bytes(e["args"]["terms"])), bytes(e["args"]["terms"])) for e in submitted]
+            batch = [
+                (
+                    int(e["args"]["jobId"]),
+                    JobTerms.decode(bytes(e["args"]["terms"])),
+                    bytes(e["args"]["terms"]),
+                )
+                for e in submitted
+            ]
             if len(batch) != count:
                 raise RuntimeError(f"{count} submits gave {len(batch)} JobSubmitted events")
             send_and_mine(self.w3, self._commits(batch), PER_BLOCK)
@@ -130,7 +143,9 @@ class JobFactory:
         advance_time(self.w3, PARAMS.challenge_window + 1)
         keeper = self.fast[KEEPER]
         jm = self.market.job_market
-        finalize = [keeper.call(jm, "finalize", (j, packed), GAS["finalize"]) for j, _, packed in new if j % 10]
+        finalize = [
+            keeper.call(jm, "finalize", (j, packed), GAS["finalize"]) for j, _, packed in new if j % 10
+        ]
         send_and_mine(self.w3, finalize, PER_BLOCK)
         self.jobs += new
         self.generation_s += time.perf_counter() - t
@@ -171,7 +186,11 @@ def measure(factory: JobFactory, chain: LocalChain, tmp: Path, repeat: int) -> d
     catch_up = time.perf_counter() - t
     t = time.perf_counter()
     coordinator = CoordinatorProcess(
-        chain.rpc_url, factory.market.deployment.market, tmp / f"proc-{size}.sqlite", tmp / f"coord-{size}.log", 0
+        chain.rpc_url,
+        factory.market.deployment.market,
+        tmp / f"proc-{size}.sqlite",
+        tmp / f"coord-{size}.log",
+        0,
     )
     try:
         coordinator.wait_synced(head, timeout=600)
@@ -202,10 +221,14 @@ def measure(factory: JobFactory, chain: LocalChain, tmp: Path, repeat: int) -> d
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="job counts, ascending")
     parser.add_argument("--repeat", type=int, default=7, help="timed calls per query (median)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "coordinator_growth.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "coordinator_growth.json"
+    )
     args = parser.parse_args()
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()

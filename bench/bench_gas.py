@@ -99,7 +99,9 @@ class Bench:
             chain_in = keccak(b"in" + bytes([position]))
             chain_out = keccak(b"in" + bytes([position + 1]))
             first = receipt if position == 0 else EMPTY_RECEIPT  # only a raising receipt is sent
-            tx = m.commit(self.senders[hop.node], job.job_id, job.packed_terms, position, chain_in, chain_out, first)
+            tx = m.commit(
+                self.senders[hop.node], job.job_id, job.packed_terms, position, chain_in, chain_out, first
+            )
             commits.append(tx.gas_used)
         advance_time(self.w3, PARAMS.challenge_window + 1)
         route = [self.senders[h.node] for h in job.terms.route]
@@ -155,7 +157,9 @@ def ratios(curve: dict[str, Any], lo: str, hi: str) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=5, help="lifecycles per size (medians)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gas.json")
     args = parser.parse_args()
@@ -176,8 +180,14 @@ def main() -> int:
         "benchmark": "bench_gas",
         "machine_before": load_before,
         "machine_after": machine(),
-        "params": {"jobs_per_size": args.jobs, "max_tokens": MAX_TOKENS, "billed": BILLED, "price_wei": PRICE},
-        "lifecycle": "submitJobWithHints, commit x hops (receipt on the first), finalize, withdrawEarnings x hops",
+        "params": {
+            "jobs_per_size": args.jobs,
+            "max_tokens": MAX_TOKENS,
+            "billed": BILLED,
+            "price_wei": PRICE,
+        },
+        "lifecycle": "submitJobWithHints, commit x hops (receipt on the first), finalize, "
+        "withdrawEarnings x hops",
         "pool_sizes": pools,
         "pool_growth_300_over_3": ratios(pools, "3", "300"),
         "hops": hops,

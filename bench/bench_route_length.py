@@ -86,7 +86,12 @@ def open_routes(
     deployer = Sender(market.w3, HARDHAT_DEV_KEYS[0])
     described = describe_model(None)
     keys = extra_keys(sum(hop_counts))
-    fund(market.w3, FastSender(market.w3, HARDHAT_DEV_KEYS[1], market.chain_id), [Account.from_key(k).address for k in keys], 2 * ETHER)
+    fund(
+        market.w3,
+        FastSender(market.w3, HARDHAT_DEV_KEYS[1], market.chain_id),
+        [Account.from_key(k).address for k in keys],
+        2 * ETHER,
+    )
     routes: dict[int, tuple[RunningMarket, Client]] = {}
     for hops in hop_counts:
         plan = client_split_plan(described.num_layers, SPLIT, hops)
@@ -105,7 +110,9 @@ def open_routes(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=16, help="new tokens per generation")
     parser.add_argument("--repeats", type=int, default=2, help="generations per prompt and route length")
     parser.add_argument("--hops", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="route lengths")

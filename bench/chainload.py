@@ -20,7 +20,7 @@ import rlp
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 from web3 import Web3
 
 from coordinator.logcodec import abi_type
@@ -66,7 +66,11 @@ class FastSender:
         self.nonce += 1
         unsigned = b"\x02" + rlp.encode(fields)
         signature = self._private.sign_recoverable(keccak(unsigned), hasher=None)  # r || s || recovery id
-        r, s, v = (int.from_bytes(signature[0:32], "big"), int.from_bytes(signature[32:64], "big"), signature[64])
+        r, s, v = (
+            int.from_bytes(signature[0:32], "big"),
+            int.from_bytes(signature[32:64], "big"),
+            signature[64],
+        )
         return b"\x02" + rlp.encode([*fields, v, r, s])
 
     def call(self, contract: Any, name: str, args: Sequence[Any], gas: int, value: int = 0) -> bytes:
@@ -95,7 +99,7 @@ def _rpc_batch(w3: Web3, method: str, params: Sequence[list[Any]]) -> list[Any]:
     answers = provider.make_batch_request([(method, p) for p in params])
     out = []
     for a in answers:
-        if "error" in a and a["error"]:
+        if a.get("error"):
             raise RuntimeError(f"{method} failed: {a['error']}")
         out.append(a["result"])
     return out
@@ -107,7 +111,9 @@ def send_raw(w3: Web3, raws: Iterable[bytes]) -> list[str]:
     hashes: list[str] = []
     for i in range(0, len(raws), SEND_BATCH):
         chunk = raws[i : i + SEND_BATCH]
-        hashes += [str(h) for h in _rpc_batch(w3, "eth_sendRawTransaction", [["0x" + r.hex()] for r in chunk])]
+        hashes += [
+            str(h) for h in _rpc_batch(w3, "eth_sendRawTransaction", [["0x" + r.hex()] for r in chunk])
+        ]
     return hashes
 
 
@@ -120,7 +126,9 @@ def mine_all(w3: Web3, per_block: int, pending: int) -> int:
     (the chain's gas limit may cut a block shorter). Returns the blocks mined."""
     blocks = 0
     while True:
-        left = int(w3.provider.make_request("eth_getBlockTransactionCountByNumber", ["pending"])["result"], 16)  # type: ignore[arg-type]
+        left = int(
+            w3.provider.make_request("eth_getBlockTransactionCountByNumber", ["pending"])["result"], 16
+        )  # type: ignore[arg-type]
         if left == 0:
             return blocks
         w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
@@ -134,7 +142,9 @@ def receipts(w3: Web3, hashes: Sequence[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(0, len(hashes), SEND_BATCH):
         chunk = hashes[i : i + SEND_BATCH]
-        for h, r in zip(chunk, _rpc_batch(w3, "eth_getTransactionReceipt", [[h] for h in chunk]), strict=True):
+        for h, r in zip(
+            chunk, _rpc_batch(w3, "eth_getTransactionReceipt", [[h] for h in chunk]), strict=True
+        ):
             if r is None:
                 raise RuntimeError(f"transaction {h} was not mined")
             if int(r["status"], 16) != 1:

@@ -23,6 +23,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from coordinator import fold, schema
 from coordinator.errors import ChainMoved, IndexMismatch, ReorgTooDeep
@@ -208,7 +209,7 @@ class Indexer:
         request: web3's result formatters would cost more than the decoding."""
         addresses = [c.address for c in self._contracts().values()]
         query = {"fromBlock": hex(lo), "toBlock": hex(hi), "address": addresses}
-        raw: list[Any] = list(self.w3.manager.request_blocking("eth_getLogs", [query]))
+        raw: list[Any] = list(self.w3.manager.request_blocking(RPCEndpoint("eth_getLogs"), [query]))
         return sorted(raw, key=lambda log: (_int(log["blockNumber"]), _int(log["logIndex"])))
 
     def _decode(self, log: Any, block_time: int) -> fold.LogRecord | None:

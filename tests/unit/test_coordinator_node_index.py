@@ -16,8 +16,8 @@ def index(jobs: int = 600, seed: int = 3) -> sqlite3.Connection:
     conn = schema.connect(":memory:")
     for job_id in range(1, jobs + 1):
         conn.execute(
-            "INSERT INTO jobs (job_id, client, model_id, first_shard, hops, max_tokens, escrow, terms, metadata,"
-            " status, timestamp, submitted_block, submitted_time, submitted_tx, updated_block)"
+            "INSERT INTO jobs (job_id, client, model_id, first_shard, hops, max_tokens, escrow, terms,"
+            " metadata, status, timestamp, submitted_block, submitted_time, submitted_tx, updated_block)"
             " VALUES (?, ?, 1, 1, 3, 10, '1', '0x', '0x', 'finalized', 0, ?, 0, '0x', ?)",
             (job_id, NODES[0], job_id, job_id),
         )

@@ -582,4 +582,3 @@ class Marketplace:
                     out.append((decoded["event"], dict(decoded["args"])))
                     break
         return out
-

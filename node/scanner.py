@@ -88,7 +88,13 @@ class JobScanner:
         last = min(latest, self.cursor + self.max_blocks)
         logs = self.market.market_events(("JobSubmitted", *WAKE_EVENTS), first, last)
         opened = [job for log in logs if log["event"] == "JobSubmitted" and (job := self._adopt(log))]
-        moved = {int(log["args"]["jobId"]) for log in logs if log["event"] != "JobSubmitted"}
+        # Only new blocks wake jobs: the rescanned ones' events were seen (a reorg that moves one is caught
+        # by the hold's bound, node.duties).
+        moved = {
+            int(log["args"]["jobId"])
+            for log in logs
+            if log["event"] != "JobSubmitted" and int(log["blockNumber"]) > self.cursor
+        }
         if moved:
             self.store.wake(moved)
         self.store.set_meta(CURSOR_KEY, str(last))

@@ -8,7 +8,7 @@ import logging
 import torch
 from pydantic import ValidationError
 
-from client_sdk.errors import MalformedReply, NodeLostState, NodeUnavailable, StepFailed
+from client_sdk.errors import MalformedReply, NodeBusy, NodeLostState, NodeUnavailable, StepFailed
 from splitmesh.protocol import STREAM_PATH, EndMeta, EndResult, ErrorReply, StepResult
 from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_frame
 from splitmesh.wire.tls import LinkSecurityError, link_ssl, ws_url
@@ -17,6 +17,7 @@ from splitmesh.wire.websocket import BlockingWebSocket
 logger = logging.getLogger(__name__)
 
 STATE_LOST = "state_lost"  # a node's code for a job whose state it lost (it restarted)
+BUSY = "busy"  # a node's code for a step refused at capacity (503, with a retry hint)
 
 
 class RouteLink:
@@ -87,5 +88,7 @@ def _failure(text: str) -> Exception:
         error = ErrorReply.model_validate(json.loads(text))
     except (ValueError, ValidationError):
         return MalformedReply(f"the route sent an unexpected message: {text[:200]!r}")
+    if error.code == BUSY and error.status == 503:
+        return NodeBusy(error.status, error.code, error.error, error.node, error.position, error.retry_after)
     kind = NodeLostState if error.code == STATE_LOST else StepFailed
     return kind(error.status, error.code, error.error, error.node, error.position)

@@ -40,6 +40,7 @@ from client_sdk.errors import (
     MalformedReply,
     NodeUnavailable,
     NoRoute,
+    RouteBusy,
     StepFailed,
 )
 from client_sdk.openai_schema import (
@@ -326,6 +327,8 @@ def as_api_error(exc: BaseException) -> APIError:
         return APIError(503, str(exc), "no_route", type_="service_unavailable")
     if isinstance(exc, EscrowTooSmall):
         return APIError(402, str(exc), "escrow_too_small", type_="insufficient_funds")
+    if isinstance(exc, RouteBusy):  # every candidate node full: nothing was submitted
+        return APIError(503, str(exc), "busy", type_="service_unavailable")
     if isinstance(exc, StepFailed) and exc.status == 503:
         return APIError(503, str(exc), exc.code, type_="service_unavailable")
     if isinstance(exc, StepFailed | NodeUnavailable | ForgedReply | MalformedReply):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from client_sdk.capacity import CapacityProbe
 from client_sdk.failover import FailoverPolicy
 from client_sdk.privacy import PrivacySettings
 
@@ -19,6 +20,8 @@ class RouteSettings(PrivacySettings):
     split: int | None = None  # layers the client runs; None = the smallest registered split
     chat: bool | None = None  # apply the chat template; None = when the tokenizer has one
     max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
+    # ask the candidate nodes for room before locking escrow, and avoid the full ones (client_sdk.capacity)
+    capacity: CapacityProbe = field(default_factory=CapacityProbe)
 
 
 @dataclass(kw_only=True)

@@ -26,7 +26,15 @@ from typing import Any, Literal, Protocol
 import torch
 
 from client_sdk.answers import AnswerCheck, check_onchain
-from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, ForgedReply, NodeUnavailable, NoRoute
+from client_sdk.capacity import probe_route
+from client_sdk.errors import (
+    CommitmentMismatch,
+    EscrowTooSmall,
+    ForgedReply,
+    NodeBusy,
+    NodeUnavailable,
+    NoRoute,
+)
 from client_sdk.link import RouteLink
 from client_sdk.local_split import LocalSplit
 from client_sdk.options import RouteSettings
@@ -160,6 +168,10 @@ class RouteJob:
                 raise NoRoute(f"no active node serves model {info.model_id} shards {list(shards)}")
             max_price = max(prices)
         escrow = market.escrow_for(max_tokens, max_price, len(shards)) if escrow_wei is None else escrow_wei
+        if settings.capacity.enabled:  # RouteBusy before any escrow is locked when a shard is full
+            avoid = probe_route(
+                market, list(zip(shards, pools, strict=True)), max_price, avoid, settings.capacity
+            )
         try:
             job = market.submit_job(
                 owner.sender,
@@ -228,7 +240,12 @@ class RouteJob:
             raise ValueError(f"step {out.step} was prepared out of turn; the route expects {self.next_step}")
         if self.refused is not None:
             raise self.refused
-        reply, result = self.link.step(out.frame, out.dtype)
+        try:
+            reply, result = self.link.step(out.frame, out.dtype)
+        except NodeBusy as exc:
+            if self.next_step == 0:  # refused before anything was served: nobody can be blamed
+                self.release(exc)
+            raise
         # A backward step carries the gradient down: our tensor crosses the last node's boundary and the
         # reply crosses node 0's.
         mine, theirs = out.digest, tensor_digest(reply)
@@ -288,6 +305,26 @@ class RouteJob:
                 self.uncommitted,
                 self.owner.commit_wait,
             )
+
+    def release(self, exc: NodeBusy) -> None:
+        """The route refused the job's first step for capacity: close the link and release the job on-chain
+        (JobMarket.releaseJob), so its cancel after the commit deadline refunds the escrow and slashes
+        nobody; the nodes that served nothing need not commit it. `exc.job_id` names the job."""
+        self.close()
+        exc.job_id = self.job_id
+        try:
+            self.owner.market.release_job(self.owner.sender, self.job_id, self.job.packed_terms)
+        except ContractRevert as revert:  # already served or settled: the usual settlement applies
+            logger.warning("%s %d: could not release it (%s)", self.label, self.job_id, revert)
+            return
+        logger.info(
+            "%s %d: node %s is full (%s); released the job on-chain: its cancel after the commit deadline "
+            "refunds the escrow and slashes nobody",
+            self.label,
+            self.job_id,
+            exc.node or self.hops[0].node,
+            exc.reason,
+        )
 
     def close(self) -> None:
         """Close the link (without ending the job: it stays open and can be cancelled after the timeout)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # 2: hop fees, challenges, dispute blocks, verifier penalties
+SCHEMA_VERSION = 3  # 2: hop fees, challenges, dispute blocks, verifier penalties; 3: releases
 
 LOGS = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     audit_anchor INTEGER,          -- fallback seed block the court recorded (dispute block over 256 old)
     fraud_mask INTEGER NOT NULL DEFAULT 0,
     missing_mask INTEGER NOT NULL DEFAULT 0,
+    released INTEGER NOT NULL DEFAULT 0,  -- 1: the client declared it signed no step (JobReleased)
     paid TEXT NOT NULL DEFAULT '0',
     refund TEXT NOT NULL DEFAULT '0',
     slashed TEXT NOT NULL DEFAULT '0',

@@ -28,6 +28,7 @@ from node.pool import PoolStatus, StakeKeeper
 from node.scanner import JobScanner
 from node.server import create_app
 from node.service import NodeService
+from node.sessions import SessionLimits
 from node.store import NodeStore
 from node.verifier import AuditLimits, Verifier, VoteBook
 from splitmesh.chain import Marketplace, ModelInfo, Sender, connect
@@ -306,6 +307,7 @@ def _node_service(
             "compute", threads=1, pending=config.compute_queue, retry_after=config.retry_after
         ),
         send_timeout=config.send_timeout,
+        session_limits=SessionLimits(max_sessions=config.max_sessions, retry_after=config.retry_after),
     )
     service.cheat = shard.cheat
     service.skip_runner = shard.skip_runner

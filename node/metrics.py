@@ -66,6 +66,17 @@ class NodeMetrics:
             "Job transcripts dropped once no audit could ask for them any more",
             registry=r,
         )
+        self.sessions_refused_total = Counter(
+            PREFIX + "sessions_refused", "New jobs refused with 503 busy: the node was full", registry=r
+        )
+        self.jobs_released_total = Counter(
+            PREFIX + "jobs_released",
+            "Jobs their client released before any step served here: not committed, nobody slashed",
+            registry=r,
+        )
+        self.duty_rpc_calls = Gauge(
+            PREFIX + "duty_rpc_calls", "Chain RPC calls of the last duty pass", registry=r
+        )
         self.topup_wei_total = Counter(PREFIX + "topup_wei", "Stake re-added by auto top-up, wei", registry=r)
 
     def render(self) -> tuple[bytes, str]:

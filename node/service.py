@@ -23,7 +23,7 @@ from node.gate import StepGate, StepKind
 from node.infer_steps import InferenceStep
 from node.jobs import JobDirectory
 from node.metrics import NodeMetrics
-from node.sessions import JobSession, SessionTable
+from node.sessions import JobSession, SessionLimits, SessionTable
 from node.store import JobPhase, NodeStore
 from node.train_steps import TrainingStep
 from splitmesh.audit.transcript import encode_transcript
@@ -66,6 +66,7 @@ class NodeService:
         lookups: BoundedWork | None = None,  # chain lookups of jobs not seen yet (node.admission)
         compute: BoundedWork | None = None,  # layer compute (node.admission)
         send_timeout: float = 30.0,  # seconds a relayed frame may wait for a next hop that stops reading
+        session_limits: SessionLimits | None = None,  # how many jobs at once (node.sessions)
     ):
         self.address = address
         self.chain_id = chain_id
@@ -82,7 +83,12 @@ class NodeService:
         self.trainer: ShardTrainer | None = None  # answers training steps (node.train_steps); None: refused
         self.accepting = True
         self.table = SessionTable(
-            store=store, directory=directory, metrics=metrics, deadlines=deadlines, release=self._release
+            store=store,
+            directory=directory,
+            metrics=metrics,
+            deadlines=deadlines,
+            release=self._release,
+            limits=session_limits,
         )
         self.gate = StepGate(
             address=address,
@@ -107,6 +113,19 @@ class NodeService:
     def sessions(self) -> dict[int, JobSession]:
         """The open sessions by job id."""
         return self.table.open
+
+    def capacity(self) -> dict[str, float | int]:
+        """What a client reads before it locks escrow (GET /health `capacity`): room for new jobs now, and
+        the compute queue. `free_sessions` 0 means a new job's first step would get 503 `busy`."""
+        compute = self.gate.compute
+        return {
+            "free_sessions": self.table.room() if self.accepting else 0,
+            "max_sessions": self.table.limits.max_sessions,
+            "sessions": len(self.table.open),
+            "queued_steps": compute.waiting,
+            "max_queued_steps": compute.pending,
+            "retry_after": self.table.limits.retry_after,
+        }
 
     # ------------------------------------------------------------------ steps
 

@@ -3,7 +3,7 @@ a model registered with a client split plan, and one real `splitmesh node run` p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,7 +145,12 @@ def open_market(
 
 
 def start_market(
-    tmp: Path, model: str | None = None, split: int = SPLIT, nodes: int = 3, threads: int = 1
+    tmp: Path,
+    model: str | None = None,
+    split: int = SPLIT,
+    nodes: int = 3,
+    threads: int = 1,
+    node_env: dict[str, str] | None = None,  # SPLITMESH_NODE_* settings of every node process
 ) -> RunningMarket:
     """Start chain, deploy, register `model` (default SmolLM2) and start `nodes` node processes, each with
     `threads` torch threads."""
@@ -170,7 +175,8 @@ def start_market(
             chain=chain,
             threads=threads,
         )
-        running.start_nodes([running.spec(s) for s in range(1, nodes + 1)])
+        specs = [running.spec(s) for s in range(1, nodes + 1)]
+        running.start_nodes([replace(spec, env={**spec.env, **(node_env or {})}) for spec in specs])
         return running
     except BaseException:
         chain.stop()

@@ -13,6 +13,7 @@ job (nodes commit) -> `finalize` after the challenge window pays the nodes and r
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -78,7 +79,12 @@ class Generation:
 
 
 class Client:
-    """A client key on one deployment, with a local copy of the model's first and last layers."""
+    """A client key on one deployment, with a local copy of the model's first and last layers.
+
+    Generations may run at once from several threads (the OpenAI gateway does): transactions share the
+    Sender's nonce lock, each job has its own KV cache and Privatizer, and what is shared and stateful
+    (the tokenizer, the per-split cache of loaded layers, the clip calibration) sits behind `_shared`.
+    Training is one job at a time."""
 
     def __init__(
         self,
@@ -108,6 +114,9 @@ class Client:
         self._prepared: dict[int, LocalSplit] = {}
         self._tokenizer: Any = None
         self._training: TrainingSession | None = None
+        # Guards the tokenizer (a Rust tokenizer's encode is not reentrant), the loaded splits and the
+        # clip calibration when generations run in several threads.
+        self._shared = threading.RLock()
         # Nodes this client saw fail mid-generation, kept out of its next routes for a while (failover).
         self.bans = BanList()
 
@@ -131,6 +140,10 @@ class Client:
     def prepare(self, split: int | None = None) -> LocalSplit:
         """Load the local layers for a split (cached): embeddings, layers [0, split), norm, LM head."""
         plans = self.plans()
+        with self._shared:  # two threads asking for a new split load it once
+            return self._prepare(plans, split)
+
+    def _prepare(self, plans: list[ModelInfo], split: int | None) -> LocalSplit:
         if not plans:
             raise NoRoute(
                 f"no plan is registered on-chain for the weights in {self.model_dir} "
@@ -156,6 +169,10 @@ class Client:
     def encode_prompt(self, prompt: str | list[dict[str, str]], chat: bool | None = None) -> list[int]:
         """Token ids of a prompt: a string (wrapped as one user turn when the model has a chat template),
         or a whole conversation as chat messages ({"role": ..., "content": ...}, oldest first)."""
+        with self._shared:
+            return self._encode_prompt(prompt, chat)
+
+    def _encode_prompt(self, prompt: str | list[dict[str, str]], chat: bool | None) -> list[int]:
         tok = self.tokenizer
         use_chat = getattr(tok, "chat_template", None) is not None if chat is None else chat
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
@@ -206,7 +223,8 @@ class Client:
         # A public BOS through public weights is the same vector for everyone: sent as is. Once the
         # client's layers carry a private adapter, the BOS vector identifies the client: noised too.
         public_bos = bos is not None and prompt_ids[0] == bos and not local.private_layers
-        privacy = JobPrivacy.open(local, opts, self.tokenizer, public_prefix=1 if public_bos else 0)
+        with self._shared:  # the first noised job of a split calibrates the clip with the tokenizer
+            privacy = JobPrivacy.open(local, opts, self.tokenizer, public_prefix=1 if public_bos else 0)
         # Nodes process the prompt and every generated token except the last one.
         max_tokens = len(prompt_ids) + opts.max_new_tokens - 1
         meta = JobMeta(epsilon=opts.epsilon, delta=opts.delta, clip=privacy.clip, split=local.split)
@@ -293,7 +311,8 @@ class Client:
             receipt.billed_tokens = position + q
             position += q
             generated.append(token)
-            new_text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            with self._shared:
+                new_text = self.tokenizer.decode(generated, skip_special_tokens=True)
             receipt.token_times.append(time.perf_counter())
             yield TokenEvent(len(generated) - 1, token, new_text[len(text) :])
             text = new_text

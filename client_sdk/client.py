@@ -52,6 +52,7 @@ from splitmesh.chain import (
 from splitmesh.errors import ConfigError, ContractRevert
 from splitmesh.jobmeta import JobMeta
 from splitmesh.model.client import ClientModel
+from splitmesh.model.device import resolve_device, resolve_dtype
 from splitmesh.model.identity import weights_identity
 from splitmesh.model.source import ModelSource
 from splitmesh.signing import EnvelopeSigner
@@ -93,11 +94,14 @@ class Client:
         model: str | None = None,
         *,
         market: str | None = None,
-        dtype: str = "float32",
+        device: str = "cpu",  # where the client's layers run: cpu, cuda[:N] or mps (splitmesh.model.device)
+        dtype: str = "auto",  # of the client's layers: float32, bfloat16, or auto (bf16 on a GPU, else fp32)
+        wire_dtype: str | None = None,  # of the frames: the route nodes' dtype; None = `dtype`
         tx_timeout: float = 120.0,
         step_timeout: float = 120.0,
         commit_wait: float = 30.0,
     ):
+        self.device = resolve_device(device)  # first: an absent GPU is refused before any network call
         self.market = connect(rpc_url, market, timeout=tx_timeout)
         self.w3 = self.market.w3
         self.sender = Sender(self.w3, private_key, self.market.chain_id)
@@ -105,7 +109,8 @@ class Client:
         self.address = self.sender.address
         self.source = ModelSource.resolve(model)
         self.model_dir = str(self.source.path)
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.wire_dtype = None if wire_dtype is None else resolve_dtype(wire_dtype, torch.device("cpu"))
         self.step_timeout = step_timeout
         # Seconds to wait after a job's end for the route's on-chain commitments (client_sdk.answers):
         # positions not committed by then stay unchecked (receipt.uncommitted).
@@ -162,7 +167,8 @@ class Client:
             raise NoRoute(
                 f"no registered plan starts a node shard after layer {split}; available splits: {splits}"
             )
-        local = LocalSplit(ClientModel.load(self.model_dir, split, self.dtype), info, first_shard)
+        model = ClientModel.load(self.model_dir, split, self.dtype, self.device)
+        local = LocalSplit(model, info, first_shard)
         self._prepared[split] = local
         return local
 
@@ -304,7 +310,7 @@ class Client:
             hidden, result = route.step(released, position)  # fails over to a new job if a node fails
             t3 = time.perf_counter()
             with torch.inference_mode():
-                logits = model.tail(hidden[:, -1:])[0, -1]  # [vocab]
+                logits = model.tail(hidden[:, -1:])[0, -1].float().cpu()  # [vocab]: sampled on the CPU
             token = sample_token(logits, opts.temperature, opts.top_p, generator)
             t4 = time.perf_counter()
             receipt.steps.record(step, t1 - t0, t2 - t1, t3 - t2, t4 - t3, result.hops)

@@ -17,12 +17,12 @@ import argparse
 import math
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from splitmesh.errors import ConfigError
-from splitmesh_cli.common import add_chain_args
+from splitmesh_cli.common import add_chain_args, add_device_args, device_options
 from splitmesh_cli.generate_cmd import EPSILON_HELP, client_from, parse_epsilon
 
 API_KEY_ENV = "SPLITMESH_OPENAI_API_KEY"
@@ -75,6 +75,7 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
         default=[],
         help="another client keystore (same password): --jobs-per-key more jobs at once (repeatable)",
     )
+    add_device_args(serve, client=True)
     add_chain_args(serve, rpc_required=True)
     serve.set_defaults(func=cmd_serve)
 
@@ -104,7 +105,9 @@ def _clients(args: argparse.Namespace) -> list[Any]:
         password = read_password(args.password_file)
         for path in args.extra_keystore:
             key = decrypt_keystore(path, password)
-            clients.append(Client(str(settings.rpc_url), key, args.model, market=settings.market))
+            clients.append(
+                Client(str(settings.rpc_url), key, args.model, market=settings.market, **device_options(args))
+            )
     if len({c.address for c in clients}) != len(clients):
         raise ConfigError("each key of the endpoint must be different (one Sender, one nonce lock per key)")
     return clients

@@ -232,7 +232,8 @@ def test_demo_serve_keeps_the_explorer_and_the_gateway_up_until_ctrl_c_then_stop
         model = re.search(r"create\(model='([^']+)'", out)
         assert snippet is not None and model is not None, out
         assert snippet.group(1) == f"http://127.0.0.1:{gateway_port}/v1"
-        gateway = openai.OpenAI(base_url=snippet.group(1), api_key=snippet.group(2), max_retries=0, timeout=120)
+        url, key = snippet.group(1), snippet.group(2)
+        gateway = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
         assert [m.id for m in gateway.models.list().data] == [model.group(1)]
         messages = [{"role": "user", "content": "Hi"}]
         reply = gateway.chat.completions.create(

@@ -95,8 +95,9 @@ class LayerStack(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the layers' weights are (module.to(device) moved them there)."""
-        return next(self.parameters()).device
+        """Where the layers' weights are (module.to(device) moved them there); cpu for no layers."""
+        first = next(self.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

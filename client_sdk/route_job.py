@@ -42,6 +42,8 @@ from client_sdk.receipts import HopInfo
 from splitmesh.chain import Marketplace, Sender, hints_from_pools
 from splitmesh.errors import ContractRevert
 from splitmesh.jobmeta import JobMeta
+from splitmesh.model.arch import parse_dtype
+from splitmesh.model.device import to_wire
 from splitmesh.protocol import (
     END_PAYLOAD,
     END_STEP,
@@ -72,6 +74,7 @@ class JobOwner(Protocol):
     signer: EnvelopeSigner
     step_timeout: float  # seconds the route may take for one step
     commit_wait: float  # seconds to wait after the end for the route's on-chain commitments
+    wire_dtype: str | None  # dtype of the frames (the route nodes' dtype); None = the client's layers'
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ class RouteJob:
         self.job = job  # splitmesh.chain's SubmittedJob: id, terms, packed terms, transaction
         self.hops = hops
         self.label = label  # "job" or "training job", for log lines
-        self.dtype = str(local.model.dtype).removeprefix("torch.")
+        # The frames' dtype, both ways: what the route's nodes run (they refuse any other).
+        self.dtype = owner.wire_dtype or str(local.model.dtype).removeprefix("torch.")
         first = hops[0]
         self.link = RouteLink(
             first.endpoint,
@@ -215,6 +219,7 @@ class RouteJob:
         """Digest and sign the next step. Inference signs the tensor's digest; training binds mode and
         step into the payload hash (`training_payload`)."""
         step = self.next_step
+        tensor = to_wire(tensor, parse_dtype(self.dtype))  # hashed and sent as the CPU frame carries it
         digest = tensor_digest(tensor)
         training = mode != "infer"
         payload = training_payload(mode, of_step, digest) if training else digest

@@ -17,7 +17,10 @@ class NodeConfig(Settings):
     model: str | None = None  # local HF model directory; None = SmolLM2-135M-Instruct
     shard: int = 1  # shard index of the registered plan this node serves
     model_id: int | None = None  # on-chain model id; None = the one registered with this model's weights
-    dtype: str = "float32"  # float32 or bfloat16
+    device: str = "cpu"  # where the shard's layers and KV caches live: cpu, cuda, cuda:N or mps
+    # float32, bfloat16, or auto = bfloat16 on cuda/mps, float32 on cpu. It is also the dtype of the frames
+    # the node accepts and sends: its route's clients must send it (Client(wire_dtype=...)).
+    dtype: str = "auto"
     host: str = "127.0.0.1"  # interface to bind
     port: int = 0  # TCP port; 0 = any free port
     public_url: str | None = None  # endpoint announced on-chain; None = https://host:port

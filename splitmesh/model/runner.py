@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache
 
+from splitmesh.model.device import resolve_device, to_device, to_wire
 from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, UnknownSession
 from splitmesh.model.loader import ModelSpec
 from splitmesh.model.stack import LayerStack
@@ -41,9 +42,18 @@ class Session:
 class ShardRunner:
     """Runs layers [start, end) for many sessions. Thread-safe: one forward at a time per runner."""
 
-    def __init__(self, spec: ModelSpec, start: int, end: int, limits: RunnerLimits | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        start: int,
+        end: int,
+        limits: RunnerLimits | None = None,
+        device: str | torch.device | None = None,  # None = cpu; see splitmesh.model.device
+    ):
         self.spec = spec
-        self.stack: LayerStack = spec.build_stack(start, end)
+        self.device = resolve_device(device)
+        # Hidden states come and go as CPU tensors (frames); only the layers and KV caches live on the device.
+        self.stack: LayerStack = spec.build_stack(start, end).to(self.device)
         self.limits = limits or RunnerLimits()
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -63,8 +73,9 @@ class ShardRunner:
         end: int,
         dtype: str | torch.dtype = "float32",
         limits: RunnerLimits | None = None,
+        device: str | torch.device | None = None,
     ) -> ShardRunner:
-        return cls(ModelSpec.open(model, dtype), start, end, limits)
+        return cls(ModelSpec.open(model, dtype), start, end, limits, device)
 
     @property
     def start(self) -> int:
@@ -172,7 +183,7 @@ class ShardRunner:
             session.cache_bytes += growth
             session.last_used = time.monotonic()
             self.cache_bytes += growth
-            return out
+            return to_wire(out)
 
     def backward(
         self, hidden: torch.Tensor, positions: torch.Tensor, grad_output: torch.Tensor
@@ -190,5 +201,5 @@ class ShardRunner:
         x = hidden.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = self.stack(x, positions.unsqueeze(0), None)
-            (grad,) = torch.autograd.grad(out, x, grad_outputs=grad_output)
-        return grad.detach()
+            (grad,) = torch.autograd.grad(out, x, grad_outputs=to_device(grad_output, out.device))
+        return to_wire(grad)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import CacheLayerMixin, DynamicCache
 
 from splitmesh.model.stack import LayerStack
 
@@ -51,15 +51,15 @@ class GatherCache:
 def _stored(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A session's stored keys and values at a layer ([1, kv_heads, stored, head_dim]), None if empty."""
     entry = cache.layers[layer]
-    if not entry.is_initialized or entry.keys is None or entry.keys.shape[-2] == 0:
+    if not isinstance(entry, CacheLayerMixin):  # a linear-attention layer has no keys: never batched
+        raise TypeError(f"layer {layer} keeps no key/value cache; it cannot be batched")
+    keys, values = entry.keys, entry.values
+    if not entry.is_initialized or keys is None or values is None or keys.shape[-2] == 0:
         return None
-    assert entry.values is not None
-    return entry.keys, entry.values
+    return keys, values
 
 
-def _gather(
-    caches: list[DynamicCache], layer: int, width: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _gather(caches: list[DynamicCache], layer: int, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Stored keys and values of every session at `layer`, left-padded with zeros to `width` slots
     ([batch, kv_heads, width, head_dim]); None when no session has stored anything yet."""
     stored = [_stored(cache, layer) for cache in caches]

@@ -195,9 +195,7 @@ class ShardRunner:
                     results[index] = out
         return [r for r in results if r is not None]
 
-    def _admit(
-        self, session_id: str, positions: torch.Tensor, q: int, reserved: int
-    ) -> tuple[Session, int]:
+    def _admit(self, session_id: str, positions: torch.Tensor, q: int, reserved: int) -> tuple[Session, int]:
         """The session a step of q tokens at `positions` continues (opened if new) and its length;
         `reserved`: cache bytes the steps admitted before it in the same batch will add."""
         session = self._sessions.get(session_id)

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from client_sdk import Client, Generation
-from splitmesh.chain import HARDHAT_DEV_KEYS
 from splitmesh.wire.tls import pinned_request
 from splitmesh_cli.localnet import SPLIT, RunningMarket, start_market, stop_market
 from splitmesh_cli.procs import NodeProcess
@@ -24,7 +23,6 @@ PROMPTS = [  # different lengths: the batch mixes positions
     "Write one sentence about the sea and the wind at night.",
     "Count to five.",
 ]
-CLIENT_KEYS = list(HARDHAT_DEV_KEYS[9 : 9 + len(PROMPTS)])  # not the harness's nodes' or client's
 NEW_TOKENS = 10
 
 
@@ -53,10 +51,11 @@ def _histogram(node: NodeProcess, name: str) -> tuple[float, float]:
 
 
 def test_concurrent_sessions_get_the_tokens_each_gets_alone(route: RunningMarket) -> None:
-    alone = [_generate(route, key, prompt) for key, prompt in zip(CLIENT_KEYS, PROMPTS, strict=True)]
+    keys = route.funded_keys(len(PROMPTS))  # one client (and key) per session
+    alone = [_generate(route, key, prompt) for key, prompt in zip(keys, PROMPTS, strict=True)]
     before = [_histogram(node, "splitmesh_node_batch_steps") for node in route.nodes]
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        together = list(pool.map(lambda kp: _generate(route, *kp), zip(CLIENT_KEYS, PROMPTS, strict=True)))
+        together = list(pool.map(lambda kp: _generate(route, *kp), zip(keys, PROMPTS, strict=True)))
     after = [_histogram(node, "splitmesh_node_batch_steps") for node in route.nodes]
     for one, many in zip(alone, together, strict=True):
         assert len(one.token_ids) == NEW_TOKENS

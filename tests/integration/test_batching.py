@@ -19,9 +19,9 @@ from splitmesh_cli.procs import NodeProcess
 
 PROMPTS = [  # different lengths: the batch mixes positions
     "Name three colors of the rainbow.",
-    "What is the capital of France?",
-    "Write one sentence about the sea and the wind at night.",
-    "Count to five.",
+    "Write a short poem about the sea.",
+    "Give me three tips for learning a new language, with an example for each.",
+    "Explain in three sentences why the sky is blue.",
 ]
 NEW_TOKENS = 10
 
@@ -58,15 +58,14 @@ def test_concurrent_sessions_get_the_tokens_each_gets_alone(route: RunningMarket
         together = list(pool.map(lambda kp: _generate(route, *kp), zip(keys, PROMPTS, strict=True)))
     after = [_histogram(node, "splitmesh_node_batch_steps") for node in route.nodes]
     for one, many in zip(alone, together, strict=True):
-        assert len(one.token_ids) == NEW_TOKENS
         assert many.token_ids == one.token_ids
         assert many.receipt.job_id != one.receipt.job_id
         chains = many.receipt.commitments
-        assert [c["steps"] for c in chains] == [NEW_TOKENS] * 3
+        assert [c["steps"] for c in chains] == [len(many.token_ids)] * 3  # an EOS may end it early
         for left, right in itertools.pairwise(chains):
             assert left["output_chain"] == right["input_chain"]
     # Batching really happened: some node ran more steps than batches while the sessions overlapped.
     steps = [a[1] - b[1] for a, b in zip(after, before, strict=True)]
     batches = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
-    assert steps == [len(PROMPTS) * NEW_TOKENS] * 3, steps
+    assert steps == [sum(len(g.token_ids) for g in together)] * 3, steps
     assert any(b < s for b, s in zip(batches, steps, strict=True)), (batches, steps)

@@ -131,6 +131,65 @@ def summarize(gens: list[Generation], began: float, wall: float, alone: list[lis
     }
 
 
+def layer_rates(sizes: list[int], tokens: int, log: Any) -> list[dict[str, Any]]:
+    """In-process: decode tokens/s of one node's SmolLM2 shard (layers 4..13) for n sessions, their steps
+    batched (forward_many) vs one after another (forward), interleaved per step so both see the same load.
+    Isolates what batching buys in the layers from the clients, chain and network of the route runs."""
+    import torch
+
+    from splitmesh.model.runner import ShardRunner, StepInput
+
+    torch.set_num_threads(1)  # as the node processes run
+    rows = []
+    for n in sizes:
+        batched, alone = ShardRunner.load(None, 4, 13), ShardRunner.load(None, 4, 13)
+        gen = torch.Generator().manual_seed(n)
+        prompts = [torch.randn(1, 12 + 3 * i, 576, generator=gen) for i in range(n)]
+        for i, h in enumerate(prompts):
+            for runner in (batched, alone):
+                runner.forward(f"s{i}", h, torch.arange(h.shape[1]))
+        spent = {"batched": 0.0, "alone": 0.0}
+        worst = worst_rel = 0.0
+        for _ in range(tokens):
+            steps = [
+                StepInput(
+                    f"s{i}",
+                    torch.randn(1, 1, 576, generator=gen),
+                    torch.tensor([batched.session_length(f"s{i}")]),
+                )
+                for i in range(n)
+            ]
+            t0 = time.perf_counter()
+            outs = batched.forward_many(steps)
+            t1 = time.perf_counter()
+            refs = [alone.forward(s.session_id, s.hidden, s.positions) for s in steps]
+            t2 = time.perf_counter()
+            spent["batched"] += t1 - t0
+            spent["alone"] += t2 - t1
+            for out, ref in zip(outs, refs, strict=True):
+                assert isinstance(out, torch.Tensor), out
+                diff = float((out - ref).abs().max())
+                worst = max(worst, diff)
+                worst_rel = max(worst_rel, diff / float(ref.abs().max()))
+        row = {
+            "sessions": n,
+            "batched_tokens_per_s": round(n * tokens / spent["batched"], 1),
+            "alone_tokens_per_s": round(n * tokens / spent["alone"], 1),
+            "max_abs_diff_batched_vs_alone": worst,  # SmolLM2 hidden states reach |h| ~ 1e2..1e3
+            "max_diff_relative_to_max_abs_hidden": worst_rel,
+        }
+        rows.append(row)
+        log(
+            f"  [layers] {n:2d} sessions: batched {row['batched_tokens_per_s']} tok/s, "
+            f"alone {row['alone_tokens_per_s']}"
+        )
+    for row in rows:
+        row["batched_ratio_to_1_session"] = round(
+            row["batched_tokens_per_s"] / rows[0]["batched_tokens_per_s"], 2
+        )
+    return rows
+
+
 def run_mode(name: str, env: dict[str, str], sizes: list[int], tokens: int, log: Any) -> dict:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -188,6 +247,8 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent sessions")
     args = parser.parse_args()
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    layers = {"loadavg_before": os.getloadavg(), "sizes": layer_rates(args.sizes, args.tokens, log)}
+    layers["loadavg_after"] = os.getloadavg()
     modes = []
     for name, env in (("batching_on", {}), ("batching_off", {"SPLITMESH_NODE_BATCH_SESSIONS": "1"})):
         log(f"{name}: starting chain and 3 node processes ...")
@@ -197,6 +258,7 @@ def main() -> int:
         "model": "SmolLM2-135M-Instruct fp32, 3 nodes (1 torch thread each), client threads in one process",
         "machine": {"cpus": os.cpu_count()},
         "new_tokens": args.tokens,
+        "node_layers_in_process": layers,
         "modes": modes,
         "goal": "8 sessions >= 4x the aggregate tokens/s of 1 session",
         "batching_gain_at_each_size": {

@@ -205,6 +205,11 @@ def run_mode(name: str, env: dict[str, str], sizes: list[int], tokens: int, log:
     try:
         keys = running.funded_keys(max(sizes))
         clients = [Client(running.rpc_url, k, market=running.deployment.market) for k in keys]
+        clients[0].prepare(SPLIT)
+        for client in clients[1:]:
+            # One copy of the client's layers (embeddings, layers 0..3, LM head) for every session: 16
+            # copies got this process OOM-killed on the shared machine. The layers keep no state.
+            client._prepared = clients[0]._prepared
         # Reference tokens of each prompt served alone (also the warm-up).
         alone = [
             clients[i].generate(prompt, tokens, epsilon=math.inf, split=SPLIT).token_ids

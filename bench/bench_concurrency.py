@@ -63,8 +63,9 @@ def batch_histogram(running: RunningMarket) -> list[tuple[float, float]]:
     return out
 
 
-def run_sessions(clients: list[Client], tokens: int) -> tuple[list[Generation], float, float]:
-    """Each client generates once, all at the same time; (generations, start perf_counter, wall s)."""
+def run_sessions(clients: list[Client], tokens: int) -> tuple[list[Any], float, float]:
+    """Each client generates once, all at the same time; (generations or the exception a session
+    ended with, start perf_counter, wall s)."""
     results: list[Any] = [None] * len(clients)
     start = threading.Barrier(len(clients) + 1)
 
@@ -83,13 +84,12 @@ def run_sessions(clients: list[Client], tokens: int) -> tuple[list[Generation], 
     for t in threads:
         t.join()
     wall = time.perf_counter() - began
-    failed = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
-    if failed:
-        raise RuntimeError(f"session {failed[0][0]} of {len(clients)} failed: {failed[0][1]!r}")
     return results, began, wall
 
 
-def summarize(gens: list[Generation], began: float, wall: float, alone: list[list[int]]) -> dict:
+def summarize(
+    gens: list[Generation], began: float, wall: float, alone: dict[tuple[int, ...], list[int]]
+) -> dict:
     receipts = [g.receipt for g in gens]
     firsts = [r.token_times[0] for r in receipts]
     lasts = [r.token_times[-1] for r in receipts]
@@ -127,7 +127,7 @@ def summarize(gens: list[Generation], began: float, wall: float, alone: list[lis
                 for i in range(3)
             ],
         },
-        "tokens_identical_to_alone": all(g.token_ids == alone[i % len(alone)] for i, g in enumerate(gens)),
+        "tokens_identical_to_alone": all(g.token_ids == alone[tuple(g.prompt_ids)] for g in gens),
     }
 
 
@@ -211,16 +211,19 @@ def run_mode(name: str, env: dict[str, str], sizes: list[int], tokens: int, log:
             # copies got this process OOM-killed on the shared machine. The layers keep no state.
             client._prepared = clients[0]._prepared
         # Reference tokens of each prompt served alone (also the warm-up).
-        alone = [
-            clients[i].generate(prompt, tokens, epsilon=math.inf, split=SPLIT).token_ids
-            for i, prompt in enumerate(PROMPTS)
-        ]
+        alone = {}
+        for i, prompt in enumerate(PROMPTS):
+            g = clients[i].generate(prompt, tokens, epsilon=math.inf, split=SPLIT)
+            alone[tuple(g.prompt_ids)] = g.token_ids
         rows = []
         for n in sizes:
             before = batch_histogram(running)
-            gens, began, wall = run_sessions(clients[:n], tokens)
+            results, began, wall = run_sessions(clients[:n], tokens)
             after = batch_histogram(running)
+            gens = [r for r in results if isinstance(r, Generation)]
             row = summarize(gens, began, wall, alone)
+            # A failed session is reported, not hidden: its tokens are missing from the aggregate.
+            row["failed_sessions"] = [repr(r)[:300] for r in results if not isinstance(r, Generation)]
             row["node_mean_batch_steps"] = [
                 round((a[1] - b[1]) / max(1.0, a[0] - b[0]), 2) for a, b in zip(after, before, strict=True)
             ]

@@ -57,6 +57,10 @@ class NodeConfig(Settings):
     lookup_queue: int = 32  # chain lookups running or waiting; one more gets 503 busy
     refusal_ttl: float = 2.0  # seconds the chain's "no" about a job id (unknown, closed, not ours) is reused
     compute_queue: int = 8  # steps running or waiting for this node's layers; one more gets 503 busy
+    # Batching (node.batcher): inference steps of concurrent sessions run through the layers together.
+    batch_sessions: int = 16  # steps in one batch; 1 = no batching (each step alone, as before)
+    batch_tokens: int = 512  # tokens of all steps in one batch
+    batch_queue: int = 64  # inference steps waiting for the next batch; one more gets 503 busy
     retry_after: float = 2.0  # seconds suggested (Retry-After) to a peer refused by a full queue or cap
     keep_transcripts: bool = True  # keep step frames in SQLite for audits
     prune_interval: float = 30.0  # seconds between drops of transcripts no audit can ask for; 0 = keep all

@@ -17,6 +17,7 @@ import torch
 from aiohttp import web
 
 from node.admission import BoundedWork, ConnectionCaps, StreamLimits
+from node.batcher import BatchLimits
 from node.cheats import Cheat
 from node.config import NodeConfig
 from node.deadlines import ChainClock, JobDeadlines, default_margin
@@ -314,6 +315,12 @@ def _node_service(
         ),
         send_timeout=config.send_timeout,
         session_limits=SessionLimits(max_sessions=config.max_sessions, retry_after=config.retry_after),
+        batching=BatchLimits(
+            max_sessions=config.batch_sessions,
+            max_tokens=config.batch_tokens,
+            queue=config.batch_queue,
+            retry_after=config.retry_after,
+        ),
     )
     service.cheat = shard.cheat
     service.skip_runner = shard.skip_runner

@@ -36,6 +36,12 @@ class NodeMetrics:
             buckets=HANDLE_BUCKETS,
             registry=r,
         )
+        self.batch_steps = Histogram(  # _count: batches run, _sum: steps in them (node.batcher)
+            PREFIX + "batch_steps",
+            "Inference steps of concurrent sessions run through the layers together, per batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         # Labels only from node.errors.ERROR_CODES (node.server maps anything else to "other").
         self.errors_total = Counter(PREFIX + "errors", "Rejected or failed requests", ["code"], registry=r)
         self.streams_open = Gauge(PREFIX + "streams_open", "Open WebSocket streams", registry=r)

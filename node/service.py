@@ -16,6 +16,7 @@ import torch
 from eth_utils import keccak, to_checksum_address
 
 from node.admission import BoundedWork, ExpiringMap
+from node.batcher import BatchLimits, StepBatcher
 from node.cheats import Cheat
 from node.deadlines import JobDeadlines
 from node.errors import StepRejected, bad_request, conflict, forbidden, not_found, unauthorized
@@ -67,6 +68,7 @@ class NodeService:
         compute: BoundedWork | None = None,  # layer compute (node.admission)
         send_timeout: float = 30.0,  # seconds a relayed frame may wait for a next hop that stops reading
         session_limits: SessionLimits | None = None,  # how many jobs at once (node.sessions)
+        batching: BatchLimits | None = None,  # steps of concurrent sessions run as one batch (node.batcher)
     ):
         self.address = address
         self.chain_id = chain_id
@@ -108,6 +110,7 @@ class NodeService:
             send_timeout=send_timeout,
         )
         self._auditors = ExpiringMap(30.0)  # (job, requester) -> may read the transcript
+        self.batcher = StepBatcher(runner, self.gate.compute, batching, metrics.batch_steps.observe)
 
     @property
     def sessions(self) -> dict[int, JobSession]:
@@ -146,8 +149,9 @@ class NodeService:
 
     def _kind(self, meta: StepMeta) -> StepKind:
         if meta.mode == "infer":
-            runner = self.skip_runner if self.skip_runner is not None else self.runner
-            return InferenceStep(self.gate, runner, self.cheat)
+            if self.skip_runner is not None:  # the skip-layers cheat: its half runner, unbatched
+                return InferenceStep(self.gate, self.skip_runner, self.cheat)
+            return InferenceStep(self.gate, self.runner, self.cheat, self.batcher)
         if self.trainer is None:
             raise StepRejected(
                 501, "training_unsupported", f"node {self.address} does not serve training steps"

@@ -3,10 +3,12 @@ a model registered with a client split plan, and one real `splitmesh node run` p
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eth_account import Account
 from web3 import Web3
 
 from splitmesh.chain import (
@@ -94,6 +96,15 @@ class RunningMarket:
         new = NodeProcess(self.spec(shard), old.log_path).start()
         self.nodes[shard - 1] = new
         return new
+
+    def funded_keys(self, count: int, eth: float = 10.0) -> list[str]:
+        """`count` fresh client keys (CSPRNG), each funded with `eth` by the deployer's dev account: for
+        runs with more separate clients than the dev accounts have to spare."""
+        funder = Sender(self.w3, HARDHAT_DEV_KEYS[0])
+        keys = ["0x" + secrets.token_hex(32) for _ in range(count)]
+        for key in keys:
+            funder.send_value(Account.from_key(key).address, int(eth * 10**18))
+        return keys
 
     def wait_status(self, job_id: int, wanted: JobStatus, timeout: float = 60.0) -> None:
         wait_until(

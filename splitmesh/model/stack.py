@@ -66,16 +66,30 @@ class LayerStack(nn.Module):
         shared = self.rotary(hidden, position_ids=position_ids)
         return dict.fromkeys(set(self._layer_types), shared)
 
+    @property
+    def layer_types(self) -> list[str]:
+        """Each layer's attention kind ("full_attention" / "sliding_attention"), in order."""
+        return list(self._layer_types)
+
     def forward(
-        self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: Cache | None = None
+        self,
+        hidden: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Cache | Any | None = None,
+        masks: dict[str, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """hidden [batch, q, hidden_size], position_ids [batch, q] -> hidden [batch, q, hidden_size], on the
-        device of these layers (inputs from the wire arrive on the CPU: they are moved there first)."""
+        device of these layers (inputs from the wire arrive on the CPU: they are moved there first).
+
+        `masks` (one per attention kind) replaces the masks built from `cache`: a batch of sessions
+        (splitmesh.model.batching) passes its own, with a cache stand-in that transformers cannot size.
+        """
         if not len(self.layers):
             return hidden
         device = self.device
         hidden, position_ids = to_device(hidden, device), to_device(position_ids, device)
-        masks = self._masks(hidden, position_ids, cache)
+        if masks is None:
+            masks = self._masks(hidden, position_ids, cache)
         use_cache = cache is not None
         if self.arch.family == "llama":
             position_embeddings = self._rotary(hidden, position_ids)

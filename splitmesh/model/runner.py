@@ -233,7 +233,10 @@ class ShardRunner:
         """Outputs of one step per session, all q tokens long: one batch, or one by one if unbatchable."""
         if len(group) > 1 and self.batchable:
             caches = [session.cache for _, session, _ in group]
-            return [to_wire(o) for o in forward_batched(self.stack, caches, [past for _, _, past in group], hidden)]
+            return [
+                to_wire(o)
+                for o in forward_batched(self.stack, caches, [past for _, _, past in group], hidden)
+            ]
         outputs = []
         for (_, session, past), h in zip(group, hidden, strict=True):
             positions = torch.arange(past, past + int(h.shape[1])).unsqueeze(0)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-SUPERNET = ipaddress.ip_network("10.77.0.0/16")
+SUPERNET = ipaddress.IPv4Network("10.77.0.0/16")
 
 
 class NetnsError(RuntimeError):
@@ -143,11 +143,11 @@ def _try(*args: str) -> list[str]:
 def _free_subnet() -> ipaddress.IPv4Network:
     """A random /24 of SUPERNET that overlaps no route of the root namespace (another run's bridge, or a
     real network that happens to use these addresses)."""
-    taken = []
+    taken: list[ipaddress.IPv4Network] = []
     for line in _ip("-4", "route", "show", "table", "all").splitlines():
         dest = line.split()[0] if line.split() else "default"
         if dest[0].isdigit():
-            taken.append(ipaddress.ip_network(dest, strict=False))
+            taken.append(ipaddress.IPv4Network(dest, strict=False))
     free = [
         subnet
         for subnet in SUPERNET.subnets(new_prefix=24)

@@ -45,6 +45,7 @@ from splitmesh.errors import ContractRevert
 from splitmesh.model.identity import describe_model
 from splitmesh.paths import models_dir, project_root
 from splitmesh_cli.localnet import PARAMS, RunningMarket, open_market, stop_market
+from splitmesh_cli.procs import NodeSpec
 from splitmesh_cli.wait import wait_until
 from tests.integration.netns import Host, Network, unavailable_reason
 from tests.model_fixtures import save_random_model, tiny_llama_config
@@ -130,7 +131,8 @@ def _open(chain: LocalChain, model: Path, tmp: Path) -> RunningMarket:
 def _start_nodes(network: Network, running: RunningMarket) -> dict[str, Host]:
     """One namespace per node; each listens on its own address (and announces it: the default public
     URL is https://HOST:PORT)."""
-    specs, hosts = [], []
+    specs: list[NodeSpec] = []
+    hosts: list[Host] = []
     for shard, keys in NODE_KEYS.items():
         for key in keys:
             host = network.add(f"n{len(hosts) + 1}")

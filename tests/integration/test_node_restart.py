@@ -8,8 +8,8 @@ split [0,2,4,6] (client on [0,2), two real node processes per node shard, loopba
   answers `job_ended` for the job it closed;
 - it is draining (SIGTERM received, sessions still open) when the client's next step comes: it answers
   503 `shutting_down`.
-Each time the generation must end with the unsplit model's tokens after exactly one failover that bans
-that node, and every job used must settle exactly with nobody slashed (the node that left commits what
+Each time the generation must end with the unsplit model's tokens after exactly one failover (that bans
+the node, unless it came back and is fine), and every job used must settle exactly with nobody slashed (the node that left commits what
 it served).
 """
 
@@ -44,7 +44,10 @@ SPLIT = 2
 PRICE = 10**12  # wei per token
 NODE_KEYS = {1: HARDHAT_DEV_KEYS[1:3], 2: HARDHAT_DEV_KEYS[3:5]}
 PROMPT = "Tell me about restarts."
-SESSION_TTL = 5  # seconds: abandoned sessions end and commit this long after their last step
+# Seconds an idle session lives: longer than a restart takes on a loaded 2-core machine (20 s was seen
+# too short), so the other node of the route keeps the paused job open. A first node that idled the job
+# out closes the client's stream without a reason, and the client blames (bans) it: not this test's case.
+SESSION_TTL = 45
 DRAIN_TIMEOUT = 5  # seconds a SIGTERM'd node waits for open sessions before it closes them
 POLICY = FailoverPolicy(step_timeout=8.0, probe_timeout=1.0, max_failovers=2)
 
@@ -128,11 +131,11 @@ def _start_draining(rm: RestartMarket, node: NodeProcess) -> None:
 
 
 Fault = Callable[[RestartMarket, NodeProcess], None]
-FAULTS: dict[str, tuple[Fault, int, str]] = {
-    # fault, route position of the node that leaves, the code its failure is reported with
-    "crash-restart": (_crash_and_restart, 1, "lost the job's state"),
-    "graceful-restart": (_restart_gracefully, 1, "job_ended"),
-    "draining": (_start_draining, 0, "shutting_down"),
+FAULTS: dict[str, tuple[Fault, int, str, bool]] = {
+    # fault, route position of the node that leaves, what the failover's cause says, is it banned
+    "crash-restart": (_crash_and_restart, 1, "lost the job's state", True),
+    "graceful-restart": (_restart_gracefully, 1, "job_ended", False),  # it is back and fine
+    "draining": (_start_draining, 0, "shutting_down", True),
 }
 
 
@@ -142,7 +145,7 @@ def test_a_route_node_leaving_mid_generation_is_failed_over(
 ) -> None:
     rm = restart_market
     market = rm.running.market
-    act, position, code = FAULTS[fault]
+    act, position, cause, banned = FAULTS[fault]
     key = Account.create().key.hex()
     Sender(rm.running.w3, HARDHAT_DEV_KEYS[0]).send_value(Account.from_key(key).address, 10**20)
     client = Client(rm.running.rpc_url, key, str(rm.model), market=rm.running.deployment.market)
@@ -164,8 +167,8 @@ def test_a_route_node_leaving_mid_generation_is_failed_over(
     report = generation.receipt.failover
     print(f"{fault}: {report.causes}, {report.seconds_lost:.2f} s lost")
     assert report.failovers == report.replays == 1, report
-    assert [b.lower() for b in report.banned] == [victim.lower()], report
-    assert code in report.causes[0], report
+    assert [b.lower() for b in report.banned] == ([victim.lower()] if banned else []), report
+    assert cause in report.causes[0], report
     assert report.jobs == [first_job, generation.receipt.job_id] and report.abandoned == [first_job]
     settle_exactly(market, rm.reader, report.jobs, timeout=DRAIN_TIMEOUT + SESSION_TTL + 60)
     assert_nobody_slashed(market, stakes)

@@ -9,8 +9,8 @@ split [0,2,4,6] (client on [0,2), two real node processes per node shard, loopba
 - it is draining (SIGTERM received, sessions still open) when the client's next step comes: it answers
   503 `shutting_down`.
 Each time the generation must end with the unsplit model's tokens after exactly one failover (that bans
-the node, unless it came back and is fine), and every job used must settle exactly with nobody slashed (the node that left commits what
-it served).
+the node, unless it came back and is fine), and every job used must settle exactly with nobody slashed
+(the node that left commits what it served).
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ PROMPT = "Tell me about restarts."
 # too short), so the other node of the route keeps the paused job open. A first node that idled the job
 # out closes the client's stream without a reason, and the client blames (bans) it: not this test's case.
 SESSION_TTL = 45
+# Seconds between a node's WebSocket pings. The client's blocking link answers pings only while it waits
+# for a reply, so a stream paused longer than a ping and half (the restart here, a slow consumer of
+# `Client.stream` anywhere) loses its first node, which the client then blames: a known gap, kept out
+# of this test by a ping interval longer than the pause.
+HEARTBEAT = 120
 DRAIN_TIMEOUT = 5  # seconds a SIGTERM'd node waits for open sessions before it closes them
 POLICY = FailoverPolicy(step_timeout=8.0, probe_timeout=1.0, max_failovers=2)
 
@@ -94,7 +99,10 @@ def restart_market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restart
         for shard, keys in NODE_KEYS.items():
             for key in keys:
                 spec = running.spec(shard, key, PRICE, 1.0, "--session-ttl", str(SESSION_TTL))
-                spec.env = {"SPLITMESH_NODE_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
+                spec.env = {
+                    "SPLITMESH_NODE_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT),
+                    "SPLITMESH_NODE_HEARTBEAT": str(HEARTBEAT),
+                }
                 specs.append(spec)
         running.start_nodes(specs)
         reader = Client(chain.rpc_url, HARDHAT_DEV_KEYS[8], str(model), market=running.deployment.market)

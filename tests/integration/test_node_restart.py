@@ -3,7 +3,8 @@ fails over on it instead of ending the user's generation.
 
 Three ways a node leaves a job, each at token PAUSE_AT of a greedy generation on a tiny random Llama
 split [0,2,4,6] (client on [0,2), two real node processes per node shard, loopback):
-- it crashes (SIGKILL) and restarts: its KV cache is gone, it answers `state_lost` (NodeLostState);
+- it crashes (SIGKILL) and restarts: its KV cache is gone; at start it commits the job it left open, so
+  it answers `job_ended` (`state_lost`, NodeLostState, only if a step came before that commit);
 - it restarts gracefully (SIGTERM drains, commits what it served, exits; then it starts again): it
   answers `job_ended` for the job it closed;
 - it is draining (SIGTERM received, sessions still open) when the client's next step comes: it answers
@@ -141,7 +142,7 @@ def _start_draining(rm: RestartMarket, node: NodeProcess) -> None:
 Fault = Callable[[RestartMarket, NodeProcess], None]
 FAULTS: dict[str, tuple[Fault, int, str, bool]] = {
     # fault, route position of the node that leaves, what the failover's cause says, is it banned
-    "crash-restart": (_crash_and_restart, 1, "lost the job's state", True),
+    "crash-restart": (_crash_and_restart, 1, "job_ended", False),  # committed at restart, then fine
     "graceful-restart": (_restart_gracefully, 1, "job_ended", False),  # it is back and fine
     "draining": (_start_draining, 0, "shutting_down", True),
 }

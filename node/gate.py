@@ -123,6 +123,7 @@ class StepGate:
         self.lookups = lookups or BoundedWork("chain-lookup", threads=4, pending=32, retry_after=1.0)
         # Layer compute: one thread (torch parallelises inside), a bounded queue; beyond it, 503 busy.
         self.compute = compute or BoundedWork("compute", threads=1, pending=8, retry_after=2.0)
+        self.forge_answers = False  # demo/test only: the forge-answers cheat (node.cheats)
 
     # ------------------------------------------------------------------ admission
 
@@ -343,6 +344,13 @@ class StepGate:
             hops, answers = [mine, *relayed.hops], [answer, *relayed.answers]
         else:  # the last hop: on a direct-return step the hops before it sent theirs forward
             hops, answers = [*step.meta.hops, mine], [*step.meta.answers, answer]
+            if self.forge_answers and len(answers) > 1:  # the forge-answers cheat (node.cheats)
+                fake = keccak(b"forged" + upstream)
+                signature = self.relay_signer.sign_answer(step.meta.job, step.meta.step, 0, fake, fake)
+                forged = answers[0].model_copy(
+                    update={"downstream": hex32(fake), "signature": hex32(signature)}
+                )
+                answers = [forged, *answers[1:]]
         result = StepResult(job=step.meta.job, step=step.meta.step, hops=hops, answers=answers)
         return encode_frame(tensor, result.model_dump())
 

@@ -3,6 +3,7 @@ a model registered with a client split plan, and one real `splitmesh node run` p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,7 +146,12 @@ def open_market(
 
 
 def start_market(
-    tmp: Path, model: str | None = None, split: int = SPLIT, nodes: int = 3, threads: int = 1
+    tmp: Path,
+    model: str | None = None,
+    split: int = SPLIT,
+    nodes: int = 3,
+    threads: int = 1,
+    customize: Callable[[NodeSpec], NodeSpec] | None = None,  # e.g. a port and a --public-url per node
 ) -> RunningMarket:
     """Start chain, deploy, register `model` (default SmolLM2) and start `nodes` node processes, each with
     `threads` torch threads."""
@@ -170,7 +176,8 @@ def start_market(
             chain=chain,
             threads=threads,
         )
-        running.start_nodes([running.spec(s) for s in range(1, nodes + 1)])
+        specs = [running.spec(s) for s in range(1, nodes + 1)]
+        running.start_nodes([customize(s) for s in specs] if customize else specs)
         return running
     except BaseException:
         chain.stop()

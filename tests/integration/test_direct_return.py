@@ -100,8 +100,7 @@ def test_a_middle_node_sends_nothing_upstream_per_decode_step(
         last.reset()
         _generate(client, direct, tokens=steps)
         counts[direct] = (middle.counts(), last.counts())
-    (old_middle, old_last), (new_middle, new_last) = counts[False], counts[True]
-    print(counts)
+    (old_middle, _), (new_middle, new_last) = counts[False], counts[True]
     # Old path: every step's result (a hidden state, timings, answers) comes back up the middle link.
     assert old_middle["up_bursts"] >= steps
     # Direct: only the TLS and WebSocket handshakes and the end's reply leave the middle node upstream.

@@ -3,9 +3,11 @@
 Phase 1 (trips): a local chain and three SmolLM2 node processes, each behind a latency-adding TCP proxy
 (bench/latency_proxy.py) that it announces with --public-url, so every link (client -> node 1, node ->
 next node, last node -> client's return channel) crosses one. Greedy generations run at 0 and at
-`--delay-ms` one-way delay, with the old return path (results back along the route) and with direct
+each of `--delays-ms` one-way delays, with the old return path (results back along the route) and with direct
 return, interleaved in the same run. One-way trips per token = (decode step p50 at the delay - at 0) /
-delay. Goal: m + 1 = 4 for 3 nodes (the old path: 2m = 6).
+delay (on a loaded machine the larger delay gives the steadier figure). The proxies also count the
+messages crossing them per decode step, which does not depend on the load. Goal: m + 1 = 4 for 3 nodes
+(the old path: 2m = 6).
 
 Phase 2 (loopback overhead): a fresh market without proxies; per-hop overhead = (route time of a decode
 step - the nodes' layer time) / hops, p50, both paths. Goal: toward 0.3 ms.
@@ -13,7 +15,7 @@ step - the nodes' layer time) / hops, p50, both paths. Goal: toward 0.3 ms.
 Prints one JSON object and writes bench/results/wan.json, with os.getloadavg() before and after (the
 machine is shared: read timings against the load).
 
-Run: .venv/bin/python -m bench.bench_wan [--tokens 16] [--repeats 3] [--delay-ms 10]
+Run: .venv/bin/python -m bench.bench_wan [--tokens 16] [--repeats 2] [--delays-ms 10,40]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency_proxy import ProxyFront
-from client_sdk import Client
+from client_sdk import Client, Generation, TokenEvent
 from splitmesh_cli.localnet import CLIENT_KEY, SPLIT, start_market, stop_market
 
 PROMPT = "Write a short poem about the sea."
@@ -42,8 +44,18 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def generate(client: Client, tokens: int, direct: bool) -> dict[str, Any]:
-    out = client.generate(PROMPT, tokens, split=SPLIT, epsilon=math.inf, direct_return=direct)
+def generate(client: Client, tokens: int, direct: bool, front: ProxyFront | None = None) -> dict[str, Any]:
+    """One greedy generation; with `front`, the messages that crossed the proxies per decode step
+    (counted between the first and the last token, so handshakes, prefill and end are left out)."""
+    crossings = None
+    for event in client.stream(PROMPT, tokens, split=SPLIT, epsilon=math.inf, direct_return=direct):
+        if isinstance(event, TokenEvent) and front is not None:
+            if event.index == 0:
+                front.reset_counts()
+            elif event.index == tokens - 1:
+                crossings = front.crossings() / (tokens - 1)
+        elif isinstance(event, Generation):
+            out = event
     steps = out.receipt.steps
     decode = range(1, len(steps.route))
     return {
@@ -54,6 +66,7 @@ def generate(client: Client, tokens: int, direct: bool) -> dict[str, Any]:
         "route_ms": [steps.route[i] * 1e3 for i in decode],
         "hop_overhead_ms": steps.hop_overhead_ms(),
         "node_local_ms": steps.node_local_ms(),
+        "crossings_per_token": crossings,
     }
 
 
@@ -61,7 +74,7 @@ def p50(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
-def trips_phase(tokens: int, repeats: int, delay: float) -> dict[str, Any]:
+def trips_phase(tokens: int, repeats: int, delays: list[float]) -> dict[str, Any]:
     front = ProxyFront(delay=0.0)
     tmp = Path(tempfile.mkdtemp(prefix="splitmesh-wan-"))
     log("phase 1: chain, 3 SmolLM2 nodes behind latency proxies ...")
@@ -71,20 +84,25 @@ def trips_phase(tokens: int, repeats: int, delay: float) -> dict[str, Any]:
         generate(client, 4, True)  # warm-up: caches, connections, the client's model
         runs: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for repeat in range(repeats):
-            for seconds in (0.0, delay):
+            for seconds in (0.0, *delays):
                 front.set_delay(seconds)
                 for mode, direct in MODES.items():
                     log(f"  repeat {repeat}: {mode} at {seconds * 1e3:g} ms")
-                    runs.setdefault((mode, seconds), []).append(generate(client, tokens, direct))
+                    runs.setdefault((mode, seconds), []).append(generate(client, tokens, direct, front))
         out: dict[str, Any] = {}
         for mode in MODES:
-            at0 = [s for r in runs[(mode, 0.0)] for s in r["step_ms"]]
-            atd = [s for r in runs[(mode, delay)] for s in r["step_ms"]]
-            out[mode] = {
-                "decode_step_ms_p50_at_0": p50(at0),
-                f"decode_step_ms_p50_at_{delay * 1e3:g}ms": p50(atd),
-                "one_way_trips_per_token": round((p50(atd) - p50(at0)) / (delay * 1e3), 2),
-            }
+            at0 = p50([s for r in runs[(mode, 0.0)] for s in r["step_ms"]])
+            row: dict[str, Any] = {"decode_step_ms_p50_at_0": at0}
+            for seconds in delays:
+                at = p50([s for r in runs[(mode, seconds)] for s in r["step_ms"]])
+                row[f"decode_step_ms_p50_at_{seconds * 1e3:g}ms"] = at
+                row[f"one_way_trips_per_token_at_{seconds * 1e3:g}ms"] = round(
+                    (at - at0) / (seconds * 1e3), 2
+                )
+            # Load-independent: messages that crossed a proxy per decode step (each is one one-way trip).
+            counted = [r["crossings_per_token"] for key, rs in runs.items() if key[0] == mode for r in rs]
+            row["proxy_crossings_per_token_p50"] = p50([c for c in counted if c is not None])
+            out[mode] = row
         token_sets = {tuple(r["tokens"]) for rs in runs.values() for r in rs}
         out["identical_tokens_across_modes_and_delays"] = len(token_sets) == 1
         return out
@@ -125,22 +143,25 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tokens", type=int, default=16, help="new tokens per generation")
-    parser.add_argument("--repeats", type=int, default=3, help="generations per mode and delay")
-    parser.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay per proxy")
+    parser.add_argument("--repeats", type=int, default=2, help="generations per mode and delay")
+    parser.add_argument(
+        "--delays-ms", default="10,40", help="one-way delays per proxy, compared with 0 (comma-separated)"
+    )
     parser.add_argument("--skip-loopback", action="store_true", help="phase 1 only")
     args = parser.parse_args()
     started, load_before = time.time(), os.getloadavg()
+    delays = [float(d) for d in args.delays_ms.split(",")]
     result: dict[str, Any] = {
         "bench": "wan",
         "nodes": 3,
         "model": "SmolLM2-135M-Instruct (fp32, split 4)",
         "tokens_per_generation": args.tokens,
         "repeats": args.repeats,
-        "delay_ms": args.delay_ms,
+        "delays_ms": delays,
         "goal": {"one_way_trips_per_token": 4, "hop_overhead_ms_p50": 0.3},
         "loadavg_before": [round(x, 2) for x in load_before],
     }
-    result["trips"] = trips_phase(args.tokens, args.repeats, args.delay_ms / 1e3)
+    result["trips"] = trips_phase(args.tokens, args.repeats, [d / 1e3 for d in delays])
     if not args.skip_loopback:
         result["loopback"] = overhead_phase(args.tokens, args.repeats)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

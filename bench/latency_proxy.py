@@ -149,6 +149,14 @@ class ProxyFront:
         for proxy in self.proxies.values():
             proxy.reset(delay)
 
+    def reset_counts(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.reset()
+
+    def crossings(self) -> int:
+        """Messages (bursts) that crossed any proxy, either way, since the last reset."""
+        return sum(c["down_bursts"] + c["up_bursts"] for c in (p.counts() for p in self.proxies.values()))
+
     def close(self) -> None:
         for proxy in self.proxies.values():
             proxy.close()

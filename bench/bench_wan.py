@@ -32,12 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency_proxy import ProxyFront
-from client_sdk import Client, Generation, TokenEvent
+from client_sdk import Client, Generation, NodeUnavailable, StepFailed, TokenEvent
+from client_sdk.failover import FailoverPolicy
 from splitmesh_cli.localnet import CLIENT_KEY, SPLIT, start_market, stop_market
 
 PROMPT = "Write a short poem about the sea."
 RESULTS = Path(__file__).parent / "results" / "wan.json"
 MODES = {"old_path": False, "direct": True}
+ATTEMPTS = 3  # a generation that fails (a link dropped on the loaded machine) is run again, and counted
+FAILED: list[str] = []  # why generations failed, for the JSON
 
 
 def log(text: str) -> None:
@@ -45,10 +48,24 @@ def log(text: str) -> None:
 
 
 def generate(client: Client, tokens: int, direct: bool, front: ProxyFront | None = None) -> dict[str, Any]:
+    for attempt in range(ATTEMPTS):
+        try:
+            return _generate(client, tokens, direct, front)
+        except (StepFailed, NodeUnavailable) as exc:
+            FAILED.append(f"{'direct' if direct else 'old_path'}: {exc}")
+            log(f"  generation failed ({exc}); attempt {attempt + 2} of {ATTEMPTS}")
+    raise RuntimeError(f"{ATTEMPTS} generations failed in a row: {FAILED[-ATTEMPTS:]}")
+
+
+def _generate(client: Client, tokens: int, direct: bool, front: ProxyFront | None) -> dict[str, Any]:
     """One greedy generation; with `front`, the messages that crossed the proxies per decode step
     (counted between the first and the last token, so handshakes, prefill and end are left out)."""
     crossings = None
-    for event in client.stream(PROMPT, tokens, split=SPLIT, epsilon=math.inf, direct_return=direct):
+    no_failover = FailoverPolicy(max_failovers=0)  # one node per shard: a ban would leave no route
+    events = client.stream(
+        PROMPT, tokens, split=SPLIT, epsilon=math.inf, direct_return=direct, failover=no_failover
+    )
+    for event in events:
         if isinstance(event, TokenEvent) and front is not None:
             if event.index == 0:
                 front.reset_counts()
@@ -164,6 +181,7 @@ def main() -> int:
     result["trips"] = trips_phase(args.tokens, args.repeats, [d / 1e3 for d in delays])
     if not args.skip_loopback:
         result["loopback"] = overhead_phase(args.tokens, args.repeats)
+    result["failed_generations"] = FAILED
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(time.time() - started, 1)
     text = json.dumps(result, indent=2)

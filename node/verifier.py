@@ -44,6 +44,7 @@ from splitmesh.audit.transcript import (
     TranscriptUnavailable,
     check_transcript,
     decode_transcript,
+    relay_mismatch,
     transcript_request_headers,
     transcript_url,
 )
@@ -294,14 +295,12 @@ class Verifier:
                     )
                 except TranscriptError:
                     relayed = None  # the next hop's own problem; judged in its own panel
-                if relayed is not None:
-                    sent = [s.input_digest for s in relayed]
-                    recorded = [s.output_digest for s in steps]
-                    if sent != recorded:
-                        return Judgement(
-                            Verdict.FRAUD,
-                            "the node signed relays of tensors other than the ones it committed",
-                        )
+                mismatch = relay_mismatch(steps, relayed) if relayed is not None else None
+                if mismatch is not None:
+                    return Judgement(
+                        Verdict.FRAUD,
+                        f"step {mismatch}: the node signed a relay of a tensor other than the one it committed",
+                    )
         audited_dtype = str(steps[0].output.dtype).removeprefix("torch.")
         if steps[0].meta.mode != "infer":
             training = [(s.meta.mode, s.step, s.meta.of_step, s.input, s.output) for s in steps]

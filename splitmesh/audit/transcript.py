@@ -172,6 +172,22 @@ def check_transcript(
         last_step, position_id, billed = s.step, s.start + q, meta.tokens
 
 
+def relay_mismatch(committed: list[TranscriptStep], received: list[TranscriptStep]) -> int | None:
+    """The first step at which the next hop holds a relay (signed by this node, checked by
+    check_transcript on the next hop's transcript) of a tensor other than the output this node committed;
+    None if there is none.
+
+    Only steps the next hop received count: a step this node committed but the next hop never got (the link
+    broke, the next hop's session had expired, the client failed over while this node was stalled) signs
+    nothing, so it is no evidence of fraud. Such a job's commitment chains disagree and it is disputed
+    automatically; the audit then finds both hops honest."""
+    outputs = {s.step: s.output_digest for s in committed}
+    for s in received:
+        if outputs.get(s.step) != s.input_digest:
+            return s.step
+    return None
+
+
 def transcript_request_headers(
     private_key: str, chain_id: int, market: str, job_id: int, position: int, *, validity: int = 300
 ) -> dict[str, str]:

@@ -471,3 +471,39 @@ def test_tolerances_are_symmetric_ordered_and_limited_to_known_dtypes() -> None:
     with pytest.raises(UnsupportedDTypePair):
         Tolerance.for_dtypes("float16", "float32")
     assert issubclass(AuditError, SplitmeshError) and issubclass(AuditError, ValueError)
+
+
+def _steps(outputs: dict[int, bytes], inputs: dict[int, bytes] | None = None) -> list:
+    """Transcript steps carrying only what relay_mismatch reads: step numbers and digests."""
+    from splitmesh.audit.transcript import TranscriptStep
+
+    empty = torch.zeros(1, 1, 1)
+    steps = sorted(set(outputs) | set(inputs or {}))
+    return [
+        TranscriptStep(
+            s, 0, None, empty, empty, (inputs or {}).get(s, b""), outputs.get(s, b"")  # type: ignore[arg-type]
+        )
+        for s in steps
+    ]
+
+
+def test_a_relay_of_another_tensor_than_the_committed_one_is_fraud() -> None:
+    from splitmesh.audit.transcript import relay_mismatch
+
+    committed = _steps({0: b"a", 1: b"b", 2: b"c"})
+    assert relay_mismatch(committed, _steps({}, {0: b"a", 1: b"b", 2: b"c"})) is None
+    assert relay_mismatch(committed, _steps({}, {0: b"a", 1: b"X", 2: b"c"})) == 1
+    # A relay of a step the node never committed is a relay of a tensor it did not commit.
+    assert relay_mismatch(committed, _steps({}, {0: b"a", 1: b"b", 2: b"c", 3: b"d"})) == 3
+
+
+def test_a_step_the_next_hop_never_received_is_not_fraud() -> None:
+    """A node stalled (SIGSTOP) mid-job finishes a step after the client failed over and the next hop's
+    session expired: it committed one output more than the next hop received. That is a broken link, not a
+    signed relay of another tensor (seen in tests/integration/test_failover.py as a fraud verdict against
+    the stalled node before this rule)."""
+    from splitmesh.audit.transcript import relay_mismatch
+
+    committed = _steps({0: b"a", 1: b"b", 2: b"c", 3: b"d"})
+    assert relay_mismatch(committed, _steps({}, {0: b"a", 1: b"b", 2: b"c"})) is None
+    assert relay_mismatch(committed, _steps({}, {})) is None

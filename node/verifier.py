@@ -299,7 +299,8 @@ class Verifier:
                 if mismatch is not None:
                     return Judgement(
                         Verdict.FRAUD,
-                        f"step {mismatch}: the node signed a relay of a tensor other than the one it committed",
+                        f"step {mismatch}: the node signed a relay of a tensor other than the one it "
+                        "committed",
                     )
         audited_dtype = str(steps[0].output.dtype).removeprefix("torch.")
         if steps[0].meta.mode != "infer":

@@ -481,7 +481,13 @@ def _steps(outputs: dict[int, bytes], inputs: dict[int, bytes] | None = None) ->
     steps = sorted(set(outputs) | set(inputs or {}))
     return [
         TranscriptStep(
-            s, 0, None, empty, empty, (inputs or {}).get(s, b""), outputs.get(s, b"")  # type: ignore[arg-type]
+            s,
+            0,
+            None,
+            empty,
+            empty,
+            (inputs or {}).get(s, b""),
+            outputs.get(s, b""),  # type: ignore[arg-type]
         )
         for s in steps
     ]

@@ -21,6 +21,8 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 help:
 	@echo "make demo            run the marketplace end to end on a local chain (sets everything up)"
+	@echo "make demo ARGS=--serve  ... then keep it running with the explorer and the OpenAI-compatible"
+	@echo "                     gateway (prints the openai snippet); Ctrl-C stops it all"
 	@echo "make test            the whole test suite: Hardhat contract tests and pytest"
 	@echo "make test-contracts  only the Hardhat contract tests"
 	@echo "make test-python     only pytest (unit + integration)"

@@ -11,6 +11,8 @@ Prints one JSON object: per mode the p50 of the whole request (seconds), of the 
 (streaming) and the decode rate (tokens/s between the first and the last token), and the endpoint's
 overhead against the baseline (milliseconds and ratio). Every answer is checked to equal the direct one.
 
+Writes the object to bench/results/openai.json too, with the load average before and after.
+
 Run: .venv/bin/python bench/bench_openai.py [--tokens 32] [--repeats 3] [--model DIR --split 2 --nodes 2]
 """
 
@@ -30,6 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.chainload import machine
 from client_sdk import Client, Generation, TokenEvent
 from client_sdk.openai_api import MODEL_NAME, create_app
 from splitmesh.chain import free_port
@@ -142,7 +147,9 @@ def main() -> int:
     parser.add_argument("--model", help="local model directory (default SmolLM2-135M-Instruct)")
     parser.add_argument("--split", type=int, default=SPLIT)
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "openai.json")
     args = parser.parse_args()
+    load_before = machine()
     from openai import OpenAI
 
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -200,8 +207,13 @@ def main() -> int:
             else None
         ),
         "answers_identical": all(same),
+        "machine_before": load_before,
+        "machine_after": machine(),
     }
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
     return 0 if all(same) else 1
 
 

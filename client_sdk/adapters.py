@@ -41,6 +41,7 @@ from client_sdk.dataset import IGNORE_INDEX, TrainingBatch
 from client_sdk.errors import TrainingError
 from client_sdk.privacy import Privatizer
 from splitmesh.model.client import ClientModel
+from splitmesh.model.device import to_device
 from splitmesh.model.families import FAMILIES
 from splitmesh.model.training import ShardTrainer
 
@@ -263,7 +264,7 @@ class ClientTrainer:
             raise TrainingError(f"gradient {list(grad_z.shape)} does not match Z {list(z.shape)}")
         if not bool(torch.isfinite(grad_z).all()):
             raise TrainingError("the gradient from the first node holds NaN or inf; skip this step")
-        z.backward(grad_z.to(z.dtype))
+        z.backward(to_device(grad_z, z.device, z.dtype))  # the gradient arrives as a CPU frame
 
     # ------------------------------------------------------------------ adapter files
 

@@ -13,6 +13,7 @@ job (nodes commit) -> `finalize` after the challenge window pays the nodes and r
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from splitmesh.chain import (
 from splitmesh.errors import ConfigError, ContractRevert
 from splitmesh.jobmeta import JobMeta
 from splitmesh.model.client import ClientModel
+from splitmesh.model.device import resolve_device, resolve_dtype
 from splitmesh.model.identity import weights_identity
 from splitmesh.model.source import ModelSource
 from splitmesh.signing import EnvelopeSigner
@@ -78,7 +80,12 @@ class Generation:
 
 
 class Client:
-    """A client key on one deployment, with a local copy of the model's first and last layers."""
+    """A client key on one deployment, with a local copy of the model's first and last layers.
+
+    Generations may run at once from several threads (the OpenAI gateway does): transactions share the
+    Sender's nonce lock, each job has its own KV cache and Privatizer, and what is shared and stateful
+    (the tokenizer, the per-split cache of loaded layers, the clip calibration) sits behind `_shared`.
+    Training is one job at a time."""
 
     def __init__(
         self,
@@ -87,11 +94,14 @@ class Client:
         model: str | None = None,
         *,
         market: str | None = None,
-        dtype: str = "float32",
+        device: str = "cpu",  # where the client's layers run: cpu, cuda[:N] or mps (splitmesh.model.device)
+        dtype: str = "auto",  # of the client's layers: float32, bfloat16, or auto (bf16 on a GPU, else fp32)
+        wire_dtype: str | None = None,  # of the frames: the route nodes' dtype; None = `dtype`
         tx_timeout: float = 120.0,
         step_timeout: float = 120.0,
         commit_wait: float = 30.0,
     ):
+        self.device = resolve_device(device)  # first: an absent GPU is refused before any network call
         self.market = connect(rpc_url, market, timeout=tx_timeout)
         self.w3 = self.market.w3
         self.sender = Sender(self.w3, private_key, self.market.chain_id)
@@ -99,7 +109,8 @@ class Client:
         self.address = self.sender.address
         self.source = ModelSource.resolve(model)
         self.model_dir = str(self.source.path)
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.wire_dtype = None if wire_dtype is None else resolve_dtype(wire_dtype, torch.device("cpu"))
         self.step_timeout = step_timeout
         # Seconds to wait after a job's end for the route's on-chain commitments (client_sdk.answers):
         # positions not committed by then stay unchecked (receipt.uncommitted).
@@ -108,6 +119,9 @@ class Client:
         self._prepared: dict[int, LocalSplit] = {}
         self._tokenizer: Any = None
         self._training: TrainingSession | None = None
+        # Guards the tokenizer (a Rust tokenizer's encode is not reentrant), the loaded splits and the
+        # clip calibration when generations run in several threads.
+        self._shared = threading.RLock()
         # Nodes this client saw fail mid-generation, kept out of its next routes for a while (failover).
         self.bans = BanList()
 
@@ -131,6 +145,10 @@ class Client:
     def prepare(self, split: int | None = None) -> LocalSplit:
         """Load the local layers for a split (cached): embeddings, layers [0, split), norm, LM head."""
         plans = self.plans()
+        with self._shared:  # two threads asking for a new split load it once
+            return self._prepare(plans, split)
+
+    def _prepare(self, plans: list[ModelInfo], split: int | None) -> LocalSplit:
         if not plans:
             raise NoRoute(
                 f"no plan is registered on-chain for the weights in {self.model_dir} "
@@ -149,13 +167,18 @@ class Client:
             raise NoRoute(
                 f"no registered plan starts a node shard after layer {split}; available splits: {splits}"
             )
-        local = LocalSplit(ClientModel.load(self.model_dir, split, self.dtype), info, first_shard)
+        model = ClientModel.load(self.model_dir, split, self.dtype, self.device)
+        local = LocalSplit(model, info, first_shard)
         self._prepared[split] = local
         return local
 
     def encode_prompt(self, prompt: str | list[dict[str, str]], chat: bool | None = None) -> list[int]:
         """Token ids of a prompt: a string (wrapped as one user turn when the model has a chat template),
         or a whole conversation as chat messages ({"role": ..., "content": ...}, oldest first)."""
+        with self._shared:
+            return self._encode_prompt(prompt, chat)
+
+    def _encode_prompt(self, prompt: str | list[dict[str, str]], chat: bool | None) -> list[int]:
         tok = self.tokenizer
         use_chat = getattr(tok, "chat_template", None) is not None if chat is None else chat
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
@@ -206,7 +229,8 @@ class Client:
         # A public BOS through public weights is the same vector for everyone: sent as is. Once the
         # client's layers carry a private adapter, the BOS vector identifies the client: noised too.
         public_bos = bos is not None and prompt_ids[0] == bos and not local.private_layers
-        privacy = JobPrivacy.open(local, opts, self.tokenizer, public_prefix=1 if public_bos else 0)
+        with self._shared:  # the first noised job of a split calibrates the clip with the tokenizer
+            privacy = JobPrivacy.open(local, opts, self.tokenizer, public_prefix=1 if public_bos else 0)
         # Nodes process the prompt and every generated token except the last one.
         max_tokens = len(prompt_ids) + opts.max_new_tokens - 1
         meta = JobMeta(epsilon=opts.epsilon, delta=opts.delta, clip=privacy.clip, split=local.split)
@@ -286,14 +310,15 @@ class Client:
             hidden, result = route.step(released, position)  # fails over to a new job if a node fails
             t3 = time.perf_counter()
             with torch.inference_mode():
-                logits = model.tail(hidden[:, -1:])[0, -1]  # [vocab]
+                logits = model.tail(hidden[:, -1:])[0, -1].float().cpu()  # [vocab]: sampled on the CPU
             token = sample_token(logits, opts.temperature, opts.top_p, generator)
             t4 = time.perf_counter()
             receipt.steps.record(step, t1 - t0, t2 - t1, t3 - t2, t4 - t3, result.hops)
             receipt.billed_tokens = position + q
             position += q
             generated.append(token)
-            new_text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            with self._shared:
+                new_text = self.tokenizer.decode(generated, skip_special_tokens=True)
             receipt.token_times.append(time.perf_counter())
             yield TokenEvent(len(generated) - 1, token, new_text[len(text) :])
             text = new_text

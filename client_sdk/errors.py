@@ -46,6 +46,37 @@ class NodeLostState(StepFailed):
     `state_lost`. The job cannot continue through it; the client fails over to a new job."""
 
 
+class NodeBusy(StepFailed):
+    """A node of the route is at capacity (HTTP 503 `busy`): retry after `retry_after` seconds or on
+    another route. `job_id` is set when the refused step was the job's first: the SDK released that job
+    on-chain (JobMarket.releaseJob), so its cancel after the commit deadline refunds the escrow and slashes
+    nobody."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        reason: str,
+        node: str | None,
+        position: int | None,
+        retry_after: float | None = None,  # seconds; None: the node gave no hint
+    ):
+        super().__init__(status, code, reason, node, position)
+        self.retry_after = retry_after
+        self.job_id: int | None = None
+
+
+class RouteBusy(ClientError, ConnectionRefusedError):
+    """Every probed node of a shard's pool is at capacity: nothing was submitted and no escrow locked.
+    Retry after `retry_after` seconds (the shortest hint a full node gave)."""
+
+    def __init__(self, message: str, *, shard: int, full: list[str], retry_after: float):
+        super().__init__(message)
+        self.shard = shard  # the first shard with no node that has room
+        self.full = full  # the nodes of that shard found full
+        self.retry_after = retry_after  # seconds
+
+
 class MalformedReply(ClientError, ValueError):
     """A node returned a frame or message that does not follow the protocol."""
 

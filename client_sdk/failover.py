@@ -36,6 +36,11 @@ DOWNSTREAM_CODES = frozenset(
         "bad_downstream_reply",
     }
 )
+# A node answering these codes has left the job on its own: the job cannot go on there, the generation
+# can go on elsewhere. `shutting_down`: it is draining to stop (banned: it is going away); `job_ended`:
+# it closed the job (a restart drained it, or the client idled past its session TTL) and is otherwise
+# fine (not banned: a new job may be routed to it).
+LEFT_JOB_CODES = {"shutting_down": True, "job_ended": False}  # code -> ban the node
 MAX_AVOID = 8  # the registry's MAX_AVOID: most nodes one submit may avoid
 
 
@@ -107,6 +112,12 @@ def blame(exc: Exception, route: list[str], probe: Any = None) -> tuple[list[str
         return [route[exc.position]], f"forged answer at position {exc.position}: {exc.reason}"
     if isinstance(exc, NodeLostState):
         return [exc.node or route[exc.position or 0]], f"node lost the job's state: {exc.reason}"
+    if isinstance(exc, StepFailed) and exc.code in LEFT_JOB_CODES:
+        where = exc.position if exc.position is not None else _index(route, exc.node)
+        if where is None or not 0 <= where < len(route):
+            return None
+        banned = [route[where]] if LEFT_JOB_CODES[exc.code] else []
+        return banned, f"{exc.code} from position {where}: {exc.reason}"
     if isinstance(exc, StepFailed):
         if exc.code not in DOWNSTREAM_CODES:
             return None

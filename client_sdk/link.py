@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from pydantic import ValidationError
 
-from client_sdk.errors import MalformedReply, NodeLostState, NodeUnavailable, StepFailed
+from client_sdk.errors import MalformedReply, NodeBusy, NodeLostState, NodeUnavailable, StepFailed
 from splitmesh.protocol import (
     RETURN_PATH,
     RETURN_READY,
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 STATE_LOST = "state_lost"  # a node's code for a job whose state it lost (it restarted)
 Message = concurrent.futures.Future[bytes | str]
+BUSY = "busy"  # a node's code for a step refused at capacity (503, with a retry hint)
 
 
 @dataclass(frozen=True)
@@ -189,5 +190,7 @@ def _failure(text: str) -> Exception:
         error = ErrorReply.model_validate(json.loads(text))
     except (ValueError, ValidationError):
         return MalformedReply(f"the route sent an unexpected message: {text[:200]!r}")
+    if error.code == BUSY and error.status == 503:
+        return NodeBusy(error.status, error.code, error.error, error.node, error.position, error.retry_after)
     kind = NodeLostState if error.code == STATE_LOST else StepFailed
     return kind(error.status, error.code, error.error, error.node, error.position)

@@ -9,10 +9,10 @@ carries OpenAI's usage (prompt tokens, generated tokens, as in the receipt) and 
 OpenAI client ignores: job id, cost, epsilon and what the nodes could see. Epsilon per request comes in
 `{"splitmesh": {"epsilon": 8}}` (the official client's `extra_body`), else the server's default.
 
-Concurrency: a Client is not thread-safe (one nonce cache, one tokenizer, one local model), so each job
-leases one Client from a pool for its whole run; the pool holds one Client per key. With one key, jobs
-run one after the other and the endpoint's throughput is one job's; each further key adds a job running
-at once. At most `max_waiting` requests wait for a Client; more get a 503 `busy` with Retry-After.
+Concurrency: jobs run at once, also on one key. A Client runs several generations in threads (each with
+its own KV cache and noise; the key's transactions take nonces under the Sender's lock, so concurrent
+submits never collide), up to `jobs_per_key` at a time per key; more keys add more. At most
+`max_waiting` requests wait for a free slot; more get a 503 `busy` with Retry-After.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from client_sdk.errors import (
     MalformedReply,
     NodeUnavailable,
     NoRoute,
+    RouteBusy,
     StepFailed,
 )
 from client_sdk.openai_schema import (
@@ -63,44 +65,59 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class EndpointConfig:
     default_epsilon: float = math.inf  # DP budget per token when a request names none
     default_max_tokens: int = 256  # new tokens when a chat request names no limit (escrow is sized on it)
-    max_waiting: int = 16  # requests that may wait for a free Client; more get a 503
+    max_waiting: int = 16  # requests that may wait for a free job slot; more get a 503
+    jobs_per_key: int = 8  # generations one client key runs at once (each is its own on-chain job)
     api_key: str | None = None  # bearer key every request must carry; None = no check
     client_max_size: int = 1 << 20  # bytes of a request body
 
 
 class ClientPool:
-    """Clients (one per key), each leased to one job at a time."""
+    """Clients (one per key), each running up to `jobs_per_key` jobs at once; a lease takes the least
+    busy one."""
 
-    def __init__(self, clients: list[Client], max_waiting: int):
+    def __init__(self, clients: list[Client], max_waiting: int, jobs_per_key: int = 1):
         if not clients:
             raise ConfigError("the endpoint needs at least one Client")
+        if jobs_per_key < 1:
+            raise ConfigError("jobs_per_key must be at least 1")
         self.clients = clients
-        self._free: asyncio.Queue[Client] = asyncio.Queue()
-        for client in clients:
-            self._free.put_nowait(client)
+        self.jobs_per_key = jobs_per_key
+        self._running = dict.fromkeys(range(len(clients)), 0)  # client index -> jobs it runs now
+        self._slots = asyncio.Semaphore(len(clients) * jobs_per_key)
         self._waiting = 0
         self.max_waiting = max_waiting
 
+    @property
+    def running(self) -> int:
+        """Jobs running now, over every key."""
+        return sum(self._running.values())
+
     async def lease(self) -> Client:
-        if self._free.empty() and self._waiting >= self.max_waiting:
+        if self._slots.locked() and self._waiting >= self.max_waiting:
             raise APIError(
                 503,
-                f"{self._waiting} requests already wait for one of {len(self.clients)} client keys; "
-                "retry later",
+                f"{self._waiting} requests already wait for one of {len(self.clients)} client keys "
+                f"({self.jobs_per_key} jobs each); retry later",
                 "busy",
                 type_="server_error",
             )
         self._waiting += 1
         try:
-            return await self._free.get()
+            await self._slots.acquire()
         finally:
             self._waiting -= 1
+        index = min(self._running, key=self._running.__getitem__)
+        self._running[index] += 1
+        return self.clients[index]
 
     def release(self, client: Client) -> None:
-        self._free.put_nowait(client)
+        index = next(i for i, c in enumerate(self.clients) if c is client)
+        self._running[index] -= 1
+        self._slots.release()
 
 
 POOL = web.AppKey("pool", ClientPool)
+WORKERS = web.AppKey("workers", ThreadPoolExecutor)
 CONFIG = web.AppKey("config", EndpointConfig)
 MODEL_NAME = web.AppKey("model_name", str)
 
@@ -113,8 +130,13 @@ def create_app(clients: list[Client], config: EndpointConfig | None = None) -> w
     app[MODEL_NAME] = model_name(clients[0])
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = ClientPool(clients, config.max_waiting)  # its queue belongs to the serving loop
-        yield
+        # Its semaphore belongs to the serving loop. One worker thread per job slot: the loop's default
+        # executor (cores + 4 threads) would queue jobs past it.
+        pool = ClientPool(clients, config.max_waiting, config.jobs_per_key)
+        app[POOL] = pool
+        with ThreadPoolExecutor(len(clients) * config.jobs_per_key, thread_name_prefix="job") as workers:
+            app[WORKERS] = workers
+            yield
 
     app.cleanup_ctx.append(pool_ctx)
     app.router.add_get("/v1/models", _models)
@@ -211,7 +233,7 @@ async def _serve(request: web.Request, req: Any, prompt: Any, *, chat: bool) -> 
     client = await pool.lease()
     options = _options(req, config, chat)
     job = JobThread(client, options, prompt, chat, req.new_tokens(), config.default_max_tokens)
-    job.start(asyncio.get_running_loop())
+    job.start(asyncio.get_running_loop(), request.app[WORKERS])
     try:
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         if req.stream:
@@ -259,11 +281,11 @@ class JobThread:
         self._events: asyncio.Queue[TokenEvent | Generation | BaseException | None] = asyncio.Queue()
         self._done: asyncio.Future[None] | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, workers: ThreadPoolExecutor | None = None) -> None:
         def emit(item: TokenEvent | Generation | BaseException | None) -> None:
             loop.call_soon_threadsafe(self._events.put_nowait, item)
 
-        self._done = asyncio.ensure_future(asyncio.to_thread(self._run, emit))
+        self._done = asyncio.ensure_future(loop.run_in_executor(workers, self._run, emit))
 
     def _run(self, emit: Callable[[Any], None]) -> None:
         stream: Iterator[TokenEvent | Generation] | None = None
@@ -326,6 +348,8 @@ def as_api_error(exc: BaseException) -> APIError:
         return APIError(503, str(exc), "no_route", type_="service_unavailable")
     if isinstance(exc, EscrowTooSmall):
         return APIError(402, str(exc), "escrow_too_small", type_="insufficient_funds")
+    if isinstance(exc, RouteBusy):  # every candidate node full: nothing was submitted
+        return APIError(503, str(exc), "busy", type_="service_unavailable")
     if isinstance(exc, StepFailed) and exc.status == 503:
         return APIError(503, str(exc), exc.code, type_="service_unavailable")
     if isinstance(exc, StepFailed | NodeUnavailable | ForgedReply | MalformedReply):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from client_sdk.capacity import CapacityProbe
 from client_sdk.failover import FailoverPolicy
 from client_sdk.privacy import PrivacySettings
 
@@ -21,7 +22,9 @@ class RouteSettings(PrivacySettings):
     max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
     # inference results come straight from the last node on a return channel (m + 1 network trips per
     # token instead of 2m); False = back along the route (training always goes back along the route)
-    direct_return: bool = True
+    direct_return: bool = False
+    # ask the candidate nodes for room before locking escrow, and avoid the full ones (client_sdk.capacity)
+    capacity: CapacityProbe = field(default_factory=CapacityProbe)
 
 
 @dataclass(kw_only=True)

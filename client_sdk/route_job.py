@@ -26,7 +26,15 @@ from typing import Any, Literal, Protocol
 import torch
 
 from client_sdk.answers import AnswerCheck, check_onchain
-from client_sdk.errors import CommitmentMismatch, EscrowTooSmall, ForgedReply, NodeUnavailable, NoRoute
+from client_sdk.capacity import probe_route
+from client_sdk.errors import (
+    CommitmentMismatch,
+    EscrowTooSmall,
+    ForgedReply,
+    NodeBusy,
+    NodeUnavailable,
+    NoRoute,
+)
 from client_sdk.link import ReturnRoute, RouteLink
 from client_sdk.local_split import LocalSplit
 from client_sdk.options import RouteSettings
@@ -34,6 +42,8 @@ from client_sdk.receipts import HopInfo
 from splitmesh.chain import Marketplace, Sender, hints_from_pools
 from splitmesh.errors import ContractRevert
 from splitmesh.jobmeta import JobMeta
+from splitmesh.model.arch import parse_dtype
+from splitmesh.model.device import to_wire
 from splitmesh.protocol import (
     END_PAYLOAD,
     END_STEP,
@@ -67,6 +77,7 @@ class JobOwner(Protocol):
     signer: EnvelopeSigner
     step_timeout: float  # seconds the route may take for one step
     commit_wait: float  # seconds to wait after the end for the route's on-chain commitments
+    wire_dtype: str | None  # dtype of the frames (the route nodes' dtype); None = the client's layers'
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,8 @@ class RouteJob:
         self.job = job  # splitmesh.chain's SubmittedJob: id, terms, packed terms, transaction
         self.hops = hops
         self.label = label  # "job" or "training job", for log lines
-        self.dtype = str(local.model.dtype).removeprefix("torch.")
+        # The frames' dtype, both ways: what the route's nodes run (they refuse any other).
+        self.dtype = owner.wire_dtype or str(local.model.dtype).removeprefix("torch.")
         first = hops[0]
         # A one-hop route's first node is its last: its link already is the shortest way back.
         self.direct = direct_return and len(hops) > 1
@@ -172,6 +184,10 @@ class RouteJob:
                 raise NoRoute(f"no active node serves model {info.model_id} shards {list(shards)}")
             max_price = max(prices)
         escrow = market.escrow_for(max_tokens, max_price, len(shards)) if escrow_wei is None else escrow_wei
+        if settings.capacity.enabled:  # RouteBusy before any escrow is locked when a shard is full
+            avoid = probe_route(
+                market, list(zip(shards, pools, strict=True)), max_price, avoid, settings.capacity
+            )
         try:
             job = market.submit_job(
                 owner.sender,
@@ -222,6 +238,7 @@ class RouteJob:
         """Digest and sign the next step. Inference signs the tensor's digest; training binds mode and
         step into the payload hash (`training_payload`)."""
         step = self.next_step
+        tensor = to_wire(tensor, parse_dtype(self.dtype))  # hashed and sent as the CPU frame carries it
         digest = tensor_digest(tensor)
         training = mode != "infer"
         payload = training_payload(mode, of_step, digest) if training else digest
@@ -248,7 +265,12 @@ class RouteJob:
             raise ValueError(f"step {out.step} was prepared out of turn; the route expects {self.next_step}")
         if self.refused is not None:
             raise self.refused
-        reply, result = self.link.step(out.frame, out.dtype, direct=self.direct and out.mode == "infer")
+        try:
+            reply, result = self.link.step(out.frame, out.dtype, direct=self.direct and out.mode == "infer")
+        except NodeBusy as exc:
+            if self.next_step == 0:  # refused before anything was served: nobody can be blamed
+                self.release(exc)
+            raise
         # A backward step carries the gradient down: our tensor crosses the last node's boundary and the
         # reply crosses node 0's.
         mine, theirs = out.digest, tensor_digest(reply)
@@ -308,6 +330,26 @@ class RouteJob:
                 self.uncommitted,
                 self.owner.commit_wait,
             )
+
+    def release(self, exc: NodeBusy) -> None:
+        """The route refused the job's first step for capacity: close the link and release the job on-chain
+        (JobMarket.releaseJob), so its cancel after the commit deadline refunds the escrow and slashes
+        nobody; the nodes that served nothing need not commit it. `exc.job_id` names the job."""
+        self.close()
+        exc.job_id = self.job_id
+        try:
+            self.owner.market.release_job(self.owner.sender, self.job_id, self.job.packed_terms)
+        except ContractRevert as revert:  # already served or settled: the usual settlement applies
+            logger.warning("%s %d: could not release it (%s)", self.label, self.job_id, revert)
+            return
+        logger.info(
+            "%s %d: node %s is full (%s); released the job on-chain: its cancel after the commit deadline "
+            "refunds the escrow and slashes nobody",
+            self.label,
+            self.job_id,
+            exc.node or self.hops[0].node,
+            exc.reason,
+        )
 
     def close(self) -> None:
         """Close the link (without ending the job: it stays open and can be cancelled after the timeout)."""

@@ -71,6 +71,9 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     // commit (when sampling is on: the audit draw uses its hash) or of the dispute (the audit panels use
     // its hash). Either hash is unknown to whoever sends the transaction that fixes the block.
     mapping(uint256 jobId => bytes32) private _links;
+    // Open jobs their client released (it signed no step): cancelled without miss-slashes. Deleted at
+    // cancel.
+    mapping(uint256 jobId => bool) private _released;
 
     /// @param registry_ The NodeRegistry (its jobMarket() must be this contract).
     /// @param auditor_ Contract allowed to hold and resolve jobs; zero disables audits.
@@ -349,12 +352,25 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
 
         uint8 missingMask = uint8(((1 << hops) - 1) & ~uint256(job.committedMask));
         (uint256 paid, uint256 refund) = _payments(terms, job.billedTokens, job.committedMask);
-        uint256 slashed = _slashMissing(terms, missingMask);
+        // The client waived the miss-slashes (it signed no step, so no hop could have served). A waiver
+        // only spares nodes: payments still follow the receipts committed.
+        bool released = _released[jobId];
+        if (released) delete _released[jobId];
+        uint256 slashed = released ? 0 : _slashMissing(terms, missingMask);
         emit JobCancelled(jobId, missingMask, paid, slashed, refund);
         if (paid != 0) _registry.creditEarnings(terms.route(), job.billedTokens, job.committedMask, _hopFee);
         _refund(terms.client(), refund);
         // Burned, never refunded: a client that made a hop miss (a job it never sent) must not profit.
         if (slashed != 0) _send(BURN_ADDRESS, slashed);
+    }
+
+    /// @inheritdoc IJobMarket
+    function releaseJob(uint256 jobId, bytes calldata terms) external {
+        Job memory job = _loadJob(jobId, terms, JobStatus.Open);
+        if (terms.client() != msg.sender) revert NotJobClient(jobId, msg.sender);
+        if (job.billedTokens != 0) revert JobAlreadyServed(jobId, job.billedTokens);
+        _released[jobId] = true;
+        emit JobReleased(jobId);
     }
 
     // ------------------------------------------------------------------ auditor hooks
@@ -443,6 +459,11 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuardTransient {
     function auditDraw(uint256 jobId) external view returns (bool available, bool sampled) {
         if (_auditRateBps == 0 || _jobs[jobId].status != JobStatus.Committed) return (false, false);
         return _auditDraw(jobId);
+    }
+
+    /// @inheritdoc IJobMarket
+    function isReleased(uint256 jobId) external view returns (bool released) {
+        return _released[jobId];
     }
 
     /// @inheritdoc IJobMarket

@@ -11,6 +11,7 @@ Each sync:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -22,9 +23,11 @@ from typing import Any
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from coordinator import fold, schema
 from coordinator.errors import ChainMoved, IndexMismatch, ReorgTooDeep
+from coordinator.logcodec import codecs
 from splitmesh.chain import Marketplace
 
 logger = logging.getLogger(__name__)
@@ -46,14 +49,29 @@ class SyncReport:
     reorged_from: int | None = None  # first block rolled back, if a reorg was healed
 
 
+@functools.lru_cache(maxsize=4096)
+def _checksum(address: str) -> str:
+    return to_checksum_address(address)  # a keccak per call: the same few addresses recur in every log
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | HexBytes):
         return "0x" + bytes(value).hex()
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
     if isinstance(value, str) and len(value) == 42 and value.startswith("0x"):
-        return to_checksum_address(value)
+        return _checksum(value)
     return value
+
+
+def _int(value: Any) -> int:
+    """A JSON-RPC quantity (0x-hex string) or an int."""
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _hex(value: Any) -> str:
+    """A JSON-RPC data value (0x-hex string, or bytes) as lowercase 0x-hex."""
+    return value.lower() if isinstance(value, str) else "0x" + bytes(value).hex()
 
 
 class Indexer:
@@ -72,15 +90,7 @@ class Indexer:
         self.conn = conn
         self.config = config or IndexerConfig()
         self.on_batch = on_batch  # called after each committed range (progress output, tests)
-        # (address, topic0) -> (contract name, web3 event); CreditWithdrawn exists in two contracts.
-        self._events: dict[tuple[str, bytes], tuple[str, Any]] = {}
-        for name, contract in self._contracts().items():
-            for item in contract.abi:
-                if item.get("type") != "event":
-                    continue
-                event = getattr(contract.events, item["name"])()
-                topic = bytes(self.w3.keccak(text=_signature(item)))
-                self._events[(contract.address, topic)] = (name, event)
+        self._codecs = codecs(self._contracts())
         self._check_meta()
 
     @classmethod
@@ -153,17 +163,15 @@ class Indexer:
         return SyncReport(start, self.synced_block, head, added, reorged_from)
 
     def _index_range(self, lo: int, hi: int, head: int) -> int:
-        addresses: Any = list(self._contracts_by_address())
-        raw = self.w3.eth.get_logs({"fromBlock": lo, "toBlock": hi, "address": addresses})
-        raw = sorted(raw, key=lambda log: (log["blockNumber"], log["logIndex"]))
+        raw = self._get_logs(lo, hi)
         # Hashes of the blocks we may have to roll back (near the head) and of blocks with logs.
-        wanted = {int(log["blockNumber"]) for log in raw}
+        wanted = {_int(log["blockNumber"]) for log in raw}
         wanted.update(range(max(lo, head - self.config.reorg_depth), hi + 1))
         headers = self._headers(sorted(wanted))
         records: list[fold.LogRecord] = []
         for log in raw:
-            number = int(log["blockNumber"])
-            block_hash = "0x" + bytes(log["blockHash"]).hex()
+            number = _int(log["blockNumber"])
+            block_hash = _hex(log["blockHash"])
             if headers[number][0] != block_hash:
                 # The chain moved between the two reads; try again on the next sync.
                 raise ChainMoved(f"block {number} changed while it was being read")
@@ -196,29 +204,33 @@ class Indexer:
         logger.debug("indexed blocks %d..%d: %d logs", lo, hi, len(records))
         return len(records)
 
-    def _contracts_by_address(self) -> dict[str, str]:
-        return {c.address: name for name, c in self._contracts().items()}
+    def _get_logs(self, lo: int, hi: int) -> list[Any]:
+        """The contracts' logs of blocks lo..hi as the node sends them (hex strings), oldest first. A raw
+        request: web3's result formatters would cost more than the decoding."""
+        addresses = [c.address for c in self._contracts().values()]
+        query = {"fromBlock": hex(lo), "toBlock": hex(hi), "address": addresses}
+        raw: list[Any] = list(self.w3.manager.request_blocking(RPCEndpoint("eth_getLogs"), [query]))
+        return sorted(raw, key=lambda log: (_int(log["blockNumber"]), _int(log["logIndex"])))
 
     def _decode(self, log: Any, block_time: int) -> fold.LogRecord | None:
-        address = to_checksum_address(log["address"])
-        topic = bytes(log["topics"][0]) if log["topics"] else b""
-        known = self._events.get((address, topic))
-        if known is None:
+        address = _checksum(_hex(log["address"]))
+        topic = bytes.fromhex(_hex(log["topics"][0])[2:]) if log["topics"] else b""
+        codec = self._codecs.get((address, topic))
+        if codec is None:
             logger.warning(
                 "skipping a log with unknown topic 0x%s from %s (newer contracts?)", topic.hex(), address
             )
             return None
-        contract, event = known
-        decoded = event.process_log(log)
+        args = codec.decode(list(log["topics"]), log["data"])
         return fold.LogRecord(
-            block=int(log["blockNumber"]),
-            log_index=int(log["logIndex"]),
-            block_hash="0x" + bytes(log["blockHash"]).hex(),
+            block=_int(log["blockNumber"]),
+            log_index=_int(log["logIndex"]),
+            block_hash=_hex(log["blockHash"]),
             block_time=block_time,
-            tx_hash="0x" + bytes(log["transactionHash"]).hex(),
-            contract=contract,
-            event=str(decoded["event"]),
-            args={k: _json_value(v) for k, v in dict(decoded["args"]).items()},
+            tx_hash=_hex(log["transactionHash"]),
+            contract=codec.contract,
+            event=codec.name,
+            args={k: _json_value(v) for k, v in args.items()},
         )
 
     def _headers(self, numbers: list[int]) -> dict[int, tuple[str, int]]:
@@ -281,16 +293,6 @@ class Indexer:
         schema.clear_read_model(self.conn)
         rows = self.conn.execute("SELECT * FROM logs ORDER BY block, log_index").fetchall()
         fold.apply(self.conn, (fold.LogRecord.from_row(r) for r in rows))
-
-
-def _signature(abi_item: dict[str, Any]) -> str:
-    def kind(inp: dict[str, Any]) -> str:
-        t = str(inp["type"])
-        if t.startswith("tuple"):
-            return "(" + ",".join(kind(c) for c in inp["components"]) + ")" + t[len("tuple") :]
-        return t
-
-    return f"{abi_item['name']}({','.join(kind(i) for i in abi_item['inputs'])})"
 
 
 class _Transaction:

@@ -177,6 +177,7 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any]:
     out["metadata"] = row["metadata"]
     out["committed_mask"] = row["committed_mask"]
     out["missing_mask"] = row["missing_mask"]
+    out["released"] = bool(row["released"])
     out["timestamp"] = row["timestamp"]
     out["dispute_block"] = row["dispute_block"]
     out["audit_anchor"] = row["audit_anchor"]

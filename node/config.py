@@ -17,7 +17,10 @@ class NodeConfig(Settings):
     model: str | None = None  # local HF model directory; None = SmolLM2-135M-Instruct
     shard: int = 1  # shard index of the registered plan this node serves
     model_id: int | None = None  # on-chain model id; None = the one registered with this model's weights
-    dtype: str = "float32"  # float32 or bfloat16
+    device: str = "cpu"  # where the shard's layers and KV caches live: cpu, cuda, cuda:N or mps
+    # float32, bfloat16, or auto = bfloat16 on cuda/mps, float32 on cpu. It is also the dtype of the frames
+    # the node accepts and sends: its route's clients must send it (Client(wire_dtype=...)).
+    dtype: str = "auto"
     host: str = "127.0.0.1"  # interface to bind
     port: int = 0  # TCP port; 0 = any free port
     public_url: str | None = None  # endpoint announced on-chain; None = https://host:port
@@ -54,6 +57,10 @@ class NodeConfig(Settings):
     lookup_queue: int = 32  # chain lookups running or waiting; one more gets 503 busy
     refusal_ttl: float = 2.0  # seconds the chain's "no" about a job id (unknown, closed, not ours) is reused
     compute_queue: int = 8  # steps running or waiting for this node's layers; one more gets 503 busy
+    # Batching (node.batcher): inference steps of concurrent sessions run through the layers together.
+    batch_sessions: int = 16  # steps in one batch; 1 = no batching (each step alone, as before)
+    batch_tokens: int = 512  # tokens of all steps in one batch
+    batch_queue: int = 64  # inference steps waiting for the next batch; one more gets 503 busy
     retry_after: float = 2.0  # seconds suggested (Retry-After) to a peer refused by a full queue or cap
     keep_transcripts: bool = True  # keep step frames in SQLite for audits
     prune_interval: float = 30.0  # seconds between drops of transcripts no audit can ask for; 0 = keep all

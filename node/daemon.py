@@ -17,6 +17,7 @@ import torch
 from aiohttp import web
 
 from node.admission import BoundedWork, ConnectionCaps, StreamLimits
+from node.batcher import BatchLimits
 from node.cheats import Cheat
 from node.config import NodeConfig
 from node.deadlines import ChainClock, JobDeadlines, default_margin
@@ -28,10 +29,12 @@ from node.pool import PoolStatus, StakeKeeper
 from node.scanner import JobScanner
 from node.server import create_app
 from node.service import NodeService
+from node.sessions import SessionLimits
 from node.store import NodeStore
 from node.verifier import AuditLimits, Verifier, VoteBook
 from splitmesh.chain import Marketplace, ModelInfo, Sender, connect
 from splitmesh.errors import ChainError
+from splitmesh.model.device import resolve_device, resolve_dtype
 from splitmesh.model.identity import describe_model
 from splitmesh.model.runner import RunnerLimits, ShardRunner
 from splitmesh.model.training import ShardTrainer, TrainerLimits
@@ -157,7 +160,8 @@ async def serve(
         "model_id": shard.model.model_id,
         "shard": config.shard,
         "layers": [shard.layers.start, shard.layers.stop],
-        "dtype": config.dtype,
+        "dtype": str(shard.runner.dtype).removeprefix("torch."),
+        "device": str(shard.runner.device),
         "endpoint": endpoint,
         "tls_key": "0x" + tls_key.hex(),
         "chain_id": market.chain_id,
@@ -242,25 +246,29 @@ async def _load_shard(config: NodeConfig, market: Marketplace) -> _Shard:
         max_cache_bytes=config.max_cache_bytes,
         session_ttl=config.session_ttl,
     )
+    device = resolve_device(config.device)  # before the weights load: an absent GPU fails at once
+    dtype = resolve_dtype(config.dtype, device)
     runner = await asyncio.to_thread(
-        ShardRunner.load, config.model, layers.start, layers.stop, config.dtype, limits
+        ShardRunner.load, config.model, layers.start, layers.stop, dtype, limits, device
     )
     cheat = Cheat(config.cheat) if config.cheat else None
     skip_runner = None
     if cheat == Cheat.SKIP_LAYERS:
         half = layers.start + max(1, len(layers) // 2)
         skip_runner = await asyncio.to_thread(
-            ShardRunner.load, config.model, layers.start, half, config.dtype, limits
+            ShardRunner.load, config.model, layers.start, half, dtype, limits, device
         )
         logger.warning("CHEAT skip-layers: running only layers %d-%d", layers.start, half - 1)
     elif cheat is not None:
         logger.warning("CHEAT %s enabled: this node misbehaves on purpose (demo/test only)", cheat.value)
     logger.info(
-        "loaded layers %d-%d of %s (%d parameters) in %.1f s",
+        "loaded layers %d-%d of %s (%d parameters, %s on %s) in %.1f s",
         layers.start,
         layers.stop - 1,
         description.name,
         runner.num_parameters(),
+        dtype,
+        device,
         time.monotonic() - started,
     )
     return _Shard(description.name, model, layers, runner, cheat, skip_runner)
@@ -306,6 +314,13 @@ def _node_service(
             "compute", threads=1, pending=config.compute_queue, retry_after=config.retry_after
         ),
         send_timeout=config.send_timeout,
+        session_limits=SessionLimits(max_sessions=config.max_sessions, retry_after=config.retry_after),
+        batching=BatchLimits(
+            max_sessions=config.batch_sessions,
+            max_tokens=config.batch_tokens,
+            queue=config.batch_queue,
+            retry_after=config.retry_after,
+        ),
     )
     service.cheat = shard.cheat
     service.gate.forge_answers = shard.cheat == Cheat.FORGE_ANSWERS

@@ -107,8 +107,11 @@ def ensure_registered(
 class ChainDuties:
     """Commits and claims for one node, driven by its store; finds its jobs and watches its stake.
 
-    RPC per pass: the latest block, one JobSubmitted range, the node's registry entry, plus one or two
-    calls per job that needs an action now (ended, or whose claim hold ran out).
+    RPC per pass: the latest block, one eth_getLogs over the new blocks (jobs matched to this node, and
+    the events that moved a job it holds: node.scanner), the node's registry entry; plus reads and
+    transactions for the jobs that need an action now (ended, woken by an event, or due by their hold).
+    Every job waiting on the chain is held until its next due time (splitmesh.chain.due) or an event,
+    so the pass costs the same however many jobs await settlement.
     """
 
     def __init__(
@@ -196,6 +199,13 @@ class ChainDuties:
         if self._now() > self.deadlines.deadline(state.timestamp):
             self.store.mark_failed(record.job_id, "the commit deadline passed before the node could commit")
             return
+        if record.steps == 0 and state.billed_tokens == 0 and self.market.is_released(record.job_id):
+            # The client signed no step (JobMarket.releaseJob): a cancel slashes nobody, so a commit would
+            # only charge it a hop fee for nothing served.
+            self.store.mark_cancelled(record.job_id)
+            self.metrics.jobs_released_total.inc()
+            logger.info("job %d: released by its client before any step here; not committed", record.job_id)
+            return
         receipt = record.receipt
         if self.overbill_key is not None and receipt is not None:
             receipt = self._forged_receipt(record.job_id, receipt)
@@ -245,28 +255,35 @@ class ChainDuties:
         tokens = receipt[1] + OVERBILL_EXTRA_TOKENS
         return signer.sign(job_id, receipt[0], tokens, receipt[2]).as_receipt()
 
-    def keep_audits(self, record: JobRecord, state: JobState) -> None:
-        """For a disputed job of ours: open its audit if nobody did, resolve it once the votes are in."""
-        if self.market.court is None:
-            return
+    def keep_audits(self, record: JobRecord, state: JobState) -> bool:
+        """For a disputed job of ours: open its audit if nobody did, resolve it once the votes are in.
+        Returns whether it sent something (re-read the job); otherwise the job is held until its next due
+        time: the audit's resolve, or the dispute timeout (a keeper's finalize, seen as an event)."""
         now = self._now()
-        due = due_action(state, now, self.windows, audit=self.market.get_audit(record.job_id))
-        if not due.ready(now):
-            return
-        if due.kind is DueKind.OPEN_AUDIT:
+        audit = self.market.get_audit(record.job_id) if self.market.court is not None else None
+        due = due_action(state, now, self.windows, audit=audit)
+        if due.kind is DueKind.OPEN_AUDIT and due.ready(now):
             # None means "call again next block" (the dispute block's hash is not readable yet, or this
             # call only anchored a fresh seed block): the next duty pass does.
-            open_audit_if_ready(self.market, self.sender, record.job_id, record.packed_terms)
-        elif due.kind is DueKind.RESOLVE_AUDIT:
+            opened = open_audit_if_ready(self.market, self.sender, record.job_id, record.packed_terms)
+            return opened is not None
+        if due.kind is DueKind.RESOLVE_AUDIT and due.ready(now):
             self._send(record, due.kind)
+            return True
+        # Not ours to send now. Past the timeout a keeper finalizes (its JobFinalized wakes the job); the
+        # hold then only bounds how long a missed event could go unnoticed.
+        at = due.at if due.at is not None and due.at > now else now + self.windows.challenge_window
+        self.store.hold(record.job_id, at)
+        return False
 
     def claim(self, record: JobRecord) -> None:
         """Finalize once the window has passed (anyone may), or cancel after the commit deadline; then
         withdraw earnings. A disputed job is the court's (or, at its timeout, a keeper's) to settle: the
-        node keeps its audit moving and looks again next pass."""
+        node keeps its audit moving and holds the job until its next due time or an event moves it."""
         state = self.market.get_job(record.job_id)
         if state.status == JobStatus.DISPUTED:
-            self.keep_audits(record, state)
+            if not self.keep_audits(record, state):
+                return
             state = self.market.get_job(record.job_id)
         if state.status in (JobStatus.OPEN, JobStatus.COMMITTED):
             now = self._now()

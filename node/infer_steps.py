@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 from eth_utils import keccak
 
+from node.batcher import StepBatcher
 from node.cheats import Cheat, garbage_like, swap_returned, tamper
 from node.errors import StepRejected, bad_request, conflict
 from node.gate import Step, StepGate
@@ -32,10 +33,13 @@ class InferenceStep:
 
     mode: ClassVar[str] = "infer"
 
-    def __init__(self, gate: StepGate, runner: ShardRunner, cheat: Cheat | None):
+    def __init__(
+        self, gate: StepGate, runner: ShardRunner, cheat: Cheat | None, batcher: StepBatcher | None = None
+    ):
         self.gate = gate
         self.runner = runner
         self.cheat = cheat
+        self.batcher = batcher  # batches steps of concurrent sessions; None: this step runs alone
 
     def signed_payload(self, meta: StepMeta) -> bytes:
         return unhex(meta.payload_hash)
@@ -114,6 +118,8 @@ class InferenceStep:
 
     async def _forward(self, session_id: str, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         try:
+            if self.batcher is not None:
+                return await self.batcher.forward(session_id, hidden, positions)
             # Always off the loop, even one token: the runner's lock may be held by a long prefill.
             return await self.gate.compute.run(self.runner.forward, session_id, hidden, positions)
         except BadPositions as exc:

@@ -36,6 +36,12 @@ class NodeMetrics:
             buckets=HANDLE_BUCKETS,
             registry=r,
         )
+        self.batch_steps = Histogram(  # _count: batches run, _sum: steps in them (node.batcher)
+            PREFIX + "batch_steps",
+            "Inference steps of concurrent sessions run through the layers together, per batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         # Labels only from node.errors.ERROR_CODES (node.server maps anything else to "other").
         self.errors_total = Counter(PREFIX + "errors", "Rejected or failed requests", ["code"], registry=r)
         self.streams_open = Gauge(PREFIX + "streams_open", "Open WebSocket streams", registry=r)
@@ -65,6 +71,17 @@ class NodeMetrics:
             PREFIX + "transcripts_pruned",
             "Job transcripts dropped once no audit could ask for them any more",
             registry=r,
+        )
+        self.sessions_refused_total = Counter(
+            PREFIX + "sessions_refused", "New jobs refused with 503 busy: the node was full", registry=r
+        )
+        self.jobs_released_total = Counter(
+            PREFIX + "jobs_released",
+            "Jobs their client released before any step served here: not committed, nobody slashed",
+            registry=r,
+        )
+        self.duty_rpc_calls = Gauge(
+            PREFIX + "duty_rpc_calls", "Chain RPC calls of the last duty pass", registry=r
         )
         self.topup_wei_total = Counter(PREFIX + "topup_wei", "Stake re-added by auto top-up, wei", registry=r)
 

@@ -230,4 +230,6 @@ def _relayed_rejection(error: ErrorReply) -> StepRejected:
     reason = error.error if len(error.error) <= 1000 else error.error[:1000] + "..."
     if code != error.code:
         reason = f"next node answered an unknown error code: {reason}"
-    return StepRejected(status, code, reason, node=node, position=error.position)
+    # A busy next hop's retry hint goes up too, bounded (peer data): the client backs off as told.
+    retry = None if error.retry_after is None else min(max(error.retry_after, 0.0), 600.0)
+    return StepRejected(status, code, reason, node=node, position=error.position, retry_after=retry)

@@ -6,6 +6,11 @@ each job whose route names it (with the job's commit deadline), and the deadline
 `end_due`, then the commit duty) commits it in time: with the chains of what was served, or with zero
 chains and an empty receipt when nothing was.
 
+The same request also reads the events that change a job this node may be waiting on (a commit, a
+dispute, a settlement, a release): the store wakes those jobs (their duty hold ends), so the duty pass
+re-reads only the jobs the chain moved, and otherwise holds each job until its next due time
+(splitmesh.chain.due). A pass therefore costs one eth_getLogs however many jobs await settlement.
+
 The scan cursor is the last block scanned, kept in the store: a restarted node resumes where it stopped
 and catches up on the jobs submitted while it was down. A store without a cursor starts at the block
 where this node first registered (so a node that lost its state still finds the jobs it was matched to),
@@ -29,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 CURSOR_KEY = "scan_cursor"  # store meta key: the last block whose JobSubmitted events were read
 RESCAN_BLOCKS = 6  # blocks below the cursor read again each pass (shallow reorgs)
+# JobMarket events after which a job's next duty may be due sooner than its hold (read with JobSubmitted).
+WAKE_EVENTS = ("JobCommitted", "JobDisputed", "JobFinalized", "JobCancelled", "JobReleased")
 
 
 class JobScanner:
@@ -73,12 +80,23 @@ class JobScanner:
         return start
 
     def scan(self, latest: int) -> list[int]:
-        """Read the next block range (up to `latest`); returns the jobs newly opened."""
+        """Read the next block range (up to `latest`): open the jobs newly matched to this node (returned)
+        and wake the held jobs the chain moved."""
         if latest <= self.cursor:
             return []
         first = max(self.cursor - RESCAN_BLOCKS, 0) + 1
         last = min(latest, self.cursor + self.max_blocks)
-        opened = [job for log in self.market.events("JobSubmitted", first, last) if (job := self._adopt(log))]
+        logs = self.market.market_events(("JobSubmitted", *WAKE_EVENTS), first, last)
+        opened = [job for log in logs if log["event"] == "JobSubmitted" and (job := self._adopt(log))]
+        # Only new blocks wake jobs: the rescanned ones' events were seen (a reorg that moves one is caught
+        # by the hold's bound, node.duties).
+        moved = {
+            int(log["args"]["jobId"])
+            for log in logs
+            if log["event"] != "JobSubmitted" and int(log["blockNumber"]) > self.cursor
+        }
+        if moved:
+            self.store.wake(moved)
         self.store.set_meta(CURSOR_KEY, str(last))
         self.cursor = last
         self.metrics.scanned_block.set(last)

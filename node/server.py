@@ -118,6 +118,7 @@ async def _health(request: web.Request) -> web.Response:
         "status": "ok" if service.accepting else "draining",
         "address": service.address,
         "sessions": len(service.sessions),
+        "capacity": service.capacity(),
         **info,
     }
     return web.json_response(body)

@@ -16,6 +16,7 @@ import torch
 from eth_utils import keccak, to_checksum_address
 
 from node.admission import BoundedWork, ExpiringMap
+from node.batcher import BatchLimits, StepBatcher
 from node.cheats import Cheat
 from node.deadlines import JobDeadlines
 from node.errors import StepRejected, bad_request, conflict, forbidden, not_found, unauthorized
@@ -23,7 +24,7 @@ from node.gate import StepGate, StepKind
 from node.infer_steps import InferenceStep
 from node.jobs import JobDirectory
 from node.metrics import NodeMetrics
-from node.sessions import JobSession, SessionTable
+from node.sessions import JobSession, SessionLimits, SessionTable
 from node.store import JobPhase, NodeStore
 from node.train_steps import TrainingStep
 from splitmesh.audit.transcript import encode_transcript
@@ -69,6 +70,8 @@ class NodeService:
         lookups: BoundedWork | None = None,  # chain lookups of jobs not seen yet (node.admission)
         compute: BoundedWork | None = None,  # layer compute (node.admission)
         send_timeout: float = 30.0,  # seconds a relayed frame may wait for a next hop that stops reading
+        session_limits: SessionLimits | None = None,  # how many jobs at once (node.sessions)
+        batching: BatchLimits | None = None,  # steps of concurrent sessions run as one batch (node.batcher)
     ):
         self.address = address
         self.chain_id = chain_id
@@ -85,7 +88,12 @@ class NodeService:
         self.trainer: ShardTrainer | None = None  # answers training steps (node.train_steps); None: refused
         self.accepting = True
         self.table = SessionTable(
-            store=store, directory=directory, metrics=metrics, deadlines=deadlines, release=self._release
+            store=store,
+            directory=directory,
+            metrics=metrics,
+            deadlines=deadlines,
+            release=self._release,
+            limits=session_limits,
         )
         self.gate = StepGate(
             address=address,
@@ -105,11 +113,25 @@ class NodeService:
             send_timeout=send_timeout,
         )
         self._auditors = ExpiringMap(30.0)  # (job, requester) -> may read the transcript
+        self.batcher = StepBatcher(runner, self.gate.compute, batching, metrics.batch_steps.observe)
 
     @property
     def sessions(self) -> dict[int, JobSession]:
         """The open sessions by job id."""
         return self.table.open
+
+    def capacity(self) -> dict[str, float | int]:
+        """What a client reads before it locks escrow (GET /health `capacity`): room for new jobs now, and
+        the compute queue. `free_sessions` 0 means a new job's first step would get 503 `busy`."""
+        compute = self.gate.compute
+        return {
+            "free_sessions": self.table.room() if self.accepting else 0,
+            "max_sessions": self.table.limits.max_sessions,
+            "sessions": len(self.table.open),
+            "queued_steps": compute.waiting,
+            "max_queued_steps": compute.pending,
+            "retry_after": self.table.limits.retry_after,
+        }
 
     # ------------------------------------------------------------------ steps
 
@@ -156,8 +178,9 @@ class NodeService:
 
     def _kind(self, meta: StepMeta) -> StepKind:
         if meta.mode == "infer":
-            runner = self.skip_runner if self.skip_runner is not None else self.runner
-            return InferenceStep(self.gate, runner, self.cheat)
+            if self.skip_runner is not None:  # the skip-layers cheat: its half runner, unbatched
+                return InferenceStep(self.gate, self.skip_runner, self.cheat)
+            return InferenceStep(self.gate, self.runner, self.cheat, self.batcher)
         if self.trainer is None:
             raise StepRejected(
                 501, "training_unsupported", f"node {self.address} does not serve training steps"

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from node.deadlines import JobDeadlines
-from node.errors import StepRejected, conflict, gone
+from node.errors import StepRejected, busy, conflict, gone
 from node.jobs import JobContext, JobDirectory
 from node.metrics import NodeMetrics
 from node.relay import Downstream
@@ -72,6 +72,14 @@ class JobSession:
             self.receipt = receipt
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """How many job sessions the node holds at once (node.config documents the defaults)."""
+
+    max_sessions: int = 64  # open sessions; a new job's first step past it gets 503 `busy`
+    retry_after: float = 2.0  # seconds suggested to a client refused for capacity
+
+
 class SessionTable:
     """The open sessions by job id. All methods run on the event loop."""
 
@@ -83,7 +91,9 @@ class SessionTable:
         metrics: NodeMetrics,
         deadlines: JobDeadlines,
         release: Callable[[str], None],  # frees a job's caches (KV cache, kept training steps)
+        limits: SessionLimits | None = None,
     ):
+        self.limits = limits or SessionLimits()
         self.store = store
         self.directory = directory
         self.metrics = metrics
@@ -179,8 +189,25 @@ class SessionTable:
             f"stops serving {self.deadlines.margin} s before it, to commit what it served; submit a new job",
         )
 
+    def room(self) -> int:
+        """Sessions a new job could still open (what /health advertises as capacity)."""
+        return max(0, self.limits.max_sessions - len(self.open))
+
+    def admit(self, job_id: int) -> None:
+        """Refuse a new job's session when the node is full: a typed 503 `busy` with a retry hint, before
+        anything is stored or looked up (the client releases the job and nobody is slashed)."""
+        if self.room() == 0:
+            self.metrics.sessions_refused_total.inc()
+            raise busy(
+                "busy",
+                f"this node already serves {self.limits.max_sessions} jobs and takes no new one (job "
+                f"{job_id}); retry in {self.limits.retry_after:g} s or on another route",
+                self.limits.retry_after,
+            )
+
     async def _open(self, context: JobContext) -> JobSession:
         job_id = context.job_id
+        self.admit(job_id)
         record = await asyncio.to_thread(self.store.job, job_id)
         if record is None or record.deadline is None:
             deadline = await asyncio.to_thread(self._fetch_deadline, job_id)

@@ -366,6 +366,12 @@ class NodeStore:
             None,
         )
 
+    def wake(self, job_ids: Iterable[int]) -> None:
+        """End the hold of these jobs (the chain moved them): the next duty pass looks at them again."""
+        ids = [str(j) for j in job_ids]
+        for i in range(0, len(ids), 500):  # SQLite's bound on host parameters
+            self._put(_release_holds(ids[i : i + 500]), None)
+
     def set_meta(self, key: str, value: str) -> None:
         """Remember a small value (scan cursor, top-up spent, ...) across restarts."""
         self._call(
@@ -474,6 +480,11 @@ class NodeStore:
             counts[phase] = jobs
             counts["steps"] += steps
         return counts
+
+
+def _release_holds(ids: list[str]) -> _Op:
+    sql = f"UPDATE jobs SET hold_until = NULL WHERE job_id IN ({', '.join('?' * len(ids))})"
+    return lambda c: c.execute(sql, ids)
 
 
 def _keep_best_receipt(c: sqlite3.Connection, key: str, receipt: Receipt, now: float) -> None:

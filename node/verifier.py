@@ -299,8 +299,7 @@ class Verifier:
                 if mismatch is not None:
                     return Judgement(
                         Verdict.FRAUD,
-                        f"step {mismatch}: the node signed a relay of a tensor other than the one it "
-                        "committed",
+                        f"step {mismatch}: the node signed a relay of a tensor it did not commit",
                     )
         audited_dtype = str(steps[0].output.dtype).removeprefix("torch.")
         if steps[0].meta.mode != "infer":

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from web3 import Web3
 
@@ -46,6 +47,40 @@ def add_chain_args(parser: argparse.ArgumentParser, *, rpc_required: bool = Fals
         "--market", help="JobMarket address (env SPLITMESH_MARKET); default: remembered deployment"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+
+
+def add_device_args(parser: argparse.ArgumentParser, *, client: bool) -> None:
+    """--device and --dtype (and the client's --wire-dtype); see splitmesh.model.device."""
+    who = "the client's own layers" if client else "this node's layers and KV caches"
+    parser.add_argument(
+        "--device",
+        help=f"where {who} run: cpu (default), cuda, cuda:N or mps; an absent device is an error, "
+        "never a silent CPU fall-back" + ("" if client else " (env SPLITMESH_NODE_DEVICE)"),
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        help="compute dtype; auto (default) = bfloat16 on cuda/mps, float32 on cpu"
+        + (
+            ""
+            if client
+            else ". It is also the dtype of the frames this node accepts and sends: its clients send it "
+            "(env SPLITMESH_NODE_DTYPE)"
+        ),
+    )
+    if client:
+        parser.add_argument(
+            "--wire-dtype",
+            choices=["float32", "bfloat16"],
+            help="dtype of the frames sent to the route: its nodes' --dtype (default: --dtype's; a bf16 "
+            "client on a GPU talking to float32 CPU nodes needs --wire-dtype float32)",
+        )
+
+
+def device_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Client keyword arguments of add_device_args' flags that were given."""
+    names = ("device", "dtype", "wire_dtype")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def add_deploy_args(parser: argparse.ArgumentParser) -> None:

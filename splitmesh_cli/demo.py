@@ -36,6 +36,7 @@ from splitmesh_cli.demo_settle import (
     await_commitments,
     compare_with_reference,
     result_of,
+    serve,
     settle,
     show_indexed_job,
     show_payments,
@@ -97,8 +98,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--serve",
         action="store_true",
-        help="at the end, keep the chain, the nodes and the coordinator running and print the explorer's "
-        "URL; Ctrl-C stops them",
+        help="at the end, keep the chain, the nodes and the coordinator running, start the OpenAI-compatible "
+        "gateway over them, and print the explorer's URL and the `openai` snippet; Ctrl-C stops them all",
+    )
+    p.add_argument(
+        "--gateway-port", type=int, default=8000, help="--serve's gateway port (default 8000, else any)"
     )
     p.add_argument(
         "--explorer-port", type=int, default=8700, help="coordinator/explorer port (default 8700, else any)"
@@ -139,6 +143,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         final, payments = show_payments(demo, running.market, generation.receipt, settlement)
         reference = compare_with_reference(demo, generation)
         indexed = show_indexed_job(demo, coordinator, generation.receipt.job_id)
+        if args.serve:
+            serve(demo, client, coordinator, generation.receipt.job_id)
         out.step(
             "stopping the nodes and the local chain"
             if session.local is not None

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from splitmesh.chain import JobState, JobStatus, Marketplace
-from splitmesh.chain.launcher import advance_time
+from splitmesh.chain.launcher import advance_time, free_port, port_is_free
 from splitmesh.errors import SplitmeshError
 from splitmesh.paths import state_dir
 from splitmesh_cli.demo_audit import await_sampling, follow_audit
@@ -198,34 +196,39 @@ def _decode(model_dir: str, tokens: list[int]) -> str | None:
 
 
 def show_indexed_job(demo: DemoRun, coordinator: CoordinatorProcess, job_id: int) -> dict[str, Any]:
-    """The job as the coordinator indexed it; with --serve, keep everything running until Ctrl-C."""
+    """The job as the coordinator indexed it."""
     out = demo.out
     out.step(f"the job as the coordinator indexed it (`splitmesh jobs show {job_id}`)")
     coordinator.wait_synced(demo.session.w3.eth.block_number)
     indexed = coordinator.get(f"/api/jobs/{job_id}")
     if not demo.args.json:
         print_job(indexed)
-    if demo.args.serve:
-        out.step(f"explorer: {coordinator.url}/#/jobs/{job_id}")
-        out.info("    the chain, the nodes and the coordinator keep running; Ctrl-C stops them")
-        _serve_forever()
-    else:
+    if not demo.args.serve:
         out.info(
-            "\n    explorer: `make demo ARGS=--serve` (or `splitmesh demo --serve`) keeps it open at "
-            f"{coordinator.url}/; for a running chain: `splitmesh coordinator run --rpc-url URL`"
+            "\n    explorer and OpenAI-compatible gateway: `make demo ARGS=--serve` (or `splitmesh demo "
+            f"--serve`) keeps them open at {coordinator.url}/; for a running chain: `splitmesh coordinator "
+            "run --rpc-url URL` and `splitmesh gateway --rpc-url URL`"
         )
     return indexed
 
 
-def _serve_forever() -> None:
-    """Block until Ctrl-C or SIGTERM; the caller's cleanup then stops the nodes, coordinator and chain."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stop.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def serve(demo: DemoRun, client: Client, coordinator: CoordinatorProcess, job_id: int) -> None:
+    """--serve: the explorer, and the OpenAI-compatible gateway over the demo's client, until Ctrl-C or
+    SIGTERM; the caller's cleanup then stops the nodes, the coordinator and the chain."""
+    from client_sdk.openai_api import EndpointConfig
+    from splitmesh_cli.openai_cmd import serve_gateway
+
+    out, args = demo.out, demo.args
+    out.step(f"explorer: {coordinator.url}/#/jobs/{job_id}")
+    port = args.gateway_port if port_is_free(args.gateway_port) else free_port()
+    config = EndpointConfig(default_epsilon=args.epsilon, default_max_tokens=args.max_new_tokens)
+
+    def say(text: str) -> None:
+        out.step("OpenAI-compatible gateway (`splitmesh gateway`) over this marketplace, with the demo's key")
+        out.info(text)
+        out.info("    the chain, the nodes, the coordinator and the gateway keep running; Ctrl-C stops them")
+
+    serve_gateway([client], config, "127.0.0.1", port, say)  # returns on Ctrl-C / SIGTERM
 
 
 def result_of(

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from splitmesh.errors import ConfigError, SplitmeshError
-from splitmesh_cli.common import add_chain_args, settings_from
+from splitmesh_cli.common import add_chain_args, add_device_args, device_options, settings_from
 from splitmesh_cli.output import Output, eth
 
 EPSILON_HELP = (
@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument(
             "--max-price", type=int, help="wei per token per hop (default: the highest in the pools)"
         )
+        add_device_args(p, client=True)
         add_chain_args(p, rpc_required=True)
     gen.set_defaults(func=cmd_generate)
     chat.set_defaults(func=cmd_chat)
@@ -59,16 +60,18 @@ def parse_epsilon(text: str) -> float:
 def client_from(args: argparse.Namespace) -> Any:
     from client_sdk import Client
     from splitmesh.chain import rpc_chain_id
+    from splitmesh.model.device import resolve_device
     from splitmesh_cli.keys import DEV_CHAIN_IDS
     from splitmesh_cli.localnet import CLIENT_KEY
 
+    resolve_device(getattr(args, "device", None))  # an absent GPU: refused before any chain call
     settings = settings_from(args)
     key = settings.private_key
     if key is None:
         if rpc_chain_id(str(settings.rpc_url)) not in DEV_CHAIN_IDS:
             raise ConfigError("pass the client's key with --keystore FILE (see `splitmesh account new`)")
         key = CLIENT_KEY  # a dev chain: the harness's client account
-    return Client(str(settings.rpc_url), key, args.model, market=settings.market)
+    return Client(str(settings.rpc_url), key, args.model, market=settings.market, **device_options(args))
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

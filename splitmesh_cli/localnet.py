@@ -3,11 +3,13 @@ a model registered with a client split plan, and one real `splitmesh node run` p
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eth_account import Account
 from web3 import Web3
 
 from splitmesh.chain import (
@@ -96,6 +98,15 @@ class RunningMarket:
         self.nodes[shard - 1] = new
         return new
 
+    def funded_keys(self, count: int, eth: float = 10.0) -> list[str]:
+        """`count` fresh client keys (CSPRNG), each funded with `eth` by the deployer's dev account: for
+        runs with more separate clients than the dev accounts have to spare."""
+        funder = Sender(self.w3, HARDHAT_DEV_KEYS[0])
+        keys = ["0x" + secrets.token_hex(32) for _ in range(count)]
+        for key in keys:
+            funder.send_value(Account.from_key(key).address, int(eth * 10**18))
+        return keys
+
     def wait_status(self, job_id: int, wanted: JobStatus, timeout: float = 60.0) -> None:
         wait_until(
             lambda: self.market.get_job(job_id).status == wanted,
@@ -152,6 +163,7 @@ def start_market(
     nodes: int = 3,
     threads: int = 1,
     customize: Callable[[NodeSpec], NodeSpec] | None = None,  # e.g. a port and a --public-url per node
+    node_env: dict[str, str] | None = None,  # SPLITMESH_NODE_* settings of every node process
 ) -> RunningMarket:
     """Start chain, deploy, register `model` (default SmolLM2) and start `nodes` node processes, each with
     `threads` torch threads."""
@@ -177,6 +189,7 @@ def start_market(
             threads=threads,
         )
         specs = [running.spec(s) for s in range(1, nodes + 1)]
+        specs = [replace(spec, env={**spec.env, **(node_env or {})}) for spec in specs]
         running.start_nodes([customize(s) for s in specs] if customize else specs)
         return running
     except BaseException:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from splitmesh.errors import ConfigError
-from splitmesh_cli.common import settings_from
+from splitmesh_cli.common import add_device_args, settings_from
 from splitmesh_cli.keys import add_key_args
 
 ETHER = 10**18
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
     p.add_argument("--public-url", help="endpoint announced on-chain (default https://HOST:PORT)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+    add_device_args(p, client=False)
     p.add_argument(
         "--state-dir", type=Path, help="folder of the node's SQLite state (default $SPLITMESH_HOME/nodes)"
     )
@@ -119,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         model=args.model,
         shard=args.shard,
         model_id=args.model_id,
+        device=args.device,
         dtype=args.dtype,
         host=args.host,
         port=args.port,
@@ -137,6 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         verify=False if args.no_verify else None,
         cheat=args.cheat,
     )
+
+    from splitmesh.model.device import resolve_device
+
+    resolve_device(config.device)  # an absent GPU: refused before anything is staked or loaded
 
     def ready(info: dict[str, Any]) -> None:
         line = json.dumps(info)

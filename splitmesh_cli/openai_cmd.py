@@ -6,7 +6,9 @@ request as a paid private job through the client SDK: the embeddings and first l
 DP noise at the request's epsilon (`extra_body={"splitmesh": {"epsilon": 8}}`, default --epsilon), the
 rest on the route of staked nodes. Responses carry usage and a `splitmesh` object (job id, cost, privacy).
 
-Each client key runs one job at a time: --extra-keystore adds keys (same password) for jobs at once.
+Requests run at once: each is its own on-chain job, up to --jobs-per-key per client key (one Client
+signs for them; its nonces come from one lock, so concurrent submits never collide). --extra-keystore adds
+keys (same password) for more.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from splitmesh.errors import ConfigError
-from splitmesh_cli.common import add_chain_args
+from splitmesh_cli.common import add_chain_args, add_device_args, device_options
 from splitmesh_cli.generate_cmd import EPSILON_HELP, client_from, parse_epsilon
 
 API_KEY_ENV = "SPLITMESH_OPENAI_API_KEY"
@@ -58,15 +61,21 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
         "--default-max-tokens", type=int, default=256, help="new tokens when a chat request sets no limit"
     )
     serve.add_argument(
-        "--max-waiting", type=int, default=16, help="requests that may queue for a key; more get a 503"
+        "--jobs-per-key",
+        type=int,
+        help="requests one client key runs at once (default: EndpointConfig.jobs_per_key, 8)",
+    )
+    serve.add_argument(
+        "--max-waiting", type=int, default=16, help="requests that may wait for a free slot; more get a 503"
     )
     serve.add_argument(
         "--extra-keystore",
         type=Path,
         action="append",
         default=[],
-        help="another client keystore (same password): one more job at a time (repeatable)",
+        help="another client keystore (same password): --jobs-per-key more jobs at once (repeatable)",
     )
+    add_device_args(serve, client=True)
     add_chain_args(serve, rpc_required=True)
     serve.set_defaults(func=cmd_serve)
 
@@ -96,16 +105,16 @@ def _clients(args: argparse.Namespace) -> list[Any]:
         password = read_password(args.password_file)
         for path in args.extra_keystore:
             key = decrypt_keystore(path, password)
-            clients.append(Client(str(settings.rpc_url), key, args.model, market=settings.market))
+            clients.append(
+                Client(str(settings.rpc_url), key, args.model, market=settings.market, **device_options(args))
+            )
     if len({c.address for c in clients}) != len(clients):
-        raise ConfigError("each key of the endpoint must be different (one job at a time per key)")
+        raise ConfigError("each key of the endpoint must be different (one Sender, one nonce lock per key)")
     return clients
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from client_sdk.openai_api import MODEL_NAME, EndpointConfig, create_app
+    from client_sdk.openai_api import EndpointConfig
 
     api_key = _api_key(args)
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -115,20 +124,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         default_epsilon=args.epsilon,
         default_max_tokens=args.default_max_tokens,
         max_waiting=args.max_waiting,
+        **({} if args.jobs_per_key is None else {"jobs_per_key": args.jobs_per_key}),
         api_key=api_key,
     )
-    clients = _clients(args)
-    app = create_app(clients, config)
-    base = f"http://{args.host}:{args.port}/v1"
-    print(
-        f"OpenAI-compatible endpoint on {base} (model {app[MODEL_NAME]!r}, {len(clients)} key(s), "
-        f"default epsilon {args.epsilon})\n"
-        f"  from openai import OpenAI\n"
-        f"  client = OpenAI(base_url={base!r}, api_key={'KEY' if api_key else 'unused'!r})\n"
-        f"  client.chat.completions.create(model={app[MODEL_NAME]!r}, "
-        'messages=[{"role": "user", "content": "Hi"}])',
-        file=sys.stderr,
-        flush=True,
-    )
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    serve_gateway(_clients(args), config, args.host, args.port, lambda text: print(text, file=sys.stderr))
     return 0
+
+
+def serve_gateway(clients: list[Any], config: Any, host: str, port: int, say: Callable[[str], None]) -> None:
+    """Serve the endpoint over `clients` (an EndpointConfig) until Ctrl-C or SIGTERM; `say` gets the
+    `openai` snippet that uses it once the socket listens."""
+    from aiohttp import web
+
+    from client_sdk.openai_api import MODEL_NAME, create_app
+
+    app = create_app(clients, config)
+    base = f"http://{host}:{port}/v1"
+    text = (
+        f"OpenAI-compatible endpoint on {base} (model {app[MODEL_NAME]!r}, {len(clients)} key(s), "
+        f"default epsilon {config.default_epsilon})\n"
+        + snippet(base, app[MODEL_NAME], "KEY" if config.api_key else "unused")
+    )
+    # run_app calls `print` once its sites listen: the snippet is printed when it already works.
+    web.run_app(app, host=host, port=port, print=lambda _: say(text), access_log=None)
+
+
+def snippet(base_url: str, model: str, api_key: str) -> str:
+    """The Python lines that call the endpoint with the official `openai` package."""
+    return (
+        "  from openai import OpenAI\n"
+        f"  client = OpenAI(base_url={base_url!r}, api_key={api_key!r})\n"
+        f"  reply = client.chat.completions.create(model={model!r}, "
+        'messages=[{"role": "user", "content": "Hi"}])\n'
+        "  print(reply.choices[0].message.content)"
+    )

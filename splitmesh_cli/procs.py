@@ -46,6 +46,9 @@ class NodeSpec:
     threads: int = 1
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Command the node runs under, e.g. ["ip", "netns", "exec", NS] to serve from another network
+    # namespace (with --host/--public-url in extra_args); empty = this machine's loopback.
+    prefix: list[str] = field(default_factory=list)
 
 
 class NodeProcess:
@@ -73,7 +76,7 @@ class NodeProcess:
 
     def command(self) -> list[str]:
         s = self.spec
-        cmd = [sys.executable, "-m", "splitmesh_cli.main", "node", "run"]
+        cmd = [*s.prefix, sys.executable, "-m", "splitmesh_cli.main", "node", "run"]
         cmd += ["--shard", str(s.shard), "--rpc-url", s.rpc_url, "--market", s.market]
         cmd += ["--stake", repr(s.stake_eth), "--price", str(s.price_wei), "--port", str(s.port)]
         cmd += ["--dtype", s.dtype, "--duty-interval", repr(s.duty_interval), "--threads", str(s.threads)]

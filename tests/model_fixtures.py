@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
@@ -38,3 +39,28 @@ def tiny_gpt2_config(**overrides: object) -> GPT2Config:
     )
     values.update(overrides)
     return GPT2Config(**values)
+
+
+def save_tiny_chat_model(path: Path, layers: int = 6) -> Path:
+    """A tiny random Llama with SmolLM2's vocabulary and tokenizer files (prompts become real token ids)."""
+    import shutil
+
+    from splitmesh.paths import models_dir
+
+    save_random_model(tiny_llama_config(vocab_size=49152, num_hidden_layers=layers), path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(models_dir() / "SmolLM2-135M-Instruct" / name, path / name)
+    return path
+
+
+def greedy_tokens(model: Any, prompt_ids: list[int], new_tokens: int, eos: set[int]) -> list[int]:
+    """The unsplit model's greedy continuation of `prompt_ids` (up to and including an eos token)."""
+    ids, out = list(prompt_ids), []
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            out.append(token)
+            if token in eos:
+                break
+            ids.append(token)
+    return out

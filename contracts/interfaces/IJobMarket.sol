@@ -104,6 +104,14 @@ interface IJobMarketErrors {
     /// @notice The job was not drawn for a sampled audit.
     /// @param jobId The job.
     error NotSampled(uint256 jobId);
+    /// @notice Only the job's client may release it.
+    /// @param jobId The job.
+    /// @param caller Who called.
+    error NotJobClient(uint256 jobId, address caller);
+    /// @notice The job cannot be released: a client receipt is already on-chain (a step was served).
+    /// @param jobId The job.
+    /// @param billedTokens Tokens billed by the receipt on-chain.
+    error JobAlreadyServed(uint256 jobId, uint32 billedTokens);
 }
 
 /// @title JobMarket: escrowed jobs, on-chain matching, commitments, challenge window, payment
@@ -143,7 +151,8 @@ interface IJobMarket is IJobMarketErrors {
     /// @param paid Total wei credited to nodes.
     /// @param refund Wei returned to the client.
     event JobFinalized(uint256 indexed jobId, uint32 billedTokens, uint256 paid, uint256 refund);
-    /// @notice The job was cancelled after its commit deadline; nodes that did not commit were slashed.
+    /// @notice The job was cancelled after its commit deadline; nodes that did not commit were slashed
+    /// (unless the client released the job: then `slashed` is 0).
     /// @param jobId The job.
     /// @param missingMask Route positions that never committed.
     /// @param paid Wei credited to the nodes that committed.
@@ -151,6 +160,10 @@ interface IJobMarket is IJobMarketErrors {
     /// profits from a missed commit; at most what the job offered the hop).
     /// @param refund Wei returned to the client (the escrow minus `paid`).
     event JobCancelled(uint256 indexed jobId, uint8 missingMask, uint256 paid, uint256 slashed, uint256 refund);
+    /// @notice The client declared that it never signed a step of this job (a route node refused its first
+    /// step, or the route was full): if the job is cancelled, no hop is slashed for a missing commit.
+    /// @param jobId The job.
+    event JobReleased(uint256 indexed jobId);
     /// @notice The job was disputed: held by the auditor, or disputed automatically by its last commit
     /// (mismatched commitments or a sampled audit). It cannot be finalized until the auditor resolves it or
     /// the dispute times out; the dispute timeout runs from this block's timestamp.
@@ -310,6 +323,21 @@ interface IJobMarket is IJobMarketErrors {
     /// @param jobId The job.
     /// @param terms The job's terms.
     function cancel(uint256 jobId, bytes calldata terms) external;
+
+    /// @notice The client declares it never signed a step of this Open job (its first step was refused, or
+    /// the route was full): a cancel after the commit deadline then slashes no hop for a missing commit.
+    /// Without a signed step no node could have served, so none can be blamed. The job still runs to its
+    /// commit deadline: a node holding a signed receipt can still commit it and is paid as usual, so a
+    /// client that lies gets nothing back it owes. The release only ever spares nodes (a later receipt,
+    /// checkpointed by the client itself, cannot turn it into a slash of nodes that trusted it).
+    /// @param jobId The job.
+    /// @param terms The job's terms.
+    function releaseJob(uint256 jobId, bytes calldata terms) external;
+
+    /// @notice Whether the client released the job (see releaseJob); false again once it is cancelled.
+    /// @param jobId The job.
+    /// @return released True while the release is recorded.
+    function isReleased(uint256 jobId) external view returns (bool released);
 
     /// @notice Auditor hook: hold a committed job within its challenge window, or restart the dispute
     /// timeout of a disputed job (the AuditCourt does so when it opens the audit, so resolving always has

@@ -1,4 +1,4 @@
-"""JobMarket events: submission, commitments, disputes, checkpoints, challenges, payment, cancel."""
+"""JobMarket events: submission, commitments, disputes, checkpoints, challenges, payment, release, cancel."""
 
 from __future__ import annotations
 
@@ -209,6 +209,13 @@ def _finalized(conn: sqlite3.Connection, log: LogRecord) -> None:
         closed_block=log.block,
         closed_tx=log.tx_hash,
     )
+
+
+@on("JobMarket", "JobReleased")
+def _released(conn: sqlite3.Connection, log: LogRecord) -> None:
+    # The client signed no step: a cancel without a receipt on-chain slashes nobody (JobCancelled says so).
+    if job_row(conn, int(log.args["jobId"])) is not None:
+        touch_job(conn, log, released=1)
 
 
 @on("JobMarket", "JobCancelled")

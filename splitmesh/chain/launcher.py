@@ -79,6 +79,9 @@ class LocalChain:
 
     port: int = 0  # 0 = pick a free port
     host: str = "127.0.0.1"
+    # Command the node runs under, e.g. ("ip", "netns", "exec", NS) for a chain on another network
+    # namespace's address (the port must then be given: it cannot be probed from here).
+    prefix: tuple[str, ...] = ()
     startup_timeout: float = 60.0  # seconds to wait for eth_chainId to answer
     log_path: Path | None = None  # where the node's stdout/stderr go (default: discarded)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -95,11 +98,14 @@ class LocalChain:
     def start(self) -> LocalChain:
         if self._process is not None:
             return self
+        if self.prefix and self.port == 0:
+            raise ConfigError("a chain started under a command prefix needs an explicit port")
         if self.port == 0:
             self.port = free_port(self.host)
-        elif not port_is_free(self.port, self.host):
+        elif not self.prefix and not port_is_free(self.port, self.host):
             raise ConfigError(f"port {self.port} on {self.host} is in use; pick another with --port")
         cmd = ["node", str(hardhat_cli()), "node", "--hostname", self.host, "--port", str(self.port)]
+        cmd = [*self.prefix, *cmd]
         stdout: int | IO[bytes] = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -226,6 +226,15 @@ class Marketplace:
         fn = self.job_market.functions.cancel(job_id, packed_terms)
         return sender.transact(fn, label=f"cancel {job_id}")
 
+    def release_job(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
+        """Client only, on an Open job with no receipt on-chain: declare that no step was signed, so a
+        cancel after the commit deadline slashes nobody (JobMarket.releaseJob)."""
+        fn = self.job_market.functions.releaseJob(job_id, packed_terms)
+        return sender.transact(fn, label=f"releaseJob {job_id}")
+
+    def is_released(self, job_id: int) -> bool:
+        return bool(call_view(self.job_market.functions.isReleased(job_id), "JobMarket"))
+
     def hold_for_audit(self, sender: Sender, job_id: int, packed_terms: bytes) -> TxResult:
         fn = self.job_market.functions.holdForAudit(job_id, packed_terms)
         return sender.transact(fn, label="holdForAudit")
@@ -540,6 +549,21 @@ class Marketplace:
                 argument_filters=filters or None,
             )
         )
+
+    def market_events(self, names: Sequence[str], from_block: int, to_block: int) -> list[Any]:
+        """Decoded JobMarket logs of several events in one eth_getLogs (topic 0 any of `names`), oldest
+        first; each has `event` (its name) and `args`. A duty pass reads every change of its jobs this way."""
+        events = [getattr(self.job_market.events, name) for name in names]
+        topics = {str(e.topic).lower(): e for e in events}
+        logs = self.w3.eth.get_logs(
+            {
+                "address": self.job_market.address,
+                "fromBlock": from_block,
+                "toBlock": to_block,
+                "topics": [list(topics)],
+            }
+        )
+        return [topics["0x" + bytes(log["topics"][0]).hex()]().process_log(log) for log in logs]
 
     def decode_receipt_events(self, receipt: Any) -> list[tuple[str, dict[str, Any]]]:
         """Every splitmesh event in a transaction receipt as (name, args)."""

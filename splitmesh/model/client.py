@@ -8,6 +8,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache
 
+from splitmesh.model.device import resolve_device, to_device
 from splitmesh.model.loader import ModelSpec
 from splitmesh.model.stack import LayerStack
 
@@ -40,12 +41,23 @@ class ClientModel(nn.Module):
         self.eval().requires_grad_(False)
 
     @classmethod
-    def load(cls, model: str | None, split: int, dtype: str | torch.dtype = "float32") -> ClientModel:
-        return cls(ModelSpec.open(model, dtype), split)
+    def load(
+        cls,
+        model: str | None,
+        split: int,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device | None = None,  # None = cpu; see splitmesh.model.device
+    ) -> ClientModel:
+        return cls(ModelSpec.open(model, dtype), split).to(resolve_device(device))
 
     @property
     def dtype(self) -> torch.dtype:
         return self.spec.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the client's layers run; token ids and replies from the wire are moved there."""
+        return self.lm_head_weight.device
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
@@ -53,7 +65,7 @@ class ClientModel(nn.Module):
     def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [batch, q] -> the embedding module's vectors [batch, q, hidden] (the unsplit model's
         `inputs_embeds`; scaled embeddings such as Gemma's scale here)."""
-        return self.embeddings[self.spec.arch.embed[0]](input_ids)
+        return self.embeddings[self.spec.arch.embed[0]](to_device(input_ids, self.device))
 
     def layer_input(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """What the base model does to `inputs_embeds` before layer 0 (a multiplier, GPT-2's positions)."""
@@ -61,7 +73,7 @@ class ClientModel(nn.Module):
         if self.embedding_multiplier is not None:
             hidden = hidden * self.embedding_multiplier
         if self.spec.arch.family == "gpt2":
-            hidden = hidden + self.embeddings["wpe"](position_ids)
+            hidden = hidden + self.embeddings["wpe"](to_device(position_ids, self.device))
         return hidden
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -75,7 +87,9 @@ class ClientModel(nn.Module):
         return self.stack(self.embed(input_ids, position_ids), position_ids, cache)
 
     def tail(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden states of the last layer [batch, q, hidden] -> logits [batch, q, vocab]."""
+        """Hidden states of the last layer [batch, q, hidden] (a reply from the wire: on the CPU, in the wire
+        dtype) -> logits [batch, q, vocab] on the client's device."""
+        hidden = to_device(hidden, self.device, self.dtype)
         logits = nn.functional.linear(self.norm(hidden), self.lm_head_weight)
         if self.logits_divisor is not None:
             logits = logits / self.logits_divisor

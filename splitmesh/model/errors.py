@@ -38,3 +38,7 @@ class CacheFull(ModelError, MemoryError):
 
 class BadHiddenStates(ModelError, ValueError):
     """Hidden states have the wrong shape or dtype for this shard."""
+
+
+class DeviceUnavailable(ModelError, ValueError):
+    """The requested device (cuda, mps) is not present on this machine; use --device cpu."""

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache
 
-from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, UnknownSession
+from splitmesh.model.batching import can_batch, forward_batched
+from splitmesh.model.device import resolve_device, to_device, to_wire
+from splitmesh.model.errors import BadHiddenStates, BadPositions, CacheFull, ModelError, UnknownSession
 from splitmesh.model.loader import ModelSpec
 from splitmesh.model.stack import LayerStack
 
@@ -29,6 +31,15 @@ class RunnerLimits:
     max_step_tokens: int = 4096  # tokens in one forward call (prefill chunk)
 
 
+@dataclass(frozen=True)
+class StepInput:
+    """One session's step: hidden [1, q, hidden] at positions [q]."""
+
+    session_id: str
+    hidden: torch.Tensor
+    positions: torch.Tensor
+
+
 @dataclass
 class Session:
     session_id: str
@@ -41,13 +52,23 @@ class Session:
 class ShardRunner:
     """Runs layers [start, end) for many sessions. Thread-safe: one forward at a time per runner."""
 
-    def __init__(self, spec: ModelSpec, start: int, end: int, limits: RunnerLimits | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        start: int,
+        end: int,
+        limits: RunnerLimits | None = None,
+        device: str | torch.device | None = None,  # None = cpu; see splitmesh.model.device
+    ):
         self.spec = spec
-        self.stack: LayerStack = spec.build_stack(start, end)
+        self.device = resolve_device(device)
+        # Hidden states come and go as CPU tensors (frames); only the layers and KV caches live on the device.
+        self.stack: LayerStack = spec.build_stack(start, end).to(self.device)
         self.limits = limits or RunnerLimits()
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self.cache_bytes = 0
+        self.batchable = can_batch(self.stack)  # False: sessions' steps run one by one (same results)
         cfg = spec.config
         heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
@@ -63,8 +84,9 @@ class ShardRunner:
         end: int,
         dtype: str | torch.dtype = "float32",
         limits: RunnerLimits | None = None,
+        device: str | torch.device | None = None,
     ) -> ShardRunner:
-        return cls(ModelSpec.open(model, dtype), start, end, limits)
+        return cls(ModelSpec.open(model, dtype), start, end, limits, device)
 
     @property
     def start(self) -> int:
@@ -146,33 +168,81 @@ class ShardRunner:
         The first call opens the session (positions must start at 0); each later call must continue
         exactly where the previous one ended, so a prefill may be split into chunks.
         """
-        q = self._check(hidden, positions)
+        (result,) = self.forward_many([StepInput(session_id, hidden, positions)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def forward_many(self, steps: list[StepInput]) -> list[torch.Tensor | ModelError]:
+        """One step for each of several sessions: steps of the same length run as one batch through the
+        layers (splitmesh.model.batching), a lone step as `forward` always did. Each step gets its own
+        output, or the error that refused it (bad shape or positions, cache full) without failing others.
+        """
+        results: list[torch.Tensor | ModelError | None] = [None] * len(steps)
         with self._lock:
-            session = self._sessions.get(session_id)
-            past = 0 if session is None else session.length
-            expected = torch.arange(past, past + q, dtype=positions.dtype)
-            if not torch.equal(positions, expected):
-                raise BadPositions(
-                    f"session {session_id!r} holds {past} tokens: positions must be {past}..{past + q - 1}"
-                )
-            growth = q * self.bytes_per_token
-            if self.cache_bytes + growth > self.limits.max_cache_bytes:
-                raise CacheFull(
-                    f"KV cache budget of {self.limits.max_cache_bytes} bytes is used up "
-                    f"({self.cache_bytes} in {len(self._sessions)} sessions); retry later"
-                )
-            if session is None:
-                if len(self._sessions) >= self.limits.max_sessions:
-                    raise CacheFull(f"this runner already serves {self.limits.max_sessions} sessions")
-                session = Session(session_id, DynamicCache(config=self.spec.config))
-                self._sessions[session_id] = session
+            admitted: dict[int, list[tuple[int, Session, int]]] = {}  # q -> [(index, session, past)]
+            seen: set[str] = set()
+            reserved = 0  # cache bytes the admitted steps will add
+            for index, step in enumerate(steps):
+                try:
+                    if step.session_id in seen:
+                        raise BadPositions(f"session {step.session_id!r} has two steps in one batch")
+                    q = self._check(step.hidden, step.positions)
+                    session, past = self._admit(step.session_id, step.positions, q, reserved)
+                except (BadHiddenStates, BadPositions, CacheFull) as exc:
+                    results[index] = exc
+                    continue
+                seen.add(step.session_id)
+                reserved += q * self.bytes_per_token
+                admitted.setdefault(q, []).append((index, session, past))
+            for q, group in admitted.items():
+                outputs = self._run(group, [steps[i].hidden for i, _, _ in group])
+                for (index, session, _), out in zip(group, outputs, strict=True):
+                    growth = q * self.bytes_per_token
+                    session.length += q
+                    session.cache_bytes += growth
+                    session.last_used = time.monotonic()
+                    self.cache_bytes += growth
+                    results[index] = out
+        return [r for r in results if r is not None]
+
+    def _admit(self, session_id: str, positions: torch.Tensor, q: int, reserved: int) -> tuple[Session, int]:
+        """The session a step of q tokens at `positions` continues (opened if new) and its length;
+        `reserved`: cache bytes the steps admitted before it in the same batch will add."""
+        session = self._sessions.get(session_id)
+        past = 0 if session is None else session.length
+        expected = torch.arange(past, past + q, dtype=positions.dtype)
+        if not torch.equal(positions, expected):
+            raise BadPositions(
+                f"session {session_id!r} holds {past} tokens: positions must be {past}..{past + q - 1}"
+            )
+        growth = q * self.bytes_per_token
+        if self.cache_bytes + reserved + growth > self.limits.max_cache_bytes:
+            raise CacheFull(
+                f"KV cache budget of {self.limits.max_cache_bytes} bytes is used up "
+                f"({self.cache_bytes} in {len(self._sessions)} sessions); retry later"
+            )
+        if session is None:
+            if len(self._sessions) >= self.limits.max_sessions:
+                raise CacheFull(f"this runner already serves {self.limits.max_sessions} sessions")
+            session = Session(session_id, DynamicCache(config=self.spec.config))
+            self._sessions[session_id] = session
+        return session, past
+
+    def _run(self, group: list[tuple[int, Session, int]], hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Outputs of one step per session, all q tokens long: one batch, or one by one if unbatchable."""
+        if len(group) > 1 and self.batchable:
+            caches = [session.cache for _, session, _ in group]
+            return [
+                to_wire(o)
+                for o in forward_batched(self.stack, caches, [past for _, _, past in group], hidden)
+            ]
+        outputs = []
+        for (_, session, past), h in zip(group, hidden, strict=True):
+            positions = torch.arange(past, past + int(h.shape[1])).unsqueeze(0)
             with torch.inference_mode():
-                out = self.stack(hidden, positions.unsqueeze(0), session.cache)
-            session.length += q
-            session.cache_bytes += growth
-            session.last_used = time.monotonic()
-            self.cache_bytes += growth
-            return out
+                outputs.append(to_wire(self.stack(h, positions, session.cache)))
+        return outputs
 
     def backward(
         self, hidden: torch.Tensor, positions: torch.Tensor, grad_output: torch.Tensor
@@ -190,5 +260,5 @@ class ShardRunner:
         x = hidden.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = self.stack(x, positions.unsqueeze(0), None)
-            (grad,) = torch.autograd.grad(out, x, grad_outputs=grad_output)
-        return grad.detach()
+            (grad,) = torch.autograd.grad(out, x, grad_outputs=to_device(grad_output, out.device))
+        return to_wire(grad)

@@ -11,6 +11,7 @@ from transformers.cache_utils import Cache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from splitmesh.model.arch import Arch
+from splitmesh.model.device import to_device
 
 
 class LayerStack(nn.Module):
@@ -65,13 +66,30 @@ class LayerStack(nn.Module):
         shared = self.rotary(hidden, position_ids=position_ids)
         return dict.fromkeys(set(self._layer_types), shared)
 
+    @property
+    def layer_types(self) -> list[str]:
+        """Each layer's attention kind ("full_attention" / "sliding_attention"), in order."""
+        return list(self._layer_types)
+
     def forward(
-        self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: Cache | None = None
+        self,
+        hidden: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Cache | Any | None = None,
+        masks: dict[str, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """hidden [batch, q, hidden_size], position_ids [batch, q] -> hidden [batch, q, hidden_size]."""
+        """hidden [batch, q, hidden_size], position_ids [batch, q] -> hidden [batch, q, hidden_size], on the
+        device of these layers (inputs from the wire arrive on the CPU: they are moved there first).
+
+        `masks` (one per attention kind) replaces the masks built from `cache`: a batch of sessions
+        (splitmesh.model.batching) passes its own, with a cache stand-in that transformers cannot size.
+        """
         if not len(self.layers):
             return hidden
-        masks = self._masks(hidden, position_ids, cache)
+        device = self.device
+        hidden, position_ids = to_device(hidden, device), to_device(position_ids, device)
+        if masks is None:
+            masks = self._masks(hidden, position_ids, cache)
         use_cache = cache is not None
         if self.arch.family == "llama":
             position_embeddings = self._rotary(hidden, position_ids)
@@ -88,6 +106,12 @@ class LayerStack(nn.Module):
             for layer, kind in zip(self.layers, self._layer_types, strict=True):
                 hidden = layer(hidden, cache, masks[kind], use_cache=use_cache, position_ids=position_ids)
         return hidden
+
+    @property
+    def device(self) -> torch.device:
+        """Where the layers' weights are (module.to(device) moved them there); cpu for no layers."""
+        first = next(self.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

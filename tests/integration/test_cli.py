@@ -198,18 +198,21 @@ def test_train_on_its_own_marketplace_prints_the_losses_the_job_and_the_payments
     assert "training" in result.stderr  # the progress bar
 
 
-def test_demo_serve_keeps_the_explorer_up_until_sigterm_then_stops_everything(tiny_model: Path) -> None:
+def test_demo_serve_keeps_the_explorer_and_the_gateway_up_until_ctrl_c_then_stops_everything(
+    tiny_model: Path,
+) -> None:
     import re
     import signal
     import time
     import urllib.request
 
-    port = free_port()
+    import openai
+
+    port, gateway_port = free_port(), free_port()
     args = ["--model", str(tiny_model), "--nodes", "2", "--split", "2", "--max-new-tokens", "3"]
     cmd = [sys.executable, "-m", "splitmesh_cli.main", "demo", "--serve", "--no-reference", *args]
-    proc = subprocess.Popen(
-        [*cmd, "--explorer-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    cmd += ["--explorer-port", str(port), "--gateway-port", str(gateway_port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -217,21 +220,40 @@ def test_demo_serve_keeps_the_explorer_up_until_sigterm_then_stops_everything(ti
             lines.append(line)
             if "keep running" in line:
                 break
-        url = next(
-            re.search(r"explorer: (http://\S+)/#/jobs/(\d+)", x) for x in lines if "explorer: http" in x
-        )
-        assert url is not None, "".join(lines)
-        base, job_id = url.group(1), int(url.group(2))
+        out = "".join(lines)
+        explorer = re.search(r"explorer: (http://\S+)/#/jobs/(\d+)", out)
+        assert explorer is not None, out
+        base, job_id = explorer.group(1), int(explorer.group(2))
         with urllib.request.urlopen(f"{base}/api/jobs/{job_id}", timeout=30) as response:
             job = json.loads(response.read())
         assert job["status"] == "finalized" and len(job["route"]) == 2
-        with urllib.request.urlopen(base + "/", timeout=30) as response:
-            assert b"splitmesh" in response.read()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(90) == 0, "".join(lines)
+        # The printed snippet is the one to use: its base_url, api key and model name.
+        snippet = re.search(r"OpenAI\(base_url='(\S+)', api_key='(\S+)'\)", out)
+        model = re.search(r"create\(model='([^']+)'", out)
+        assert snippet is not None and model is not None, out
+        assert snippet.group(1) == f"http://127.0.0.1:{gateway_port}/v1"
+        url, key = snippet.group(1), snippet.group(2)
+        gateway = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
+        assert [m.id for m in gateway.models.list().data] == [model.group(1)]
+        messages = [{"role": "user", "content": "Hi"}]
+        reply = gateway.chat.completions.create(
+            model=model.group(1),
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=3,
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == 3
+        assert (reply.model_extra or {})["splitmesh"]["job_id"] > job_id  # a new paid job on the demo chain
+        chain = re.search(r"chain (http://\S+) \(id", out)
+        endpoints = set(re.findall(r"(https?://127\.0\.0\.1:\d+)\s*$", out, flags=re.MULTILINE))  # 2 tables
+        assert chain is not None and len(endpoints) == 2, out
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(90) == 0, out + proc.stdout.read()
         time.sleep(0.5)
-        with pytest.raises(OSError):  # the coordinator is gone with the demo
-            urllib.request.urlopen(base + "/api/status", timeout=5)
+        for url in (base + "/api/status", snippet.group(1) + "/models", *(e + "/health" for e in endpoints)):
+            with pytest.raises(OSError):  # the coordinator, the gateway and the nodes are gone with the demo
+                urllib.request.urlopen(url, timeout=5)
+        with pytest.raises(ChainUnavailable):  # and so is the demo's own chain
+            rpc_chain_id(chain.group(1), timeout=1.0)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -586,6 +586,25 @@ def test_keeper_finalizes_cancels_and_runs_audits(
         assert market.w3.eth.get_transaction(action.tx_hash)["from"] == keeper_sender.address
 
 
+def test_a_released_job_is_indexed_and_its_cancel_slashes_nobody(
+    quiet_world: tuple[Marketplace, Activity], tmp_path: Path
+) -> None:
+    market, activity = quiet_world
+    job_id = _job(activity, None)
+    _, terms, packed = activity.jobs[-1]
+    client = next(s for s in activity.senders.values() if s.address == terms.client)
+    market.release_job(client, job_id, packed)
+    indexer = Indexer.open(market, tmp_path / "index.sqlite")
+    indexer.sync()
+    assert queries.get_job(indexer.conn, job_id)["released"] is True
+    advance_time(market.w3, PARAMS.commit_timeout + 1)
+    market.cancel(market.sender(dev_key(19)), job_id, packed)
+    indexer.sync()
+    job = queries.get_job(indexer.conn, job_id)
+    assert (job["status"], job["slashed_wei"], job["refund_wei"]) == ("cancelled", "0", str(terms.escrow))
+    assert [h["slashed_wei"] for h in job["hops"]] == ["0"] * len(terms.route)
+
+
 @pytest.fixture(scope="module")
 def sampling_world(local_chain: LocalChain) -> tuple[Marketplace, Activity]:
     """A third deployment that draws every completed job for a sampled audit."""

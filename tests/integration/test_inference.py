@@ -162,3 +162,25 @@ def test_node_restart_between_commit_and_claim_still_gets_paid(
     # And it serves again.
     again = client.generate(PROMPT, 2, split=SPLIT)
     assert len(again.token_ids) == 2
+
+
+def test_a_bf16_client_sends_float32_nodes_their_dtype_and_is_refused_in_its_own(
+    running_market: RunningMarket,
+) -> None:
+    from client_sdk import StepFailed
+    from splitmesh.chain.launcher import dev_key
+
+    # A client computing in bfloat16 (what --dtype auto picks on a GPU; run on the CPU here) in front
+    # of float32 nodes: its frames are converted to the route's dtype before they are hashed and sent,
+    # and the float32 replies are read back in bfloat16.
+    key, market = dev_key(9), running_market.deployment.market  # a key no other test of this module uses
+    bf16 = Client(running_market.rpc_url, key, market=market, dtype="bfloat16", wire_dtype="float32")
+    out = bf16.generate(PROMPT, 4, split=SPLIT)
+    assert len(out.token_ids) == 4
+    assert out.receipt.billed_tokens == out.receipt.prompt_tokens + 3
+    running_market.wait_status(out.receipt.job_id, JobStatus.COMMITTED)
+    # Without the conversion it sends bfloat16 frames, which float32 nodes refuse with a typed 400.
+    same_dtype = Client(running_market.rpc_url, key, market=market, dtype="bfloat16")
+    with pytest.raises(StepFailed) as refused:
+        same_dtype.generate(PROMPT, 2, split=SPLIT)
+    assert refused.value.code == "bad_dtype" and refused.value.status == 400

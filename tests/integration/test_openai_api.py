@@ -228,3 +228,74 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(endpoint: E
     status, body = _request(chat_url, json.dumps(request).encode(), API_KEY)
     assert status == 200, body
     assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] >= 1
+
+
+def _stream_chat(endpoint: Endpoint, question: str, new: int, log: Any) -> tuple[str, dict[str, Any]]:
+    """One streamed chat; `log(kind)` is called at its first and last content chunk."""
+    stream = endpoint.openai().chat.completions.create(
+        model=endpoint.model,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=new,
+        temperature=0,
+        stream=True,
+    )
+    parts: list[str] = []
+    extra: dict[str, Any] = {}
+    for c in stream:
+        if c.choices and c.choices[0].delta.content:
+            if not parts:
+                log("first")
+            parts.append(c.choices[0].delta.content)
+        if c.choices and c.choices[0].finish_reason:
+            extra = (c.model_extra or {})["splitmesh"]
+    log("last")
+    return "".join(parts), extra
+
+
+def peak_overlap(events: list[tuple[float, int, str]]) -> int:
+    """Most streams between their first and last token at one moment (events ordered by time)."""
+    active = peak = 0
+    for _, _, kind in sorted(events):
+        active += 1 if kind == "first" else -1
+        peak = max(peak, active)
+    return peak
+
+
+def test_concurrent_streams_on_one_key_run_at_once_and_each_equals_the_sdk(endpoint: Endpoint) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ["Name a fruit.", "Count to five.", "What is rust?", "Say hello in French."]
+    new = 24
+    references = [endpoint.sdk.generate(q, new, temperature=0, split=2) for q in questions]  # one at a time
+    events: list[tuple[float, int, str]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(questions))
+
+    def run(i: int) -> tuple[str, dict[str, Any]]:
+        def log(kind: str) -> None:
+            with lock:
+                events.append((time.monotonic(), i, kind))
+
+        barrier.wait()  # all requests leave together
+        return _stream_chat(endpoint, questions[i], new, log)
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        results = list(pool.map(run, range(len(questions))))
+    # Each stream is its own job with its own answer: the same tokens as the SDK alone (greedy, eps inf).
+    assert [text for text, _ in results] == [r.text for r in references]
+    job_ids = [extra["job_id"] for _, extra in results]
+    assert len(set(job_ids)) == len(questions)
+    # One key, concurrent submits: every job landed (no nonce collision), paid by that key, and billed
+    # for what its stream got.
+    market = endpoint.market.market
+    client = Account.from_key(CLIENT_KEY).address
+    for (_, extra), reference in zip(results, references, strict=True):
+        assert market.job_submitted(extra["job_id"]).terms.client == client
+        endpoint.market.wait_status(extra["job_id"], JobStatus.COMMITTED)
+        assert market.get_job(extra["job_id"]).billed_tokens == extra["billed_tokens"]
+        assert extra["billed_tokens"] == len(reference.prompt_ids) + len(reference.token_ids) - 1
+    # They ran at once: some stream got its first token while another was still streaming (one key used
+    # to serialize them: a stream started only after the previous one had ended).
+    assert peak_overlap(events) >= 2, sorted(events)

@@ -171,7 +171,7 @@ def test_a_node_refuses_a_next_hop_with_another_key(rig: Rig, client: Client) ->
     assert b"SMF1" not in rig.taps[0].seen()  # and the honest first link stayed encrypted
     # Direct return: the client's return channel to the last node meets the impostor first and refuses it.
     with pytest.raises(PeerKeyMismatch, match="/return"):
-        client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT)
+        client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT, direct_return=True)
     assert rig.taps[1].seen() == b""
 
 

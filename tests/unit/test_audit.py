@@ -483,11 +483,11 @@ def _steps(outputs: dict[int, bytes], inputs: dict[int, bytes] | None = None) ->
         TranscriptStep(
             s,
             0,
-            None,
+            None,  # type: ignore[arg-type]
             empty,
             empty,
             (inputs or {}).get(s, b""),
-            outputs.get(s, b""),  # type: ignore[arg-type]
+            outputs.get(s, b""),
         )
         for s in steps
     ]

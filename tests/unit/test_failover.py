@@ -85,3 +85,13 @@ def test_the_replayed_prefix_is_every_released_chunk_in_order() -> None:
     prefix = released.prefix()
     assert prefix.shape == (1, 5, 8)
     assert torch.equal(prefix[:, :4], first) and torch.equal(prefix[:, 4:], second)
+
+
+def test_a_node_that_left_the_job_is_failed_over_a_draining_one_banned() -> None:
+    draining = blame(StepFailed(503, "shutting_down", "stopping", B, 1), ROUTE)
+    assert draining is not None and draining[0] == [B]
+    ended = blame(StepFailed(409, "job_ended", "already ended (committed)", A, 0), ROUTE)
+    assert ended is not None and ended[0] == []  # fail over, ban nobody: the node is fine, the job is over
+    by_address = blame(StepFailed(503, "shutting_down", "stopping", C, None), ROUTE)
+    assert by_address is not None and by_address[0] == [C]
+    assert blame(StepFailed(503, "shutting_down", "?", "0x" + "d" * 40, None), ROUTE) is None  # not on it

@@ -128,8 +128,9 @@ def blame(exc: Exception, route: list[str], probe: Any = None) -> tuple[list[str
     if isinstance(exc, MalformedReply):
         return [route[0]], f"malformed reply from the first node: {exc}"
     if isinstance(exc, NodeUnavailable):
-        if probe is None or not exc.stalled:
-            return [route[0]], f"first node unreachable: {exc}"
+        if probe is None or not exc.stalled:  # the link it names: the first node's, or a return channel
+            node = route[_index(route, exc.node) or 0]
+            return [node], f"node {node} unreachable: {exc}"
         dead = [node for position, node in enumerate(route) if not probe(position)]
         return dead, f"step stalled past its timeout; not answering a probe: {dead or 'none'}"
     return None

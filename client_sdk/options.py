@@ -20,6 +20,9 @@ class RouteSettings(PrivacySettings):
     split: int | None = None  # layers the client runs; None = the smallest registered split
     chat: bool | None = None  # apply the chat template; None = when the tokenizer has one
     max_price_per_token: int | None = None  # wei per hop; None = the highest price in the needed pools
+    # inference results come straight from the last node on a return channel (m + 1 network trips per
+    # token instead of 2m); False = back along the route (training always goes back along the route)
+    direct_return: bool = False
     # ask the candidate nodes for room before locking escrow, and avoid the full ones (client_sdk.capacity)
     capacity: CapacityProbe = field(default_factory=CapacityProbe)
 

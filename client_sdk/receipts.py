@@ -45,7 +45,8 @@ class StepStats:
     def link_ms(self) -> list[list[float]]:
         """Per decode step, per link (client-node 0, node 0-1, ...): transport time both ways.
 
-        Derived from the nodes' reports: what the sender waited minus what the receiver spent.
+        Derived from the nodes' reports: what the sender waited minus what the receiver spent. Old return
+        path only: on a direct-return step no node waits for the next one (their relay_ms are 0).
         """
         out = []
         for route, hops in list(zip(self.route, self.hops, strict=True))[1:]:

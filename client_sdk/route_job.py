@@ -35,7 +35,7 @@ from client_sdk.errors import (
     NodeUnavailable,
     NoRoute,
 )
-from client_sdk.link import RouteLink
+from client_sdk.link import ReturnRoute, RouteLink
 from client_sdk.local_split import LocalSplit
 from client_sdk.options import RouteSettings
 from client_sdk.receipts import HopInfo
@@ -47,9 +47,12 @@ from splitmesh.model.device import to_wire
 from splitmesh.protocol import (
     END_PAYLOAD,
     END_STEP,
+    RETURN_PAYLOAD,
+    RETURN_STEP,
     ZERO_CHAIN,
     EndMeta,
     NodeCommitment,
+    ReturnHello,
     StepMeta,
     StepResult,
     extend_chain,
@@ -100,6 +103,7 @@ class RouteJob:
         hops: list[HopInfo],
         label: str,
         step_timeout: float | None = None,  # seconds one step may take; None = the owner's
+        direct_return: bool = False,  # inference results on a return channel from the last node
     ):
         self.owner = owner
         self.job = job  # splitmesh.chain's SubmittedJob: id, terms, packed terms, transaction
@@ -108,12 +112,15 @@ class RouteJob:
         # The frames' dtype, both ways: what the route's nodes run (they refuse any other).
         self.dtype = owner.wire_dtype or str(local.model.dtype).removeprefix("torch.")
         first = hops[0]
+        # A one-hop route's first node is its last: its link already is the shortest way back.
+        self.direct = direct_return and len(hops) > 1
         self.link = RouteLink(
             first.endpoint,
             job.job_id,
             first.node,
             bytes.fromhex(first.tls_key[2:]),
             timeout=owner.step_timeout if step_timeout is None else step_timeout,
+            returns=self._return_route(hops[-1]) if self.direct else None,
         )
         self.next_step = 0
         self.billed = 0  # tokens the client has signed for
@@ -129,6 +136,11 @@ class RouteJob:
             route=tuple(bytes.fromhex(hop.node[2:]) for hop in job.terms.route),
         )
         self._closed = False
+
+    def _return_route(self, last: HopInfo) -> ReturnRoute:
+        signature = self.owner.signer.sign(self.job_id, RETURN_STEP, 0, RETURN_PAYLOAD).signature
+        hello = ReturnHello(job=self.job_id, signature=hex32(signature), terms=hex32(self.job.packed_terms))
+        return ReturnRoute(last.endpoint, last.node, bytes.fromhex(last.tls_key[2:]), hello)
 
     @property
     def job_id(self) -> int:
@@ -198,8 +210,15 @@ class RouteJob:
             for position, hop in enumerate(job.terms.route)
         ]
         try:
+            training = meta.kind == "train"
             return cls(
-                owner, local, job, hops, "training job" if meta.kind == "train" else "job", step_timeout
+                owner,
+                local,
+                job,
+                hops,
+                "training job" if training else "job",
+                step_timeout,
+                direct_return=settings.direct_return and not training,
             )
         except NodeUnavailable as exc:  # the job exists on-chain: say which, so that it can be settled
             exc.job_id = int(job.job_id)
@@ -236,6 +255,7 @@ class RouteJob:
             mode=mode,
             of_step=of_step,
             tensor_hash=hex32(digest) if training else None,
+            direct=self.direct and not training,
         )
         return OutgoingStep(step, tokens, mode, digest, encode_frame(tensor, meta.model_dump()), self.dtype)
 
@@ -246,7 +266,7 @@ class RouteJob:
         if self.refused is not None:
             raise self.refused
         try:
-            reply, result = self.link.step(out.frame, out.dtype)
+            reply, result = self.link.step(out.frame, out.dtype, direct=self.direct and out.mode == "infer")
         except NodeBusy as exc:
             if self.next_step == 0:  # refused before anything was served: nobody can be blamed
                 self.release(exc)

@@ -13,6 +13,9 @@ can show the audit catching each one. A real operator never enables them; nothin
   relayed end-of-job result to the chain of what it really returned, so the relayed chains agree with
   what the client received. Its own transcript and commitments stay honest: audits find nothing, and
   only the client's check of the last node's signed answer (splitmesh.protocol) can catch it.
+- forge-answers: the last node of a direct-return step (splitmesh.protocol), which carries the answers of
+  the hops before it to the client, replaces the first hop's signed answer with one it signs itself
+  over a tensor of its choosing; only the client's check of every answer can catch it.
 - stall-transcript: accept an auditor's transcript request, then drip-feed the reply (one byte per
   STALL_INTERVAL seconds), so that a verifier without a deadline never gets to vote.
 """
@@ -38,6 +41,7 @@ class Cheat(enum.StrEnum):
     WITHHOLD = "withhold"
     SWAP_RETURNED = "swap-returned"
     STALL_TRANSCRIPT = "stall-transcript"
+    FORGE_ANSWERS = "forge-answers"
 
 
 CHEATS = tuple(c.value for c in Cheat)

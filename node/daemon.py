@@ -323,6 +323,7 @@ def _node_service(
         ),
     )
     service.cheat = shard.cheat
+    service.gate.forge_answers = shard.cheat == Cheat.FORGE_ANSWERS
     service.skip_runner = shard.skip_runner
     # Training steps share the runner's frozen layers (no second copy of the weights).
     service.trainer = ShardTrainer.from_runner(shard.runner, TrainerLimits(step_ttl=config.session_ttl))

@@ -19,6 +19,7 @@ class NodeSetupError(NodeError, RuntimeError):
 ERROR_CODES = frozenset(
     [
         "bad_deadline",
+        "bad_direct_meta",
         "bad_downstream_reply",
         "bad_dtype",
         "bad_frame",
@@ -36,6 +37,8 @@ ERROR_CODES = frozenset(
         "body_too_large",
         "busy",
         "chain_unavailable",
+        "client_unreachable",
+        "direct_needs_stream",
         "downstream_error",
         "frame_too_large",
         "http_error",
@@ -52,9 +55,11 @@ ERROR_CODES = frozenset(
         "next_node_refused",
         "next_node_timeout",
         "next_node_unreachable",
+        "no_return_channel",
         "non_finite",
         "not_auditor",
         "not_in_route",
+        "not_last_hop",
         "over_max_tokens",
         "payload_mismatch",
         "replayed_step",

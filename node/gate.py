@@ -12,6 +12,7 @@ with `StepGate.reply`.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -41,6 +42,9 @@ class Step:
     input_digest: bytes  # keccak of the tensor's frame
     session: JobSession
     received: float  # time.perf_counter() when the frame arrived
+    # passes a rejection upstream on the stream the step came in on (direct return: a downstream node's
+    # rejection arrives after this step returned); None on the one-shot HTTP route
+    report: Callable[[StepRejected], Awaitable[None]] | None = None
 
     @property
     def context(self) -> JobContext:
@@ -74,8 +78,9 @@ class StepKind(Protocol):
         """The digest the frame's tensor must have when the client signed it directly, else None."""
         ...
 
-    async def compute(self, step: Step) -> bytes:
-        """Run the step (relaying it on if this is not the last hop); the reply frame for upstream."""
+    async def compute(self, step: Step) -> bytes | None:
+        """Run the step (relaying it on if this is not the last hop); the reply frame for upstream, or
+        None when nothing goes upstream (a direct-return step)."""
         ...
 
 
@@ -118,6 +123,7 @@ class StepGate:
         self.lookups = lookups or BoundedWork("chain-lookup", threads=4, pending=32, retry_after=1.0)
         # Layer compute: one thread (torch parallelises inside), a bounded queue; beyond it, 503 busy.
         self.compute = compute or BoundedWork("compute", threads=1, pending=8, retry_after=2.0)
+        self.forge_answers = False  # demo/test only: the forge-answers cheat (node.cheats)
 
     # ------------------------------------------------------------------ admission
 
@@ -151,8 +157,14 @@ class StepGate:
         return context, await self.sessions.for_step(context)
 
     async def admit(
-        self, kind: StepKind, meta: StepMeta, tensor: torch.Tensor, data: bytes, received: float
-    ) -> bytes:
+        self,
+        kind: StepKind,
+        meta: StepMeta,
+        tensor: torch.Tensor,
+        data: bytes,
+        received: float,
+        report: Callable[[StepRejected], Awaitable[None]] | None = None,
+    ) -> bytes | None:
         """Check the step, then let its kind compute it under the session lock; the reply frame."""
         payload = kind.signed_payload(meta)
         context, session = await self.open(
@@ -179,8 +191,9 @@ class StepGate:
                     raise bad_request("unexpected_relay", "the first hop takes frames from the client only")
             else:
                 self._check_relay(context, meta, input_digest)
+            _check_direct(context, session, meta, report is not None)
             session.mode = kind.mode
-            return await kind.compute(Step(meta, data, tensor, input_digest, session, received))
+            return await kind.compute(Step(meta, data, tensor, input_digest, session, received, report))
 
     # ------------------------------------------------------------------ relay, chains, reply
 
@@ -239,6 +252,38 @@ class StepGate:
             raise StepRejected(502, "bad_downstream_reply", session.broken)
         return Relayed(frame.tensor, result.hops, result.answers, (time.perf_counter() - started) * 1e3)
 
+    async def relay_direct(
+        self, step: Step, tensor: torch.Tensor, digest: bytes, compute_ms: float, upstream: bytes
+    ) -> None:
+        """Direct return: sign `tensor` (frame digest `digest`) and this hop's answer, and send both on
+        to the next hop with the timings and answers of the hops before; no reply is awaited. A later
+        rejection downstream breaks the session and goes upstream on the step's stream."""
+        session, context, meta = step.session, step.context, step.meta
+        relay_signature = self.relay_signer.sign(context.job_id, meta.step, context.position, digest)
+        timing, answer = self._attest(step, compute_ms, 0.0, upstream, digest)
+        relayed = meta.model_copy(
+            update={
+                "terms": hex32(context.packed_terms) if session.steps == 0 else None,
+                "relay": hex32(relay_signature),
+                "hops": [*meta.hops, timing],
+                "answers": [*meta.answers, answer],
+            }
+        )
+        report = step.report
+
+        async def rejected(exc: StepRejected) -> None:
+            self.sessions.fail(session, f"the route failed downstream of node {self.address}: {exc.reason}")
+            if report is not None:
+                await report(exc)
+
+        link = self.downstream(session)
+        try:
+            await link.watch(rejected)
+            await link.send(encode_frame(tensor, relayed.model_dump()))
+        except StepRejected as exc:
+            self.sessions.fail(session, f"the route failed downstream of node {self.address}: {exc.reason}")
+            raise
+
     def record(
         self, step: Step, input_frame: bytes, input_digest: bytes, output_frame: bytes, output_digest: bytes
     ) -> None:
@@ -292,6 +337,27 @@ class StepGate:
         """The reply frame for upstream: `tensor` with this hop's timing and signed answer over the
         digests it exchanged (`upstream`, `downstream`: those folded into its chains), then the timings
         and answers of the hops after it."""
+        mine, answer = self._attest(
+            step, compute_ms, relayed.ms if relayed is not None else 0.0, upstream, downstream
+        )
+        if relayed is not None:
+            hops, answers = [mine, *relayed.hops], [answer, *relayed.answers]
+        else:  # the last hop: on a direct-return step the hops before it sent theirs forward
+            hops, answers = [*step.meta.hops, mine], [*step.meta.answers, answer]
+            if self.forge_answers and len(answers) > 1:  # the forge-answers cheat (node.cheats)
+                fake = keccak(b"forged" + upstream)
+                signature = self.relay_signer.sign_answer(step.meta.job, step.meta.step, 0, fake, fake)
+                forged = answers[0].model_copy(
+                    update={"downstream": hex32(fake), "signature": hex32(signature)}
+                )
+                answers = [forged, *answers[1:]]
+        result = StepResult(job=step.meta.job, step=step.meta.step, hops=hops, answers=answers)
+        return encode_frame(tensor, result.model_dump())
+
+    def _attest(
+        self, step: Step, compute_ms: float, relay_ms: float, upstream: bytes, downstream: bytes
+    ) -> tuple[HopTiming, Answer]:
+        """This hop's timing and its signed answer over the digests it exchanged at the step."""
         handle_ms = (time.perf_counter() - step.received) * 1e3
         self.metrics.handle_seconds.observe(handle_ms / 1e3)
         position = step.context.position
@@ -300,7 +366,7 @@ class StepGate:
             position=position,
             compute_ms=compute_ms,
             handle_ms=handle_ms,
-            relay_ms=relayed.ms if relayed is not None else 0.0,
+            relay_ms=relay_ms,
         )
         signature = self.relay_signer.sign_answer(
             step.meta.job, step.meta.step, position, upstream, downstream
@@ -311,10 +377,7 @@ class StepGate:
             downstream=hex32(downstream),
             signature=hex32(signature),
         )
-        hops = [mine, *relayed.hops] if relayed is not None else [mine]
-        answers = [answer, *relayed.answers] if relayed is not None else [answer]
-        result = StepResult(job=step.meta.job, step=step.meta.step, hops=hops, answers=answers)
-        return encode_frame(tensor, result.model_dump())
+        return mine, answer
 
     # ------------------------------------------------------------------ checks
 
@@ -384,6 +447,27 @@ def _check_order(session: JobSession, meta: StepMeta, mode: str) -> None:
         raise conflict(
             "replayed_step",
             f"step {meta.step} of job {job_id} is not new (last step was {session.last_step})",
+        )
+
+
+def _check_direct(context: JobContext, session: JobSession, meta: StepMeta, streamed: bool) -> None:
+    """A direct-return step comes on a stream, with one timing and one answer per hop before this one,
+    and reaches a last hop that holds the client's return channel."""
+    if not meta.direct:
+        return
+    if not streamed:
+        raise bad_request("direct_needs_stream", "direct-return steps are served on the job's WebSocket")
+    if len(meta.hops) != context.position or len(meta.answers) != context.position:
+        raise bad_request(
+            "bad_direct_meta",
+            f"a direct step at route position {context.position} must carry {context.position} hop "
+            f"timings and answers, not {len(meta.hops)} and {len(meta.answers)}",
+        )
+    if context.is_last and session.returns is None:
+        raise conflict(
+            "no_return_channel",
+            f"job {context.job_id}'s client has no return channel open to this last node; open one at "
+            "RETURN_PATH before sending direct-return steps",
         )
 
 

@@ -2,7 +2,9 @@
 
 The gate (node.gate) has checked the step; this adds the compute: the token count must end where the
 frame's positions end, the first hop's frame must be the tensor the client signed, and the output goes
-on to the next hop or, from the last hop, back to the client (all positions or the last).
+on to the next hop or, from the last hop, back to the client (all positions or the last): back along
+the route, or on a direct-return step (splitmesh.protocol) straight to the client's return channel,
+with nothing going upstream.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class InferenceStep:
     def signed_tensor(self, meta: StepMeta, position: int) -> bytes | None:
         return unhex(meta.payload_hash) if position == 0 else None
 
-    async def compute(self, step: Step) -> bytes:
+    async def compute(self, step: Step) -> bytes | None:
         meta, hidden = step.meta, step.tensor  # [1, q, hidden]
         q = int(hidden.shape[1])
         started = time.perf_counter()
@@ -66,11 +68,13 @@ class InferenceStep:
             reply = self.gate.reply(
                 step, sent, compute_ms, upstream=step.input_digest, downstream=sent_digest
             )
+            if meta.direct:
+                await self._return(step, reply)
             # Persist off the critical path: once the reply is on the wire (the loop's next turn), and
             # before the next step (which runs the session's pending bookkeeping first).
             step.session.pending = partial(self._record, step, sent_frame, sent_digest, compute_ms)
             asyncio.get_running_loop().call_soon(step.session.finish)
-            return reply
+            return None if meta.direct else reply
         # (If the link breaks after the next hop took the step but before its answer came back, the
         # next hop keeps a step this node drops; the two chains then differ by that one step.)
         output_frame = encode_frame(output)
@@ -81,6 +85,10 @@ class InferenceStep:
             forwarded_digest = keccak(encode_frame(forwarded))
         # The relay signature and the answer cover exactly the tensor sent on (a tampering node must sign
         # its lie; its chains then keep the honest output, which no longer links with the next hop's).
+        if meta.direct:  # answered as far as this hop can tell: a later rejection breaks the session
+            await self.gate.relay_direct(step, forwarded, forwarded_digest, compute_ms, step.input_digest)
+            self._record(step, output_frame, output_digest, compute_ms)
+            return None
         relayed = await self.gate.relay(step, forwarded, forwarded_digest)
         self._record(step, output_frame, output_digest, compute_ms)
         returned = relayed.tensor
@@ -89,6 +97,19 @@ class InferenceStep:
         return self.gate.reply(
             step, returned, compute_ms, relayed, upstream=step.input_digest, downstream=forwarded_digest
         )
+
+    async def _return(self, step: Step, reply: bytes) -> None:
+        """Send the last hop's result frame on the client's return channel."""
+        returns = step.session.returns
+        assert returns is not None  # node.gate checked it
+        try:
+            await returns(reply)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            step.session.returns = None
+            self.gate.sessions.fail(step.session, f"the return channel to the client failed: {exc}")
+            raise StepRejected(
+                502, "client_unreachable", f"the client's return channel failed: {exc}"
+            ) from exc
 
     def _record(self, step: Step, output_frame: bytes, output_digest: bytes, compute_ms: float) -> None:
         self.gate.record(step, step.data, step.input_digest, output_frame, output_digest)

@@ -1,5 +1,11 @@
 """The link from a node to the next node of a job's route: one WebSocket per job session, TLS pinned to
-the next node's on-chain key (splitmesh.wire.tls), proxies from *_PROXY variables ignored."""
+the next node's on-chain key (splitmesh.wire.tls), proxies from *_PROXY variables ignored.
+
+On the old return path each step waits for the next node's reply (`send`, then `receive`). For
+direct-return steps (splitmesh.protocol) nothing comes back for a step that went on: `watch` starts a
+reader that owns the socket's receiving side and hands every rejection (or the next node's death) to a
+callback, which passes it upstream; `end` then takes its reply from that reader.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from pydantic import ValidationError
@@ -17,6 +24,15 @@ from splitmesh.wire import DEFAULT_MAX_FRAME_BYTES
 from splitmesh.wire.tls import LinkSecurityError, link_ssl, mismatch_from, ws_url
 
 logger = logging.getLogger(__name__)
+
+IDLE_CLOSE = 4408  # WebSocket close code (private range): no message within the idle timeout
+Rejected = Callable[[StepRejected], Awaitable[None]]  # what a direct-return link does with a rejection
+_CLOSED = (
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+)
 
 
 class Downstream:
@@ -32,6 +48,9 @@ class Downstream:
         self.send_timeout = send_timeout  # seconds one message may wait for a next node that stops reading
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None  # direct return: owns the socket's receiving side
+        self._on_rejected: Rejected | None = None
+        self._waiter: asyncio.Future[aiohttp.WSMessage] | None = None  # the end's reply, via the reader
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         if self._ws is not None and not self._ws.closed:
@@ -73,6 +92,45 @@ class Downstream:
             await self.close()
             raise StepRejected(502, "next_node_unreachable", f"lost the link to {self.url}: {exc}") from exc
 
+    async def watch(self, on_rejected: Rejected) -> None:
+        """Direct return: from now on the next node's messages are read in the background; a rejection
+        of a step (or the link's loss) goes to `on_rejected` (the latest one given)."""
+        self._on_rejected = on_rejected
+        ws = await self._connect()
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            message = await ws.receive()
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
+                if message.type in _CLOSED:
+                    return
+                continue
+            closed = message.type in _CLOSED
+            if closed and (ws is not self._ws or ws.close_code == IDLE_CLOSE):
+                return  # closed by us, or idle between steps: the next send opens a new link
+            if message.type == aiohttp.WSMsgType.TEXT and (error := _as_error(message.data)) is not None:
+                rejection = _relayed_rejection(error)
+            elif closed:
+                rejection = StepRejected(
+                    502, "next_node_closed", f"next node at {self.url} closed the session"
+                )
+            else:
+                rejection = StepRejected(
+                    502, "bad_downstream_reply", f"next node at {self.url} answered a direct step"
+                )
+            if self._on_rejected is not None:
+                try:
+                    await self._on_rejected(rejection)
+                except Exception:  # the upstream link may be gone too; nothing more to tell
+                    logger.debug("job %d: could not pass a rejection upstream", self.job_id, exc_info=True)
+            if closed:
+                self._ws = None
+                return
+
     def _send_timed_out(self) -> StepRejected:
         return StepRejected(
             504, "next_node_timeout", f"next node at {self.url} read nothing for {self.send_timeout:g} s"
@@ -96,6 +154,9 @@ class Downstream:
     async def _exchange(self, send_text: str | None = None) -> aiohttp.WSMessage:
         """Send `send_text` (if any) and return the next message; the next node's errors raise."""
         ws = await self._connect()
+        reading = self._reader is not None and not self._reader.done()
+        if reading:
+            self._waiter = asyncio.get_running_loop().create_future()
         try:
             if send_text is not None:
                 try:
@@ -103,7 +164,10 @@ class Downstream:
                 except TimeoutError as exc:
                     await self._abort()
                     raise self._send_timed_out() from exc
-            message = await ws.receive(self.timeout)
+            if reading and self._waiter is not None:
+                message = await asyncio.wait_for(self._waiter, self.timeout)
+            else:
+                message = await ws.receive(self.timeout)
         except TimeoutError as exc:
             await self.close()
             raise StepRejected(
@@ -133,6 +197,9 @@ class Downstream:
             ) from exc
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
         if self._ws is not None:
             await self._ws.close()
             self._ws = None

@@ -20,8 +20,19 @@ from pydantic import ValidationError
 from node.admission import StreamLimits
 from node.cheats import STALL_INTERVAL, Cheat
 from node.errors import ERROR_CODES, StepRejected, bad_request
+from node.relay import IDLE_CLOSE
 from node.service import NodeService
-from splitmesh.protocol import END_PATH, STEP_PATH, STREAM_PATH, TRANSCRIPT_PATH, EndMeta, ErrorReply
+from splitmesh.protocol import (
+    END_PATH,
+    RETURN_PATH,
+    RETURN_READY,
+    STEP_PATH,
+    STREAM_PATH,
+    TRANSCRIPT_PATH,
+    EndMeta,
+    ErrorReply,
+    ReturnHello,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +40,6 @@ SERVICE = web.AppKey("service", NodeService)
 INFO = web.AppKey("info", dict[str, Any])
 LIMITS = web.AppKey("limits", StreamLimits)
 JOB_ID = re.compile(r"[0-9]{1,78}")  # ASCII digits only: str.isdigit() also takes "²" and "١٢"
-IDLE_CLOSE = 4408  # WebSocket close code (private range): no message within the idle timeout
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -44,6 +54,7 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get(STREAM_PATH, _stream)
+    app.router.add_get(RETURN_PATH, _return_channel)
     app.router.add_post(STEP_PATH, _post_step)
     app.router.add_post(END_PATH, _post_end)
     app.router.add_get(TRANSCRIPT_PATH, _get_transcript)
@@ -125,6 +136,7 @@ async def _post_step(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     data = await request.read()
     result = await service.handle_step(data, job_id)
+    assert result is not None  # without a stream to report on, direct-return steps are refused
     return web.Response(body=result, content_type="application/octet-stream")
 
 
@@ -205,9 +217,56 @@ async def _stream(request: web.Request) -> web.StreamResponse:
         service.metrics.streams_open.dec()
 
 
+async def _return_channel(request: web.Request) -> web.StreamResponse:
+    """The client's return channel for a job this node is the last hop of (direct return): a signed
+    `ReturnHello` first, answered "ready" or with an error (then closed); then the node's result frames.
+    Admitted under the same caps as a step stream."""
+    service, limits = request.app[SERVICE], request.app[LIMITS]
+    job_id = _job_id(request)
+    ip = request.remote or "?"
+    limits.caps.acquire(ip)
+    try:
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024, compress=False, heartbeat=limits.heartbeat)
+        await ws.prepare(request)
+
+        async def send(frame: bytes) -> None:
+            await asyncio.wait_for(ws.send_bytes(frame), limits.send_timeout)
+
+        try:
+            message = await ws.receive(timeout=limits.idle_timeout)
+            if message.type != WSMsgType.TEXT:
+                raise bad_request("bad_meta", "a return channel opens with a text ReturnHello")
+            try:
+                hello = ReturnHello.model_validate_json(message.data)
+            except ValidationError as exc:
+                raise bad_request("bad_meta", f"return hello rejected: {exc.errors()[0].get('msg')}") from exc
+            await service.open_return(hello, job_id, send)
+        except StepRejected as exc:
+            await ws.send_str(json.dumps(_reply(service, exc).model_dump()))
+            await ws.close()
+            return ws
+        except TimeoutError:
+            await ws.close(code=IDLE_CLOSE, message=b"idle")
+            return ws
+        try:
+            await ws.send_str(RETURN_READY)
+            async for _ in ws:  # the client sends nothing more; this waits for the close
+                pass
+        finally:
+            service.close_return(job_id, send)
+        return ws
+    finally:
+        limits.caps.release(ip)
+
+
 async def _serve_stream(
     service: NodeService, limits: StreamLimits, ws: web.WebSocketResponse, job_id: int
 ) -> None:
+    async def report(exc: StepRejected) -> None:
+        """A rejection that came from downstream after a direct-return step went on."""
+        if not ws.closed:
+            await asyncio.wait_for(ws.send_str(_reply(service, exc).model_dump_json()), limits.send_timeout)
+
     while True:
         try:
             message = await ws.receive(timeout=limits.idle_timeout)
@@ -221,7 +280,10 @@ async def _serve_stream(
             return
         try:
             if message.type == WSMsgType.BINARY:
-                reply: bytes | str = await service.handle_step(message.data, job_id)
+                step_reply = await service.handle_step(message.data, job_id, report)
+                if step_reply is None:  # a direct-return step: answered on the client's return channel
+                    continue
+                reply: bytes | str = step_reply
             elif message.type == WSMsgType.TEXT:
                 reply = (await service.handle_end(_parse_end(message.data), job_id)).model_dump_json()
             else:

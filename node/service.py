@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import torch
 from eth_utils import keccak, to_checksum_address
@@ -34,9 +34,12 @@ from splitmesh.protocol import (
     END_PAYLOAD,
     END_STEP,
     MAX_REQUEST_VALIDITY,
+    RETURN_PAYLOAD,
+    RETURN_STEP,
     EndMeta,
     EndResult,
     NodeCommitment,
+    ReturnHello,
     StepMeta,
     hex32,
     unhex,
@@ -132,8 +135,12 @@ class NodeService:
 
     # ------------------------------------------------------------------ steps
 
-    async def handle_step(self, data: bytes, job_id: int) -> bytes:
-        """One step frame in, the (relayed) result frame out; StepRejected on anything wrong.
+    async def handle_step(
+        self, data: bytes, job_id: int, report: Callable[[StepRejected], Awaitable[None]] | None = None
+    ) -> bytes | None:
+        """One step frame in, the (relayed) result frame out (None: a direct-return step, answered on
+        the client's return channel); StepRejected on anything wrong. `report` passes a later rejection
+        upstream on the stream the step came in on (direct return only).
 
         Rejections are counted where they become replies (node.server), so every route counts them.
         """
@@ -145,7 +152,29 @@ class NodeService:
         if refused is not None:  # the chain said no moments ago: no store read, no chain call
             raise refused
         await self.table.refuse_after_cutoff(job_id)
-        return await self.gate.admit(self._kind(meta), meta, tensor, data, received)
+        return await self.gate.admit(self._kind(meta), meta, tensor, data, received, report)
+
+    async def open_return(
+        self, hello: ReturnHello, job_id: int, send: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """The client's return channel for a job this node is the last hop of: `send` carries its
+        direct-return results from now on (a later channel of the same client replaces it)."""
+        if hello.job != job_id:
+            raise bad_request("job_mismatch", f"hello is for job {hello.job}, sent to job {job_id}'s path")
+        context, session = await self.gate.open(
+            job_id, hello.terms, RETURN_STEP, 0, RETURN_PAYLOAD, hello.signature
+        )
+        if not context.is_last:
+            raise conflict(
+                "not_last_hop", f"node {self.address} is not the last hop of job {job_id}; it returns nothing"
+            )
+        session.returns = send
+
+    def close_return(self, job_id: int, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """The return channel `send` closed: forget it unless a newer one replaced it."""
+        session = self.table.get(job_id)
+        if session is not None and session.returns is send:
+            session.returns = None
 
     def _kind(self, meta: StepMeta) -> StepKind:
         if meta.mode == "infer":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from node.deadlines import JobDeadlines
@@ -40,6 +40,8 @@ class JobSession:
     pending: Callable[[], None] | None = None  # the last step's bookkeeping, run after its reply
     mode: str | None = None  # "infer" or "train", fixed by the job's first step
     billed: int = 0  # tokens the client has signed for so far (the last answered step's count)
+    # direct return (last hop only): sends a result frame on the client's return channel
+    returns: Callable[[bytes], Awaitable[None]] | None = None
     returned_chain: bytes | None = None  # the swap-returned cheat's chain of what the client got (cheats)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -42,6 +42,15 @@ gradient it returns upstream) and its output chain what crosses its downstream b
 a backward, the gradient it received from downstream, or the client's gradient at the last node), so
 node s's output chain still equals node s+1's input chain.
 
+Direct return (`StepMeta.direct`, inference only): the last node sends its result frame straight to the
+client on the job's return channel (a WebSocket the client opened to the last node at `RETURN_PATH`,
+TLS pinned like every link, opened by a `ReturnHello` carrying the client's envelope signature over
+(job, `RETURN_STEP`, 0 tokens, `RETURN_PAYLOAD`)) instead of back through every hop, so a token crosses
+the network m + 1 times. Each middle node then appends its own `HopTiming` and signed `Answer` to the
+meta it forwards (`hops`, `answers`), and the last node's `StepResult` carries them all, first node
+first: the client checks exactly what it checks on the old path. A node answers nothing upstream for a
+direct step that went on; a rejection still travels upstream hop by hop to the client's first link.
+
 The end of a job is an envelope with step `END_STEP` and payload hash `END_PAYLOAD`, signed by the
 client like any step, so a node can tell an authentic end from a forged one on any transport.
 """
@@ -60,11 +69,14 @@ from splitmesh.wire.frames import encode_frame
 PROTOCOL_VERSION = 1
 END_STEP = 2**32 - 1  # envelope step number that marks the end of a job
 END_PAYLOAD = keccak(b"splitmesh/end-of-job")
+RETURN_STEP = 2**32 - 2  # envelope step number of the client's return-channel hello
+RETURN_PAYLOAD = keccak(b"splitmesh/return-channel")
 ZERO_CHAIN = b"\0" * 32
 
 STREAM_PATH = "/v1/jobs/{job}/stream"  # WebSocket: one session per job and hop
 STEP_PATH = "/v1/jobs/{job}/steps"  # HTTP POST: one step per request
 END_PATH = "/v1/jobs/{job}/end"  # HTTP POST: the client's signed end of the job
+RETURN_PATH = "/v1/jobs/{job}/return"  # WebSocket: the last node's results straight to the client
 TRANSCRIPT_PATH = "/v1/jobs/{job}/transcript"  # HTTP GET: the audit transcript (signed request)
 MAX_REQUEST_VALIDITY = 900  # seconds a signed transcript request may stay valid
 
@@ -101,6 +113,11 @@ class StepMeta(_Strict):
     mode: Literal["infer", "train", "backward"] = "infer"
     of_step: int | None = Field(default=None, ge=0, lt=END_STEP)
     tensor_hash: str | None = Field(default=None, pattern=_HEX32.pattern)
+    # Direct return (inference only): the last node answers on the client's return channel; the hops
+    # before it carry their timings and signed answers forward here, first node first.
+    direct: bool = False
+    hops: list[HopTiming] = Field(default_factory=list, max_length=255)
+    answers: list[Answer] = Field(default_factory=list, max_length=255)
 
     @model_validator(mode="after")
     def _training_fields(self) -> StepMeta:
@@ -112,6 +129,10 @@ class StepMeta(_Strict):
             raise ValueError("of_step is required for backward steps and only for them")
         if self.mode == "backward" and self.of_step is not None and self.of_step >= self.step:
             raise ValueError("a backward answers an earlier training step (of_step < step)")
+        if not self.direct and (self.hops or self.answers):
+            raise ValueError("hops and answers travel forward on direct-return steps only")
+        if self.direct and self.mode != "infer":
+            raise ValueError("direct return serves inference steps only")
         return self
 
 
@@ -129,6 +150,20 @@ class EndMeta(_Strict):
     tokens: int = Field(ge=0, le=UINT32)  # tokens the client signs for over the whole job
     signature: str = Field(pattern=_HEX_SIG.pattern)
     terms: str | None = Field(default=None, pattern=_HEX.pattern, max_length=2 + 2 * 512)
+
+
+class ReturnHello(_Strict):
+    """The client's first message on a job's return channel: its envelope signature over
+    (job, RETURN_STEP, 0 tokens, RETURN_PAYLOAD). The last node answers `{"kind": "ready"}` or an error."""
+
+    v: Literal[1] = 1  # PROTOCOL_VERSION
+    kind: Literal["return"] = "return"
+    job: int = Field(ge=0, lt=2**256)
+    signature: str = Field(pattern=_HEX_SIG.pattern)
+    terms: str | None = Field(default=None, pattern=_HEX.pattern, max_length=2 + 2 * 512)
+
+
+RETURN_READY = '{"kind":"ready"}'  # the last node's answer to an accepted ReturnHello
 
 
 class HopTiming(_Strict):
@@ -177,6 +212,7 @@ class NodeCommitment(_Strict):
 
 
 EndResult.model_rebuild()
+StepMeta.model_rebuild()
 
 
 class ErrorReply(_Strict):

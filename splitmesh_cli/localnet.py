@@ -4,6 +4,7 @@ a model registered with a client split plan, and one real `splitmesh node run` p
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,6 +162,7 @@ def start_market(
     split: int = SPLIT,
     nodes: int = 3,
     threads: int = 1,
+    customize: Callable[[NodeSpec], NodeSpec] | None = None,  # e.g. a port and a --public-url per node
     node_env: dict[str, str] | None = None,  # SPLITMESH_NODE_* settings of every node process
 ) -> RunningMarket:
     """Start chain, deploy, register `model` (default SmolLM2) and start `nodes` node processes, each with
@@ -187,7 +189,8 @@ def start_market(
             threads=threads,
         )
         specs = [running.spec(s) for s in range(1, nodes + 1)]
-        running.start_nodes([replace(spec, env={**spec.env, **(node_env or {})}) for spec in specs])
+        specs = [replace(spec, env={**spec.env, **(node_env or {})}) for spec in specs]
+        running.start_nodes([customize(s) for s in specs] if customize else specs)
         return running
     except BaseException:
         chain.stop()

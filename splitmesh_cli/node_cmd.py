@@ -95,6 +95,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "withhold",
             "swap-returned",
             "stall-transcript",
+            "forge-answers",
         ],
         help="DEMO/TEST ONLY: misbehave on purpose so the audits can be seen catching it (node.cheats)",
     )

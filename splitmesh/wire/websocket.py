@@ -10,6 +10,7 @@ that allows plaintext); a peer with another certificate raises PeerKeyMismatch.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine
@@ -90,6 +91,10 @@ class BlockingWebSocket:
     def receive(self, timeout: float | None = None) -> bytes | str:
         """The next binary (bytes) or text (str) message; TimeoutError after `timeout` seconds."""
         return self._run(self._receive(timeout))
+
+    def receive_later(self) -> concurrent.futures.Future[bytes | str]:
+        """The next message, as a future (to wait on several sockets at once); at most one pending."""
+        return asyncio.run_coroutine_threadsafe(self._receive(None), self._loop)
 
     async def _receive(self, timeout: float | None) -> bytes | str:
         message = await self._ws.receive(timeout)

@@ -64,7 +64,9 @@ def _first_step_unchecked(client: Client) -> tuple[int, bool, ForgedReply | None
     last node's signed answer covers the tensor received, and what the check says of the same reply."""
     local = client.prepare(SPLIT)
     ids = client.encode_prompt(PROMPT)
-    opts = GenerateOptions(max_new_tokens=1, split=SPLIT, epsilon=math.inf, max_price_per_token=PRICE)
+    opts = GenerateOptions(  # the old return path: the swap-returned cheat's (direct return skips it)
+        max_new_tokens=1, split=SPLIT, epsilon=math.inf, max_price_per_token=PRICE, direct_return=False
+    )
     meta = JobMeta(epsilon=math.inf, delta=1e-5, clip=None, split=SPLIT)
     route = RouteJob.submit(client, local, opts, meta, len(ids))
     try:
@@ -118,8 +120,10 @@ def test_a_swapped_returned_state_is_refused_at_the_first_step(
 ) -> None:
     _serve_cheating(market, shard, "swap-returned")
     try:
-        with pytest.raises(ForgedReply) as info:
-            client.generate(PROMPT, TOKENS, split=SPLIT, epsilon=math.inf, max_price_per_token=PRICE)
+        with pytest.raises(ForgedReply) as info:  # on the old return path, which passes through the cheat
+            client.generate(
+                PROMPT, TOKENS, split=SPLIT, epsilon=math.inf, max_price_per_token=PRICE, direct_return=False
+            )
     finally:
         market.restart(shard)
     error = info.value

@@ -162,13 +162,17 @@ def test_the_client_refuses_a_first_node_with_another_key(rig: Rig, client: Clie
 def test_a_node_refuses_a_next_hop_with_another_key(rig: Rig, client: Client) -> None:
     _reset(rig)
     rig.taps[1].impostor_tls = rig.impostor
-    with pytest.raises(StepFailed) as refused:
-        client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT)
+    with pytest.raises(StepFailed) as refused:  # the old return path: only the first node links to it
+        client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT, direct_return=False)
     assert refused.value.code == "next_node_key_mismatch"
     assert f"127.0.0.1:{rig.taps[1].port}" in refused.value.reason  # names the next hop's endpoint
     assert rig.taps[1].connections >= 1
     assert rig.taps[1].seen() == b""  # no frame reached the impostor
     assert b"SMF1" not in rig.taps[0].seen()  # and the honest first link stayed encrypted
+    # Direct return: the client's return channel to the last node meets the impostor first and refuses it.
+    with pytest.raises(PeerKeyMismatch, match="/return"):
+        client.generate(PROMPT, 2, epsilon=math.inf, split=SPLIT, direct_return=True)
+    assert rig.taps[1].seen() == b""
 
 
 def test_a_node_without_a_key_on_chain_is_refused(rig: Rig, client: Client) -> None:

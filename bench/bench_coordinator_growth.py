@@ -35,7 +35,7 @@ from web3 import Web3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.chainload import FastSender, machine, send_and_mine
+from bench.chainload import FastSender, emit, machine, send_and_mine
 from coordinator import schema
 from coordinator.indexer import Indexer
 from coordinator.queries import JobFilter, NodeFilter
@@ -258,10 +258,7 @@ def main() -> int:
         "catch_up_growth": round(curve[sizes[-1]]["catch_up_s"] / curve[sizes[0]]["catch_up_s"], 2),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -22,7 +22,6 @@ each submit (`Marketplace.pool` per route shard, one eth_call per pool entry), w
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from web3 import Web3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.chainload import FastSender, extra_keys, fund, machine, send_and_mine
+from bench.chainload import FastSender, emit, extra_keys, fund, machine, send_and_mine
 from splitmesh.chain import HARDHAT_DEV_KEYS, LocalChain, Marketplace, Sender, deploy, hints_from_pools
 from splitmesh.chain.launcher import advance_time
 from splitmesh.signing import EMPTY_RECEIPT, EnvelopeSigner
@@ -194,10 +193,7 @@ def main() -> int:
         "job_gas_per_added_hop": per_hop,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

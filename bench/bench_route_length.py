@@ -17,7 +17,6 @@ route overhead against hops (ms per added hop). Goal: cost per hop constant (lin
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from web3 import Web3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.chainload import FastSender, extra_keys, fund, machine
+from bench.chainload import FastSender, emit, extra_keys, fund, machine
 from client_sdk import Client
 from splitmesh.chain import HARDHAT_DEV_KEYS, LocalChain, Marketplace, Sender, deploy
 from splitmesh.model.identity import describe_model
@@ -168,10 +167,7 @@ def main() -> int:
         "per_hop_overhead_ms_by_hops": {str(h): stats[str(h)]["per_hop_overhead_ms_p50"] for h in args.hops},
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -9,10 +9,12 @@ are the same contract calls the SDK and the nodes make; only the pacing differs.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import coincurve
@@ -172,3 +174,11 @@ def fund(w3: Web3, funder: FastSender, addresses: Sequence[str], amount: int) ->
     t = time.perf_counter()
     send_and_mine(w3, [funder.sign(a, value=amount) for a in addresses], per_block=500)
     return time.perf_counter() - t
+
+
+def emit(result: dict, out: Path) -> None:
+    """Print a benchmark's JSON result and write it to `out` (bench/results/...)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
